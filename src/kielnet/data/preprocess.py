@@ -1,0 +1,230 @@
+"""Declared preprocessing: star table → network tensors (numpy), and back for labels.
+
+:class:`Preprocessor` is built from a :class:`~kielnet.config.KielnetConfig`, fitted on
+a training :class:`~kielnet.data.startable.StarTable`, and then applied to any table
+with the same columns. Its fitted state (per-pixel statistics, feature scalers,
+label transforms) serialises to a JSON-able dict stored in model bundles.
+
+Nothing is silently dropped: :class:`Prepared` carries, per star, the count of
+interpolated spectral pixels, whether the spectrum was unusable, and which scalar
+features were missing (imputed with the training mean), so that the quality layer
+can flag the star.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kielnet.config import KielnetConfig
+from kielnet.data.startable import StarTable
+from kielnet.data.transforms import LabelTransform, Scaler
+
+__all__ = ["Prepared", "Preprocessor", "repair_spectra"]
+
+
+@dataclass
+class Prepared:
+    """Network-ready arrays for ``n`` stars.
+
+    Attributes
+    ----------
+    spectrum : (n, n_pix) float32 or None
+    branches : dict branch name → (n, k) float32 (features, then missing indicators)
+    targets : (n, n_labels) float32, scaled; NaN where the label is unknown/invalid
+    n_bad_pixels : (n,) int — non-finite pixels that were interpolated
+    bad_spectrum : (n,) bool — spectrum unusable (too many bad pixels / no spectrum)
+    missing_features : (n, n_features) bool
+    label_out_of_range : (n, n_labels) bool — reference label given but unphysical
+    """
+
+    spectrum: np.ndarray | None
+    branches: dict[str, np.ndarray]
+    targets: np.ndarray | None
+    n_bad_pixels: np.ndarray
+    bad_spectrum: np.ndarray
+    missing_features: np.ndarray
+    label_out_of_range: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.n_bad_pixels)
+
+    def take(self, idx: np.ndarray) -> "Prepared":
+        """Rows ``idx`` (integer index array)."""
+        def sub(a):
+            return None if a is None else a[idx]
+
+        return Prepared(sub(self.spectrum), {k: v[idx] for k, v in self.branches.items()},
+                        sub(self.targets), self.n_bad_pixels[idx], self.bad_spectrum[idx],
+                        self.missing_features[idx], sub(self.label_out_of_range))
+
+
+def repair_spectra(flux: np.ndarray, max_bad_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interpolate non-finite pixels linearly along each spectrum.
+
+    Returns ``(repaired, n_bad, unusable)``: spectra with more than
+    ``max_bad_fraction`` bad pixels (or all bad) are marked unusable and zero-filled.
+    """
+    flux = np.array(flux, dtype=np.float32, copy=True)
+    bad = ~np.isfinite(flux)
+    n_bad = bad.sum(axis=1)
+    unusable = n_bad > max_bad_fraction * flux.shape[1]
+    unusable |= n_bad == flux.shape[1]
+    x = np.arange(flux.shape[1])
+    for i in np.flatnonzero((n_bad > 0) & ~unusable):
+        good = ~bad[i]
+        flux[i, bad[i]] = np.interp(x[bad[i]], x[good], flux[i, good])
+    flux[unusable] = 0.0
+    return flux, n_bad.astype(np.int64), unusable
+
+
+class Preprocessor:
+    """Fit-once, apply-anywhere preprocessing described by a config."""
+
+    def __init__(self, config: KielnetConfig) -> None:
+        self.config = config
+        self.pixel_mean: np.ndarray | None = None
+        self.pixel_std: np.ndarray | None = None
+        self.n_pix: int | None = None
+        self.feature_scalers: dict[str, Scaler] = {}
+        self.label_transforms: list[LabelTransform] = []
+        self.fitted = False
+
+    # ------------------------------------------------------------- spectrum
+    def _spectrum_steps(self, flux: np.ndarray) -> np.ndarray:
+        prep = self.config.spectrum
+        assert prep is not None
+        out = flux.astype(np.float64)
+        if prep.normalise == "median":
+            med = np.median(out, axis=1, keepdims=True)
+            med[~(np.abs(med) > 0)] = 1.0
+            out = out / med
+        if prep.log:
+            out = np.log10(np.clip(out, 1e-4, None))
+        return out
+
+    # ------------------------------------------------------------- features
+    def raw_features(self, table: StarTable) -> np.ndarray:
+        """Unscaled feature values (n, n_features) in their own units (mag, mas); NaN = missing."""
+        cols = []
+        for f in self.config.features:
+            if f.kind == "column":
+                cols.append(table.scalars[f.columns[0]])
+            else:
+                cols.append(table.scalars[f.columns[0]] - table.scalars[f.columns[1]])
+        if not cols:
+            return np.zeros((len(table), 0))
+        return np.stack(cols, axis=1).astype(np.float64)
+
+    def _raw_labels(self, table: StarTable) -> tuple[np.ndarray, np.ndarray]:
+        vals, oor = [], []
+        for lab in self.config.labels:
+            v = table.labels.get(lab.name, np.full(len(table), np.nan))
+            lo, hi = lab.valid_range
+            out = np.isfinite(v) & ((v < lo) | (v > hi))
+            vals.append(np.where(out, np.nan, v))
+            oor.append(out)
+        return np.stack(vals, axis=1), np.stack(oor, axis=1)
+
+    # ------------------------------------------------------------- fit
+    def fit(self, table: StarTable) -> "Preprocessor":
+        """Fit statistics on a training table (labels must be present)."""
+        cfg = self.config
+        table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names,
+                      n_pix=None if cfg.spectrum is None else (table.n_pix if table.flux is not None else 0))
+        if cfg.spectrum is not None:
+            flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
+            spec = self._spectrum_steps(flux[~unusable])
+            self.n_pix = int(flux.shape[1])
+            if cfg.spectrum.standardise:
+                self.pixel_mean = spec.mean(axis=0).astype(np.float32)
+                std = spec.std(axis=0)
+                std[~(std > 0)] = 1.0
+                self.pixel_std = std.astype(np.float32)
+        raw = self.raw_features(table)
+        self.feature_scalers = {f.name: Scaler("zscore").fit(raw[:, j])
+                                for j, f in enumerate(cfg.features)}
+        labels, _ = self._raw_labels(table)
+        self.label_transforms = []
+        for j, lab in enumerate(cfg.labels):
+            lt = LabelTransform(lab.name, lab.transform, Scaler(lab.scaling))
+            if lab.fixed_scaling is not None:
+                lt.scaler.centre, lt.scaler.scale = lab.fixed_scaling
+            else:
+                lt.fit(labels[:, j])
+            self.label_transforms.append(lt)
+        self.fitted = True
+        return self
+
+    # ------------------------------------------------------------- apply
+    def transform(self, table: StarTable, *, with_labels: bool = True) -> Prepared:
+        """Turn a star table into network inputs (and scaled targets if labels exist)."""
+        if not self.fitted:
+            raise RuntimeError("Preprocessor.transform called before fit/from_dict")
+        cfg = self.config
+        n = len(table)
+        table.require(scalars=cfg.scalar_columns(), n_pix=self.n_pix if cfg.spectrum else None)
+        spectrum = None
+        n_bad = np.zeros(n, dtype=np.int64)
+        unusable = np.zeros(n, dtype=bool)
+        if cfg.spectrum is not None:
+            flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
+            spec = self._spectrum_steps(flux)
+            if self.pixel_mean is not None:
+                spec = (spec - self.pixel_mean) / self.pixel_std
+            bad_after = ~np.isfinite(spec).all(axis=1)
+            unusable |= bad_after
+            spec[unusable] = 0.0
+            spectrum = spec.astype(np.float32)
+        raw = self.raw_features(table)
+        missing = ~np.isfinite(raw)
+        scaled = np.zeros_like(raw)
+        for j, f in enumerate(cfg.features):
+            scaled[:, j] = self.feature_scalers[f.name].forward(raw[:, j])
+        scaled[missing] = 0.0  # training mean, reported via missing_features
+        index = {f.name: j for j, f in enumerate(cfg.features)}
+        branches = {}
+        for br in (cfg.model.scalar_branches):
+            cols = [scaled[:, index[name]] for name in br.features]
+            cols += [missing[:, index[name]].astype(np.float64) for name in br.features
+                     if cfg.features[index[name]].missing_indicator]
+            branches[br.name] = np.stack(cols, axis=1).astype(np.float32)
+        targets = oor = None
+        if with_labels and all(name in table.labels for name in cfg.label_names):
+            labels, oor = self._raw_labels(table)
+            targets = np.stack([lt.forward(labels[:, j]) for j, lt in enumerate(self.label_transforms)],
+                               axis=1).astype(np.float32)
+        return Prepared(spectrum, branches, targets, n_bad, unusable, missing, oor)
+
+    def branch_widths(self) -> dict[str, int]:
+        """Input width of each scalar branch (features + missing indicators)."""
+        feats = {f.name: f for f in self.config.features}
+        return {br.name: len(br.features) + sum(feats[f].missing_indicator for f in br.features)
+                for br in self.config.model.scalar_branches}
+
+    def inverse_labels(self, y: np.ndarray) -> np.ndarray:
+        """Scaled network outputs (…, n_labels) → physical units."""
+        y = np.asarray(y, dtype=np.float64)
+        return np.stack([lt.inverse(y[..., j]) for j, lt in enumerate(self.label_transforms)], axis=-1)
+
+    # ------------------------------------------------------------- state
+    def to_dict(self) -> dict:
+        return {
+            "n_pix": self.n_pix,
+            "pixel_mean": None if self.pixel_mean is None else self.pixel_mean.tolist(),
+            "pixel_std": None if self.pixel_std is None else self.pixel_std.tolist(),
+            "feature_scalers": {k: s.to_dict() for k, s in self.feature_scalers.items()},
+            "label_transforms": [lt.to_dict() for lt in self.label_transforms],
+        }
+
+    @classmethod
+    def from_dict(cls, config: KielnetConfig, d: dict) -> "Preprocessor":
+        p = cls(config)
+        p.n_pix = d["n_pix"]
+        p.pixel_mean = None if d["pixel_mean"] is None else np.asarray(d["pixel_mean"], np.float32)
+        p.pixel_std = None if d["pixel_std"] is None else np.asarray(d["pixel_std"], np.float32)
+        p.feature_scalers = {k: Scaler.from_dict(v) for k, v in d["feature_scalers"].items()}
+        p.label_transforms = [LabelTransform.from_dict(v) for v in d["label_transforms"]]
+        p.fitted = True
+        return p

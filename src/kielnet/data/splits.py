@@ -1,0 +1,37 @@
+"""Splits of a star table that keep every star on one side only.
+
+The XP library holds some APOGEE stars twice; splitting by *id* (not by row)
+prevents the same star from being in both the train and the validation/test set.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+__all__ = ["crc32_holdout", "group_split"]
+
+
+def crc32_holdout(ids: np.ndarray, modulus: int = 5, remainder: int = 0) -> np.ndarray:
+    """Boolean mask of stars with ``zlib.crc32(id.strip()) % modulus == remainder``.
+
+    Deterministic across machines and Python versions; used for the fixed test set
+    of the XP-library benchmark (modulus 5, remainder 0 → 20 % of stars).
+    """
+    return np.array([zlib.crc32(str(i).strip().encode()) % modulus == remainder for i in ids],
+                    dtype=bool)
+
+
+def group_split(ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split by unique id.
+
+    Returns row-index arrays ``(train, val)``; all rows of one id fall on the same
+    side, and about ``val_fraction`` of the unique ids go to validation.
+    """
+    ids = np.asarray(ids)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(len(uniq)) < val_fraction
+    row_val = is_val[inverse]
+    return np.flatnonzero(~row_val), np.flatnonzero(row_val)

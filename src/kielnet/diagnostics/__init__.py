@@ -1,0 +1,1 @@
+"""Validation metrics and diagnostic plots."""

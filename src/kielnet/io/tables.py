@@ -1,0 +1,328 @@
+"""Generic star tables in FITS, Parquet, CSV/ECSV (astropy + pyarrow) ↔ :class:`StarTable`.
+
+Column conventions (override any with :class:`ColumnMap`):
+
+* id: the first of ``id``, ``source_id``, ``apogee_id``, ``star_id`` that exists;
+* spectrum: an array column ``flux`` (and ``flux_err`` / ``flux_error``); in CSV,
+  where cells hold scalars, columns ``flux_0 … flux_{N-1}`` (and ``flux_err_0 …``);
+* wavelength: table metadata ``wavelength_nm`` (a list), or argument ``wavelength``;
+* labels: columns named like a label (``teff``, ``logg``, ``fe_h``, ``m_h``,
+  ``alpha_m``) with errors in ``<label>_err``;
+* scalars: every other numeric 1-D column (magnitudes in mag, parallax in mas, …).
+
+Masked cells (FITS TNULL, Parquet nulls, empty CSV cells) become NaN and are
+reported by :meth:`StarTable.missing_report`; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Table
+
+from kielnet.data.startable import StarTable
+from kielnet.errors import InputError
+
+__all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
+           "KNOWN_LABELS", "atomic_write_table", "read_catalogue"]
+
+KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
+_ID_CANDIDATES = ("id", "source_id", "apogee_id", "star_id")
+_FORMATS = {".fits": "fits", ".fit": "fits", ".fz": "fits", ".parquet": "parquet", ".pq": "parquet",
+            ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
+
+
+@dataclass
+class ColumnMap:
+    """Explicit mapping from file columns to star-table fields (``None`` = convention)."""
+
+    id: str | None = None
+    flux: str | None = None
+    flux_err: str | None = None
+    scalars: dict[str, str] | None = None  # star-table name -> file column
+    labels: dict[str, str] | None = None
+    label_errs: dict[str, str] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+
+
+def _format_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in _FORMATS:
+        raise InputError(f"unknown table format '{''.join(path.suffixes)}'; use one of "
+                         f"{sorted(_FORMATS)} (optionally .gz for FITS/CSV)", source=str(path))
+    return _FORMATS[suffixes[-1]]
+
+
+def _filled(col, source: str, name: str) -> np.ndarray:
+    """Column values as float with masked cells → NaN."""
+    try:
+        arr = np.ma.asarray(col).astype(np.float64)
+    except (TypeError, ValueError):
+        raise InputError("column is not numeric", source=source, field=name) from None
+    return np.ma.filled(arr, np.nan)
+
+
+def read_table(path: str | Path, columns: ColumnMap | None = None, *,
+               wavelength: u.Quantity | None = None) -> StarTable:
+    """Read a FITS / Parquet / CSV / ECSV table into a :class:`StarTable`.
+
+    Raises :class:`InputError` naming the file (and column) for missing, empty,
+    unreadable or malformed input.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise InputError("file does not exist", source=source)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", source=source)
+    fmt = _format_of(path)
+    try:
+        tab = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+        raise InputError(f"cannot read as {fmt}: {exc}", source=source) from exc
+    if len(tab) == 0:
+        raise InputError("table has no rows", source=source)
+    return table_to_startable(tab, columns, wavelength=wavelength, source=source)
+
+
+def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
+                       wavelength: u.Quantity | None = None, source: str = "<memory>") -> StarTable:
+    """Convert an astropy :class:`~astropy.table.Table` with the conventions above."""
+    cm = columns or ColumnMap()
+    names = list(tab.colnames)
+    lower = {n.lower(): n for n in names}
+
+    def pick(explicit: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
+        if explicit is not None:
+            if explicit not in names:
+                raise InputError(f"{what} column '{explicit}' is missing; columns: {names}",
+                                 source=source, field=explicit)
+            return explicit
+        for c in candidates:
+            if c in lower:
+                return lower[c]
+        if required:
+            raise InputError(f"no {what} column (tried {list(candidates)}); columns: {names}",
+                             source=source, field=candidates[0])
+        return None
+
+    id_col = pick(cm.id, _ID_CANDIDATES, "id", True)
+    ids = np.asarray(tab[id_col]).astype(str)
+    used = {id_col}
+    flux = flux_err = None
+    flux_col = pick(cm.flux, ("flux",), "flux", False)
+    if flux_col is not None and np.asarray(tab[flux_col]).ndim == 2:
+        flux = _filled(tab[flux_col], source, flux_col)
+        used.add(flux_col)
+        err_col = pick(cm.flux_err, ("flux_err", "flux_error"), "flux error", False)
+        if err_col is not None:
+            flux_err = _filled(tab[err_col], source, err_col)
+            used.add(err_col)
+    else:
+        pix = sorted((c for c in names if re.fullmatch(r"flux_\d+", c)), key=lambda c: int(c[5:]))
+        if pix:
+            flux = np.stack([_filled(tab[c], source, c) for c in pix], axis=1)
+            used.update(pix)
+            epix = [f"flux_err_{c[5:]}" for c in pix]
+            if all(c in names for c in epix):
+                flux_err = np.stack([_filled(tab[c], source, c) for c in epix], axis=1)
+                used.update(epix)
+    if flux is not None:
+        bad_rows = np.flatnonzero(~np.isfinite(flux).any(axis=1))
+        # rows with no finite pixel are kept (flagged downstream), never dropped
+        if len(bad_rows) == len(flux):
+            raise InputError("no star has a single finite flux value", source=source, field=flux_col or "flux")
+    wl = wavelength
+    if wl is None and "wavelength_nm" in tab.meta:
+        wl = np.asarray(tab.meta["wavelength_nm"], dtype=float) * u.nm
+    if cm.labels is not None:
+        label_cols = dict(cm.labels)
+    else:
+        label_cols = {lab: lower[lab] for lab in KNOWN_LABELS if lab in lower}
+    labels = {}
+    for lab, col in label_cols.items():
+        if col not in names:
+            raise InputError(f"label column '{col}' is missing", source=source, field=col)
+        labels[lab] = _filled(tab[col], source, col)
+        used.add(col)
+    errs = {}
+    for lab, col in label_cols.items():
+        ecol = cm.label_errs.get(lab) or lower.get(f"{col.lower()}_err")
+        if ecol is not None and ecol in names:
+            errs[lab] = _filled(tab[ecol], source, ecol)
+            used.add(ecol)
+    extra = {c: np.asarray(tab[c]) for c in cm.extra}
+    used.update(cm.extra)
+    if "source_id" in lower and lower["source_id"] != id_col and "source_id" not in extra:
+        extra["source_id"] = np.asarray(tab[lower["source_id"]])
+        used.add(lower["source_id"])
+    if cm.scalars is not None:
+        scalars = {}
+        for k, c in cm.scalars.items():
+            if c not in names:
+                raise InputError(f"scalar column '{c}' is missing; columns: {names}", source=source, field=c)
+            scalars[k] = _filled(tab[c], source, c)
+    else:
+        scalars = {}
+        for c in names:
+            col = tab[c]
+            if c in used or np.asarray(col).ndim != 1 or col.dtype.kind not in "fiu":
+                continue
+            scalars[c] = _filled(col, source, c)
+    return StarTable(ids=ids, flux=flux, flux_err=flux_err, wavelength=wl, scalars=scalars, labels=labels,
+                     label_errs=errs, extra=extra, meta={"source": source, "loader": "table"})
+
+
+def startable_to_table(st: StarTable) -> Table:
+    """Inverse of :func:`table_to_startable` (array columns for spectra)."""
+    tab = Table()
+    tab["id"] = st.ids
+    for k, v in st.extra.items():
+        tab[k] = v
+    if st.flux is not None:
+        tab["flux"] = st.flux
+        if st.flux_err is not None:
+            tab["flux_err"] = st.flux_err
+    for k, v in st.scalars.items():
+        tab[k] = v
+    for k, v in st.labels.items():
+        tab[k] = v
+        if k in st.label_errs:
+            tab[f"{k}_err"] = st.label_errs[k]
+    if st.wavelength is not None:
+        tab.meta["wavelength_nm"] = [float(x) for x in st.wavelength.to_value(u.nm)]
+    return tab
+
+
+def atomic_write_table(tab: Table, path: str | Path) -> Path:
+    """Write an astropy table to ``path`` (format from the suffix) atomically.
+
+    The table is written to a temporary file in the same directory and renamed into
+    place, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{''.join(path.suffixes)}")
+    try:
+        if fmt == "parquet":
+            _write_parquet(tab, tmp)
+        elif fmt == "fits":
+            _write_fits(tab, tmp)
+        else:
+            tab.write(tmp, format=fmt, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_fits(tab: Table, path: Path) -> None:
+    """FITS binary table; units FITS cannot express natively (dex) go into TUNITn as text."""
+    from astropy.io import fits
+
+    tab = tab.copy(copy_data=False)
+    odd = {}
+    for name in tab.colnames:
+        unit = tab[name].unit
+        if unit is not None and unit.to_string(format="generic") == "dex":
+            odd[name] = "dex"
+            tab[name].unit = None
+    hdu = fits.table_to_hdu(tab)
+    for i, name in enumerate(tab.colnames, start=1):
+        if name in odd:
+            hdu.header[f"TUNIT{i}"] = odd[name]
+        desc = getattr(tab[name], "description", None)
+        if desc:
+            hdu.header.comments[f"TTYPE{i}"] = str(desc)[:47]
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+
+
+def _write_parquet(tab: Table, path: Path) -> None:
+    """Parquet via pyarrow (array columns as fixed-size lists); units, descriptions and
+    table metadata are kept in the schema metadata as JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays, fields = [], []
+    colmeta = {}
+    for name in tab.colnames:
+        col = tab[name]
+        data = np.asarray(col)
+        if data.ndim == 2:
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])
+        elif data.dtype.kind in "US":
+            arr = pa.array(data.astype(str).tolist(), type=pa.string())
+        else:
+            arr = pa.array(data)
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type))
+        colmeta[name] = {"unit": None if col.unit is None else col.unit.to_string(),
+                         "description": getattr(col, "description", None)}
+    meta = {b"kielnet_columns": json.dumps(colmeta).encode(),
+            b"kielnet_meta": json.dumps(dict(tab.meta), default=str).encode()}
+    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta)), path)
+
+
+def _read_parquet(path: Path) -> Table:
+    """Read Parquet with pyarrow into an astropy table (inverse of :func:`_write_parquet`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pt = pq.read_table(path)
+    md = pt.schema.metadata or {}
+    colmeta = json.loads(md.get(b"kielnet_columns", b"{}"))
+    tab = Table()
+    for name in pt.column_names:
+        col = pt.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+            width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            if width is None:
+                lengths = set(len(x) for x in col.to_pylist() if x is not None)
+                if len(lengths) != 1:
+                    raise InputError("list column has rows of different lengths", source=str(path), field=name)
+                width = lengths.pop()
+            values = np.asarray(flat, dtype=float).reshape(len(col), width)
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            values = np.asarray(col.to_pylist(), dtype=str)
+        else:
+            mask = np.asarray(col.is_null()) if col.null_count else None
+            values = col.to_numpy(zero_copy_only=False)
+            if mask is not None:
+                values = np.ma.masked_array(np.asarray(values, dtype=float), mask=mask)
+        tab[name] = values
+        info = colmeta.get(name, {})
+        if info.get("unit"):
+            tab[name].unit = u.Unit(info["unit"], parse_strict="silent")
+        if info.get("description"):
+            tab[name].description = info["description"]
+    if b"kielnet_meta" in md:
+        tab.meta.update(json.loads(md[b"kielnet_meta"]))
+    return tab
+
+
+def read_catalogue(path: str | Path) -> Table:
+    """Read a catalogue (or any table) written by kielnet, keeping units."""
+    path = Path(path)
+    fmt = _format_of(path)
+    if fmt == "parquet":
+        return _read_parquet(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)  # 'dex' is not a FITS-standard unit
+        return Table.read(path, format=fmt)
+
+
+def write_table(st: StarTable, path: str | Path) -> Path:
+    """Write a star table (FITS / Parquet / ECSV; CSV cannot hold spectra) atomically."""
+    return atomic_write_table(startable_to_table(st), path)

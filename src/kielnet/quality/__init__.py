@@ -1,0 +1,1 @@
+"""Quality flags and out-of-distribution checks."""

@@ -1,0 +1,77 @@
+"""Per-star quality flags of a kielnet catalogue.
+
+``flag`` is an integer bitmask; ``status`` spells the set bits out as a
+comma-separated list (``ok`` when none is set). Bits:
+
+==========================  =====  ==========================================================
+name                        bit    meaning
+==========================  =====  ==========================================================
+bad_spectrum                0      spectrum missing/unusable (too many non-finite pixels);
+                                   labels are NaN
+interpolated_pixels         1      some non-finite pixels were interpolated (count in
+                                   ``n_bad_pixels``)
+missing_input               2      a scalar input was missing and imputed with the training
+                                   mean (named in ``missing_inputs``)
+input_outside_training      3      a scalar input lies outside its training range
+label_not_reported          4      a label was withheld by a reporting rule (value is NaN)
+outside_training_<label>    8+j    predicted label j lies outside its training range
+==========================  =====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["FLAG_BITS", "label_bit", "flag_names", "status_strings", "describe_flags"]
+
+FLAG_BITS: dict[str, int] = {
+    "bad_spectrum": 0,
+    "interpolated_pixels": 1,
+    "missing_input": 2,
+    "input_outside_training": 3,
+    "label_not_reported": 4,
+}
+LABEL_BIT0 = 8
+
+
+def label_bit(j: int) -> int:
+    """Bit index of 'label j outside its training range'."""
+    return LABEL_BIT0 + j
+
+
+def flag_names(label_names: list[str]) -> dict[int, str]:
+    """Bit index → name, including the per-label bits."""
+    out = {b: n for n, b in FLAG_BITS.items()}
+    out.update({label_bit(j): f"outside_training_{name}" for j, name in enumerate(label_names)})
+    return out
+
+
+def status_strings(flags: np.ndarray, label_names: list[str]) -> np.ndarray:
+    """Human-readable status per star (``ok`` or comma-separated flag names)."""
+    names = flag_names(label_names)
+    out = []
+    for f in np.asarray(flags, dtype=np.int64):
+        set_bits = [names[b] for b in sorted(names) if f >> b & 1]
+        out.append(",".join(set_bits) if set_bits else "ok")
+    return np.asarray(out, dtype=str)
+
+
+def describe_flags(label_names: list[str]) -> str:
+    """One line per bit, for ``--help`` texts and catalogue headers."""
+    docs = {
+        "bad_spectrum": "spectrum unusable, labels NaN",
+        "interpolated_pixels": "non-finite pixels interpolated (see n_bad_pixels)",
+        "missing_input": "a scalar input was missing, imputed by the training mean",
+        "input_outside_training": "a scalar input outside its training range",
+        "label_not_reported": "a label withheld by a reporting rule (NaN)",
+    }
+    lines = [f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()]
+    lines += [f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the training range"
+              for j, n in enumerate(label_names)]
+    return "\n".join(lines)
+
+
+def range_flags(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(n, k) bool: finite value outside [lo, hi] per column."""
+    v = np.asarray(values, dtype=float)
+    return np.isfinite(v) & ((v < lo) | (v > hi))

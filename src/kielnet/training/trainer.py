@@ -1,0 +1,221 @@
+"""Training of one network: masked, weighted loss; early stopping; ReduceLROnPlateau;
+per-epoch checkpoints so that an interrupted run resumes where it stopped.
+
+Determinism: the model initialisation, every epoch's shuffling and every epoch's
+dropout draw are seeded from ``(seed, epoch)``, so a resumed run follows exactly the
+same path as an uninterrupted one and the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kielnet.config import KielnetConfig, TrainingConfig
+from kielnet.data.preprocess import Prepared
+from kielnet.models.hybrid import HybridNet
+
+__all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "train_member"]
+
+
+@dataclass
+class TrainResult:
+    """Best-validation weights and the loss history of one member."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+
+
+def build_model(config: KielnetConfig, n_pix: int, branch_widths: dict[str, int], seed: int) -> HybridNet:
+    """Instantiate the config's network with a seeded initialisation."""
+    torch.manual_seed(seed)
+    model = HybridNet(config.model, n_pix, branch_widths, len(config.labels))
+    if config.model.channels_last_2d:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def batch_tensors(prep: Prepared, idx: np.ndarray, branch_names: list[str]):
+    """Inputs for rows ``idx`` as torch tensors: (spectrum or None, [branch tensors])."""
+    spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[idx])
+    branches = [torch.from_numpy(prep.branches[name][idx]) for name in branch_names]
+    return spec, branches
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """Weighted mean of the per-label loss over known labels (NaN targets are skipped).
+
+    ``weight`` is per star; each (star, label) pair with a finite target counts with
+    that star's weight, so a star missing one label still trains the others.
+    """
+    mask = torch.isfinite(target)
+    t = torch.where(mask, target, torch.zeros_like(target))
+    diff = pred - t
+    if kind == "mse":
+        per = diff.pow(2)
+    elif kind == "l1":
+        per = diff.abs()
+    else:
+        per = nn.functional.huber_loss(pred, t, reduction="none", delta=1.0)
+    w = weight[:, None] * mask
+    return (per * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+            "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
+    return opts[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
+              kind: str, batch: int = 512) -> float:
+    model.eval()
+    tot, norm = 0.0, 0.0
+    with torch.no_grad():
+        for s in range(0, len(idx), batch):
+            b = idx[s:s + batch]
+            spec, br = batch_tensors(prep, b, model.branch_names)
+            pred = model(spec, br)
+            tgt = torch.from_numpy(prep.targets[b])
+            w = torch.from_numpy(weights[b].astype(np.float32))
+            mask = torch.isfinite(tgt)
+            n_eff = float((w[:, None] * mask).sum())
+            tot += float(masked_loss(pred, tgt, w, kind)) * n_eff
+            norm += n_eff
+    return tot / max(norm, 1e-12)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
+    opt_sd = opt.state_dict()
+    for pid, st in opt_sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{name}"] = val.contiguous()
+    meta = dict(state)
+    meta["param_groups"] = opt_sd["param_groups"]
+    meta["scheduler"] = {k: v for k, v in sched.state_dict().items()}
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file(tensors, str(tmp))
+    tmp_json = path.with_suffix(".tmp.json")
+    tmp_json.write_text(json.dumps(meta, default=float))
+    os.replace(tmp, path.with_suffix(".safetensors"))
+    os.replace(tmp_json, path.with_suffix(".json"))
+
+
+def _load_checkpoint(path: Path, model, opt, sched) -> tuple[dict, dict] | None:
+    st_path, js_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not (st_path.is_file() and js_path.is_file()):
+        return None
+    tensors = load_file(str(st_path))
+    meta = json.loads(js_path.read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
+    sched.load_state_dict(meta.pop("scheduler"))
+    return meta, best
+
+
+def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, val_idx: np.ndarray,
+                 weights: np.ndarray, *, n_pix: int, branch_widths: dict[str, int], seed: int,
+                 checkpoint: Path | None = None, progress: bool = True,
+                 on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train one network and return its best-validation weights.
+
+    Parameters
+    ----------
+    prep
+        Preprocessed inputs and scaled targets for all rows; ``train_idx`` / ``val_idx``
+        select the rows of each side.
+    weights
+        Per-row loss weights (mean 1 over the training rows, e.g. KDE weights).
+    checkpoint
+        Path stem for per-epoch checkpoints (``.safetensors`` + ``.json``); if they
+        exist, training resumes from them.
+    """
+    tcfg = config.training
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    model = build_model(config, n_pix, branch_widths, seed)
+    opt = _make_optimizer(model, tcfg)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tcfg.lr_factor,
+                                                       patience=tcfg.lr_patience, min_lr=tcfg.min_lr)
+    start_epoch, history = 0, []
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_val, best_epoch, bad_epochs = math.inf, -1, 0
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        loaded = _load_checkpoint(checkpoint, model, opt, sched)
+        if loaded is not None:
+            meta, best_state = loaded
+            start_epoch, history = meta["epoch"] + 1, meta["history"]
+            best_val, best_epoch, bad_epochs = meta["best_val"], meta["best_epoch"], meta["bad_epochs"]
+            if meta.get("stopped"):
+                return TrainResult(best_state, history, best_epoch, best_val)
+
+    w_all = weights.astype(np.float32)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=tcfg.max_epochs, initial=start_epoch, desc=f"member seed {seed}",
+                   leave=False, unit="epoch")
+    stopped = False
+    for epoch in range(start_epoch, tcfg.max_epochs):
+        torch.manual_seed(seed * 100003 + epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(train_idx)
+        model.train()
+        run, nb = 0.0, 0
+        for s in range(0, len(order), tcfg.batch_size):
+            b = order[s:s + tcfg.batch_size]
+            spec, br = batch_tensors(prep, b, model.branch_names)
+            pred = model(spec, br)
+            loss = masked_loss(pred, torch.from_numpy(prep.targets[b]),
+                               torch.from_numpy(w_all[b]), tcfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run += float(loss.detach())
+            nb += 1
+        val = _evaluate(model, prep, val_idx, w_all, tcfg.loss)
+        sched.step(val)
+        rec = {"epoch": epoch, "train_loss": run / max(nb, 1), "val_loss": val,
+               "lr": opt.param_groups[0]["lr"]}
+        history.append(rec)
+        if val < best_val:
+            best_val, best_epoch, bad_epochs = val, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= tcfg.patience or epoch == tcfg.max_epochs - 1
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, best_state, opt, sched,
+                             {"epoch": epoch, "history": history, "best_val": best_val,
+                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{rec['train_loss']:.4f}", val=f"{val:.4f}", lr=f"{rec['lr']:.1e}")
+        if on_epoch is not None:
+            on_epoch(rec)
+        if stopped:
+            break
+    if bar is not None:
+        bar.close()
+    return TrainResult(best_state, history, best_epoch, best_val)
