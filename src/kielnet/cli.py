@@ -162,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     flags_help = describe_flags(["teff", "logg", "fe_h", "alpha_m"])
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="kielnet", formatter_class=fmt,
-                                description="Stellar labels with honest uncertainties from spectra + photometry.")
+    p = argparse.ArgumentParser(
+        prog="kielnet", formatter_class=fmt,
+        description="Stellar labels with honest uncertainties from spectra + photometry.",
+        epilog="Inputs: spectra (any pixel count, wavelength in nm or Angstrom), magnitudes [mag], "
+               "parallax [mas].\nOutputs: " + LABELS_HELP + "\nRun 'kielnet COMMAND --help' for details.")
     p.add_argument("--version", action="version", version=f"kielnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -163,6 +163,10 @@ class TrainingConfig(_Strict):
     loss: Literal["mse", "huber", "l1"] = "mse"
     weighting: WeightingConfig = WeightingConfig()
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
+    noise_augmentation: float = Field(
+        default=0.0, ge=0.0,
+        description="add Gaussian noise of this many times the propagated flux errors to each "
+                    "training spectrum at every step (0 = off)")
     threads: int = Field(default=0, ge=0, description="torch threads; 0 = torch default")
 
 

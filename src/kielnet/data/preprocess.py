@@ -31,6 +31,8 @@ class Prepared:
     Attributes
     ----------
     spectrum : (n, n_pix) float32 or None
+    spectrum_err : (n, n_pix) float32 or None — flux errors propagated through the same
+        steps (0 where unknown); used for noise augmentation
     branches : dict branch name → (n, k) float32 (features, then missing indicators)
     targets : (n, n_labels) float32, scaled; NaN where the label is unknown/invalid
     n_bad_pixels : (n,) int — non-finite pixels that were interpolated
@@ -40,6 +42,7 @@ class Prepared:
     """
 
     spectrum: np.ndarray | None
+    spectrum_err: np.ndarray | None
     branches: dict[str, np.ndarray]
     targets: np.ndarray | None
     n_bad_pixels: np.ndarray
@@ -55,7 +58,7 @@ class Prepared:
         def sub(a):
             return None if a is None else a[idx]
 
-        return Prepared(sub(self.spectrum), {k: v[idx] for k, v in self.branches.items()},
+        return Prepared(sub(self.spectrum), sub(self.spectrum_err), {k: v[idx] for k, v in self.branches.items()},
                         sub(self.targets), self.n_bad_pixels[idx], self.bad_spectrum[idx],
                         self.missing_features[idx], sub(self.label_out_of_range))
 
@@ -92,17 +95,23 @@ class Preprocessor:
         self.fitted = False
 
     # ------------------------------------------------------------- spectrum
-    def _spectrum_steps(self, flux: np.ndarray) -> np.ndarray:
+    def _spectrum_steps(self, flux: np.ndarray, err: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalise / log the flux; propagate ``err`` (first order) through the same steps."""
         prep = self.config.spectrum
         assert prep is not None
         out = flux.astype(np.float64)
+        e = None if err is None else np.where(np.isfinite(err), err, 0.0).astype(np.float64)
         if prep.normalise == "median":
             med = np.median(out, axis=1, keepdims=True)
             med[~(np.abs(med) > 0)] = 1.0
             out = out / med
+            e = None if e is None else e / np.abs(med)
         if prep.log:
-            out = np.log10(np.clip(out, 1e-4, None))
-        return out
+            clipped = np.clip(out, 1e-4, None)
+            e = None if e is None else e / (clipped * np.log(10.0))
+            out = np.log10(clipped)
+        return out, e
 
     # ------------------------------------------------------------- features
     def raw_features(self, table: StarTable) -> np.ndarray:
@@ -135,7 +144,7 @@ class Preprocessor:
                       n_pix=None if cfg.spectrum is None else (table.n_pix if table.flux is not None else 0))
         if cfg.spectrum is not None:
             flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
-            spec = self._spectrum_steps(flux[~unusable])
+            spec, _ = self._spectrum_steps(flux[~unusable])
             self.n_pix = int(flux.shape[1])
             if cfg.spectrum.standardise:
                 self.pixel_mean = spec.mean(axis=0).astype(np.float32)
@@ -165,18 +174,23 @@ class Preprocessor:
         cfg = self.config
         n = len(table)
         table.require(scalars=cfg.scalar_columns(), n_pix=self.n_pix if cfg.spectrum else None)
-        spectrum = None
+        spectrum = spectrum_err = None
         n_bad = np.zeros(n, dtype=np.int64)
         unusable = np.zeros(n, dtype=bool)
         if cfg.spectrum is not None:
             flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
-            spec = self._spectrum_steps(flux)
+            spec, err = self._spectrum_steps(flux, table.flux_err)
             if self.pixel_mean is not None:
                 spec = (spec - self.pixel_mean) / self.pixel_std
+                err = None if err is None else err / self.pixel_std
             bad_after = ~np.isfinite(spec).all(axis=1)
             unusable |= bad_after
             spec[unusable] = 0.0
             spectrum = spec.astype(np.float32)
+            if err is not None:
+                err[~np.isfinite(table.flux) | ~np.isfinite(err)] = 0.0
+                err[unusable] = 0.0
+                spectrum_err = err.astype(np.float32)
         raw = self.raw_features(table)
         missing = ~np.isfinite(raw)
         scaled = np.zeros_like(raw)
@@ -195,7 +209,7 @@ class Preprocessor:
             labels, oor = self._raw_labels(table)
             targets = np.stack([lt.forward(labels[:, j]) for j, lt in enumerate(self.label_transforms)],
                                axis=1).astype(np.float32)
-        return Prepared(spectrum, branches, targets, n_bad, unusable, missing, oor)
+        return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor)
 
     def branch_widths(self) -> dict[str, int]:
         """Input width of each scalar branch (features + missing indicators)."""

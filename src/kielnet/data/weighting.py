@@ -2,7 +2,9 @@
 
 APOGEE Net II §3.2.1: estimate the density ``d_i`` of each training star in the
 standardised (Teff, log g) plane with a Gaussian KDE and weight its loss by
-``min(c / d_i, cap · c)`` with ``c`` chosen so that the mean weight is 1.
+``min(c / d_i, cap · c)`` with ``c`` chosen so that the mean weight is 1. ``d_i`` is
+the density relative to the sample's mean density (dimensionless), so a star at the
+mean density has ``c / d_i = c`` and ``cap`` bounds the weight to ``cap`` times that.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def kde_inverse_density_weights(points: np.ndarray, *, bandwidth: float = 0.7671
     fit_rows = z if len(z) <= max_fit else z[rng.choice(len(z), max_fit, replace=False)]
     kde = KernelDensity(bandwidth=bandwidth).fit(fit_rows)
     dens = np.exp(kde.score_samples(z))
+    # d_i is the density *relative to the mean density* of the sample, so that ``cap``
+    # is dimensionless: the absolute KDE density of standardised points is at most
+    # (2 pi h^2)^(-dim/2) (0.27 for h = 0.7671 in 2-D), so 1/d >= 3.7 everywhere and a
+    # cap of 5 on the absolute 1/d would clip (nearly) every star and flatten all weights.
+    dens = dens / dens.mean()
     inv = 1.0 / np.maximum(dens, 1e-300)
     # find c with mean(min(c*inv, cap*c)) == 1 -> c = 1 / mean(min(inv, cap))
     raw = np.minimum(inv, cap)

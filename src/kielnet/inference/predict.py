@@ -54,20 +54,23 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     spread = preds.std(axis=0, ddof=1) if preds.shape[0] > 1 else np.zeros_like(mean)
     flags = np.zeros(len(table), dtype=np.int64)
     flags |= prep.bad_spectrum.astype(np.int64) << FLAG_BITS["bad_spectrum"]
-    flags |= (prep.n_bad_pixels > 0).astype(np.int64) << FLAG_BITS["interpolated_pixels"]
+    # pixels of an unusable spectrum are not interpolated: that star is flagged bad_spectrum only
+    interpolated = (prep.n_bad_pixels > 0) & ~prep.bad_spectrum
+    flags |= interpolated.astype(np.int64) << FLAG_BITS["interpolated_pixels"]
     flags |= prep.missing_features.any(axis=1).astype(np.int64) << FLAG_BITS["missing_input"]
     if bundle.feature_ranges and cfg.features:
         lo = np.array([bundle.feature_ranges[f.name][0] for f in cfg.features])
         hi = np.array([bundle.feature_ranges[f.name][1] for f in cfg.features])
         raw = bundle.preprocessor.raw_features(table)
         flags |= range_flags(raw, lo, hi).any(axis=1).astype(np.int64) << FLAG_BITS["input_outside_training"]
+    # labels of an unusable spectrum are not reported (NaN), so they are never "outside training"
+    mean[prep.bad_spectrum] = np.nan
+    spread[prep.bad_spectrum] = np.nan
     lo = np.array([bundle.label_ranges[n][0] for n in names])
     hi = np.array([bundle.label_ranges[n][1] for n in names])
     outside = range_flags(mean, lo, hi)
     for j in range(len(names)):
         flags |= outside[:, j].astype(np.int64) << label_bit(j)
-    mean[prep.bad_spectrum] = np.nan
-    spread[prep.bad_spectrum] = np.nan
 
     cat = Table()
     cat["id"] = table.ids

@@ -259,12 +259,17 @@ def _write_parquet(tab: Table, path: Path) -> None:
     for name in tab.colnames:
         col = tab[name]
         data = np.asarray(col)
+        # columns read from FITS are big-endian, which pyarrow refuses: use native order
+        if data.dtype.byteorder not in ("=", "|"):
+            data = data.astype(data.dtype.newbyteorder("="))
+        # masked cells (e.g. pass-through columns read from FITS/CSV) become Parquet nulls
+        mask = np.ma.getmaskarray(col) if isinstance(col, np.ma.MaskedArray) and np.ma.is_masked(col) else None
         if data.ndim == 2:
             arr = pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1])
         elif data.dtype.kind in "US":
             arr = pa.array(data.astype(str).tolist(), type=pa.string())
         else:
-            arr = pa.array(data)
+            arr = pa.array(data, mask=mask)
         arrays.append(arr)
         fields.append(pa.field(name, arr.type))
         colmeta[name] = {"unit": None if col.unit is None else col.unit.to_string(),
@@ -320,7 +325,14 @@ def read_catalogue(path: str | Path) -> Table:
         return _read_parquet(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", u.UnitsWarning)  # 'dex' is not a FITS-standard unit
-        return Table.read(path, format=fmt)
+        tab = Table.read(path, format=fmt)
+    for name in tab.colnames:  # FITS units outside the standard (dex) come back unrecognised
+        unit = tab[name].unit
+        if isinstance(unit, u.UnrecognizedUnit):
+            parsed = u.Unit(unit.to_string(), parse_strict="silent")
+            if not isinstance(parsed, u.UnrecognizedUnit):
+                tab[name].unit = parsed
+    return tab
 
 
 def write_table(st: StarTable, path: str | Path) -> Path:

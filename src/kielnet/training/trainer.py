@@ -168,7 +168,7 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             meta, best_state = loaded
             start_epoch, history = meta["epoch"] + 1, meta["history"]
             best_val, best_epoch, bad_epochs = meta["best_val"], meta["best_epoch"], meta["bad_epochs"]
-            if meta.get("stopped"):
+            if meta.get("early_stopped"):
                 return TrainResult(best_state, history, best_epoch, best_val)
 
     w_all = weights.astype(np.float32)
@@ -177,7 +177,6 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
         from tqdm.auto import tqdm
         bar = tqdm(total=tcfg.max_epochs, initial=start_epoch, desc=f"member seed {seed}",
                    leave=False, unit="epoch")
-    stopped = False
     for epoch in range(start_epoch, tcfg.max_epochs):
         torch.manual_seed(seed * 100003 + epoch)
         order = np.random.default_rng([seed, epoch]).permutation(train_idx)
@@ -186,6 +185,9 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
         for s in range(0, len(order), tcfg.batch_size):
             b = order[s:s + tcfg.batch_size]
             spec, br = batch_tensors(prep, b, model.branch_names)
+            if tcfg.noise_augmentation > 0 and prep.spectrum_err is not None:
+                spec = spec + tcfg.noise_augmentation * torch.randn_like(spec) * torch.from_numpy(
+                    prep.spectrum_err[b])
             pred = model(spec, br)
             loss = masked_loss(pred, torch.from_numpy(prep.targets[b]),
                                torch.from_numpy(w_all[b]), tcfg.loss)
@@ -204,11 +206,13 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        stopped = bad_epochs >= tcfg.patience or epoch == tcfg.max_epochs - 1
+        stopped = bad_epochs >= tcfg.patience
         if checkpoint is not None:
+            # only early stopping is final; a run that reached max_epochs can be continued
+            # by resuming with a larger max_epochs
             _save_checkpoint(checkpoint, model, best_state, opt, sched,
                              {"epoch": epoch, "history": history, "best_val": best_val,
-                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
+                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "early_stopped": stopped})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{rec['train_loss']:.4f}", val=f"{val:.4f}", lr=f"{rec['lr']:.1e}")

@@ -1,0 +1,62 @@
+"""Accuracy and calibration metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kielnet.diagnostics.metrics import label_metrics, metrics_table, regime_masks
+
+
+def test_label_metrics_hand_example():
+    pred = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 10.0])
+    truth = np.array([0.0, 0.0, 0.0, 0.0, 0.0, np.nan])
+    sigma = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+    m = label_metrics(pred, truth, sigma)
+    # residuals 1, 2, 3, 4: median 2.5; |dev| 1.5, .5, .5, 1.5 -> MAD 1
+    assert m["n"] == 4
+    assert m["bias"] == pytest.approx(2.5)
+    assert m["robust_sigma"] == pytest.approx(1.4826)
+    assert m["rms"] == pytest.approx(np.sqrt(30.0 / 4))
+    assert m["coverage_1sigma"] == pytest.approx(0.25)  # only |1| < 2
+    assert "coverage_1sigma" not in label_metrics(pred, truth)
+
+
+def test_stars_without_sigma_are_not_counted():
+    m = label_metrics(np.array([1.0, 2.0, 3.0]), np.zeros(3), np.array([5.0, np.nan, 5.0]))
+    assert m["n"] == 2
+    assert m["bias"] == pytest.approx(2.0)
+    assert m["coverage_1sigma"] == 1.0
+
+
+def test_empty_metrics_are_none():
+    m = label_metrics(np.array([np.nan]), np.array([1.0]), np.array([1.0]))
+    assert m == {"n": 0, "bias": None, "robust_sigma": None, "rms": None, "coverage_1sigma": None}
+
+
+def test_coverage_of_honest_gaussian_errors_is_68_percent():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.5, 2.0, 40000)
+    truth = rng.normal(size=40000)
+    pred = truth + rng.normal(0.0, sigma)
+    assert label_metrics(pred, truth, sigma)["coverage_1sigma"] == pytest.approx(0.6827, abs=0.01)
+    assert label_metrics(pred, truth, sigma / 2)["coverage_1sigma"] == pytest.approx(0.3829, abs=0.01)
+
+
+def test_metrics_table_lists_labels_units_and_dashes():
+    text = metrics_table({"teff": {"n": 3, "bias": 1.5, "robust_sigma": 80.0, "rms": 90.0,
+                                   "coverage_1sigma": None}}, {"teff": "K"})
+    header, row = text.splitlines()
+    assert header.split() == ["label", "n", "bias", "robust_sigma", "rms", "coverage_1sigma"]
+    assert row.split() == ["teff", "[K]", "3", "1.5", "80", "90", "-"]
+
+
+def test_regime_masks_treat_nan_as_outside():
+    labels = {"teff": np.array([8000.0, 3500.0, np.nan]), "logg": np.array([4.5, 4.6, 0.5]),
+              "fe_h": np.array([0.0, -1.5, np.nan])}
+    masks = regime_masks(labels, {"snr": np.array([100.0, 20.0, np.nan])})
+    assert masks["teff_gt_7000"].tolist() == [True, False, False]
+    assert masks["cool_dwarfs_teff_lt_4000"].tolist() == [False, True, False]
+    assert masks["logg_lt_1"].tolist() == [False, False, True]
+    assert masks["feh_lt_m1"].tolist() == [False, True, False]
+    assert masks["apogee_snr_lt_50"].tolist() == [False, True, False]

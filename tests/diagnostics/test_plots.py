@@ -1,0 +1,30 @@
+"""Diagnostic figures are written as PNG files (NaN points skipped)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kielnet.diagnostics.plots import kiel_diagram, residual_plot
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_kiel_diagram_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    teff = rng.uniform(3500, 7000, 200)
+    logg = rng.uniform(0, 5, 200)
+    feh = rng.uniform(-2, 0.5, 200)
+    teff[0], feh[1] = np.nan, np.nan
+    out = kiel_diagram(teff, logg, feh, tmp_path / "sub" / "kiel.png")
+    assert out == tmp_path / "sub" / "kiel.png"
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_residual_plot_writes_png(tmp_path):
+    rng = np.random.default_rng(1)
+    truth = {"teff": rng.uniform(3500, 7000, 300), "logg": rng.uniform(0, 5, 300)}
+    pred = {k: v + rng.normal(0, 0.05 * v.std(), 300) for k, v in truth.items()}
+    pred["logg"][:5] = np.nan
+    out = residual_plot(pred, truth, tmp_path / "res.png", units={"teff": "K", "logg": "dex"})
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert out.stat().st_size > 5000

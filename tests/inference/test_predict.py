@@ -1,0 +1,91 @@
+"""The catalogue: one row per input star, input order, X / e_X / sigma_X, flag, status."""
+
+from __future__ import annotations
+
+import astropy.units as u
+import numpy as np
+import pytest
+
+from kielnet.data.startable import StarTable
+from kielnet.inference.predict import member_predictions, predict
+from kielnet.quality.flags import FLAG_BITS, status_strings
+
+LABELS = ["teff", "logg", "fe_h", "alpha_m"]
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_holdout):
+    """Held-out stars with every scalar input present (so they should all be 'ok'-ish)."""
+    t = tiny_holdout.test
+    ok = np.all([np.isfinite(v) for k, v in t.scalars.items() if k in ("g", "bp", "rp", "j", "h", "k")], axis=0)
+    return t.take(np.flatnonzero(ok)[:40])
+
+
+def test_catalogue_columns_units_and_order(tiny_bundle, clean):
+    cat = predict(tiny_bundle, clean)
+    assert len(cat) == len(clean)
+    assert cat["id"].tolist() == clean.ids.tolist()
+    assert cat["source_id"].tolist() == clean.extra["source_id"].tolist()
+    expected = ["id", "source_id", "medflux"]
+    for name in LABELS:
+        expected += [name, f"e_{name}", f"sigma_{name}"]
+    expected += ["flag", "status", "n_bad_pixels", "missing_inputs"]
+    assert cat.colnames == expected
+    for name, unit in [("teff", u.K), ("logg", u.dex), ("fe_h", u.dex), ("alpha_m", u.dex)]:
+        for col in (name, f"e_{name}", f"sigma_{name}"):
+            assert cat[col].unit == unit
+    assert cat.meta["MODEL"] == "xp_hybrid" and cat.meta["NMEMBERS"] == 2
+    assert any("bad_spectrum" in c for c in cat.meta["comments"])
+
+
+def test_catalogue_values(tiny_bundle, clean):
+    cat = predict(tiny_bundle, clean)
+    nets = tiny_bundle.build_members()
+    prep = tiny_bundle.preprocessor.transform(clean, with_labels=False)
+    preds = member_predictions(nets, prep, tiny_bundle.preprocessor.inverse_labels)
+    assert preds.shape == (2, len(clean), 4)
+    for j, name in enumerate(LABELS):
+        np.testing.assert_allclose(np.asarray(cat[name]), preds[:, :, j].mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(cat[f"e_{name}"]), preds[:, :, j].std(axis=0, ddof=1), rtol=1e-12)
+        run = tiny_bundle.running_dispersion[name](preds[:, :, j].mean(axis=0))
+        np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]),
+                                   np.hypot(preds[:, :, j].std(axis=0, ddof=1), run), rtol=1e-12)
+    # status spells out the flag
+    assert cat["status"].tolist() == status_strings(np.asarray(cat["flag"]), LABELS).tolist()
+    assert (np.asarray(cat["n_bad_pixels"]) == 0).all()
+    assert set(cat["missing_inputs"].tolist()) == {""}
+    assert not (np.asarray(cat["flag"]) & 0b111).any()
+    # teff in K, on the APOGEE scale
+    assert 2500 < np.asarray(cat["teff"]).min() and np.asarray(cat["teff"]).max() < 20000
+
+
+def test_input_order_is_preserved(tiny_bundle, clean):
+    ref = predict(tiny_bundle, clean)
+    perm = np.random.default_rng(0).permutation(len(clean))
+    shuffled = predict(tiny_bundle, clean.take(perm), batch_size=7)
+    assert shuffled["id"].tolist() == clean.ids[perm].tolist()
+    for name in LABELS:
+        np.testing.assert_allclose(np.asarray(shuffled[name]), np.asarray(ref[name])[perm], rtol=1e-5)
+
+
+def test_duplicate_stars_give_duplicate_rows(tiny_bundle, clean):
+    idx = np.array([0, 0, 3, 0])
+    cat = predict(tiny_bundle, clean.take(idx))
+    assert len(cat) == 4 and cat["id"].tolist() == clean.ids[idx].tolist()
+    np.testing.assert_allclose(np.asarray(cat["teff"])[[1, 3]], np.asarray(cat["teff"])[0], rtol=1e-5)
+
+
+def test_inputs_without_labels_are_predicted(tiny_bundle, clean):
+    bare = StarTable(ids=clean.ids, flux=clean.flux, scalars=dict(clean.scalars))
+    cat = predict(tiny_bundle, bare)
+    assert cat.colnames[:2] == ["id", "teff"]   # no pass-through columns
+    np.testing.assert_allclose(np.asarray(cat["teff"]), np.asarray(predict(tiny_bundle, clean)["teff"]))
+
+
+def test_input_outside_training_range_is_flagged(tiny_bundle, clean):
+    t = clean.take(np.arange(3))
+    t.scalars["g"][1] = 30.0  # far fainter than any training star
+    cat = predict(tiny_bundle, t)
+    bit = 1 << FLAG_BITS["input_outside_training"]
+    assert [bool(f & bit) for f in cat["flag"]] == [False, True, False]
+    assert "input_outside_training" in cat["status"][1]
