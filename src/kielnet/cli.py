@@ -29,18 +29,22 @@ LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m
 
 
 def _set_overrides(items: list[str]) -> dict:
-    """``section.key=value`` strings → nested override dict (values parsed as JSON if possible)."""
+    """``section.key[.subkey]=value`` strings → nested override dict (values parsed as JSON
+    where possible, else kept as strings)."""
     out: dict = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise KielnetError(f"--set expects section.key=value, got '{item}'")
         key, val = item.split("=", 1)
-        section, field = key.split(".", 1)
         try:
             parsed = json.loads(val)
         except json.JSONDecodeError:
             parsed = val
-        out.setdefault(section, {})[field] = parsed
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = parsed
     return out
 
 
@@ -122,7 +126,8 @@ def cmd_demo(args) -> int:
         shutil.rmtree(out / "work", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config)
-    cfg = cfg.with_overrides(ensemble={"n_splits": args.splits, "members_per_split": args.members})
+    cfg = cfg.with_overrides(ensemble={"n_splits": args.splits, "members_per_split": args.members},
+                             training={"max_epochs": args.max_epochs})
     if args.set:
         cfg = cfg.with_overrides(**_set_overrides(args.set))
     t0 = time.time()
@@ -216,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
     d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
     d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
-    d.add_argument("--splits", type=int, default=2, help="random train/validation splits (default 2)")
-    d.add_argument("--members", type=int, default=2, help="models per split (default 2)")
+    d.add_argument("--splits", type=int, default=2,
+                   help="random train/validation splits (default 2; the preset's full ensemble is 3)")
+    d.add_argument("--members", type=int, default=1, help="models per split (default 1; preset: 2)")
+    d.add_argument("--max-epochs", type=int, default=30,
+                   help="epochs per model (default 30, to fit the demo into ~15 min on 2 cores; preset: 60)")
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     d.add_argument("--fresh", action="store_true", help="discard checkpoints in OUT/work first")

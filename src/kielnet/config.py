@@ -238,14 +238,19 @@ class KielnetConfig(_Strict):
         return cols
 
     def with_overrides(self, **sections: dict) -> "KielnetConfig":
-        """Return a copy with top-level sections partially updated, e.g.
-        ``cfg.with_overrides(ensemble={"n_splits": 1})`` (re-validated)."""
-        data = self.model_dump(mode="json")
-        for key, upd in sections.items():
-            if isinstance(upd, dict) and isinstance(data.get(key), dict):
-                data[key].update(upd)
-            else:
-                data[key] = upd
+        """Return a copy with sections partially updated (nested dicts are merged), e.g.
+        ``cfg.with_overrides(ensemble={"n_splits": 1}, training={"weighting": {"kind": "kde"}})``
+        (re-validated)."""
+
+        def merge(base, upd):
+            if isinstance(base, dict) and isinstance(upd, dict):
+                out = dict(base)
+                for k, v in upd.items():
+                    out[k] = merge(base.get(k), v)
+                return out
+            return upd
+
+        data = merge(self.model_dump(mode="json"), sections)
         return KielnetConfig.from_dict(data)
 
     @classmethod
