@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "xp_library.json"))
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"))
     args = ap.parse_args(argv)
+    commit = git_commit()  # the code that runs is the code at start
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
 
     cfg = load_config(args.config)
     ens = {}
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_sigma_definition": "robust sigma of the baseline's residuals on a random 10% of the "
                                      "training stars held out from its fit (constant per label)",
         "residual_definition": "predicted - APOGEE DR17 label; teff in K, others in dex",
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "git_dirty_at_start": dirty,
         "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
