@@ -23,7 +23,8 @@ from kielnet.errors import ConfigError
 __all__ = [
     "ConvLayerConfig", "SpectrumBranchConfig", "ScalarBranchConfig", "HeadConfig", "ModelConfig",
     "FeatureConfig", "SpectrumPrepConfig", "LabelConfig", "WeightingConfig", "TrainingConfig",
-    "EnsembleConfig", "UncertaintyConfig", "KielnetConfig", "load_config",
+    "EnsembleConfig", "UncertaintyConfig", "InferenceConfig", "ReportingRule", "KielnetConfig",
+    "load_config",
 ]
 
 Activation = Literal["relu", "leaky_relu", "gelu", "elu", "silu", "tanh"]
@@ -92,6 +93,14 @@ class FeatureConfig(_Strict):
     kind: Literal["column", "difference"] = "column"
     columns: list[str] = Field(min_length=1, max_length=2)
     missing_indicator: bool = True
+    invalid_above: float | None = Field(
+        default=None, description="raw values >= this are survey placeholders (e.g. 98 for "
+                                  "APOGEE's 99.999) and count as missing")
+    missing_value: float | None = Field(
+        default=None, description="raw value put in place of a missing one before scaling "
+                                  "(APOGEE Net II's sentinel mode); None = training mean")
+    fixed_scaling: tuple[float, float] | None = Field(
+        default=None, description="(centre, scale) in raw units instead of fitted statistics")
 
     @model_validator(mode="after")
     def _check(self) -> "FeatureConfig":
@@ -108,13 +117,16 @@ class SpectrumPrepConfig(_Strict):
     * ``log``: take log10 of the (positive-clipped) flux.
     * ``standardise``: per-pixel z-score with training-set mean and scatter.
     * ``max_bad_fraction``: a spectrum with more non-finite pixels than this is not
-      labelled (status ``bad_spectrum``); fewer bad pixels are interpolated and counted.
+      labelled (status ``bad_spectrum``); fewer bad pixels are repaired and counted.
+    * ``bad_pixels``: how non-finite pixels are repaired — ``interpolate`` (linear in
+      pixel index) or ``zero`` (set to 0, as the official APOGEE Net II code does).
     """
 
     normalise: Literal["none", "median"] = "none"
     log: bool = False
     standardise: bool = True
     max_bad_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    bad_pixels: Literal["interpolate", "zero"] = "interpolate"
 
 
 class LabelConfig(_Strict):
@@ -189,6 +201,38 @@ class UncertaintyConfig(_Strict):
     min_per_bin: int = Field(default=20, ge=5)
 
 
+class InferenceConfig(_Strict):
+    """How a bundle labels stars.
+
+    ``n_realisations`` > 0 turns on APOGEE Net II's noise-realisation uncertainties
+    (§3.2.3): each spectrum is re-drawn that many times as flux + N(0,1)·err with the
+    errors clipped at ``clip_factor`` × the star's median error (scalar inputs are not
+    perturbed); each member reports the median over realisations, and the
+    realisation scatter is combined with the member spread (see
+    :mod:`kielnet.inference.predict`).
+    """
+
+    n_realisations: int = Field(default=0, ge=0)
+    clip_factor: float = Field(default=5.0, gt=0)
+    seed: int = 0
+
+
+class ReportingRule(_Strict):
+    """Withhold ``label`` (NaN + flag ``label_not_reported``) when the predicted
+    ``when`` label is above ``above`` and/or below ``below`` (physical units)."""
+
+    label: str
+    when: str
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReportingRule":
+        if self.above is None and self.below is None:
+            raise ValueError("a reporting rule needs 'above' or 'below'")
+        return self
+
+
 class KielnetConfig(_Strict):
     """The whole declarative description of a kielnet model."""
 
@@ -201,6 +245,8 @@ class KielnetConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     uncertainty: UncertaintyConfig = UncertaintyConfig()
+    inference: InferenceConfig = InferenceConfig()
+    reporting: list[ReportingRule] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> "KielnetConfig":
@@ -218,6 +264,9 @@ class KielnetConfig(_Strict):
         names = [lab.name for lab in self.labels]
         if len(set(names)) != len(names):
             raise ValueError("label names must be unique")
+        for rule in self.reporting:
+            if rule.label not in names or rule.when not in names:
+                raise ValueError(f"reporting rule uses labels not learned: {rule.label}, {rule.when}")
         if self.training.weighting.kind == "kde":
             missing = set(self.training.weighting.labels) - set(names)
             if missing:

@@ -63,8 +63,10 @@ class Prepared:
                         self.missing_features[idx], sub(self.label_out_of_range))
 
 
-def repair_spectra(flux: np.ndarray, max_bad_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Interpolate non-finite pixels linearly along each spectrum.
+def repair_spectra(flux: np.ndarray, max_bad_fraction: float, mode: str = "interpolate"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Repair non-finite pixels: linear interpolation along each spectrum
+    (``mode='interpolate'``) or zero (``mode='zero'``).
 
     Returns ``(repaired, n_bad, unusable)``: spectra with more than
     ``max_bad_fraction`` bad pixels (or all bad) are marked unusable and zero-filled.
@@ -74,8 +76,10 @@ def repair_spectra(flux: np.ndarray, max_bad_fraction: float) -> tuple[np.ndarra
     n_bad = bad.sum(axis=1)
     unusable = n_bad > max_bad_fraction * flux.shape[1]
     unusable |= n_bad == flux.shape[1]
+    if mode == "zero":
+        flux[bad] = 0.0
     x = np.arange(flux.shape[1])
-    for i in np.flatnonzero((n_bad > 0) & ~unusable):
+    for i in np.flatnonzero((n_bad > 0) & ~unusable) if mode == "interpolate" else []:
         good = ~bad[i]
         flux[i, bad[i]] = np.interp(x[bad[i]], x[good], flux[i, good])
     flux[unusable] = 0.0
@@ -118,10 +122,11 @@ class Preprocessor:
         """Unscaled feature values (n, n_features) in their own units (mag, mas); NaN = missing."""
         cols = []
         for f in self.config.features:
-            if f.kind == "column":
-                cols.append(table.scalars[f.columns[0]])
-            else:
-                cols.append(table.scalars[f.columns[0]] - table.scalars[f.columns[1]])
+            vals = [np.asarray(table.scalars[c], dtype=np.float64) for c in f.columns]
+            if f.invalid_above is not None:
+                with np.errstate(invalid="ignore"):
+                    vals = [np.where(v >= f.invalid_above, np.nan, v) for v in vals]
+            cols.append(vals[0] if f.kind == "column" else vals[0] - vals[1])
         if not cols:
             return np.zeros((len(table), 0))
         return np.stack(cols, axis=1).astype(np.float64)
@@ -143,7 +148,7 @@ class Preprocessor:
         table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names,
                       n_pix=None if cfg.spectrum is None else (table.n_pix if table.flux is not None else 0))
         if cfg.spectrum is not None:
-            flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
+            flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
             spec, _ = self._spectrum_steps(flux[~unusable])
             self.n_pix = int(flux.shape[1])
             if cfg.spectrum.standardise:
@@ -152,8 +157,12 @@ class Preprocessor:
                 std[~(std > 0)] = 1.0
                 self.pixel_std = std.astype(np.float32)
         raw = self.raw_features(table)
-        self.feature_scalers = {f.name: Scaler("zscore").fit(raw[:, j])
-                                for j, f in enumerate(cfg.features)}
+        self.feature_scalers = {}
+        for j, f in enumerate(cfg.features):
+            if f.fixed_scaling is not None:
+                self.feature_scalers[f.name] = Scaler("zscore", *f.fixed_scaling)
+            else:
+                self.feature_scalers[f.name] = Scaler("zscore").fit(raw[:, j])
         labels, _ = self._raw_labels(table)
         self.label_transforms = []
         for j, lab in enumerate(cfg.labels):
@@ -178,7 +187,7 @@ class Preprocessor:
         n_bad = np.zeros(n, dtype=np.int64)
         unusable = np.zeros(n, dtype=bool)
         if cfg.spectrum is not None:
-            flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction)
+            flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
             spec, err = self._spectrum_steps(flux, table.flux_err)
             if self.pixel_mean is not None:
                 spec = (spec - self.pixel_mean) / self.pixel_std
@@ -195,8 +204,13 @@ class Preprocessor:
         missing = ~np.isfinite(raw)
         scaled = np.zeros_like(raw)
         for j, f in enumerate(cfg.features):
-            scaled[:, j] = self.feature_scalers[f.name].forward(raw[:, j])
-        scaled[missing] = 0.0  # training mean, reported via missing_features
+            col = raw[:, j]
+            if f.missing_value is not None:  # sentinel mode: placeholder in raw units
+                col = np.where(missing[:, j], f.missing_value, col)
+            scaled[:, j] = self.feature_scalers[f.name].forward(col)
+            if f.missing_value is None:
+                scaled[missing[:, j], j] = 0.0  # training mean
+        # either way the star is reported via missing_features
         index = {f.name: j for j, f in enumerate(cfg.features)}
         branches = {}
         for br in (cfg.model.scalar_branches):

@@ -11,6 +11,7 @@ The catalogue has exactly one row per input star, in input order, with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import astropy.units as u
@@ -19,13 +20,15 @@ import torch
 from astropy.table import Table
 
 from kielnet.data.preprocess import Prepared
+from kielnet.data.spectra import clip_flux_errors, noise_realisations
+from kielnet.errors import InputError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.flags import FLAG_BITS, describe_flags, label_bit, range_flags, status_strings
 
-__all__ = ["member_predictions", "predict", "catalogue_from_predictions", "catalogue_meta"]
+__all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions", "catalogue_meta"]
 
 _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
@@ -46,12 +49,19 @@ def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[
 
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
-                               preds: np.ndarray) -> Table:
-    """Combine member predictions into the catalogue (see module docstring)."""
+                               preds: np.ndarray, noise_var: np.ndarray | None = None) -> Table:
+    """Combine member predictions into the catalogue (see module docstring).
+
+    ``preds`` is (n_members, n_stars, n_labels) in physical units; ``noise_var``
+    (n_stars, n_labels), if given, is the members' mean variance over noise
+    realisations, added to the member variance in ``e_X`` (law of total variance).
+    """
     cfg = bundle.config
     names = cfg.label_names
     mean = preds.mean(axis=0)
     spread = preds.std(axis=0, ddof=1) if preds.shape[0] > 1 else np.zeros_like(mean)
+    if noise_var is not None:
+        spread = np.sqrt(spread ** 2 + noise_var)
     flags = np.zeros(len(table), dtype=np.int64)
     flags |= prep.bad_spectrum.astype(np.int64) << FLAG_BITS["bad_spectrum"]
     # pixels of an unusable spectrum are not interpolated: that star is flagged bad_spectrum only
@@ -71,6 +81,19 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     outside = range_flags(mean, lo, hi)
     for j in range(len(names)):
         flags |= outside[:, j].astype(np.int64) << label_bit(j)
+    withheld = np.zeros_like(mean, dtype=bool)
+    for rule in cfg.reporting:
+        when = mean[:, names.index(rule.when)]
+        with np.errstate(invalid="ignore"):
+            hit = np.zeros(len(when), dtype=bool)
+            if rule.above is not None:
+                hit |= when > rule.above
+            if rule.below is not None:
+                hit |= when < rule.below
+        withheld[:, names.index(rule.label)] |= hit
+    flags |= withheld.any(axis=1).astype(np.int64) << FLAG_BITS["label_not_reported"]
+    mean[withheld] = np.nan
+    spread[withheld] = np.nan
 
     cat = Table()
     cat["id"] = table.ids
@@ -83,6 +106,9 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         cat[lab.name] = mean[:, j]
         cat[f"e_{lab.name}"] = spread[:, j]
         cat[f"sigma_{lab.name}"] = total_sigma(spread[:, j], run)
+        if noise_var is not None:
+            cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | prep.bad_spectrum, np.nan,
+                                                  np.sqrt(noise_var[:, j]))
         for c in (lab.name, f"e_{lab.name}", f"sigma_{lab.name}"):
             if unit is not None:
                 cat[c].unit = unit
@@ -107,8 +133,30 @@ def catalogue_meta(bundle: Bundle) -> dict:
             "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]}
 
 
+def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,
+                            rng: np.random.Generator, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """APOGEE Net II §3.2.3: predictions from ``n`` noise realisations of each spectrum.
+
+    Errors are clipped at ``clip_factor`` × each star's median error; scalar inputs are
+    not perturbed. Returns ``(median, variance)``, both (n_members, n_stars, n_labels):
+    each member's median over realisations and its variance over them.
+    """
+    if table.flux is None or table.flux_err is None:
+        raise InputError("noise realisations need spectra with flux errors", source=table.source,
+                         field="flux_err")
+    err, _, _ = clip_flux_errors(table.flux_err, bundle.config.inference.clip_factor)
+    runs = []
+    for _ in range(n):  # one realisation at a time keeps memory at one copy of the spectra
+        noisy = noise_realisations(table.flux, err, 1, rng)[0]
+        prep = bundle.preprocessor.transform(replace(table, flux=noisy), with_labels=False)
+        runs.append(member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size))
+    arr = np.stack(runs)  # (n, members, stars, labels)
+    return np.median(arr, axis=0), arr.var(axis=0, ddof=1) if n > 1 else np.zeros(arr.shape[1:])
+
+
 def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
-            nets: list[HybridNet] | None = None) -> Table:
+            nets: list[HybridNet] | None = None, n_realisations: int | None = None,
+            rng: np.random.Generator | None = None) -> Table:
     """Label every star of ``table`` with the bundle's ensemble.
 
     Parameters
@@ -120,6 +168,11 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
         (an :class:`~kielnet.errors.InputError` names what is missing).
     batch_size
         Stars per forward pass (CPU inference is fastest around 64–512).
+    n_realisations
+        Noise realisations per spectrum (default: the bundle's ``inference.n_realisations``;
+        0 = predict the observed spectrum only).
+    rng
+        Random generator for the realisations (default: seeded by ``inference.seed``).
 
     Returns
     -------
@@ -128,5 +181,10 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
     """
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
+    n_real = bundle.config.inference.n_realisations if n_realisations is None else n_realisations
+    if n_real > 0:
+        rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
+        med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
+        return catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
     preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size)
     return catalogue_from_predictions(bundle, table, prep, preds)

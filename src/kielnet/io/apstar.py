@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import astropy.units as u
 import numpy as np
 
+from kielnet.data.spectra import clip_flux_errors
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 
@@ -61,40 +62,6 @@ _NAME_RE = re.compile(r"^apStar-[^-]+-(?P<id>.+?)\.fits(?:\.gz)?$")
 
 
 # ------------------------------------------------------------------ helpers
-def clip_flux_errors(flux_err: np.ndarray, clip_factor: float = 5.0
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clip flux errors row by row at ``clip_factor`` × the row's median error.
-
-    Parameters
-    ----------
-    flux_err
-        Errors, shape ``(n_pix,)`` or ``(n_stars, n_pix)``, any (positive) unit.
-    clip_factor
-        Multiple of the median error above which errors are clipped (APOGEE Net II: 5).
-
-    Returns
-    -------
-    clipped, n_clipped, n_bad
-        ``clipped`` (float64, shape of ``flux_err`` made 2-D): errors above the limit
-        and bad errors (zero, negative, NaN, inf) replaced by the limit, where the
-        limit is ``clip_factor`` × the median of the row's finite positive errors;
-        a row without any such error is all NaN. ``n_clipped`` counts, per row, the
-        finite errors that were above the limit; ``n_bad`` the bad errors.
-    """
-    if not (np.isfinite(clip_factor) and clip_factor > 0):
-        raise InputError(f"clip_factor must be a positive number, got {clip_factor!r}",
-                         field="clip_factor")
-    err = np.atleast_2d(np.asarray(flux_err, dtype=np.float64))
-    good = np.isfinite(err) & (err > 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a good error → NaN
-        median = np.nanmedian(np.where(good, err, np.nan), axis=1)
-    limit = (clip_factor * median)[:, None]
-    over = good & (err > limit)
-    out = np.where(good & ~over, err, limit)
-    return out, over.sum(axis=1).astype(np.int64), (~good).sum(axis=1).astype(np.int64)
-
-
 def apstar_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Expand ``paths`` (a file, a directory or a list of them) into apStar files.
 

@@ -99,6 +99,13 @@ def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
     """Convert an astropy :class:`~astropy.table.Table` with the conventions above."""
     cm = columns or ColumnMap()
     names = list(tab.colnames)
+    roles_json = tab.meta.get("kielnet_roles") if columns is None else None
+    if roles_json:  # written by kielnet: column roles are recorded, use them
+        roles = json.loads(roles_json) if isinstance(roles_json, str) else dict(roles_json)
+        present = [c for c in roles if c in names]
+        cm = ColumnMap(labels={c: c for c in present if roles[c] == "label"},
+                       scalars={c: c for c in present if roles[c] == "scalar"},
+                       extra=[c for c in present if roles[c] == "extra"])
     lower = {n.lower(): n for n in names}
 
     def pick(explicit: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
@@ -200,6 +207,10 @@ def startable_to_table(st: StarTable) -> Table:
             tab[f"{k}_err"] = st.label_errs[k]
     if st.wavelength is not None:
         tab.meta["wavelength_nm"] = [float(x) for x in st.wavelength.to_value(u.nm)]
+    roles = {k: "label" for k in st.labels}
+    roles.update({k: "scalar" for k in st.scalars})
+    roles.update({k: "extra" for k in st.extra})
+    tab.meta["kielnet_roles"] = json.dumps(roles)
     return tab
 
 
