@@ -77,16 +77,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _with_metadata(table, metadata: str | None):
+    """Join scalar inputs (photometry, parallax) from a metadata table by star id."""
+    if not metadata:
+        return table
+    from kielnet.io import read_stars
+
+    meta = read_stars(metadata)
+    joined = table.join_scalars(meta)
+    n_found = int(np.isin(table.ids, meta.ids).sum())
+    print(f"metadata: {n_found}/{len(table)} stars found in {metadata}")
+    return joined
+
+
 def cmd_predict(args) -> int:
     from kielnet.inference.bundle import load_bundle
     from kielnet.inference.streaming import predict_to_file
     from kielnet.io import read_stars
 
     bundle = load_bundle(args.bundle)
-    table = read_stars(args.data)
+    table = _with_metadata(read_stars(args.data), args.metadata)
     t0 = time.time()
     cat = predict_to_file(bundle, table, args.out, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                          progress=not args.quiet)
+                          progress=not args.quiet, n_realisations=args.realisations)
     dt = time.time() - t0
     n_ok = int(np.sum(np.asarray(cat["status"]) == "ok"))
     print(f"{len(cat)} stars labelled in {dt:.1f} s ({len(cat) / max(dt, 1e-9):.0f} stars/s); "
@@ -216,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--bundle", required=True, help="model bundle directory")
     pr.add_argument("--data", required=True, help=DATA_HELP)
     pr.add_argument("--out", required=True, help="catalogue file: .parquet, .fits, .ecsv or .csv")
+    pr.add_argument("--metadata", help="table (FITS/Parquet/CSV) of scalar inputs joined by id, e.g. "
+                                       "parallax [mas], g, bp, rp [mag] for apStar spectra; stars "
+                                       "without a row are flagged missing_input")
+    pr.add_argument("--realisations", type=int, default=None,
+                    help="noise realisations per spectrum (default: the bundle's setting, e.g. 20 "
+                         "for apogee_net_2; 0 = off)")
     pr.add_argument("--chunk-size", type=int, default=20000,
                     help="stars per resumable chunk (parts kept in OUT.parts until done)")
     pr.add_argument("--batch-size", type=int, default=256, help="stars per forward pass")

@@ -172,6 +172,28 @@ class StarTable:
                 rep["spectrum:nonfinite_pixels"] = int(bad_rows.sum())
         return rep
 
+    def join_scalars(self, other: "StarTable", columns: Sequence[str] | None = None) -> "StarTable":
+        """Add scalar columns of ``other`` matched by star id (e.g. Gaia photometry and
+        parallax for apStar spectra). Stars absent from ``other`` get NaN (reported as
+        missing downstream); duplicate ids in ``other`` are an error."""
+        uniq, counts = np.unique(other.ids, return_counts=True)
+        if (counts > 1).any():
+            raise InputError(f"ids appear more than once in the metadata table, e.g. "
+                             f"{uniq[counts > 1][0]}", source=other.source, field="id")
+        index = {sid: i for i, sid in enumerate(other.ids)}
+        rows = np.array([index.get(sid, -1) for sid in self.ids])
+        cols = list(other.scalars) if columns is None else list(columns)
+        scalars = dict(self.scalars)
+        for c in cols:
+            if c not in other.scalars:
+                raise InputError(f"metadata column '{c}' is missing", source=other.source, field=c)
+            v = np.where(rows >= 0, other.scalars[c][np.clip(rows, 0, None)], np.nan)
+            scalars[c] = v
+        out = self.take(np.arange(len(self)))
+        out.scalars = scalars
+        out.meta["metadata_source"] = other.source
+        return out
+
     @staticmethod
     def concat(tables: Sequence["StarTable"]) -> "StarTable":
         """Stack tables with identical columns and wavelength grids row-wise."""

@@ -24,7 +24,7 @@ __all__ = ["predict_to_file"]
 
 
 def predict_to_file(bundle: Bundle, table: StarTable, output: str | Path, *, chunk_size: int = 20000,
-                    batch_size: int = 256, progress: bool = True) -> Table:
+                    batch_size: int = 256, progress: bool = True, n_realisations: int | None = None) -> Table:
     """Label ``table`` in resumable chunks and write the catalogue to ``output``.
 
     The format follows the suffix (``.parquet``, ``.fits``, ``.ecsv``, ``.csv``).
@@ -44,7 +44,8 @@ def predict_to_file(bundle: Bundle, table: StarTable, output: str | Path, *, chu
         if part.is_file():
             continue
         chunk = table.take(np.arange(s, min(s + chunk_size, len(table))))
-        cat = predict(bundle, chunk, batch_size=batch_size, nets=nets)
+        rng = np.random.default_rng([bundle.config.inference.seed, i])  # per chunk: resumable
+        cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng)
         atomic_write_table(cat, part)
     cats = [read_catalogue(parts / f"part_{i:06d}.parquet") for i in range(len(starts))]
     full = vstack(cats, metadata_conflicts="silent") if len(cats) > 1 else cats[0]
