@@ -1,0 +1,52 @@
+"""Wall-clock time and held-out metrics of ``kielnet demo`` (the README's first command
+after set-up) on the embedded XP library. Writes ``benchmarks/results/demo_runtime.json``.
+
+Run: ``python benchmarks/demo_runtime.py`` (the demo's output goes to a temporary
+directory that is removed afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from xp_library import git_commit, machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    commit = git_commit()
+    out_dir = Path(tempfile.mkdtemp(prefix="kielnet_demo_"))
+    cmd = ["kielnet", "demo", "--out", str(out_dir / "demo"), "--quiet"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr)
+        return proc.returncode
+    metrics = json.loads((out_dir / "demo" / "metrics.json").read_text())
+    files = sorted(p.name for p in (out_dir / "demo").iterdir())
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out = {"wall_seconds": round(wall, 1), "limit_seconds": 900, "within_limit": wall <= 900,
+           "note": "excludes the pip set-up (about 1 minute here with the local torch wheel)",
+           "demo_metrics": metrics, "files_written": files, "stdout_tail": proc.stdout[-2500:],
+           "git_commit": commit, "command": "python benchmarks/demo_runtime.py (runs: kielnet demo --quiet)",
+           "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = ROOT / "benchmarks" / "results" / "demo_runtime.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, path)
+    print(f"demo took {wall:.0f} s; written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
