@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,9 +40,8 @@ from kielnet.simulation import emulator_crb, fit_spectra, sample_labels, simulat
 from kielnet.training.ensemble import train_ensemble
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from xp_library import git_commit, machine  # noqa: E402
+from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "apogee" / "emulator"
 LABELS = ("teff", "logg", "fe_h")
 
@@ -56,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--n-fit", type=int, default=150, help="test stars per S/N fitted by chi2")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "apogee_emulated.json"))
+    ap.add_argument("--out", default=str(RESULTS / "apogee_emulated.json"))
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "apogee_emulated"))
     args = ap.parse_args(argv)
-    commit = git_commit()
+    commit, dirty = git_commit(), git_dirty()
     t_start = time.time()
 
     emu = load_payne_emulator(args.emulator)
@@ -111,16 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                   "n_realisations": cfg.inference.n_realisations},
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - t_start, 1),
-        "git_commit": commit,
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(commit, dirty),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, args.out)
-    print(f"written {args.out}")
+    write_result(out, args.out)
     return 0
 
 

@@ -8,7 +8,6 @@ directory that is removed afterwards).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,13 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from xp_library import git_commit, machine  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import RESULTS, git_commit, git_dirty, provenance, write_result  # noqa: E402
 
 
 def main() -> int:
-    commit = git_commit()
+    commit, dirty = git_commit(), git_dirty()
     out_dir = Path(tempfile.mkdtemp(prefix="kielnet_demo_"))
     cmd = ["kielnet", "demo", "--out", str(out_dir / "demo"), "--quiet"]
     t0 = time.time()
@@ -38,13 +35,9 @@ def main() -> int:
     out = {"wall_seconds": round(wall, 1), "limit_seconds": 900, "within_limit": wall <= 900,
            "note": "excludes the pip set-up (about 1 minute here with the local torch wheel)",
            "demo_metrics": metrics, "files_written": files, "stdout_tail": proc.stdout[-2500:],
-           "git_commit": commit, "command": "python benchmarks/demo_runtime.py (runs: kielnet demo --quiet)",
-           "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = ROOT / "benchmarks" / "results" / "demo_runtime.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
-    print(f"demo took {wall:.0f} s; written {path}")
+           "demo_command": " ".join(cmd[:2] + ["--out", "<tmp>", "--quiet"]), **provenance(commit, dirty)}
+    write_result(out, RESULTS / "demo_runtime.json")
+    print(f"demo took {wall:.0f} s")
     return 0
 
 

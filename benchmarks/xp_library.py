@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,23 +30,10 @@ from kielnet.inference.uncertainty import robust_sigma
 from kielnet.io import XP_LIBRARY, read_stars
 from kielnet.pipeline import run_holdout
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+
 TARGETS = {"teff": 75.0, "logg": 0.15, "fe_h": 0.09, "alpha_m": 0.030}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}
 
 
 def baseline_gbt(bundle, train, test, seed: int = 0) -> tuple[dict, dict, float]:
@@ -88,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", type=int, default=None, help="override ensemble.n_splits")
     ap.add_argument("--members", type=int, default=None, help="override ensemble.members_per_split")
     ap.add_argument("--data", default=XP_LIBRARY, help="input stars (default: the embedded XP library)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "xp_library.json"))
+    ap.add_argument("--out", default=str(RESULTS / "xp_library.json"))
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"))
     args = ap.parse_args(argv)
-    commit = git_commit()  # the code that runs is the code at start
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
+    commit, dirty = git_commit(), git_dirty()  # the code that runs is the code at start
 
     cfg = load_config(args.config)
     ens = {}
@@ -146,18 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_sigma_definition": "robust sigma of the baseline's residuals on a random 10% of the "
                                      "training stars held out from its fit (constant per label)",
         "residual_definition": "predicted - APOGEE DR17 label; teff in K, others in dex",
-        "git_commit": commit,
-        "git_dirty_at_start": dirty,
-        "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(commit, dirty),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, args.out)
+    write_result(out, args.out)
     print(json.dumps(checks, indent=1))
-    print(f"written {args.out}")
     return 0
 
 

@@ -1,0 +1,54 @@
+"""Shared helpers of the benchmark scripts: provenance (git commit, machine) and the
+atomic write of a result JSON into ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def git_commit() -> str:
+    """HEAD of the repository (call at start: the code that runs is the code at start)."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def git_dirty() -> bool:
+    """Whether src/ or benchmarks/ differ from HEAD."""
+    return subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def provenance(commit: str, dirty: bool) -> dict:
+    """Keys every result JSON carries: commit, command, machine, date."""
+    return {"git_commit": commit, "git_dirty_at_start": dirty,
+            "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+            "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_result(obj: dict, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+    print(f"written {path}")
+    return path
