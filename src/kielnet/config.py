@@ -83,15 +83,18 @@ class FeatureConfig(_Strict):
     """A scalar feature built from the star table's scalar columns.
 
     ``kind='column'`` uses ``columns[0]`` as is (e.g. a magnitude in mag, parallax in
-    mas); ``kind='difference'`` uses ``columns[0] - columns[1]`` (a colour in mag).
-    Features are z-scored with training statistics; missing values are imputed with
+    mas); ``kind='difference'`` uses ``columns[0] - columns[1]`` (a colour in mag);
+    ``kind='ratio'`` uses ``columns[0] / columns[1]`` (e.g. an XP coefficient over the
+    first coefficient of its set, Gaia-RVS §3.1). Features are scaled (``scaling``:
+    z-score or min-max) with training statistics; missing values are imputed with
     the training mean and, when ``missing_indicator`` is on, an extra 0/1 input tells
     the network the value was missing. Every star with a missing feature is flagged.
     """
 
     name: str
-    kind: Literal["column", "difference"] = "column"
+    kind: Literal["column", "difference", "ratio"] = "column"
     columns: list[str] = Field(min_length=1, max_length=2)
+    scaling: Literal["zscore", "minmax"] = "zscore"
     missing_indicator: bool = True
     invalid_above: float | None = Field(
         default=None, description="raw values >= this are survey placeholders (e.g. 98 for "

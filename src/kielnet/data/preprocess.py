@@ -126,7 +126,13 @@ class Preprocessor:
             if f.invalid_above is not None:
                 with np.errstate(invalid="ignore"):
                     vals = [np.where(v >= f.invalid_above, np.nan, v) for v in vals]
-            cols.append(vals[0] if f.kind == "column" else vals[0] - vals[1])
+            if f.kind == "column":
+                cols.append(vals[0])
+            elif f.kind == "difference":
+                cols.append(vals[0] - vals[1])
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cols.append(np.where(vals[1] != 0, vals[0] / np.where(vals[1] != 0, vals[1], 1.0), np.nan))
         if not cols:
             return np.zeros((len(table), 0))
         return np.stack(cols, axis=1).astype(np.float64)
@@ -160,9 +166,9 @@ class Preprocessor:
         self.feature_scalers = {}
         for j, f in enumerate(cfg.features):
             if f.fixed_scaling is not None:
-                self.feature_scalers[f.name] = Scaler("zscore", *f.fixed_scaling)
+                self.feature_scalers[f.name] = Scaler(f.scaling, *f.fixed_scaling)
             else:
-                self.feature_scalers[f.name] = Scaler("zscore").fit(raw[:, j])
+                self.feature_scalers[f.name] = Scaler(f.scaling).fit(raw[:, j])
         labels, _ = self._raw_labels(table)
         self.label_transforms = []
         for j, lab in enumerate(cfg.labels):
