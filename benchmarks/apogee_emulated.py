@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kielnet.config import load_config
+from kielnet.inference.bundle import save_bundle
 from kielnet.inference.predict import predict
 from kielnet.inference.uncertainty import robust_sigma
 from kielnet.io import load_payne_emulator
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     bundle = train_ensemble(train, cfg, workdir=args.workdir, progress=False)
     train_seconds = time.time() - t0
+    save_bundle(bundle, Path(args.workdir) / "bundle")  # used by apogee_real_apstar.py / apogee_speed.py
     print(f"trained in {train_seconds:.0f} s")
 
     out_snr = {}
