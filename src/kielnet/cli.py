@@ -172,11 +172,14 @@ def cmd_simulate(args) -> int:
 
     emu = load_payne_emulator(args.emulator)
     rng = np.random.default_rng(args.seed)
-    if ":" in args.snr:
-        lo, hi = (float(x) for x in args.snr.split(":", 1))
-        snr = rng.uniform(lo, hi, args.n)
-    else:
-        snr = float(args.snr)
+    try:
+        if ":" in args.snr:
+            lo, hi = (float(x) for x in args.snr.split(":", 1))
+            snr = rng.uniform(lo, hi, args.n)
+        else:
+            snr = float(args.snr)
+    except ValueError:
+        raise KielnetError(f"--snr must be a number or LO:HI, got '{args.snr}'") from None
     labels = sample_labels(emu, args.n, rng)
     table = simulate(emu, labels, snr, rng, id_prefix=args.id_prefix)
     write_table(table, args.out)

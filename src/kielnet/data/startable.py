@@ -175,7 +175,9 @@ class StarTable:
     def join_scalars(self, other: "StarTable", columns: Sequence[str] | None = None) -> "StarTable":
         """Add scalar columns of ``other`` matched by star id (e.g. Gaia photometry and
         parallax for apStar spectra). Stars absent from ``other`` get NaN (reported as
-        missing downstream); duplicate ids in ``other`` are an error."""
+        missing downstream) unless this table already has a value for that column, which
+        is then kept; a finite value in ``other`` wins. Duplicate ids in ``other`` are an
+        error."""
         uniq, counts = np.unique(other.ids, return_counts=True)
         if (counts > 1).any():
             raise InputError(f"ids appear more than once in the metadata table, e.g. "
@@ -187,7 +189,11 @@ class StarTable:
         for c in cols:
             if c not in other.scalars:
                 raise InputError(f"metadata column '{c}' is missing", source=other.source, field=c)
-            v = np.where(rows >= 0, other.scalars[c][np.clip(rows, 0, None)], np.nan)
+            found = rows >= 0
+            v = np.full(len(self), np.nan)
+            v[found] = other.scalars[c][rows[found]]
+            if c in scalars:
+                v = np.where(np.isfinite(v), v, scalars[c])
             scalars[c] = v
         out = self.take(np.arange(len(self)))
         out.scalars = scalars

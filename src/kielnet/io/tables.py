@@ -167,10 +167,14 @@ def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
         if ecol is not None and ecol in names:
             errs[lab] = _filled(tab[ecol], source, ecol)
             used.add(ecol)
-    extra = {c: np.asarray(tab[c]) for c in cm.extra}
+    def _native(col):
+        arr = np.asarray(col)
+        return np.char.decode(arr, "utf-8") if arr.dtype.kind == "S" else arr  # FITS text is bytes
+
+    extra = {c: _native(tab[c]) for c in cm.extra}
     used.update(cm.extra)
     if "source_id" in lower and lower["source_id"] != id_col and "source_id" not in extra:
-        extra["source_id"] = np.asarray(tab[lower["source_id"]])
+        extra["source_id"] = _native(tab[lower["source_id"]])
         used.add(lower["source_id"])
     if cm.scalars is not None:
         scalars = {}
