@@ -56,8 +56,12 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
     so that resuming never mixes members of different runs."""
     import hashlib
 
+    cfg = config.model_dump(mode="json")
+    # member k*members_per_split+m depends only on (seed, split k, member m): the number
+    # of splits may change between runs (e.g. grow an ensemble) without invalidating it
+    cfg["ensemble"].pop("n_splits")
     fingerprint = {
-        "config": config.model_dump(mode="json"),
+        "config": cfg,
         "data": {"n_rows": len(table),
                  "ids_sha1": hashlib.sha1("\n".join(table.ids.tolist()).encode()).hexdigest()},
     }
