@@ -56,12 +56,16 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
     so that resuming never mixes members of different runs."""
     import hashlib
 
-    cfg = config.model_dump(mode="json")
-    # member k*members_per_split+m depends only on (seed, split k, member m): the number
-    # of splits may change between runs (e.g. grow an ensemble) without invalidating it
-    cfg["ensemble"].pop("n_splits")
+    def comparable(cfg_dict: dict) -> dict:
+        # re-validate so that fields added to the schema later compare at their defaults;
+        # member k*members_per_split+m depends only on (seed, split k, member m), so the
+        # number of splits may change between runs (e.g. to grow an ensemble)
+        d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
+        d["ensemble"].pop("n_splits")
+        return d
+
     fingerprint = {
-        "config": cfg,
+        "config": config.model_dump(mode="json"),
         "data": {"n_rows": len(table),
                  "ids_sha1": hashlib.sha1("\n".join(table.ids.tolist()).encode()).hexdigest()},
     }
@@ -69,7 +73,9 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
     stamp = wd / "run.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())
-        if old != json.loads(json.dumps(fingerprint)):
+        same = (old.get("data") == fingerprint["data"]
+                and comparable(old["config"]) == comparable(fingerprint["config"]))
+        if not same:
             raise InputError("work directory holds a run with a different configuration or training "
                              "data; choose another work directory or delete it to start afresh",
                              source=str(wd), field="workdir")
