@@ -1,0 +1,134 @@
+"""Fast embedding OOD score: flags a far group, keeps a same-distribution group,
+round-trips through JSON and safetensors; agreement statistics on known arrays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kielnet.config import ModelConfig
+from kielnet.data.preprocess import Prepared
+from kielnet.models.hybrid import HybridNet
+from kielnet.quality.embedding import EmbeddingOOD, agreement, fusion_embeddings
+
+N_PIX, N_PHOT = 48, 4
+MODEL = {"spectrum": {"conv": [{"channels": 4, "kernel": 5, "pool": 2}, {"channels": 4, "kernel": 3, "pool": 2}],
+                      "dense": [16], "activation": "leaky_relu"},
+         "scalar_branches": [{"name": "phot", "features": ["g", "bp_rp", "g_rp", "j_k"], "layers": [8]}],
+         "head": {"layers": [16], "dropout": 0.1, "activation": "leaky_relu"},
+         "channels_last_2d": False}
+
+
+def _prepared(spec: np.ndarray, phot: np.ndarray) -> Prepared:
+    n = len(spec)
+    return Prepared(spec.astype(np.float32), None, {"phot": phot.astype(np.float32)}, None,
+                    np.zeros(n, np.int64), np.zeros(n, bool), np.zeros((n, N_PHOT), bool), None)
+
+
+def _groups(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train = _prepared(rng.normal(size=(300, N_PIX)), rng.normal(size=(300, N_PHOT)))
+    same = _prepared(rng.normal(size=(80, N_PIX)), rng.normal(size=(80, N_PHOT)))
+    far = _prepared(rng.normal(size=(30, N_PIX)) + 6.0, rng.normal(size=(30, N_PHOT)) + 6.0)
+    return train, same, far
+
+
+@pytest.fixture(scope="module")
+def nets():
+    cfg = ModelConfig.model_validate(MODEL)
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        out.append(HybridNet(cfg, N_PIX, {"phot": N_PHOT}, 4).eval())
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(nets):
+    train, _, _ = _groups()
+    return EmbeddingOOD().fit(nets, train)
+
+
+def test_hook_embedding_is_branch_concatenation(nets):
+    train, _, _ = _groups()
+    net = nets[0]
+    net.train()  # the hook runs the net in eval mode and restores its mode
+    emb = fusion_embeddings(net, train, batch_size=64)
+    assert net.training
+    net.eval()
+    with torch.no_grad():
+        ref = torch.cat([net.spectrum(torch.from_numpy(train.spectrum)),
+                         net.branches["phot"](torch.from_numpy(train.branches["phot"]))], dim=1).numpy()
+    assert emb.shape == (300, net.head[0].in_features)
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_far_group_flagged_same_group_kept(nets, fitted):
+    _, same, far = _groups()
+    s_same, s_far = fitted.score(nets, same), fitted.score(nets, far)
+    assert (s_far > 1).all(), s_far.min()
+    assert (s_same <= 1).mean() >= 0.9, (s_same <= 1).mean()
+    assert fitted.member_scores(nets, far).shape == (2, 30)
+    np.testing.assert_array_equal(fitted.flag(nets, far), s_far > 1)
+
+
+def test_state_round_trips(nets, fitted, tmp_path):
+    _, same, far = _groups()
+    ref = fitted.score(nets, far)
+    back = EmbeddingOOD.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    np.testing.assert_allclose(back.score(nets, far), ref)
+    loaded = EmbeddingOOD.load(fitted.save(tmp_path / "ood.safetensors"))
+    np.testing.assert_allclose(loaded.score(nets, same), fitted.score(nets, same))
+    assert loaded.n_members == 2 and loaded.n_reference == 300
+
+
+def test_subsample_and_member_checks(nets):
+    train, _, far = _groups()
+    small = EmbeddingOOD(max_reference=50, random_state=3).fit(nets[0], train)
+    assert small.n_reference == 50 and small.n_train == 300
+    assert small.flag(nets[0], far).all()
+    with pytest.raises(ValueError, match="members"):
+        small.score(nets, far)
+    with pytest.raises(ValueError, match="digests"):
+        small.score(nets[1], far)
+
+
+def test_bad_spectra_excluded_from_reference(nets):
+    train, _, _ = _groups()
+    train.bad_spectrum[:100] = True
+    assert EmbeddingOOD().fit(nets[0], train).n_reference == 200
+
+
+def test_agreement_known_arrays():
+    a = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
+    b = np.array([1, 1, 0, 0, 0, 1, 1, 0], bool)
+    r = agreement(a, b)
+    assert (r["both_true"], r["a_true_b_false"], r["a_false_b_true"], r["both_false"]) == (3, 1, 1, 3)
+    assert r["n"] == 8 and r["n_agree"] == 6
+    assert r["fraction_agree"] == pytest.approx(0.75)
+    assert r["kappa"] == pytest.approx(0.5)  # p_o = 0.75, p_e = 0.5
+    assert agreement(a, a)["kappa"] == pytest.approx(1.0)
+    assert agreement(a, ~a)["kappa"] == pytest.approx(-1.0)
+    same = agreement(np.ones(5, bool), np.ones(5, bool))
+    assert same["fraction_agree"] == 1.0 and np.isnan(same["kappa"])
+    json.dumps(r)
+    with pytest.raises(ValueError):
+        agreement(a, b[:-1])
+    with pytest.raises(ValueError):
+        agreement(a.astype(int), b)
+
+
+def test_tsne_and_embedding_agree_on_far_group(nets, fitted):
+    pytest.importorskip("openTSNE")
+    from kielnet.quality.tsne import tsne_training_like
+
+    train, same, far = _groups()
+    obs = np.vstack([same.spectrum, far.spectrum])
+    res = tsne_training_like(train.spectrum, obs, perplexities=(30,),
+                             tsne_kwargs={"n_iter": 200, "early_exaggeration_iter": 100})
+    fast_like = np.concatenate([~fitted.flag(nets, same), ~fitted.flag(nets, far)])
+    r = agreement(res.training_like, fast_like)
+    assert r["fraction_agree"] >= 0.85 and r["kappa"] > 0.6, r
