@@ -1,0 +1,472 @@
+"""Reader for Gaia DR3 RVS mean spectra in the archive's forms → :class:`StarTable`.
+
+Gaia DR3 publishes ~1 million time-averaged, normalised, rest-frame RVS spectra
+(Seabroke et al. 2022): 2,401 pixels, 846–870 nm in 0.01 nm steps, flux normalised
+to the pseudo-continuum (dimensionless). The archive's datalink service writes them
+
+* in *long* form — one row per pixel, columns ``source_id, solution_id, ra, dec,
+  wavelength, flux, flux_error, combined_transits, combined_ccds, deblended_ccds``,
+  one or many stars per file — as CSV, ECSV, FITS or VOTable; empty CSV cells
+  (masked / NaN values elsewhere) mark pixels without data, usually at the edges;
+* or, in user tables, in *wide* form — one row per star with array columns ``flux``
+  and ``flux_error`` (2,401 values; ``(…)`` / ``[…]`` strings are accepted in CSV)
+  and optionally an array column ``wavelength``.
+
+Formats are chosen by suffix: ``.csv``, ``.ecsv``, ``.fits``/``.fit`` (optionally
+``.gz``), ``.vot``/``.votable``/``.xml``.
+
+Star-table fields (units) built by :func:`read_rvs_spectra`:
+
+* ids: ``source_id`` as a string; extra ``source_id`` (int64);
+* spectrum: flux and flux error (dimensionless, normalised) on the common grid
+  :data:`RVS_WAVELENGTH_NM` as an astropy Quantity in nm. The wavelength column is
+  taken in nm unless it carries a unit; every star must have exactly 2,401 pixels on
+  that grid (to 0.001 nm) or :class:`InputError` names the file and star;
+* extra: per-star columns of the long form present in every file read
+  (``solution_id``, ``ra``, ``dec`` in deg, ``combined_transits``, ``combined_ccds``,
+  ``deblended_ccds``), ``file`` (basename) and ``n_filled_pixels``;
+* scalars and labels: none.
+
+NaN flux pixels are filled as in the Gaia-RVS hybrid CNN paper (§2.1): by the upper
+quartile (Q3, numpy's linear-interpolation 75th percentile) of the star's finite flux
+in the three continuum windows :data:`RVS_Q3_WINDOWS_NM` (8475–8495, 8561–8582 and
+8627–8648 Å, pooled, limits inclusive). ``n_filled_pixels`` counts the filled pixels.
+Their ``flux_err`` stays NaN (no measurement), so they remain identifiable; a star
+without any finite flux in the windows is left unfilled (NaN, reported by
+:meth:`StarTable.missing_report`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Table
+
+from kielnet.data.startable import StarTable
+from kielnet.errors import InputError
+
+__all__ = ["RVS_N_PIX", "RVS_WAVELENGTH_NM", "RVS_Q3_WINDOWS_NM", "fill_nan_q3",
+           "read_rvs_spectra", "read_rvs_wavelength", "rvs_files"]
+
+#: Pixels per Gaia DR3 RVS mean spectrum.
+RVS_N_PIX = 2401
+#: The DR3 RVS grid: 846–870 nm in 0.01 nm steps.
+RVS_WAVELENGTH_NM = np.round(np.linspace(846.0, 870.0, RVS_N_PIX), 2)
+#: Continuum windows (nm) whose pooled flux Q3 fills NaN pixels (§2.1: 8475–8495,
+#: 8561–8582, 8627–8648 Å).
+RVS_Q3_WINDOWS_NM = ((847.5, 849.5), (856.1, 858.2), (862.7, 864.8))
+#: Largest accepted difference (nm) between a file's wavelengths and the DR3 grid.
+GRID_TOLERANCE_NM = 1e-3
+
+_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits",
+            ".vot": "votable", ".votable": "votable", ".xml": "votable"}
+#: Per-star columns of the datalink long form carried into ``extra``.
+_STAR_COLUMNS = ("solution_id", "ra", "dec", "combined_transits", "combined_ccds", "deblended_ccds")
+
+
+# ------------------------------------------------------------------ shared table helpers
+def _format_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in _FORMATS:
+        raise InputError(f"unknown file format '{''.join(path.suffixes)}'; use one of "
+                         f"{sorted(_FORMATS)}", source=str(path))
+    return _FORMATS[suffixes[-1]]
+
+
+def _read_archive_table(path: str | os.PathLike) -> tuple[Table, str]:
+    """Read a CSV / ECSV / FITS / VOTable file into an astropy table (no rows → error)."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise InputError("file does not exist", source=source)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", source=source)
+    fmt = _format_of(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy's unit / VOTable spec chatter
+            tab = Table.read(path, format=fmt)
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+        raise InputError(f"cannot read as {fmt}: {exc}", source=source) from exc
+    if len(tab) == 0:
+        raise InputError("table has no rows", source=source)
+    return tab, fmt
+
+
+def _find(tab: Table, *names: str) -> str | None:
+    lower = {c.lower(): c for c in tab.colnames}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def _need(tab: Table, source: str, *names: str) -> str:
+    col = _find(tab, *names)
+    if col is None:
+        raise InputError(f"column '{names[0]}' is missing; columns: {tab.colnames}",
+                         source=source, field=names[0])
+    return col
+
+
+def _floats(col: Any, source: str, name: str) -> np.ndarray:
+    """Numeric column → float64 with masked cells as NaN."""
+    try:
+        arr = np.ma.asarray(col).astype(np.float64)
+    except (TypeError, ValueError):
+        raise InputError("column is not numeric", source=source, field=name) from None
+    return np.ma.filled(arr, np.nan)
+
+
+def _source_ids(col: Any, source: str, name: str = "source_id") -> np.ndarray:
+    """Gaia source ids as int64 (floats would lose digits and are refused)."""
+    if np.ma.is_masked(col) and np.ma.getmaskarray(col).any():
+        row = int(np.flatnonzero(np.ma.getmaskarray(col))[0])
+        raise InputError("source_id is empty", source=source, field=name, row=row)
+    arr = np.asarray(np.ma.getdata(col))
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "US":
+        try:
+            return np.array([int(str(v).strip()) for v in arr], dtype=np.int64)
+        except ValueError:
+            raise InputError("source_id holds non-integer values", source=source, field=name) from None
+    raise InputError(f"source_id must be an integer column, got dtype {arr.dtype} (floating-point "
+                     "ids lose digits)", source=source, field=name)
+
+
+def _star_values(col: Any, source: str, name: str) -> np.ndarray:
+    """Per-star column: int64 when integer without empty cells (ids, counts), else float64."""
+    data = np.asarray(np.ma.getdata(col))
+    if data.dtype.kind in "iu" and not np.ma.getmaskarray(col).any():
+        return data.astype(np.int64)
+    return _floats(col, source, name)
+
+
+def _parse_array_cell(value: Any) -> np.ndarray | None:
+    """One array cell (ndarray, masked, '(1, 2)' / '[1, 2]' string, None) → float64 or None."""
+    if value is None or value is np.ma.masked:
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode()
+    if isinstance(value, (str, np.str_)):
+        s = str(value).strip()
+        if not s:
+            return None
+        if s[0] in "([" and s[-1] in ")]":
+            s = s[1:-1]
+        if not s.strip():
+            return np.zeros(0)
+        return np.array([float(v) for v in s.split(",")], dtype=np.float64)
+    if np.isscalar(value):
+        v = float(value)
+        return None if np.isnan(v) else np.array([v])
+    arr = np.ma.asarray(value).astype(np.float64)
+    return np.ma.filled(arr, np.nan)
+
+
+def _array_column(col: Any, source: str, name: str) -> list[np.ndarray | None]:
+    """An array column (2-D numeric, object / variable-length, or strings) → per-row arrays."""
+    data = np.ma.asarray(col) if np.ma.isMaskedArray(col) else np.asarray(col)
+    if data.dtype.kind in "fiu" and data.ndim >= 2:
+        filled = _floats(col, source, name)
+        return [filled[i] for i in range(len(filled))]
+    out: list[np.ndarray | None] = []
+    mask = np.ma.getmaskarray(col) if data.ndim == 1 else np.zeros(len(data), bool)
+    for i in range(len(data)):
+        if mask[i]:
+            out.append(None)
+            continue
+        try:
+            out.append(_parse_array_cell(data[i]))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"cannot parse array cell: {exc}", source=source, field=name,
+                             row=i) from None
+    return out
+
+
+# ------------------------------------------------------------------ public helpers
+def fill_nan_q3(flux: np.ndarray, wavelength_nm: np.ndarray,
+                windows_nm: Sequence[tuple[float, float]] = RVS_Q3_WINDOWS_NM
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace NaN flux pixels by the Q3 of the star's flux in continuum windows (§2.1).
+
+    Parameters
+    ----------
+    flux
+        Shape ``(n_stars, n_pix)``, normalised RVS flux.
+    wavelength_nm
+        Shape ``(n_pix,)``, nm.
+    windows_nm
+        ``(lo, hi)`` limits in nm, inclusive, pooled into one set of pixels.
+
+    Returns
+    -------
+    filled, n_filled, q3
+        The filled flux (float64), the number of filled pixels per star (int64) and the
+        Q3 used per star (NaN where the windows hold no finite flux — such stars keep
+        their NaN pixels and ``n_filled`` is 0).
+    """
+    f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    wl = np.asarray(wavelength_nm, dtype=np.float64)
+    in_win = np.zeros(wl.shape, bool)
+    for lo, hi in windows_nm:
+        in_win |= (wl >= lo) & (wl <= hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows → NaN
+        q3 = np.nanpercentile(f[:, in_win], 75, axis=1) if len(f) else np.zeros(0)
+    bad = np.isnan(f) & np.isfinite(q3)[:, None]
+    filled = np.where(bad, q3[:, None], f)
+    return filled, bad.sum(axis=1).astype(np.int64), q3
+
+
+def read_rvs_wavelength(path: str | os.PathLike) -> u.Quantity:
+    """Read a wavelength grid stored as a 1-D FITS primary array (nm), e.g.
+    ``gaia_rvs_wavelength.fits``; unit from ``BUNIT``/``CUNIT1`` if present."""
+    from astropy.io import fits
+
+    source = str(path)
+    if not Path(path).is_file():
+        raise InputError("file does not exist", source=source)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = hdul[0].data
+            hdr = hdul[0].header
+            unit = hdr.get("BUNIT") or hdr.get("CUNIT1") or "nm"
+            data = None if data is None else np.array(data, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read FITS file: {exc}", source=source) from exc
+    if data is None or data.ndim != 1:
+        raise InputError("expected a 1-D wavelength array in the primary HDU", source=source)
+    try:
+        return (data * u.Unit(unit)).to(u.nm)
+    except (ValueError, u.UnitsError) as exc:
+        raise InputError(f"unusable wavelength unit {unit!r}: {exc}", source=source) from None
+
+
+def rvs_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand ``paths`` (a file, a directory or a list of them) into files to read.
+
+    A directory contributes its files with a known suffix (sorted); FITS files in it
+    that hold no table (such as a wavelength-grid image) are skipped by
+    :func:`read_rvs_spectra`.
+    """
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise InputError("no RVS files given", field="paths")
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = []
+            for f in sorted(p.iterdir()):
+                try:
+                    if f.is_file():
+                        _format_of(f)
+                        found.append(f)
+                except InputError:
+                    continue
+            if not found:
+                raise InputError("directory holds no CSV / ECSV / FITS / VOTable files", source=str(p))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError("file does not exist", source=str(p))
+    return files
+
+
+# ------------------------------------------------------------------ reading
+def _wavelength_nm(tab: Table, col: str, source: str) -> np.ndarray:
+    unit = getattr(tab[col], "unit", None)
+    values = _floats(tab[col], source, col)
+    if unit is not None and str(unit) not in ("", "None"):
+        try:
+            values = (values * u.Unit(unit)).to_value(u.nm)
+        except (ValueError, u.UnitsError):
+            raise InputError(f"wavelength unit '{unit}' is not a length", source=source,
+                             field=col) from None
+    return values
+
+
+def _check_grid(wl: np.ndarray, source: str, field: str, star: str, row: int) -> None:
+    if wl.shape != (RVS_N_PIX,):
+        raise InputError(f"spectrum has {wl.size} pixels, expected {RVS_N_PIX} (846-870 nm in "
+                         "0.01 nm steps)", source=source, field=field, star=star, row=row)
+    dev = np.abs(wl - RVS_WAVELENGTH_NM)
+    if not (dev <= GRID_TOLERANCE_NM).all():
+        i = int(np.argmax(np.where(np.isfinite(dev), dev, np.inf)))
+        raise InputError(f"wavelength grid differs from the DR3 RVS grid (846-870 nm, 0.01 nm "
+                         f"steps; wavelengths in nm unless a unit is given): pixel {i} is at "
+                         f"{wl[i]!r}, expected {RVS_WAVELENGTH_NM[i]}", source=source,
+                         field=field, star=star, row=row)
+
+
+def _read_long(tab: Table, source: str) -> dict[str, Any]:
+    sid_col = _need(tab, source, "source_id")
+    wl_col = _need(tab, source, "wavelength")
+    fl_col = _need(tab, source, "flux")
+    er_col = _need(tab, source, "flux_error", "flux_err")
+    sid = _source_ids(tab[sid_col], source, sid_col)
+    wl = _wavelength_nm(tab, wl_col, source)
+    flux = _floats(tab[fl_col], source, fl_col)
+    err = _floats(tab[er_col], source, er_col)
+    order = np.argsort(sid, kind="stable")
+    uniq, start, counts = np.unique(sid[order], return_index=True, return_counts=True)
+    first_row = order[start]  # first file row of each star
+    star_order = np.argsort(first_row, kind="stable")
+    n = len(uniq)
+    out_flux = np.empty((n, RVS_N_PIX))
+    out_err = np.empty((n, RVS_N_PIX))
+    for k, j in enumerate(star_order):
+        rows = order[start[j]:start[j] + counts[j]]
+        rows = rows[np.argsort(wl[rows], kind="stable")]
+        _check_grid(wl[rows], source, wl_col, str(uniq[j]), int(first_row[j]))
+        out_flux[k], out_err[k] = flux[rows], err[rows]
+    firsts = first_row[star_order]
+    extra: dict[str, np.ndarray] = {}
+    for name in _STAR_COLUMNS:
+        col = _find(tab, name)
+        if col is not None:
+            extra[name] = _star_values(tab[col], source, col)[firsts]
+    return {"source_id": uniq[star_order], "flux": out_flux, "flux_err": out_err, "extra": extra}
+
+
+def _stack_rows(cells: list[np.ndarray | None], source: str, field: str, sid: np.ndarray
+                ) -> np.ndarray:
+    out = np.full((len(cells), RVS_N_PIX), np.nan)
+    for i, c in enumerate(cells):
+        if c is None:
+            raise InputError("spectrum cell is empty", source=source, field=field,
+                             star=str(sid[i]), row=i)
+        if c.shape != (RVS_N_PIX,):
+            raise InputError(f"spectrum has {c.size} pixels, expected {RVS_N_PIX} (846-870 nm "
+                             "in 0.01 nm steps)", source=source, field=field, star=str(sid[i]), row=i)
+        out[i] = c
+    return out
+
+
+def _read_wide(tab: Table, source: str) -> dict[str, Any]:
+    sid_col = _need(tab, source, "source_id")
+    fl_col = _need(tab, source, "flux")
+    er_col = _need(tab, source, "flux_error", "flux_err")
+    sid = _source_ids(tab[sid_col], source, sid_col)
+    flux = _stack_rows(_array_column(tab[fl_col], source, fl_col), source, fl_col, sid)
+    err = _stack_rows(_array_column(tab[er_col], source, er_col), source, er_col, sid)
+    wl_col = _find(tab, "wavelength")
+    if wl_col is not None:
+        unit = getattr(tab[wl_col], "unit", None)
+        scale = 1.0
+        if unit is not None and str(unit) not in ("", "None"):
+            try:
+                scale = float((1.0 * u.Unit(unit)).to_value(u.nm))
+            except (ValueError, u.UnitsError):
+                raise InputError(f"wavelength unit '{unit}' is not a length", source=source,
+                                 field=wl_col) from None
+        for i, c in enumerate(_array_column(tab[wl_col], source, wl_col)):
+            _check_grid(np.full(0, np.nan) if c is None else c * scale, source, wl_col,
+                        str(sid[i]), i)
+    extra: dict[str, np.ndarray] = {}
+    for name in _STAR_COLUMNS:
+        col = _find(tab, name)
+        if col is not None and np.asarray(tab[col]).ndim == 1:
+            extra[name] = _star_values(tab[col], source, col)
+    return {"source_id": sid, "flux": flux, "flux_err": err, "extra": extra}
+
+
+def _is_wide(tab: Table) -> bool:
+    col = _find(tab, "flux")
+    if col is None:
+        return False
+    data = np.asarray(tab[col])
+    if data.ndim >= 2 or data.dtype.kind == "O":
+        return True
+    if data.dtype.kind in "US" and len(data):
+        first = str(data[0]).strip()
+        return first[:1] in "([" and len(first) > 0
+    return False
+
+
+def read_rvs_spectra(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                     fill_nan: bool = True) -> StarTable:
+    """Read Gaia DR3 RVS mean spectra (one or many stars per file) into a StarTable.
+
+    Parameters
+    ----------
+    paths
+        A file, a directory of files or a list of them (CSV, ECSV, FITS, VOTable; long
+        or wide form, see the module docstring).
+    fill_nan
+        Fill NaN flux pixels with the §2.1 continuum Q3 (:func:`fill_nan_q3`);
+        ``n_filled_pixels`` is 0 everywhere when ``False``.
+
+    Returns
+    -------
+    StarTable
+        ``(n_stars, 2401)`` flux and flux error on :data:`RVS_WAVELENGTH_NM` (nm), stars
+        in file order and, within a file, in order of first appearance.
+
+    Raises
+    ------
+    InputError
+        Naming the file (and star) for a missing, empty or unreadable file, a missing
+        column, a star with the wrong pixel count or wavelength grid.
+    """
+    files = rvs_files(paths)
+    explicit = {Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)}
+    parts: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for path in files:
+        source = str(path)
+        if path not in explicit and _format_of(path) == "fits" and not _fits_has_table(path):
+            skipped.append(source)  # e.g. the wavelength-grid image next to the spectra
+            continue
+        tab, fmt = _read_archive_table(path)
+        part = _read_wide(tab, source) if _is_wide(tab) else _read_long(tab, source)
+        part["file"] = np.full(len(part["source_id"]), path.name)
+        part["format"] = fmt
+        parts.append(part)
+    if not parts:
+        raise InputError("no RVS spectra found", source=",".join(str(f) for f in files))
+    common = set.intersection(*(set(p["extra"]) for p in parts))
+    flux = np.concatenate([p["flux"] for p in parts])
+    err = np.concatenate([p["flux_err"] for p in parts])
+    if fill_nan:
+        flux, n_filled, _ = fill_nan_q3(flux, RVS_WAVELENGTH_NM)
+    else:
+        n_filled = np.zeros(len(flux), dtype=np.int64)
+    source_id = np.concatenate([p["source_id"] for p in parts]).astype(np.int64)
+    extra = {"source_id": source_id}
+    for name in _STAR_COLUMNS:
+        if name in common:
+            extra[name] = np.concatenate([p["extra"][name] for p in parts])
+    extra["file"] = np.concatenate([p["file"] for p in parts])
+    extra["n_filled_pixels"] = n_filled
+    meta = {"source": ",".join(str(f) for f in files if str(f) not in skipped),
+            "loader": "gaia_rvs", "formats": sorted({p["format"] for p in parts}),
+            "nan_fill": ("Q3 of flux in 847.5-849.5, 856.1-858.2, 862.7-864.8 nm (section 2.1)"
+                         if fill_nan else "none")}
+    dropped = sorted(set().union(*(set(p["extra"]) for p in parts)) - common)
+    if dropped:
+        meta["dropped_columns"] = dropped
+    if skipped:
+        meta["skipped_files"] = skipped
+    return StarTable(ids=source_id.astype(str), flux=flux, flux_err=err,
+                     wavelength=RVS_WAVELENGTH_NM * u.nm, extra=extra, meta=meta)
+
+
+def _fits_has_table(path: Path) -> bool:
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return any(isinstance(h, (fits.BinTableHDU, fits.TableHDU)) for h in hdul)
+    except Exception:  # noqa: BLE001 - unreadable files are reported when read
+        return True

@@ -1,0 +1,334 @@
+"""Reader for Gaia DR3 XP continuous mean spectra (``xp_continuous_mean_spectrum``)
+and their conversion to the XP library's 343-pixel sampled representation.
+
+The archive writes one row per star with, for each band ``b`` in ``bp``, ``rp``:
+``b_coefficients`` (55 values, internal flux unit e⁻ s⁻¹), ``b_coefficient_errors``
+(55), ``b_coefficient_correlations`` (1,485 = 55·54/2 off-diagonal elements),
+``b_standard_deviation``, ``b_n_relevant_bases``, ``b_n_parameters``,
+``b_basis_function_id``, ``b_degrees_of_freedom``, ``b_n_measurements``,
+``b_n_rejected_measurements``, ``b_chi_squared``, ``b_relative_shrinking``, plus
+``source_id`` and ``solution_id``. Arrays are ``"(c1, c2, …)"`` strings in CSV and
+array columns in ECSV, FITS and VOTable; all the band's cells are empty when a band
+is missing. Formats are chosen by suffix (``.csv``, ``.ecsv``, ``.fits``, ``.vot``).
+
+Star-table fields built by :func:`read_xp_continuous`:
+
+* ids: ``source_id`` as a string; extra ``source_id`` (int64), ``solution_id``;
+* scalars: the coefficients ``bp_0 … bp_54`` and ``rp_0 … rp_54`` (e⁻ s⁻¹) — NaN
+  for a missing band, so the star is reported by
+  :meth:`StarTable.missing_report` and coefficient models flag it — and, when the
+  file has them, ``g``, ``bp``, ``rp`` (``phot_*_mean_mag``, mag) and ``parallax``
+  (mas). :func:`kielnet.data.xp.xp_coefficients` returns the ``(n, 55)`` arrays;
+* extra (NaN rows for a missing band): ``bp_coefficient_errors`` ``(n, 55)``,
+  ``bp_coefficient_correlations`` ``(n, 1485)`` *as stored* (strict lower triangle,
+  row-major; :func:`kielnet.data.xp.correlation_matrix` rebuilds 55×55), the
+  per-band numbers above as float64 (NaN where empty or absent from the file), and
+  ``missing_bp`` / ``missing_rp`` (bool);
+* no spectrum.
+
+:func:`xp_sampled_spectra` calibrates the coefficients with GaiaXPy
+(``gaiaxpy.calibrate``, default sampling 336–1020 nm in 2 nm steps → 343 px, flux in
+W m⁻² nm⁻¹) and divides flux and error by each star's median flux, the convention
+of the APOGEE DR17 × Gaia XP library, so that models trained on that library apply.
+GaiaXPy (and pandas) are optional: ``pip install gaiaxpy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+
+from kielnet.data.startable import StarTable
+from kielnet.data.xp import (N_XP_COEFFICIENTS, N_XP_CORRELATIONS, XP_BANDS, coefficient_names,
+                             normalise_by_median, pack_correlations, xp_coefficients)
+from kielnet.errors import InputError
+from kielnet.io.gaia_rvs import (_array_column, _find, _floats, _need, _read_archive_table,
+                                 _source_ids)
+from kielnet.io.xp_library import XP_WAVELENGTH_NM
+
+__all__ = ["read_xp_continuous", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
+
+#: Per-band numeric columns carried into ``extra`` as float64 (NaN where empty/absent).
+XP_BAND_NUMBERS = ("standard_deviation", "n_relevant_bases", "n_parameters", "basis_function_id",
+                   "degrees_of_freedom", "n_measurements", "n_rejected_measurements",
+                   "chi_squared", "relative_shrinking")
+#: Optional file columns → scalar names.
+_SCALARS = {"g": "phot_g_mean_mag", "bp": "phot_bp_mean_mag", "rp": "phot_rp_mean_mag",
+            "parallax": "parallax"}
+
+
+def _band_arrays(cells: list[np.ndarray | None], expected: int, source: str, field: str,
+                 sid: np.ndarray, square: bool = False) -> np.ndarray:
+    """Stack per-row arrays into ``(n, expected)``; empty / all-NaN cells → NaN rows."""
+    out = np.full((len(cells), expected), np.nan)
+    for i, c in enumerate(cells):
+        if c is None or c.size == 0 or np.isnan(c).all():
+            continue
+        if square and c.size == N_XP_COEFFICIENTS ** 2:
+            c = pack_correlations(c.reshape(N_XP_COEFFICIENTS, N_XP_COEFFICIENTS))
+        c = c.ravel()
+        if c.size != expected:
+            raise InputError(f"expected {expected} values, got {c.size}", source=source,
+                             field=field, star=str(sid[i]), row=i)
+        out[i] = c
+    return out
+
+
+def read_xp_continuous(path: str | os.PathLike) -> StarTable:
+    """Read an archive ``xp_continuous_mean_spectrum`` file into a StarTable.
+
+    Parameters
+    ----------
+    path
+        CSV (``"(…)"`` strings), ECSV, FITS or VOTable (array columns) file with one
+        row per star; see the module docstring for the fields.
+
+    Returns
+    -------
+    StarTable
+        Coefficients as scalars ``bp_i`` / ``rp_i``, errors and correlations in
+        ``extra``, ``extra['missing_bp']`` / ``extra['missing_rp']`` flags.
+
+    Raises
+    ------
+    InputError
+        Naming the file (and star) for a missing, empty or unreadable file, a missing
+        column (``source_id``, ``*_coefficients``, ``*_coefficient_errors``,
+        ``*_coefficient_correlations``), a malformed array cell or a wrong count.
+    """
+    path = Path(path)
+    source = str(path)
+    tab, fmt = _read_archive_table(path)
+    sid = _source_ids(tab[_need(tab, source, "source_id")], source)
+    n = len(sid)
+    scalars: dict[str, np.ndarray] = {}
+    extra: dict[str, Any] = {"source_id": sid}
+    sol = _find(tab, "solution_id")
+    if sol is not None:
+        vals = np.asarray(np.ma.getdata(tab[sol]))
+        extra["solution_id"] = (vals.astype(np.int64) if vals.dtype.kind in "iu"
+                                and not np.ma.getmaskarray(tab[sol]).any()
+                                else _floats(tab[sol], source, sol))
+    absent: list[str] = []
+    for band in XP_BANDS:
+        cols = {kind: _need(tab, source, f"{band}_{kind}")
+                for kind in ("coefficients", "coefficient_errors", "coefficient_correlations")}
+        coef = _band_arrays(_array_column(tab[cols["coefficients"]], source, cols["coefficients"]),
+                            N_XP_COEFFICIENTS, source, cols["coefficients"], sid)
+        errs = _band_arrays(_array_column(tab[cols["coefficient_errors"]], source,
+                                          cols["coefficient_errors"]),
+                            N_XP_COEFFICIENTS, source, cols["coefficient_errors"], sid)
+        corr = _band_arrays(_array_column(tab[cols["coefficient_correlations"]], source,
+                                          cols["coefficient_correlations"]),
+                            N_XP_CORRELATIONS, source, cols["coefficient_correlations"], sid,
+                            square=True)
+        missing = np.isnan(coef).all(axis=1)
+        partial = ~missing & (np.isnan(coef).any(axis=1) | np.isnan(errs).all(axis=1)
+                              | np.isnan(corr).all(axis=1))
+        if partial.any():
+            i = int(np.flatnonzero(partial)[0])
+            raise InputError(f"{band.upper()} spectrum is incomplete (coefficients with missing "
+                             "values, errors or correlations)", source=source,
+                             field=cols["coefficients"], star=str(sid[i]), row=i)
+        for i, name in enumerate(coefficient_names(band)):
+            scalars[name] = coef[:, i]
+        extra[f"{band}_coefficient_errors"] = errs
+        extra[f"{band}_coefficient_correlations"] = corr
+        for kind in XP_BAND_NUMBERS:
+            col = _find(tab, f"{band}_{kind}")
+            if col is None:
+                absent.append(f"{band}_{kind}")
+                extra[f"{band}_{kind}"] = np.full(n, np.nan)
+            else:
+                extra[f"{band}_{kind}"] = np.where(missing, np.nan, _floats(tab[col], source, col))
+        extra[f"missing_{band}"] = missing
+    for name, colname in _SCALARS.items():
+        col = _find(tab, colname)
+        if col is not None:
+            scalars[name] = _floats(tab[col], source, col)
+    meta: dict[str, Any] = {"source": source, "loader": "gaia_xp", "format": fmt,
+                            "xp_coefficients": "scalars bp_0..bp_54, rp_0..rp_54 (e-/s)",
+                            "xp_correlations": "packed strict lower triangle (1485), row-major"}
+    if absent:
+        meta["absent_columns"] = absent
+    return StarTable(ids=sid.astype(str), scalars=scalars, extra=extra, meta=meta)
+
+
+# ------------------------------------------------------------------ GaiaXPy
+def _require_gaiaxpy() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pandas 3 notices at import
+        try:
+            gaiaxpy = importlib.import_module("gaiaxpy")
+        except ImportError as exc:
+            raise InputError("converting XP coefficients to sampled spectra needs the optional "
+                             "package gaiaxpy (pip install gaiaxpy, or the kielnet extra that "
+                             f"provides it): {exc}", source="gaiaxpy") from None
+        try:  # imported lazily by GaiaXPy; import it here under the filter
+            importlib.import_module("gaiaxpy.input_reader.dataframe_string_array_reader")
+        except ImportError:
+            pass
+    return gaiaxpy
+
+
+@contextlib.contextmanager
+def _quiet_gaiaxpy() -> Any:
+    """Silence GaiaXPy's progress messages: its progress bars write to the ``stdout``
+    bound when its calibrator / converter modules were imported, so those are swapped too."""
+    sink = io.StringIO()
+    saved: list[tuple[Any, Any]] = []
+    for name in ("gaiaxpy.calibrator.calibrator", "gaiaxpy.converter.converter"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "stdout"):
+            saved.append((module, module.stdout))
+            module.stdout = sink
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                warnings.catch_warnings():
+            # GaiaXPy 2.1.5 under pandas 3 emits pandas deprecation notices (not ours to fix)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for module, value in saved:
+            module.stdout = value
+
+
+def to_gaiaxpy_frame(table: StarTable) -> tuple[Any, np.ndarray]:
+    """A pandas DataFrame in GaiaXPy's input layout from a :func:`read_xp_continuous` table.
+
+    Columns ``source_id``, ``{bp,rp}_coefficients``, ``_coefficient_errors``,
+    ``_coefficient_correlations`` (NumPy arrays), ``_n_parameters``,
+    ``_standard_deviation`` and ``_n_relevant_bases``; a missing band has NaN cells,
+    which GaiaXPy treats as absent. A present band without a standard deviation (files
+    that lack the column) is given 1.0 so that GaiaXPy calibrates it; its errors are
+    then not the archive's, so such stars are returned in ``no_std`` (bool, per star)
+    and :func:`xp_sampled_spectra` sets their ``flux_err`` to NaN.
+
+    Returns
+    -------
+    frame, no_std
+    """
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise InputError(f"building GaiaXPy input needs pandas (pip install gaiaxpy): {exc}",
+                         source="pandas") from None
+    if table.meta.get("xp_normalised"):
+        raise InputError("the table holds normalised coefficients (XPNormaliser); GaiaXPy needs "
+                         "the archive's coefficients", source=table.source, field="bp_0")
+    bp, rp = xp_coefficients(table)
+    need = [f"{b}_{k}" for b in XP_BANDS for k in ("coefficient_errors", "coefficient_correlations")]
+    for name in need + ["source_id"]:
+        if name not in table.extra:
+            raise InputError(f"table lacks '{name}'; read it with read_xp_continuous",
+                             source=table.source, field=name)
+    n = len(table)
+    cols: dict[str, Any] = {"source_id": np.asarray(table.extra["source_id"], dtype=np.int64)}
+    no_std = np.zeros(n, bool)
+    for band, coef in (("bp", bp), ("rp", rp)):
+        missing = np.isnan(coef).all(axis=1)
+        errs = np.asarray(table.extra[f"{band}_coefficient_errors"], dtype=np.float64)
+        corr = np.asarray(table.extra[f"{band}_coefficient_correlations"], dtype=np.float64)
+        std = np.asarray(table.extra.get(f"{band}_standard_deviation", np.full(n, np.nan)),
+                         dtype=np.float64)
+        nrel = np.asarray(table.extra.get(f"{band}_n_relevant_bases", np.full(n, np.nan)),
+                          dtype=np.float64)
+        lacks = ~missing & ~np.isfinite(std)
+        no_std |= lacks
+        std = np.where(lacks, 1.0, std)
+
+        def cells(a: np.ndarray) -> list[Any]:
+            return [np.nan if missing[i] else a[i].copy() for i in range(n)]
+
+        cols[f"{band}_coefficients"] = cells(coef)
+        cols[f"{band}_coefficient_errors"] = cells(errs)
+        cols[f"{band}_coefficient_correlations"] = cells(corr)
+        cols[f"{band}_n_parameters"] = np.where(missing, np.nan, float(N_XP_COEFFICIENTS))
+        cols[f"{band}_standard_deviation"] = np.where(missing, np.nan, std)
+        cols[f"{band}_n_relevant_bases"] = np.where(missing, np.nan, nrel)
+    return pd.DataFrame(cols), no_std
+
+
+def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
+                       sampling_nm: np.ndarray | None = None, truncation: bool = False
+                       ) -> StarTable:
+    """Calibrate XP coefficients to sampled spectra with GaiaXPy, divided by the median.
+
+    Parameters
+    ----------
+    path_or_table
+        An archive XP continuous file (see :func:`read_xp_continuous`) or a table it
+        returned.
+    sampling_nm
+        Wavelengths in nm; default (``None`` or an array equal to
+        :data:`~kielnet.io.xp_library.XP_WAVELENGTH_NM`): GaiaXPy's default sampling,
+        336–1020 nm in 2 nm steps (343 px), the XP library's grid. GaiaXPy calibrates
+        its default sampling with the precomputed design matrices shipped with it; any
+        other grid is computed from its instrument model, which differs by up to
+        ~0.3 % per pixel (GaiaXPy 2.1.5) — so the default is passed as ``None``.
+    truncation
+        Use only the ``n_relevant_bases`` first bases (GaiaXPy ``truncation``); the XP
+        library was built without truncation.
+
+    Returns
+    -------
+    StarTable
+        flux and flux_err = GaiaXPy flux / error (W m⁻² nm⁻¹) divided by the star's
+        median flux (dimensionless); extra ``source_id``, ``medflux`` (W m⁻² nm⁻¹),
+        ``missing_bp``, ``missing_rp``; the input's non-coefficient scalars (e.g.
+        ``g``). Pixels covered only by a missing band are NaN (the median is then
+        over the other band only); stars without standard deviations get NaN errors.
+    """
+    gaiaxpy = _require_gaiaxpy()
+    table = (path_or_table if isinstance(path_or_table, StarTable)
+             else read_xp_continuous(path_or_table))
+    sampling = None if sampling_nm is None else np.asarray(sampling_nm, dtype=float)
+    if sampling is not None and np.array_equal(sampling, XP_WAVELENGTH_NM):
+        sampling = None  # GaiaXPy's precomputed default matrices, not a recomputed model
+    if truncation:
+        for band in XP_BANDS:
+            key = f"{band}_n_relevant_bases"
+            present = ~table.extra.get(f"missing_{band}", np.zeros(len(table), bool))
+            if key not in table.extra or np.isnan(np.asarray(table.extra[key], float)[present]).any():
+                raise InputError("truncation needs n_relevant_bases for every present band",
+                                 source=table.source, field=key)
+    frame, no_std = to_gaiaxpy_frame(table)
+    try:
+        with _quiet_gaiaxpy():
+            out, used = gaiaxpy.calibrate(frame, sampling=sampling, truncation=truncation,
+                                          save_file=False)
+    except Exception as exc:  # noqa: BLE001 - GaiaXPy errors become one clear error
+        raise InputError(f"GaiaXPy calibration failed: {exc}", source=table.source) from exc
+    got = np.asarray(out["source_id"], dtype=np.int64)
+    if not np.array_equal(got, table.extra["source_id"]):
+        raise InputError("GaiaXPy returned stars in a different order or number",
+                         source=table.source, field="source_id")
+    flux = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux"]])
+    err = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux_error"]])
+    err[no_std] = np.nan
+    flux_n, err_n, med = normalise_by_median(flux, err)
+    coeff_names = set(coefficient_names("bp") + coefficient_names("rp"))
+    scalars = {k: v for k, v in table.scalars.items() if k not in coeff_names}
+    extra = {"source_id": table.extra["source_id"], "medflux": med}
+    for band in XP_BANDS:
+        key = f"missing_{band}"
+        if key in table.extra:
+            extra[key] = table.extra[key]
+    meta = {"source": table.source, "loader": "gaia_xp.xp_sampled_spectra",
+            "gaiaxpy_version": getattr(gaiaxpy, "__version__", "unknown"),
+            "truncation": bool(truncation), "flux": "GaiaXPy calibrate / median flux"}
+    return StarTable(ids=table.ids, flux=flux_n, flux_err=err_n,
+                     wavelength=np.asarray(used, dtype=float) * u.nm, scalars=scalars,
+                     extra=extra, meta=meta)
