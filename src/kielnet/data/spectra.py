@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 
 from kielnet.errors import InputError
 
-__all__ = ["clip_flux_errors", "noise_realisations"]
+__all__ = ["clip_flux_errors", "noise_realisations", "fill_nan_window_quantile"]
 
 
 def clip_flux_errors(flux_err: np.ndarray, clip_factor: float = 5.0
@@ -58,3 +59,40 @@ def noise_realisations(flux: np.ndarray, flux_err: np.ndarray, n: int, rng: np.r
     err = np.where(np.isfinite(err), err, 0.0).astype(np.float32)
     noise = rng.standard_normal((n,) + flux.shape, dtype=np.float32)
     return flux[None] + noise * err[None]
+
+
+def fill_nan_window_quantile(flux: np.ndarray, wavelength_nm: np.ndarray,
+                             windows_nm: Sequence[tuple[float, float]], percentile: float = 75.0
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace NaN flux pixels by a percentile (default Q3) of the star's flux in
+    continuum windows (Gaia-RVS §2.1).
+
+    Parameters
+    ----------
+    flux
+        Shape ``(n_stars, n_pix)``, normalised RVS flux.
+    wavelength_nm
+        Shape ``(n_pix,)``, nm.
+    windows_nm
+        ``(lo, hi)`` limits in nm, inclusive, pooled into one set of pixels.
+    percentile
+        Percentile of the window flux used as the fill value (75 = Q3).
+
+    Returns
+    -------
+    filled, n_filled, q3
+        The filled flux (float64), the number of filled pixels per star (int64) and the
+        Q3 used per star (NaN where the windows hold no finite flux — such stars keep
+        their NaN pixels and ``n_filled`` is 0).
+    """
+    f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    wl = np.asarray(wavelength_nm, dtype=np.float64)
+    in_win = np.zeros(wl.shape, bool)
+    for lo, hi in windows_nm:
+        in_win |= (wl >= lo) & (wl <= hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows → NaN
+        q3 = np.nanpercentile(f[:, in_win], percentile, axis=1) if len(f) else np.zeros(0)
+    bad = np.isnan(f) & np.isfinite(q3)[:, None]
+    filled = np.where(bad, q3[:, None], f)
+    return filled, bad.sum(axis=1).astype(np.int64), q3

@@ -47,6 +47,7 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
+from kielnet.data.spectra import fill_nan_window_quantile
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 
@@ -196,35 +197,9 @@ def _array_column(col: Any, source: str, name: str) -> list[np.ndarray | None]:
 def fill_nan_q3(flux: np.ndarray, wavelength_nm: np.ndarray,
                 windows_nm: Sequence[tuple[float, float]] = RVS_Q3_WINDOWS_NM
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replace NaN flux pixels by the Q3 of the star's flux in continuum windows (§2.1).
-
-    Parameters
-    ----------
-    flux
-        Shape ``(n_stars, n_pix)``, normalised RVS flux.
-    wavelength_nm
-        Shape ``(n_pix,)``, nm.
-    windows_nm
-        ``(lo, hi)`` limits in nm, inclusive, pooled into one set of pixels.
-
-    Returns
-    -------
-    filled, n_filled, q3
-        The filled flux (float64), the number of filled pixels per star (int64) and the
-        Q3 used per star (NaN where the windows hold no finite flux — such stars keep
-        their NaN pixels and ``n_filled`` is 0).
-    """
-    f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
-    wl = np.asarray(wavelength_nm, dtype=np.float64)
-    in_win = np.zeros(wl.shape, bool)
-    for lo, hi in windows_nm:
-        in_win |= (wl >= lo) & (wl <= hi)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows → NaN
-        q3 = np.nanpercentile(f[:, in_win], 75, axis=1) if len(f) else np.zeros(0)
-    bad = np.isnan(f) & np.isfinite(q3)[:, None]
-    filled = np.where(bad, q3[:, None], f)
-    return filled, bad.sum(axis=1).astype(np.int64), q3
+    """§2.1 fill: NaN flux → Q3 of the star's flux in :data:`RVS_Q3_WINDOWS_NM`
+    (see :func:`kielnet.data.spectra.fill_nan_window_quantile`)."""
+    return fill_nan_window_quantile(flux, wavelength_nm, windows_nm, 75.0)
 
 
 def read_rvs_wavelength(path: str | os.PathLike) -> u.Quantity:
