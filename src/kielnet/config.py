@@ -74,6 +74,10 @@ class ModelConfig(_Strict):
     spectrum: SpectrumBranchConfig | None = None
     scalar_branches: list[ScalarBranchConfig] = []
     head: HeadConfig = HeadConfig()
+    init: Literal["default", "kaiming"] = Field(
+        default="default",
+        description="weight initialisation: torch's default, or Kaiming-normal (fan-in, zero "
+                    "biases), which keeps the signal alive through deep ReLU conv stacks")
     channels_last_2d: bool = Field(
         default=True,
         description="run Conv1d as Conv2d with a 1xk kernel in channels_last layout (faster on CPU)")

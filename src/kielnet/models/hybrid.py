@@ -138,6 +138,16 @@ class HybridNet(nn.Module):
         head.append(nn.Linear(width, n_labels))
         self.head = nn.Sequential(*head)
         self.n_labels = n_labels
+        if cfg.init == "kaiming":
+            self._kaiming()
+
+    def _kaiming(self) -> None:
+        """Kaiming-normal weights (fan-in) and zero biases for every conv and linear layer."""
+        for mod in self.modules():
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
 
     def forward(self, spectrum: torch.Tensor | None, branches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """``spectrum``: (batch, n_pix); ``branches``: tensors in ``branch_names`` order."""
