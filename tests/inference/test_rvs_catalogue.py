@@ -13,7 +13,7 @@ from kielnet.inference.rvs_catalogue import RVS_COLUMNS, to_rvs_catalogue, write
 from kielnet.io.tables import read_catalogue
 from kielnet.quality.boundary import describe_boundary_flag
 
-TABLE2 = ["sourceid", "teff", "eteff", "sigma_teff", "logg", "elogg", "sigma_logg", "mh", "emh", "sigma_mh",
+TABLE2 = ["source_id", "teff", "eteff", "sigma_teff", "logg", "elogg", "sigma_logg", "mh", "emh", "sigma_mh",
           "feh", "efeh", "sigma_feh", "alpham", "ealpham", "sigma_alpham", "flag_boundary"]
 LOGG_UNIT = u.dex(u.cm / u.s ** 2)
 UNITS = [None, u.K, u.K, u.K, LOGG_UNIT, LOGG_UNIT, LOGG_UNIT] + [u.dex] * 9 + [None]
@@ -54,12 +54,12 @@ def test_schema_exact():
     assert out["logg"].unit.physical_unit == u.cm / u.s ** 2
     for name in TABLE2[1:-1]:
         assert out[name].dtype.kind == "f"
-    assert out["sourceid"].dtype.kind == "U" and out["flag_boundary"].dtype == np.dtype("<U8")
+    assert out["source_id"].dtype.kind == "U" and out["flag_boundary"].dtype == np.dtype("<U8")
 
 
 def test_descriptions_follow_table2():
     out = to_rvs_catalogue(_kielnet_catalogue(), IDS, FLAGS)
-    assert out["sourceid"].description == "Gaia Source ID"
+    assert out["source_id"].description == "Gaia Source ID"
     assert out["teff"].description == "Effective temperature"
     assert out["eteff"].description == "Model-to-model dispersion of Teff"
     assert out["sigma_teff"].description == "Overall dispersion of Teff"
@@ -79,7 +79,7 @@ def test_values_map_to_the_right_columns():
     out = to_rvs_catalogue(cat, IDS, FLAGS)
     for name, src in SOURCE.items():
         np.testing.assert_array_equal(np.asarray(out[name]), np.asarray(cat[src]), err_msg=name)
-    assert out["sourceid"].tolist() == ["4295806720", "6917528997577384320", "5933051914143228928"]
+    assert out["source_id"].tolist() == ["4295806720", "6917528997577384320", "5933051914143228928"]
     assert out["flag_boundary"].tolist() == FLAGS.tolist()
 
 
@@ -94,7 +94,7 @@ def test_defaults_from_catalogue_columns():
     cat = _kielnet_catalogue()
     cat["flag_boundary"] = FLAGS
     out = to_rvs_catalogue(cat)
-    assert out["sourceid"].tolist()[1] == "6917528997577384320"
+    assert out["source_id"].tolist()[1] == "6917528997577384320"
     assert out["flag_boundary"].tolist() == FLAGS.tolist()
     del cat["source_id"]
     with pytest.raises(InputError) as err:
@@ -160,7 +160,7 @@ def test_round_trip(tmp_path, name):
         assert back[col].unit == unit, col
     for col in TABLE2[1:-1]:
         np.testing.assert_array_equal(np.asarray(back[col], dtype=float), np.asarray(out[col]), err_msg=col)
-    assert np.asarray(back["sourceid"]).astype(str).tolist() == out["sourceid"].tolist()
+    assert np.asarray(back["source_id"]).astype(str).tolist() == out["source_id"].tolist()
     assert np.asarray(back["flag_boundary"]).astype(str).tolist() == ["00000000", "00000001", "10010000"]
     assert back.meta["comments"] == describe_boundary_flag().splitlines()
     assert back.meta["MODEL"] == "gaia_rvs_hybrid"
@@ -181,7 +181,7 @@ def test_write_refuses_other_schemas(tmp_path):
     out = to_rvs_catalogue(_kielnet_catalogue(), IDS, FLAGS)
     with pytest.raises(InputError):
         write_rvs_catalogue(_kielnet_catalogue(), tmp_path / "x.fits")
-    out.rename_column("sourceid", "source_id")
+    out.rename_column("source_id", "sourceid")
     with pytest.raises(InputError):
         write_rvs_catalogue(out, tmp_path / "x.parquet")
     assert not list(tmp_path.iterdir())

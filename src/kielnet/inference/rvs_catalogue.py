@@ -4,7 +4,7 @@
 :mod:`kielnet.inference.predict`: columns ``X``, ``e_X``, ``sigma_X`` per label) into
 exactly the 17 columns of Table 2, in this order:
 
-* ``sourceid`` — Gaia source ID, as text (Table 2 format: char);
+* ``source_id`` — Gaia source ID, as text (Table 2 format: char);
 * ``teff``, ``eteff``, ``sigma_teff`` [K] — from ``teff``, ``e_teff``, ``sigma_teff``;
 * ``logg``, ``elogg``, ``sigma_logg`` [dex(cm s-2)] — from ``logg``, ``e_logg``,
   ``sigma_logg``;
@@ -19,8 +19,8 @@ For each label the three columns are the value, the model-to-model dispersion
 (``e``: kielnet's ``e_X``, the ensemble standard deviation, which also holds the
 noise-realisation variance when predictions used noise realisations) and the overall
 dispersion (``sigma_``: ``sigma_X`` = ``e_X`` ⊕ the running dispersion of the
-training sample, §3.4 and §4.2). Table 2 names the first column ``sourceid`` (no
-underscore) and orders [Fe/H] before [α/M], whereas the boundary flag's digits put
+training sample, §3.4 and §4.2). The first column is ``source_id``, the Gaia archive's
+name (the paper's text extraction prints it as ``sourceid``). Table 2 orders [Fe/H] before [α/M], whereas the boundary flag's digits put
 [α/M] first.
 
 Deliberate departures from the letter of Table 2:
@@ -65,7 +65,7 @@ _VALUE_TEXT = {"teff": "Effective temperature", "logg": "Surface gravity", "mh":
                "feh": "[Fe/H] ratio", "alpham": "[alpha/M] ratio"}
 
 #: The 17 column names of Table 2, in order.
-RVS_COLUMNS: tuple[str, ...] = ("sourceid",) + tuple(
+RVS_COLUMNS: tuple[str, ...] = ("source_id",) + tuple(
     c for name, *_ in RVS_LABELS for c in (name, f"e{name}", f"sigma_{name}")) + ("flag_boundary",)
 
 # units of kielnet's own columns that are accepted as the same numbers
@@ -160,8 +160,8 @@ def to_rvs_catalogue(cat: Table, source_id=None, flag_boundary=None) -> Table:
     flags = np.char.decode(flags, "ascii") if flags.dtype.kind == "S" else flags.astype(str)
 
     out = Table()
-    out["sourceid"] = ids
-    out["sourceid"].description = "Gaia Source ID"
+    out["source_id"] = ids
+    out["source_id"].description = "Gaia Source ID"
     for name, label, unit, text in RVS_LABELS:
         for col, src, desc in ((name, label, _VALUE_TEXT[name]),
                                (f"e{name}", f"e_{label}", f"Model-to-model dispersion of {text}"),
