@@ -31,6 +31,8 @@ def main() -> int:
         return proc.returncode
     metrics = json.loads((out_dir / "demo" / "metrics.json").read_text())
     files = sorted(p.name for p in (out_dir / "demo").iterdir())
+    for png in ("kiel_diagram.png", "residuals.png"):  # keep the figures next to the numbers
+        shutil.copy(out_dir / "demo" / png, RESULTS / f"demo_{png}")
     shutil.rmtree(out_dir, ignore_errors=True)
     out = {"wall_seconds": round(wall, 1), "limit_seconds": 900, "within_limit": wall <= 900,
            "note": "excludes the pip set-up (about 1 minute here with the local torch wheel)",

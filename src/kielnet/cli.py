@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--splits", type=int, default=2,
                    help="random train/validation splits (default 2, as the preset)")
     d.add_argument("--members", type=int, default=1, help="models per split (default 1; preset: 2)")
-    d.add_argument("--max-epochs", type=int, default=25,
-                   help="epochs per model (default 25, to fit the demo into 15 min on 2 cores; preset: 60)")
+    d.add_argument("--max-epochs", type=int, default=40,
+                   help="epochs per model (default 40, to fit the demo into 15 min on 2 cores; preset: 60)")
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     d.add_argument("--fresh", action="store_true", help="discard checkpoints in OUT/work first")
