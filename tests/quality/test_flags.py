@@ -51,3 +51,11 @@ def test_range_flags():
     out = range_flags(v, np.array([0.0, 2.5]), np.array([4.0, 10.0]))
     # NaN is never "outside"; the bounds themselves are inside
     assert out.tolist() == [[False, False], [True, True], [False, False]]
+
+
+def test_range_flags_treat_inf_as_outside_and_nan_as_no_value():
+    from kielnet.quality.flags import range_flags
+
+    v = np.array([[np.inf], [-np.inf], [np.nan], [5.0], [11.0]])
+    out = range_flags(v, np.array([0.0]), np.array([10.0]))
+    np.testing.assert_array_equal(out[:, 0], [True, True, False, False, True])

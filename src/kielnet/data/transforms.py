@@ -80,7 +80,8 @@ class LabelTransform:
         """Scaled network space → physical units."""
         v = self.scaler.inverse(y)
         if self.transform == "log10":
-            v = np.power(10.0, v)
+            with np.errstate(over="ignore"):  # absurd network outputs become inf and are flagged
+                v = np.power(10.0, v)
         return v
 
     def fit(self, x: np.ndarray) -> "LabelTransform":

@@ -72,6 +72,8 @@ def describe_flags(label_names: list[str]) -> str:
 
 
 def range_flags(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(n, k) bool: finite value outside [lo, hi] per column."""
+    """(n, k) bool: value outside [lo, hi] per column; ±inf counts as outside, NaN
+    (no value) does not."""
     v = np.asarray(values, dtype=float)
-    return np.isfinite(v) & ((v < lo) | (v > hi))
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(v) & ((v < lo) | (v > hi))
