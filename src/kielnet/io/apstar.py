@@ -48,6 +48,7 @@ import numpy as np
 from kielnet.data.spectra import clip_flux_errors
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.paths import expand_paths
 
 __all__ = ["read_apstar", "clip_flux_errors", "apstar_files"]
 
@@ -69,23 +70,8 @@ def apstar_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     sorted order; files are taken as given. Raises :class:`InputError` for a missing
     path, an empty list or a directory without apStar files.
     """
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise InputError("no apStar files given", field="paths")
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted({*p.glob("apStar*.fits"), *p.glob("apStar*.fits.gz")})
-            found = [f for f in found if f.is_file()]
-            if not found:
-                raise InputError("directory holds no apStar*.fits files", source=str(p))
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError("file does not exist", source=str(p))
-    return files
+    return expand_paths(paths, what="apStar*.fits files",
+                        accept=lambda f: f.name.startswith("apStar") and f.name.endswith((".fits", ".fits.gz")))
 
 
 def _header_float(header: Any, key: str) -> float:

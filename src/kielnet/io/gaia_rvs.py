@@ -50,6 +50,7 @@ from astropy.table import Table
 from kielnet.data.spectra import fill_nan_window_quantile
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.paths import check_readable, expand_paths
 
 __all__ = ["RVS_N_PIX", "RVS_WAVELENGTH_NM", "RVS_Q3_WINDOWS_NM", "fill_nan_q3",
            "read_rvs_spectra", "read_rvs_wavelength", "rvs_files"]
@@ -84,11 +85,7 @@ def _format_of(path: Path) -> str:
 def _read_archive_table(path: str | os.PathLike) -> tuple[Table, str]:
     """Read a CSV / ECSV / FITS / VOTable file into an astropy table (no rows → error)."""
     path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise InputError("file does not exist", source=source)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", source=source)
+    source = check_readable(path)
     fmt = _format_of(path)
     try:
         with warnings.catch_warnings():
@@ -233,29 +230,14 @@ def rvs_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
     that hold no table (such as a wavelength-grid image) are skipped by
     :func:`read_rvs_spectra`.
     """
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise InputError("no RVS files given", field="paths")
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = []
-            for f in sorted(p.iterdir()):
-                try:
-                    if f.is_file():
-                        _format_of(f)
-                        found.append(f)
-                except InputError:
-                    continue
-            if not found:
-                raise InputError("directory holds no CSV / ECSV / FITS / VOTable files", source=str(p))
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError("file does not exist", source=str(p))
-    return files
+    def known_format(f: Path) -> bool:
+        try:
+            _format_of(f)
+            return True
+        except InputError:
+            return False
+
+    return expand_paths(paths, accept=known_format, what="CSV / ECSV / FITS / VOTable files")
 
 
 # ------------------------------------------------------------------ reading

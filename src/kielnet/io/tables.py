@@ -29,6 +29,7 @@ from astropy.table import Table
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.paths import check_readable
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
            "KNOWN_LABELS", "atomic_write_table", "read_catalogue"]
@@ -79,11 +80,7 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *,
     unreadable or malformed input.
     """
     path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise InputError("file does not exist", source=source)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", source=source)
+    source = check_readable(path)
     fmt = _format_of(path)
     try:
         tab = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)

@@ -1,0 +1,50 @@
+"""File-system helpers shared by the readers: expanding path arguments and the
+common checks every reader makes before parsing a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from kielnet.errors import InputError
+
+__all__ = ["expand_paths", "check_readable"]
+
+
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], *, accept: Callable[[Path], bool],
+                 what: str) -> list[Path]:
+    """Expand a file, a directory or a list of them into files.
+
+    A directory contributes its files for which ``accept`` is true, sorted; files named
+    explicitly are taken as given. ``what`` names the files in error messages (e.g.
+    ``"apStar*.fits files"``). Raises :class:`InputError` for an empty list, a missing
+    path or a directory without matching files.
+    """
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise InputError(f"no {what} given", field="paths")
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = [f for f in sorted(p.iterdir()) if f.is_file() and accept(f)]
+            if not found:
+                raise InputError(f"directory holds no {what}", source=str(p))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError("file does not exist", source=str(p))
+    return files
+
+
+def check_readable(path: str | os.PathLike) -> str:
+    """Raise :class:`InputError` if ``path`` is missing or empty; return it as a string."""
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("file does not exist", source=source)
+    if p.stat().st_size == 0:
+        raise InputError("file is empty", source=source)
+    return source
