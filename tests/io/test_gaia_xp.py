@@ -284,3 +284,14 @@ def test_missing_gaiaxpy_gives_a_clear_error(monkeypatch, tables):
     with pytest.raises(InputError, match="pip install gaiaxpy"):
         xp_sampled_spectra(tables[RAW.name])
     read_xp_continuous(RAW)  # reading needs no gaiaxpy
+
+
+def test_importing_gaiaxpy_leaves_matplotlib_settings_alone():
+    pytest.importorskip("gaiaxpy")
+    import matplotlib
+
+    from kielnet.io.gaia_xp import _require_gaiaxpy
+
+    before = matplotlib.rcParams["text.usetex"]
+    _require_gaiaxpy()
+    assert matplotlib.rcParams["text.usetex"] == before

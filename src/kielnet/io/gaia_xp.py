@@ -164,7 +164,11 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
 
 # ------------------------------------------------------------------ GaiaXPy
 def _require_gaiaxpy() -> Any:
-    with warnings.catch_warnings():
+    import matplotlib
+
+    # GaiaXPy's plotter sets matplotlib's text.usetex = True at import, which breaks every
+    # later figure on machines without LaTeX: keep the user's settings as they were
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", DeprecationWarning)  # pandas 3 notices at import
         try:
             gaiaxpy = importlib.import_module("gaiaxpy")
