@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
     d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
     d.add_argument("--splits", type=int, default=2,
-                   help="random train/validation splits (default 2, as the preset)")
+                   help="random train/validation splits (default 2; the preset has 3)")
     d.add_argument("--members", type=int, default=1, help="models per split (default 1; preset: 2)")
     d.add_argument("--max-epochs", type=int, default=40,
                    help="epochs per model (default 40, to fit the demo into 15 min on 2 cores; preset: 60)")
