@@ -43,6 +43,16 @@ def provenance(commit: str, dirty: bool) -> dict:
             "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def bundle_arguments(doc: str | None):
+    """Parse ``--bundle`` (default: the bundle of ``apogee_emulated.py``) and ``--out``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(ROOT / "benchmarks" / ".work" / "apogee_emulated" / "bundle"))
+    ap.add_argument("--out", default=None, help="result JSON (default: in benchmarks/results/)")
+    return ap.parse_args()
+
+
 def write_result(obj: dict, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file + rename)."""
     path = Path(path)

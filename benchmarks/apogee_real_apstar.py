@@ -25,7 +25,7 @@ from kielnet.io.emulator import load_payne_spectra
 from kielnet.simulation import fit_spectra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+from _common import RESULTS, ROOT, bundle_arguments, git_commit, git_dirty, provenance, write_result  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "apogee"
 
@@ -41,12 +41,7 @@ def _row(cat, i, names) -> dict:
 
 
 def main() -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default=str(ROOT / "benchmarks" / ".work" / "apogee_emulated" / "bundle"))
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = bundle_arguments(__doc__)
     commit, dirty = git_commit(), git_dirty()
     bundle = load_bundle(args.bundle)
     names = bundle.config.label_names

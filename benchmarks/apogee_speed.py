@@ -23,7 +23,7 @@ from kielnet.io import load_payne_emulator
 from kielnet.simulation import sample_labels, simulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+from _common import RESULTS, ROOT, bundle_arguments, git_commit, git_dirty, provenance, write_result  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "apogee" / "emulator"
 
@@ -38,12 +38,7 @@ def matmul_gflops(n: int = 2048, repeat: int = 10) -> float:
 
 
 def main() -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default=str(ROOT / "benchmarks" / ".work" / "apogee_emulated" / "bundle"))
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = bundle_arguments(__doc__)
     commit, dirty = git_commit(), git_dirty()
     bundle = load_bundle(args.bundle)
     emu = load_payne_emulator(DATA / "NN_normalized_spectra_old.npz")

@@ -10,7 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["kiel_diagram", "residual_plot"]
+__all__ = ["kiel_diagram", "residual_plot", "save_figure"]
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (format from the suffix, parent folders
+    created) and close it."""
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def kiel_diagram(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray, path: str | Path,
@@ -30,11 +41,7 @@ def kiel_diagram(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray, path: str 
     ax.set_ylabel(r"$\log g$ [dex]")
     ax.set_title(f"{title} ({ok.sum()} stars)")
     fig.colorbar(sc, ax=ax, label="[Fe/H] [dex]")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def residual_plot(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], path: str | Path,
@@ -71,9 +78,4 @@ def residual_plot(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], pat
             ax.set_title(f"{name}: bias {m['bias']:.3g}, σ_rob {m['robust_sigma']:.3g}, n={m['n']}", fontsize=9)
         lim = np.nanpercentile(np.abs(r), 99.5) if r.size else 1
         ax.set_ylim(-lim, lim)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kielnet.data.preprocess import Prepared  # noqa: E402
+from kielnet.diagnostics.plots import save_figure  # noqa: E402
 
 __all__ = ["SensitivityMaps", "gradient_maps", "plot_sensitivity", "plot_branch_sensitivity"]
 
@@ -280,12 +281,7 @@ def plot_sensitivity(maps: SensitivityMaps, wavelength: np.ndarray | None, mean_
             ax.axvline(wl, color="C7", lw=0.6, ls="--", alpha=0.7)
     axes[-1].set_xlabel(xlabel if wavelength is not None else "pixel")
     fig.suptitle(title or f"sensitivity maps: mean of {maps.n_stars} stars × {maps.n_members} members")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_branch_sensitivity(maps: SensitivityMaps, branch: str, path: str | Path, *,
@@ -317,9 +313,4 @@ def plot_branch_sensitivity(maps: SensitivityMaps, branch: str, path: str | Path
         ax.set_xticklabels(list(input_names), rotation=90, fontsize=6)
     ax.set_xlabel(f"{branch} input")
     fig.suptitle(title or f"{branch} sensitivity: mean of {maps.n_stars} stars × {maps.n_members} members")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
