@@ -217,3 +217,9 @@ def test_demo_runs_end_to_end(capsys, xp_subset_path, tiny_yaml, tmp_path):
     cat = read_catalogue(out / "catalogue.parquet")
     assert metrics["test"]["teff"]["n"] == len(cat) and 150 < len(cat) < 250
     assert "held-out test metrics" in capsys.readouterr().out
+
+
+def test_predict_help_documents_the_boundary_flag_and_quality_columns(capsys):
+    out = _help(capsys, ["predict", "--help"])
+    for needle in ("flag_boundary", "digit 8", "ood_score", "tsne_training_like", "--table2", "parallax"):
+        assert needle in out

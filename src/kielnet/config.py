@@ -224,6 +224,52 @@ class InferenceConfig(_Strict):
     seed: int = 0
 
 
+class EmbeddingOODConfig(_Strict):
+    """Fast out-of-distribution score (:mod:`kielnet.quality.embedding`): fitted when
+    the ensemble is trained and stored in the bundle; ``predict`` then writes
+    ``ood_score`` and sets the ``out_of_distribution`` flag where it exceeds 1."""
+
+    enabled: bool = False
+    max_reference: int = Field(default=20_000, ge=2, description="training stars kept as the reference")
+    quantile: float = Field(default=0.99, gt=0, le=1, description="quantile of training NN distances = score 1")
+
+
+class TsneConfig(_Strict):
+    """t-SNE training-likeness (Gaia-RVS §5.1, :mod:`kielnet.quality.tsne`).
+
+    ``reference_size`` > 0 keeps that many randomly chosen training spectra (as the
+    network sees them) in the bundle, so that ``predict`` can build t-SNE maps over
+    them and the observed spectra without the training data.
+    """
+
+    reference_size: int = Field(default=0, ge=0)
+    perplexities: list[float] = [30.0, 50.0, 75.0, 100.0]
+    threshold_quantile: float = Field(default=0.99, gt=0, le=1)
+    pca_components: int | None = Field(default=50, ge=1)
+
+
+class BoundaryFlagConfig(_Strict):
+    """The 8-digit ``flag_boundary`` column (Gaia-RVS §5.2, :mod:`kielnet.quality.boundary`).
+
+    Digits 1-7 compare predicted labels, G and parallax with the training ranges
+    stored in the bundle. Digit 8 (training-unlike) comes from ``training_like``:
+    ``tsne`` (the paper's: maps over the bundle's t-SNE reference and the stars of
+    each ``predict`` call or chunk) or ``fast_score`` (the embedding score > 1; no
+    maps, scales to any number of stars).
+    """
+
+    enabled: bool = False
+    training_like: Literal["tsne", "fast_score"] = "fast_score"
+
+
+class QualityConfig(_Strict):
+    """Quality machinery carried by a bundle and applied by ``predict``."""
+
+    embedding_ood: EmbeddingOODConfig = EmbeddingOODConfig()
+    tsne: TsneConfig = TsneConfig()
+    boundary_flag: BoundaryFlagConfig = BoundaryFlagConfig()
+
+
 class ReportingRule(_Strict):
     """Withhold ``label`` (NaN + flag ``label_not_reported``) when the predicted
     ``when`` label is above ``above`` and/or below ``below`` (physical units)."""
@@ -254,6 +300,7 @@ class KielnetConfig(_Strict):
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     inference: InferenceConfig = InferenceConfig()
     reporting: list[ReportingRule] = []
+    quality: QualityConfig = QualityConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "KielnetConfig":
@@ -274,6 +321,13 @@ class KielnetConfig(_Strict):
         for rule in self.reporting:
             if rule.label not in names or rule.when not in names:
                 raise ValueError(f"reporting rule uses labels not learned: {rule.label}, {rule.when}")
+        bf = self.quality.boundary_flag
+        if bf.enabled and bf.training_like == "tsne" and self.quality.tsne.reference_size < 2:
+            raise ValueError("boundary_flag.training_like = tsne needs quality.tsne.reference_size >= 2")
+        if bf.enabled and bf.training_like == "fast_score" and not self.quality.embedding_ood.enabled:
+            raise ValueError("boundary_flag.training_like = fast_score needs quality.embedding_ood.enabled")
+        if (self.quality.tsne.reference_size or bf.enabled and bf.training_like == "tsne") and self.spectrum is None:
+            raise ValueError("t-SNE training-likeness needs a spectrum branch")
         if self.training.weighting.kind == "kde":
             missing = set(self.training.weighting.labels) - set(names)
             if missing:
@@ -298,16 +352,7 @@ class KielnetConfig(_Strict):
         ``cfg.with_overrides(ensemble={"n_splits": 1}, training={"weighting": {"kind": "kde"}})``
         (re-validated)."""
 
-        def merge(base, upd):
-            if isinstance(base, dict) and isinstance(upd, dict):
-                out = dict(base)
-                for k, v in upd.items():
-                    out[k] = merge(base.get(k), v)
-                return out
-            return upd
-
-        data = merge(self.model_dump(mode="json"), sections)
-        return KielnetConfig.from_dict(data)
+        return KielnetConfig.from_dict(_merge(self.model_dump(mode="json"), sections))
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "<dict>") -> "KielnetConfig":
@@ -317,8 +362,24 @@ class KielnetConfig(_Strict):
             raise ConfigError(f"invalid kielnet configuration in {source}:\n{exc}") from exc
 
 
-def load_config(name_or_path: str | Path) -> KielnetConfig:
-    """Load a preset by name (see ``kielnet.presets.available()``) or a YAML file path."""
+def _merge(base, upd):
+    """Deep merge: mappings merge key by key, anything else (lists included) replaces."""
+    if isinstance(base, dict) and isinstance(upd, dict):
+        out = dict(base)
+        for k, v in upd.items():
+            out[k] = _merge(base.get(k), v)
+        return out
+    return upd
+
+
+def load_config(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> KielnetConfig:
+    """Load a preset by name (see ``kielnet.presets.available()``) or a YAML file path.
+
+    A file may start from another configuration with ``base: <preset name or path>``
+    (a relative path is taken relative to the file): its sections are deep-merged
+    onto the base (mappings merge key by key; lists such as ``features``, ``labels``
+    or ``conv`` replace the base's list whole), and the result is validated.
+    """
     from kielnet.presets import preset_path
 
     path = Path(name_or_path)
@@ -332,4 +393,15 @@ def load_config(name_or_path: str | Path) -> KielnetConfig:
         raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping at top level")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"configuration file {path}: 'base' must name a preset or a YAML file")
+        if str(path.resolve()) in _seen:
+            raise ConfigError(f"configuration file {path}: 'base' chain loops back to itself")
+        base_path = Path(base)
+        if base_path.suffix and not base_path.is_absolute():
+            base_path = path.parent / base_path
+        parent = load_config(base_path if base_path.suffix else base, _seen + (str(path.resolve()),))
+        data = _merge(parent.model_dump(mode="json"), data)
     return KielnetConfig.from_dict(data, source=str(path))

@@ -62,6 +62,19 @@ def test_workdir_resumes_finished_members(table, tiny_config, tmp_path):
     assert json.loads((wd / "member_001.json").read_text())["seed"] == member_seed(0, 0, 1)
 
 
+def test_workdir_resumes_when_only_post_training_sections_change(table, tiny_config, tmp_path):
+    """Reporting, uncertainty, inference and quality act after the members are trained:
+    changing them must not invalidate the finished members."""
+    wd = tmp_path / "work"
+    train_ensemble(table, tiny_config, workdir=wd, progress=False, log=lambda *_: None)
+    later = tiny_config.with_overrides(name="renamed", uncertainty={"degree": 0},
+                                       inference={"n_realisations": 3},
+                                       quality={"embedding_ood": {"enabled": True}})
+    logs = []
+    b = train_ensemble(table, later, workdir=wd, progress=False, log=logs.append)
+    assert any("resumed" in line for line in logs) and b.ood is not None
+
+
 def test_out_of_range_labels_are_reported_and_not_trained_on(table, tiny_config):
     t = table.take(np.arange(len(table)))
     t.labels["teff"][[0, 1]] = [150000.0, 10.0]   # unphysical

@@ -9,6 +9,8 @@ A bundle is a directory::
       member_000.safetensors      weights of each ensemble member (no pickle)
       member_001.safetensors
       ...
+      embedding_ood.safetensors   optional: reference embeddings of the fast OOD score
+      tsne_reference.safetensors  optional: training spectra for t-SNE training-likeness
 
 :func:`load_bundle` needs nothing but this directory: no training data, no code
 execution from the files (safetensors + JSON only).
@@ -34,6 +36,7 @@ from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import BundleError
 from kielnet.inference.uncertainty import RunningDispersion
 from kielnet.models.hybrid import HybridNet
+from kielnet.quality.embedding import EmbeddingOOD
 
 __all__ = ["Bundle", "MemberInfo", "save_bundle", "load_bundle", "BUNDLE_FORMAT"]
 
@@ -69,6 +72,10 @@ class Bundle:
     training_data: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    #: fast out-of-distribution score fitted on the training stars (config.quality.embedding_ood)
+    ood: EmbeddingOOD | None = None
+    #: (n_ref, n_pix) float32 training spectra as the network sees them (config.quality.tsne)
+    tsne_reference: np.ndarray | None = None
 
     def build_members(self) -> list[HybridNet]:
         """Instantiate the member networks in eval mode."""
@@ -119,7 +126,17 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
             "feature_ranges": {k: list(v) for k, v in bundle.feature_ranges.items()},
             "training_data": bundle.training_data,
             "validation": bundle.validation,
+            "quality": {},
         }
+        if bundle.ood is not None:
+            bundle.ood.save(tmp / "embedding_ood.safetensors")
+            meta["quality"]["embedding_ood"] = "embedding_ood.safetensors"
+        if bundle.tsne_reference is not None:
+            from safetensors.numpy import save_file as save_np
+
+            save_np({"spectra": np.ascontiguousarray(bundle.tsne_reference, dtype=np.float32)},
+                    str(tmp / "tsne_reference.safetensors"))
+            meta["quality"]["tsne_reference"] = "tsne_reference.safetensors"
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, allow_nan=True))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -157,11 +174,25 @@ def load_bundle(path: str | Path) -> Bundle:
             raise BundleError(f"bundle {path} lacks member file {m['file']}")
         members.append(load_file(str(f)))
         infos.append(MemberInfo(**{k: v for k, v in m.items() if k != "file"}))
+    ood, tsne_ref = None, None
+    quality = meta.get("quality", {})
+    for key in quality:
+        if not (path / quality[key]).is_file():
+            raise BundleError(f"bundle {path} lacks its {key} file {quality[key]}")
+    if "embedding_ood" in quality:
+        try:
+            ood = EmbeddingOOD.load(path / quality["embedding_ood"])
+        except ValueError as exc:
+            raise BundleError(f"bundle {path}: {exc}") from exc
+    if "tsne_reference" in quality:
+        from safetensors.numpy import load_file as load_np
+
+        tsne_ref = load_np(str(path / quality["tsne_reference"]))["spectra"]
     return Bundle(
         config=config, preprocessor=pre, members=members, member_info=infos,
         running_dispersion={k: RunningDispersion.from_dict(v) for k, v in meta["running_dispersion"].items()},
         label_ranges={k: tuple(v) for k, v in meta["label_ranges"].items()},
         feature_ranges={k: tuple(v) for k, v in meta["feature_ranges"].items()},
         training_data=meta.get("training_data", {}), validation=meta.get("validation", {}),
-        versions=meta.get("versions", {}),
+        versions=meta.get("versions", {}), ood=ood, tsne_reference=tsne_ref,
     )

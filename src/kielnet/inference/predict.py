@@ -6,7 +6,9 @@ The catalogue has exactly one row per input star, in input order, with
 * for each label ``X``: ``X`` (ensemble mean), ``e_X`` (model-to-model σ, i.e. the
   members' standard deviation) and ``sigma_X`` (total σ = e_X ⊕ running dispersion);
 * ``flag`` (bitmask, see :mod:`kielnet.quality.flags`), ``status`` (its names),
-  ``n_bad_pixels`` and ``missing_inputs``.
+  ``n_bad_pixels`` and ``missing_inputs``;
+* where the bundle's ``config.quality`` asks for them: ``ood_score``,
+  ``tsne_training_like`` and ``flag_boundary`` (see :mod:`kielnet.inference.quality`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kielnet.data.spectra import clip_flux_errors, noise_realisations
 from kielnet.errors import InputError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
+from kielnet.inference.quality import add_quality_columns
 from kielnet.inference.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.flags import FLAG_BITS, describe_flags, label_bit, range_flags, status_strings
@@ -185,6 +188,8 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
-        return catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
-    preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size)
-    return catalogue_from_predictions(bundle, table, prep, preds)
+        cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
+    else:
+        preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size)
+        cat = catalogue_from_predictions(bundle, table, prep, preds)
+    return add_quality_columns(cat, bundle, nets, table, prep)

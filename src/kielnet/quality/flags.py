@@ -14,6 +14,9 @@ missing_input               2      a scalar input was missing and imputed with t
                                    mean (named in ``missing_inputs``)
 input_outside_training      3      a scalar input lies outside its training range
 label_not_reported          4      a label was withheld by a reporting rule (value is NaN)
+out_of_distribution         5      the fast embedding score (``ood_score``) exceeds 1: the
+                                   star is farther from the training stars than 99 % of
+                                   them are from each other (bundles with embedding_ood)
 outside_training_<label>    8+j    predicted label j lies outside its training range
 ==========================  =====  ==========================================================
 """
@@ -30,6 +33,7 @@ FLAG_BITS: dict[str, int] = {
     "missing_input": 2,
     "input_outside_training": 3,
     "label_not_reported": 4,
+    "out_of_distribution": 5,
 }
 LABEL_BIT0 = 8
 
@@ -64,6 +68,7 @@ def describe_flags(label_names: list[str]) -> str:
         "missing_input": "a scalar input was missing, imputed by the training mean",
         "input_outside_training": "a scalar input outside its training range",
         "label_not_reported": "a label withheld by a reporting rule (NaN)",
+        "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
     }
     lines = [f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()]
     lines += [f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the training range"

@@ -30,6 +30,7 @@ from kielnet.errors import InputError
 from kielnet.inference.bundle import Bundle, MemberInfo
 from kielnet.inference.predict import member_predictions
 from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.training.quality import attach_quality
 from kielnet.training.trainer import build_model, train_member
 
 __all__ = ["train_ensemble", "sample_weights", "member_seed"]
@@ -59,9 +60,12 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
     def comparable(cfg_dict: dict) -> dict:
         # re-validate so that fields added to the schema later compare at their defaults;
         # member k*members_per_split+m depends only on (seed, split k, member m), so the
-        # number of splits may change between runs (e.g. to grow an ensemble)
+        # number of splits may change between runs (e.g. to grow an ensemble); sections
+        # applied after the members are trained do not change the members either
         d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
         d["ensemble"].pop("n_splits")
+        for key in ("name", "description", "uncertainty", "inference", "reporting", "quality"):
+            d.pop(key, None)
         return d
 
     fingerprint = {
@@ -204,7 +208,8 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         "n_pix": n_pix, "train_seconds": round(time.time() - t0, 1),
         "label_counts": {n: int(np.isfinite(prep.targets[rows, j]).sum()) for j, n in enumerate(config.label_names)},
     }
-    return Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
-                  running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
-                  training_data=training_data, validation=validation)
+    bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
+                    running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
+                    training_data=training_data, validation=validation)
+    return attach_quality(bundle, prep.take(rows))
 

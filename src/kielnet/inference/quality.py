@@ -1,0 +1,101 @@
+"""Quality columns that ``predict`` adds when the bundle's ``config.quality`` asks for them.
+
+=======================  ==================================================================
+column                   meaning
+=======================  ==================================================================
+``ood_score``            fast out-of-distribution score (:mod:`kielnet.quality.embedding`):
+                         distance to the nearest training star in the network's fusion
+                         embedding / the 99 % quantile of training NN distances, mean over
+                         members; > 1 sets flag bit ``out_of_distribution``
+``tsne_training_like``   t-SNE classification (paper §5.1) against the bundle's t-SNE
+                         reference spectra; maps are built per ``predict`` call (per chunk
+                         when streaming) over the reference and that call's spectra
+``flag_boundary``        the 8-digit boundary flag (paper §5.2, :mod:`kielnet.quality.boundary`):
+                         labels, G and parallax against the bundle's training ranges; digit 8
+                         from ``quality.boundary_flag.training_like`` (``tsne`` or
+                         ``fast_score``)
+=======================  ==================================================================
+
+Digits whose quantity the bundle does not know (a label it does not learn, no G or
+parallax feature, hence no training range) are '1': the star cannot be shown to lie
+within the training limits. Stars with an unusable spectrum are training-unlike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+
+from kielnet.data.preprocess import Prepared
+from kielnet.data.startable import StarTable
+from kielnet.inference.bundle import Bundle
+from kielnet.models.hybrid import HybridNet
+from kielnet.quality.boundary import BOUNDARY_LABELS, boundary_flags, describe_boundary_flag
+from kielnet.quality.flags import FLAG_BITS, status_strings
+from kielnet.quality.tsne import tsne_training_like
+
+__all__ = ["add_quality_columns", "tsne_unlike"]
+
+
+def tsne_unlike(bundle: Bundle, prep: Prepared, *, n_jobs: int = 1) -> np.ndarray:
+    """Bool per star: True where the t-SNE classification against the bundle's reference
+    spectra calls it training-unlike (stars with an unusable spectrum: True)."""
+    if bundle.tsne_reference is None:
+        raise ValueError("this bundle has no t-SNE reference (config.quality.tsne.reference_size = 0)")
+    tc = bundle.config.quality.tsne
+    unlike = np.ones(len(prep), dtype=bool)
+    ok = np.flatnonzero(~np.asarray(prep.bad_spectrum, dtype=bool))
+    if len(ok):
+        res = tsne_training_like(bundle.tsne_reference, prep.spectrum[ok], perplexities=tc.perplexities,
+                                 threshold_quantile=tc.threshold_quantile, pca_components=tc.pca_components,
+                                 n_jobs=n_jobs, random_state=bundle.config.ensemble.seed)
+        unlike[ok] = ~res.training_like
+    return unlike
+
+
+def _scalar(bundle: Bundle, table: StarTable, name: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """Raw values of feature/column ``name`` and its training range (NaN, dummy if unknown)."""
+    rng = bundle.feature_ranges.get(name)
+    if rng is None or not np.all(np.isfinite(rng)):
+        return np.full(len(table), np.nan), (0.0, 0.0)
+    names = [f.name for f in bundle.config.features]
+    values = bundle.preprocessor.raw_features(table)[:, names.index(name)]
+    return values, (float(rng[0]), float(rng[1]))
+
+
+def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table: StarTable,
+                        prep: Prepared) -> Table:
+    """Add the columns of the module docstring to ``cat`` (in place) and return it."""
+    q = bundle.config.quality
+    score = None
+    if bundle.ood is not None:
+        score = bundle.ood.score(nets, prep, check=False)
+        cat["ood_score"] = score
+        cat["ood_score"].description = "embedding nearest-neighbour distance / training 99% quantile (>1: OOD)"
+        cat["flag"] |= (score > 1.0).astype(np.int64) << FLAG_BITS["out_of_distribution"]
+        cat["status"] = status_strings(np.asarray(cat["flag"]), bundle.config.label_names)
+    unlike = None
+    bf = q.boundary_flag
+    if bundle.tsne_reference is not None and (not bf.enabled or bf.training_like == "tsne"):
+        unlike = tsne_unlike(bundle, prep)
+        cat["tsne_training_like"] = ~unlike
+        cat["tsne_training_like"].description = "t-SNE classification (Guiglion et al. 2024, Sect. 5.1)"
+    if bf.enabled:
+        if bf.training_like == "fast_score":
+            if score is None:
+                raise ValueError("boundary_flag.training_like = fast_score but the bundle has no embedding OOD")
+            unlike = score > 1.0
+        unlike = unlike | np.asarray(prep.bad_spectrum, dtype=bool)
+        labels, ranges = {}, {}
+        for name in BOUNDARY_LABELS:
+            known = name in cat.colnames and name in bundle.label_ranges
+            labels[name] = np.asarray(cat[name], float) if known else np.full(len(cat), np.nan)
+            ranges[name] = bundle.label_ranges[name] if known else (0.0, 0.0)
+        g, g_range = _scalar(bundle, table, "g")
+        plx, plx_range = _scalar(bundle, table, "parallax")
+        cat["flag_boundary"] = boundary_flags(labels, ranges, g, plx, g_range, plx_range, unlike)
+        cat["flag_boundary"].description = "Boundary flag composed of 8 digits (Sect. 5.2)"
+        comments = cat.meta.setdefault("comments", [])
+        comments.extend(describe_boundary_flag().splitlines())
+        comments.append(f"digit 8 from: {bf.training_like}")
+    return cat

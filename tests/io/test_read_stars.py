@@ -1,0 +1,45 @@
+"""read_stars dispatch: each real file kind goes to its reader (recognised by its columns)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from kielnet.errors import InputError
+from kielnet.io import read_stars, sniff_format
+
+
+@pytest.mark.parametrize("rel, kind", [
+    ("gaia_rvs/Kepler-93.csv", "gaia_rvs"),
+    ("gaia_xp/XP_CONTINUOUS_RAW.csv", "gaia_xp"),
+    ("gaia_xp/18Sco-XP-spectra.csv", "gaia_xp"),
+    ("gaia_xp/SampledMeanSpectrum.csv", "table"),
+])
+def test_sniff_real_files(shared_data, rel, kind):
+    path = shared_data / rel
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    assert sniff_format(path) == kind
+
+
+def test_read_stars_on_rvs_directory_and_xp_file(shared_data):
+    rvs = read_stars(shared_data / "gaia_rvs")
+    assert len(rvs) == 6 and rvs.flux.shape == (6, 2401) and "n_filled_pixels" in rvs.extra
+    xp = read_stars(shared_data / "gaia_xp" / "XP_CONTINUOUS_RAW.csv")
+    assert "bp_0" in xp.scalars and "rp_54" in xp.scalars
+
+
+def test_plain_tables_still_go_to_the_table_reader(tmp_path):
+    t = Table({"id": ["a", "b"], "g": [10.0, 11.0]})
+    t.write(tmp_path / "meta.csv")
+    st = read_stars(tmp_path / "meta.csv")
+    assert list(st.ids) == ["a", "b"] and np.allclose(st.scalars["g"], [10, 11])
+
+
+def test_a_broken_rvs_like_file_names_itself(tmp_path):
+    bad = tmp_path / "rvs.csv"
+    bad.write_text("source_id,solution_id,wavelength,flux,flux_error\n1,2,846.0,oops,0.1\n")
+    with pytest.raises(InputError) as info:
+        read_stars(bad)
+    assert "rvs.csv" in str(info.value)
