@@ -77,6 +77,36 @@ def train_part(part: str, table: StarTable, cfg: KielnetConfig, args) -> "object
                           workdir=Path(args.workdir) / "ood")
 
 
+def sensitivity_maps(bundle, test: StarTable, cat, outdir: Path) -> dict:
+    """Fig. 9/10-style gradient maps of the 28-member ensemble over the test stars that
+    it places in the red clump (4600-5100 K, log g 2.3-2.7, [Fe/H] -0.2-+0.2)."""
+    from kielnet.diagnostics.sensitivity import gradient_maps, plot_branch_sensitivity, plot_sensitivity
+
+    sel = {"teff": (4600.0, 5100.0), "logg": (2.3, 2.7), "fe_h": (-0.2, 0.2)}
+    keep = np.ones(len(test), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for name, (lo, hi) in sel.items():
+            keep &= (np.asarray(cat[name], float) >= lo) & (np.asarray(cat[name], float) <= hi)
+    idx = np.flatnonzero(keep)
+    pre = bundle.preprocessor
+    maps = gradient_maps(bundle.build_members(), pre.transform(test, with_labels=False), idx,
+                         label_transforms=pre)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = outdir / "rvs_validation_sensitivity"
+    maps.save(stem.with_suffix(".npz"))
+    units = {lab.name: lab.unit for lab in bundle.config.labels}
+    wl = test.wavelength.to_value("Angstrom")
+    plot_sensitivity(maps, wl, np.nanmean(test.flux[idx], axis=0), f"{stem}_spectrum.png", units=units,
+                     title=f"XP library red clump: mean gradients of {len(idx)} stars x {maps.n_members} members "
+                           "(per unit of log10 flux / median)")
+    plot_branch_sensitivity(maps, "photometry", f"{stem}_photometry.png",
+                            input_names=pre.branch_input_names()["photometry"], units=units)
+    peak = {name: float(wl[int(np.argmax(np.abs(maps.pixel[j])))]) for j, name in enumerate(maps.label_names)}
+    return {"selection_on_predicted_labels": sel, "n_stars": int(len(idx)), "n_members": maps.n_members,
+            "peak_abs_gradient_wavelength_angstrom": peak,
+            "files": [f"{stem.name}{s}" for s in (".npz", "_spectrum.png", "_photometry.png")]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["all", "ensemble", "ood"], default="all")
@@ -85,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=XP_LIBRARY)
     ap.add_argument("--out", default=str(RESULTS / "rvs_validation.json"))
     ap.add_argument("--workdir", default=str(WORK))
+    ap.add_argument("--figures", default=str(RESULTS), help="where the sensitivity maps go")
     ap.add_argument("--splits", type=int, default=None, help="override ensemble.n_splits (smoke tests)")
     ap.add_argument("--members", type=int, default=None, help="override ensemble.members_per_split")
     ap.add_argument("--max-epochs", type=int, default=None, help="override training.max_epochs")
@@ -115,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                           "coverage_1sigma": m["coverage_1sigma"], "n": m["n"], "rms": m.get("rms")}
         print(f"{name}: robust sigma {m['robust_sigma']:.4g}, bias {m['bias']:.3g}, "
               f"1-sigma coverage {m['coverage_1sigma']:.3f}")
+
+    sensitivity = sensitivity_maps(bundle, test, cat, Path(args.figures))
 
     t1 = time.time()
     ood_bundle = train_part("ood", table, cfg, args)
@@ -157,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "ensemble_members": len(bundle.members),
         "ensemble_validation_heldout": bundle.validation,
         "ood": ood,
+        "sensitivity": sensitivity,
         "ood_ensemble_members": len(ood_bundle.members),
         "n_train": len(train), "n_test": len(test),
         "seconds": {"ensemble_train_or_resume": round(t_ens, 1), "ood_train_or_resume": round(t_ood, 1),

@@ -223,3 +223,19 @@ def test_predict_help_documents_the_boundary_flag_and_quality_columns(capsys):
     out = _help(capsys, ["predict", "--help"])
     for needle in ("flag_boundary", "digit 8", "ood_score", "tsne_training_like", "--table2", "parallax"):
         assert needle in out
+
+
+def test_sensitivity_writes_maps_and_figures(capsys, tiny_bundle_dir, xp_subset_path, tmp_path):
+    from kielnet.diagnostics.sensitivity import SensitivityMaps
+
+    out = tmp_path / "sens"
+    code = main(["sensitivity", "--bundle", str(tiny_bundle_dir), "--data", str(xp_subset_path),
+                 "--select", "teff", "4000", "5500", "--max-stars", "50", "--out", str(out)])
+    assert code == 0
+    maps = SensitivityMaps.load(out / "sensitivity.npz")
+    assert maps.n_stars == 50 and maps.units == "physical" and maps.pixel.shape == (4, 343)
+    assert (out / "sensitivity_spectrum.png").stat().st_size > 0
+    assert (out / "sensitivity_photometry.png").is_file()
+    assert main(["sensitivity", "--bundle", str(tiny_bundle_dir), "--data", str(xp_subset_path),
+                 "--select", "teff", "90000", "99000", "--out", str(out)]) == 2
+    assert "no star" in capsys.readouterr().err

@@ -189,6 +189,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from kielnet.diagnostics.sensitivity import gradient_maps, plot_branch_sensitivity, plot_sensitivity
+    from kielnet.inference.bundle import load_bundle
+    from kielnet.inference.predict import predict
+    from kielnet.io import read_stars
+
+    bundle = load_bundle(args.bundle)
+    table = _with_metadata(read_stars(args.data), args.metadata)
+    prep = bundle.preprocessor.transform(table, with_labels=False)
+    keep = ~np.asarray(prep.bad_spectrum, dtype=bool)
+    if args.select:
+        cat = predict(bundle, table, n_realisations=0)
+        for item in args.select:
+            name, lo, hi = item
+            if name not in cat.colnames:
+                raise KielnetError(f"--select: unknown label '{name}'; labels: {bundle.config.label_names}")
+            v = np.asarray(cat[name], dtype=float)
+            with np.errstate(invalid="ignore"):
+                keep &= (v >= float(lo)) & (v <= float(hi))
+    idx = np.flatnonzero(keep)[: args.max_stars]
+    if len(idx) == 0:
+        raise KielnetError("no star passes the selection")
+    nets = bundle.build_members()
+    maps = gradient_maps(nets, prep, idx, label_transforms=bundle.preprocessor)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    maps.save(out / "sensitivity.npz")
+    units = {lab.name: lab.unit for lab in bundle.config.labels}
+    if maps.pixel is not None and table.wavelength is not None:
+        import astropy.units as u
+
+        wl = table.wavelength.to_value(u.AA) if hasattr(table.wavelength, "unit") else np.asarray(table.wavelength)
+        flux = np.nanmean(np.asarray(table.flux)[idx], axis=0)
+        plot_sensitivity(maps, wl, flux, out / "sensitivity_spectrum.png", units=units)
+    input_names = bundle.preprocessor.branch_input_names()
+    for name in maps.branches:
+        plot_branch_sensitivity(maps, name, out / f"sensitivity_{name}.png", input_names=input_names[name],
+                                units=units)
+    print(f"sensitivity maps of {len(idx)} stars x {len(nets)} members written to {out}")
+    return 0
+
+
 def cmd_simulate(args) -> int:
     from kielnet.io import load_payne_emulator, write_table
     from kielnet.simulation import sample_labels, simulate
@@ -318,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--id-prefix", default="sim_", help="star ids are PREFIX000001, ...")
     sm.add_argument("--out", required=True, help="output table (.parquet, .fits or .ecsv)")
     sm.set_defaults(func=cmd_simulate)
+
+    se = sub.add_parser("sensitivity", formatter_class=fmt, help="gradient sensitivity maps (Gaia-RVS Figs. 9-10)",
+                        description="Mean derivative of every label with respect to every spectrum pixel and "
+                                    "every scalar input, over the chosen stars and the ensemble members "
+                                    "(Guiglion et al. 2024, Sect. 3.5). Labels in physical units (K, dex) per "
+                                    "unit of network input (preprocessed flux, scaled feature). Writes "
+                                    "OUT/sensitivity.npz (arrays pixel, pixel_members, branch__NAME, ...), "
+                                    "OUT/sensitivity_spectrum.png (Fig. 9 style, wavelength in Angstrom) and "
+                                    "OUT/sensitivity_BRANCH.png (Fig. 10 style).")
+    se.add_argument("--bundle", required=True, help="model bundle directory")
+    se.add_argument("--data", required=True, help=DATA_HELP)
+    se.add_argument("--metadata", action="append", default=[], help="scalar inputs joined by id (repeatable)")
+    se.add_argument("--select", nargs=3, action="append", metavar=("LABEL", "LO", "HI"),
+                    help="keep stars whose predicted LABEL is in [LO, HI] (physical units; repeatable), "
+                         "e.g. --select teff 4500 5200 --select logg 2.2 3.0")
+    se.add_argument("--max-stars", type=int, default=2000, help="at most this many stars (default 2000)")
+    se.add_argument("--out", required=True, help="output directory")
+    se.set_defaults(func=cmd_sensitivity)
 
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=cmd_presets)

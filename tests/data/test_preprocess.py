@@ -205,3 +205,15 @@ def test_scalar_only_and_median_normalisation(tiny_config_factory, table):
     cfg2 = tiny_config_factory(spectrum={"normalise": "median", "log": False, "standardise": False})
     prep2 = Preprocessor(cfg2).fit(table).transform(table)
     np.testing.assert_allclose(np.median(prep2.spectrum, axis=1), 1.0, rtol=1e-6)
+
+
+def test_branch_input_names_match_branch_widths(tiny_config_factory, make_table):
+    from kielnet.data.preprocess import Preprocessor
+
+    cfg = tiny_config_factory()
+    pre = Preprocessor(cfg).fit(make_table())
+    names = pre.branch_input_names()
+    assert {k: len(v) for k, v in names.items()} == pre.branch_widths()
+    feats = cfg.model.scalar_branches[0].features
+    assert names["phot"][: len(feats)] == list(feats)
+    assert all(n.startswith("missing_") for n in names["phot"][len(feats):])

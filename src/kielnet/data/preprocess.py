@@ -231,6 +231,13 @@ class Preprocessor:
                                axis=1).astype(np.float32)
         return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor)
 
+    def branch_input_names(self) -> dict[str, list[str]]:
+        """Names of each scalar branch's inputs, in order: its features, then
+        ``missing_<feature>`` for each feature with a missing-value indicator."""
+        feats = {f.name: f for f in self.config.features}
+        return {br.name: list(br.features) + [f"missing_{f}" for f in br.features if feats[f].missing_indicator]
+                for br in self.config.model.scalar_branches}
+
     def branch_widths(self) -> dict[str, int]:
         """Input width of each scalar branch (features + missing indicators)."""
         feats = {f.name: f for f in self.config.features}
