@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                          "default the emulated, continuum-normalised spectra are z-scored per pixel with "
                          "training statistics, because their few-percent line depths are otherwise too "
                          "small a signal for the network to pick up in a short CPU training")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads while training (0 = torch default)")
     ap.add_argument("--out", default=str(RESULTS / "apogee_emulated.json"))
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "apogee_emulated"))
     args = ap.parse_args(argv)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     cfg = load_config("apogee_net_2").with_overrides(
         features=[], model={"scalar_branches": []}, spectrum={"standardise": not args.raw_flux},
-        training={"max_epochs": args.max_epochs, "patience": 6, "lr_patience": 3})
+        training={"max_epochs": args.max_epochs, "patience": 6, "lr_patience": 3, "threads": args.threads})
     train = simulate(emu, sample_labels(emu, args.n_train, rng), rng.uniform(20, 150, args.n_train), rng,
                      id_prefix="train_")
     t0 = time.time()
