@@ -79,7 +79,7 @@ def time_call(fn, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=1500, help="toy training stars")
-    ap.add_argument("--max-epochs", type=int, default=15)
+    ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1, help="torch threads while training")
     ap.add_argument("--n-speed", type=int, default=2048, help="toy stars timed")
     ap.add_argument("--train-only", action="store_true")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time_call(lambda: predict(fast, test, batch_size=bs, nets=nets), 1)
         speed["predict_with_fast_flags"][str(bs)] = {"stars_per_s": len(test) / dt,
                                                      "ms_per_star_per_model": 1e3 * dt / len(test) / len(nets)}
-    n_tsne = 1000
+    n_tsne = min(1000, len(test))
     dt = time_call(lambda: tsne_unlike(bundle, prep.take(np.arange(n_tsne)), n_jobs=2), 1)
     speed["tsne_digit"] = {"n_observed": n_tsne, "n_reference": int(len(bundle.tsne_reference)),
                            "seconds": dt, "maps": bundle.config.quality.tsne.perplexities}

@@ -132,3 +132,28 @@ def test_tsne_and_embedding_agree_on_far_group(nets, fitted):
     fast_like = np.concatenate([~fitted.flag(nets, same), ~fitted.flag(nets, far)])
     r = agreement(res.training_like, fast_like)
     assert r["fraction_agree"] >= 0.85 and r["kappa"] > 0.6, r
+
+
+def test_scores_from_captured_embeddings_equal_recomputed_ones():
+    """FusionCapture during the label pass gives the same scores as a separate pass."""
+    import torch
+
+    from kielnet.data.preprocess import Preprocessor
+    from kielnet.inference.predict import member_predictions
+    from kielnet.quality.embedding import EmbeddingOOD
+    from kielnet.training.ensemble import train_ensemble
+    from conftest import synthetic_table, tiny_config_dict
+    from kielnet.config import KielnetConfig
+
+    cfg = KielnetConfig.from_dict(tiny_config_dict(ensemble={"n_splits": 1, "members_per_split": 2}))
+    b = train_ensemble(synthetic_table(n=100, seed=40), cfg, progress=False, log=lambda *_: None)
+    nets = b.build_members()
+    prep_tr = b.preprocessor.transform(synthetic_table(n=100, seed=40), with_labels=False)
+    ood = EmbeddingOOD(max_reference=80).fit(nets, prep_tr)
+    prep = b.preprocessor.transform(synthetic_table(n=37, seed=41), with_labels=False)
+    embs: list = []
+    member_predictions(nets, prep, b.preprocessor.inverse_labels, batch_size=8, embeddings=embs)
+    assert len(embs) == 2 and embs[0].shape[0] == 37
+    np.testing.assert_allclose(ood.member_scores_of(embs), ood.member_scores(nets, prep), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        ood.member_scores_of(embs[:1])

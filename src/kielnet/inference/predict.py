@@ -29,6 +29,7 @@ from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
 from kielnet.inference.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
+from kielnet.quality.embedding import FusionCapture
 from kielnet.quality.flags import FLAG_BITS, describe_flags, label_bit, range_flags, status_strings
 
 __all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions", "catalogue_meta"]
@@ -37,17 +38,30 @@ _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
 
 def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[[np.ndarray], np.ndarray],
-                       batch_size: int = 256) -> np.ndarray:
-    """Physical-unit predictions of every member: array (n_members, n_stars, n_labels)."""
+                       batch_size: int = 256, embeddings: list | None = None) -> np.ndarray:
+    """Physical-unit predictions of every member: array (n_members, n_stars, n_labels).
+
+    ``embeddings``: if a list is given, each member's fusion embeddings (n_stars, width)
+    are appended to it, captured in the same forward passes (for the fast OOD score).
+    """
     n = len(prep)
     out = np.empty((len(nets), n, nets[0].n_labels), dtype=np.float64)
-    with torch.inference_mode():
-        for s in range(0, n, batch_size):
-            sl = slice(s, min(s + batch_size, n))
-            spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[sl])
-            for m, net in enumerate(nets):
-                br = [torch.from_numpy(prep.branches[name][sl]) for name in net.branch_names]
-                out[m, sl] = net(spec, br).numpy()
+    captures = [FusionCapture(net) for net in nets] if embeddings is not None else []
+    for cap in captures:
+        cap.__enter__()
+    try:
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                sl = slice(s, min(s + batch_size, n))
+                spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[sl])
+                for m, net in enumerate(nets):
+                    br = [torch.from_numpy(prep.branches[name][sl]) for name in net.branch_names]
+                    out[m, sl] = net(spec, br).numpy()
+    finally:
+        for cap in captures:
+            cap.__exit__()
+    if embeddings is not None:
+        embeddings.extend(cap.embeddings() for cap in captures)
     return inverse(out)
 
 
@@ -189,7 +203,9 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
         cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
+        embeddings = None
     else:
-        preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size)
+        embeddings = [] if bundle.ood is not None else None
+        preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings)
         cat = catalogue_from_predictions(bundle, table, prep, preds)
-    return add_quality_columns(cat, bundle, nets, table, prep)
+    return add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings)

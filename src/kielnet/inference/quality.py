@@ -64,12 +64,19 @@ def _scalar(bundle: Bundle, table: StarTable, name: str) -> tuple[np.ndarray, tu
 
 
 def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table: StarTable,
-                        prep: Prepared) -> Table:
-    """Add the columns of the module docstring to ``cat`` (in place) and return it."""
+                        prep: Prepared, *, embeddings: list[np.ndarray] | None = None) -> Table:
+    """Add the columns of the module docstring to ``cat`` (in place) and return it.
+
+    ``embeddings``: the members' fusion embeddings of these stars if already captured
+    with the label predictions (saves one forward pass per member).
+    """
     q = bundle.config.quality
     score = None
     if bundle.ood is not None:
-        score = bundle.ood.score(nets, prep, check=False)
+        if embeddings is not None:
+            score = bundle.ood.member_scores_of(embeddings).mean(axis=0)
+        else:
+            score = bundle.ood.score(nets, prep, check=False)
         cat["ood_score"] = score
         cat["ood_score"].description = "embedding nearest-neighbour distance / training 99% quantile (>1: OOD)"
         cat["flag"] |= (score > 1.0).astype(np.int64) << FLAG_BITS["out_of_distribution"]

@@ -64,7 +64,7 @@ from torch import nn
 
 from kielnet.data.preprocess import Prepared
 
-__all__ = ["EmbeddingOOD", "fusion_embeddings", "agreement", "DEFAULT_MAX_REFERENCE"]
+__all__ = ["EmbeddingOOD", "FusionCapture", "fusion_embeddings", "agreement", "DEFAULT_MAX_REFERENCE"]
 
 DEFAULT_MAX_REFERENCE = 20_000
 _FORMAT = 1
@@ -72,6 +72,38 @@ _FORMAT = 1
 
 def _as_list(nets) -> list[nn.Module]:
     return list(nets) if isinstance(nets, (list, tuple)) else [nets]
+
+
+class FusionCapture:
+    """Context manager that records the fusion-head input of every forward pass of
+    ``net`` (see :func:`fusion_embeddings`), so that the embedding of a star comes for
+    free with its labels::
+
+        with FusionCapture(net) as cap:
+            labels = net(spectrum, branches)
+        emb = cap.embeddings()   # (n_stars, width) float32, in call order
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self._chunks: list[np.ndarray] = []
+        self._handle = None
+
+    def _hook(self, _module, inputs) -> None:
+        self._chunks.append(inputs[0].detach().float().cpu().numpy())
+
+    def __enter__(self) -> "FusionCapture":
+        self._handle = self.net.head[0].register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def embeddings(self) -> np.ndarray:
+        width = self.net.head[0].in_features if hasattr(self.net.head[0], "in_features") else 0
+        return np.concatenate(self._chunks) if self._chunks else np.zeros((0, width), np.float32)
 
 
 def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512) -> np.ndarray:
@@ -212,12 +244,19 @@ class EmbeddingOOD:
             if digests != self.digests:
                 raise ValueError("these nets are not the ones the reference was fitted with "
                                  "(weight digests differ); refit or pass check=False")
-        out = np.empty((self.n_members, len(prepared)))
-        for m, (net, index) in enumerate(zip(nets, self._indices())):
-            emb = fusion_embeddings(net, prepared, batch_size=batch_size)
-            if emb.shape[1] != self.references[m].shape[1]:
-                raise ValueError(f"member {m}: embedding width {emb.shape[1]} != reference "
-                                 f"{self.references[m].shape[1]}")
+        return self.member_scores_of([fusion_embeddings(net, prepared, batch_size=batch_size) for net in nets])
+
+    def member_scores_of(self, embeddings: Sequence[np.ndarray]) -> np.ndarray:
+        """(n_members, n_stars) scores of stars whose fusion embeddings (one array per
+        member, e.g. from :class:`FusionCapture`) are already known."""
+        if len(embeddings) != self.n_members:
+            raise ValueError(f"fitted with {self.n_members} members, got {len(embeddings)} embeddings")
+        n = len(embeddings[0]) if len(embeddings) else 0
+        out = np.empty((self.n_members, n))
+        for m, (emb, index) in enumerate(zip(embeddings, self._indices())):
+            if emb.shape != (n, self.references[m].shape[1]):
+                raise ValueError(f"member {m}: embeddings of shape {emb.shape}, expected "
+                                 f"({n}, {self.references[m].shape[1]})")
             d = index.kneighbors(emb)[0][:, 0] if len(emb) else np.zeros(0)
             out[m] = d / self.scales[m]
         return out
