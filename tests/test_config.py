@@ -149,8 +149,6 @@ def test_load_config_errors(tmp_path, tiny_config_dict):
 
 
 def test_base_inheritance_merges_sections_and_replaces_lists(tmp_path):
-    from kielnet.config import load_config
-
     child = tmp_path / "child.yaml"
     child.write_text("base: gaia_rvs_hybrid\nname: child\ntraining: {max_epochs: 7}\n"
                      "features:\n  - {name: g, columns: [g], scaling: minmax}\n"
@@ -169,9 +167,6 @@ def test_base_inheritance_merges_sections_and_replaces_lists(tmp_path):
 
 
 def test_base_inheritance_errors(tmp_path):
-    from kielnet.config import load_config
-    from kielnet.errors import ConfigError
-
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("base: b.yaml\nname: a\n")
     b.write_text("base: a.yaml\nname: b\n")

@@ -13,6 +13,7 @@ The catalogue has exactly one row per input star, in input order, with
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Callable
 
@@ -47,19 +48,15 @@ def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[
     n = len(prep)
     out = np.empty((len(nets), n, nets[0].n_labels), dtype=np.float64)
     captures = [FusionCapture(net) for net in nets] if embeddings is not None else []
-    for cap in captures:
-        cap.__enter__()
-    try:
-        with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                sl = slice(s, min(s + batch_size, n))
-                spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[sl])
-                for m, net in enumerate(nets):
-                    br = [torch.from_numpy(prep.branches[name][sl]) for name in net.branch_names]
-                    out[m, sl] = net(spec, br).numpy()
-    finally:
+    with ExitStack() as stack, torch.inference_mode():
         for cap in captures:
-            cap.__exit__()
+            stack.enter_context(cap)
+        for s in range(0, n, batch_size):
+            sl = slice(s, min(s + batch_size, n))
+            spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[sl])
+            for m, net in enumerate(nets):
+                br = [torch.from_numpy(prep.branches[name][sl]) for name in net.branch_names]
+                out[m, sl] = net(spec, br).numpy()
     if embeddings is not None:
         embeddings.extend(cap.embeddings() for cap in captures)
     return inverse(out)

@@ -53,14 +53,14 @@ def tsne_unlike(bundle: Bundle, prep: Prepared, *, n_jobs: int = 1) -> np.ndarra
     return unlike
 
 
-def _scalar(bundle: Bundle, table: StarTable, name: str) -> tuple[np.ndarray, tuple[float, float]]:
-    """Raw values of feature/column ``name`` and its training range (NaN, dummy if unknown)."""
+def _scalar(bundle: Bundle, raw: np.ndarray, name: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """Raw values of feature ``name`` (from ``raw``, the preprocessor's raw features) and
+    its training range (NaN and a dummy range if the bundle does not know it)."""
     rng = bundle.feature_ranges.get(name)
     if rng is None or not np.all(np.isfinite(rng)):
-        return np.full(len(table), np.nan), (0.0, 0.0)
+        return np.full(len(raw), np.nan), (0.0, 0.0)
     names = [f.name for f in bundle.config.features]
-    values = bundle.preprocessor.raw_features(table)[:, names.index(name)]
-    return values, (float(rng[0]), float(rng[1]))
+    return raw[:, names.index(name)], (float(rng[0]), float(rng[1]))
 
 
 def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table: StarTable,
@@ -98,8 +98,9 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
             known = name in cat.colnames and name in bundle.label_ranges
             labels[name] = np.asarray(cat[name], float) if known else np.full(len(cat), np.nan)
             ranges[name] = bundle.label_ranges[name] if known else (0.0, 0.0)
-        g, g_range = _scalar(bundle, table, "g")
-        plx, plx_range = _scalar(bundle, table, "parallax")
+        raw = bundle.preprocessor.raw_features(table)
+        g, g_range = _scalar(bundle, raw, "g")
+        plx, plx_range = _scalar(bundle, raw, "parallax")
         cat["flag_boundary"] = boundary_flags(labels, ranges, g, plx, g_range, plx_range, unlike)
         cat["flag_boundary"].description = "Boundary flag composed of 8 digits (Sect. 5.2)"
         comments = cat.meta.setdefault("comments", [])
