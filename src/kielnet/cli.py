@@ -34,10 +34,13 @@ LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m
 QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "
                 "ood_score (distance to the nearest training star in the network's embedding / the 99% "
                 "quantile of training nearest-neighbour distances; > 1 sets flag bit out_of_distribution), "
+                "spread_score (the ensemble members' disagreement, geometric mean over labels, / its 90% "
+                "quantile over the training stars; > 1 sets flag bit ensemble_disagreement), "
                 "tsne_training_like (t-SNE maps at perplexities 30/50/75/100 over the bundle's training "
                 "reference spectra and the stars of each chunk; training-like only if within the map's "
                 "threshold in every map) and flag_boundary (G in mag and parallax in mas compared with "
-                "their training ranges; digit 8 from t-SNE or the fast score as the config says):")
+                "their training ranges; digit 8 from t-SNE or the fast scores (ood_score or spread_score > 1) "
+                "as the config says):")
 
 
 def _set_overrides(items: list[str]) -> dict:

@@ -234,6 +234,18 @@ class EmbeddingOODConfig(_Strict):
     quantile: float = Field(default=0.99, gt=0, le=1, description="quantile of training NN distances = score 1")
 
 
+class EnsembleSpreadConfig(_Strict):
+    """Ensemble-disagreement score (:mod:`kielnet.quality.spread`): calibrated on the
+    training stars when the ensemble is trained and stored in the bundle; ``predict``
+    then writes ``spread_score`` and sets the ``ensemble_disagreement`` flag where it
+    exceeds 1. Needs at least 2 members."""
+
+    enabled: bool = False
+    max_reference: int = Field(default=20_000, ge=2, description="training stars used for the calibration")
+    quantile: float = Field(default=0.90, gt=0, le=1,
+                            description="quantile of the training stars' relative spread = score 1")
+
+
 class TsneConfig(_Strict):
     """t-SNE training-likeness (Gaia-RVS §5.1, :mod:`kielnet.quality.tsne`).
 
@@ -254,8 +266,9 @@ class BoundaryFlagConfig(_Strict):
     Digits 1-7 compare predicted labels, G and parallax with the training ranges
     stored in the bundle. Digit 8 (training-unlike) comes from ``training_like``:
     ``tsne`` (the paper's: maps over the bundle's t-SNE reference and the stars of
-    each ``predict`` call or chunk) or ``fast_score`` (the embedding score > 1; no
-    maps, scales to any number of stars).
+    each ``predict`` call or chunk) or ``fast_score`` (``ood_score`` > 1 or
+    ``spread_score`` > 1, whichever the bundle has; no maps, scales to any number of
+    stars).
     """
 
     enabled: bool = False
@@ -266,6 +279,7 @@ class QualityConfig(_Strict):
     """Quality machinery carried by a bundle and applied by ``predict``."""
 
     embedding_ood: EmbeddingOODConfig = EmbeddingOODConfig()
+    ensemble_spread: EnsembleSpreadConfig = EnsembleSpreadConfig()
     tsne: TsneConfig = TsneConfig()
     boundary_flag: BoundaryFlagConfig = BoundaryFlagConfig()
 
@@ -324,8 +338,12 @@ class KielnetConfig(_Strict):
         bf = self.quality.boundary_flag
         if bf.enabled and bf.training_like == "tsne" and self.quality.tsne.reference_size < 2:
             raise ValueError("boundary_flag.training_like = tsne needs quality.tsne.reference_size >= 2")
-        if bf.enabled and bf.training_like == "fast_score" and not self.quality.embedding_ood.enabled:
-            raise ValueError("boundary_flag.training_like = fast_score needs quality.embedding_ood.enabled")
+        if bf.enabled and bf.training_like == "fast_score" and not (
+                self.quality.embedding_ood.enabled or self.quality.ensemble_spread.enabled):
+            raise ValueError("boundary_flag.training_like = fast_score needs quality.embedding_ood.enabled "
+                             "or quality.ensemble_spread.enabled")
+        if self.quality.ensemble_spread.enabled and self.ensemble.n_splits * self.ensemble.members_per_split < 2:
+            raise ValueError("quality.ensemble_spread needs an ensemble of at least 2 members")
         if (self.quality.tsne.reference_size or bf.enabled and bf.training_like == "tsne") and self.spectrum is None:
             raise ValueError("t-SNE training-likeness needs a spectrum branch")
         if self.training.weighting.kind == "kde":

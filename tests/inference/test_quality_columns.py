@@ -1,5 +1,6 @@
 """Quality machinery carried by a bundle (config.quality) and applied by predict:
-ood_score + out_of_distribution flag, t-SNE classification, 8-digit flag_boundary."""
+ood_score + out_of_distribution flag, spread_score + ensemble_disagreement flag, t-SNE
+classification, 8-digit flag_boundary."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from kielnet.training.quality import attach_quality
 pytest.importorskip("openTSNE")
 
 QUALITY = {"embedding_ood": {"enabled": True, "max_reference": 500},
+           "ensemble_spread": {"enabled": True, "max_reference": 500},
            "tsne": {"reference_size": 150, "perplexities": [10, 20]},
            "boundary_flag": {"enabled": True, "training_like": "tsne"}}
 
@@ -52,11 +54,13 @@ def quality_bundle(tmp_path_factory):
 def test_bundle_carries_and_reloads_the_quality_machinery(quality_bundle):
     bundle, path = quality_bundle
     assert bundle.ood is not None and bundle.ood.n_members == 2
+    assert bundle.spread is not None and bundle.spread.n_members == 2 and bundle.spread.n_reference == 300
     assert bundle.tsne_reference.shape == (150, 48) and bundle.tsne_reference.dtype == np.float32
     assert (path / "embedding_ood.safetensors").is_file() and (path / "tsne_reference.safetensors").is_file()
     back = load_bundle(path)
     np.testing.assert_array_equal(back.tsne_reference, bundle.tsne_reference)
     np.testing.assert_allclose(back.ood.scales, bundle.ood.scales)
+    assert back.spread.to_dict() == bundle.spread.to_dict()
     (path / "tsne_reference.safetensors").rename(path / "moved")
     try:
         with pytest.raises(Exception, match="tsne_reference"):
@@ -76,8 +80,13 @@ def test_predict_flags_an_unlike_population(quality_bundle, make_table):
 
     both = StarTable.concat([like, odd])
     cat = predict(bundle, both)
-    for col in ("ood_score", "tsne_training_like", "flag_boundary"):
+    for col in ("ood_score", "spread_score", "tsne_training_like", "flag_boundary"):
         assert col in cat.colnames
+    spread = np.asarray(cat["spread_score"])
+    assert np.median(spread[60:]) > np.median(spread[:60])
+    spread_bit = (np.asarray(cat["flag"]) >> FLAG_BITS["ensemble_disagreement"]) & 1
+    np.testing.assert_array_equal(spread_bit == 1, spread > 1.0)
+    assert all(("ensemble_disagreement" in s) == (b == 1) for s, b in zip(cat["status"], spread_bit))
     score = np.asarray(cat["ood_score"])
     assert np.median(score[60:]) > 1.0 > np.median(score[:60])
     ood_bit = (np.asarray(cat["flag"]) >> FLAG_BITS["out_of_distribution"]) & 1
@@ -116,7 +125,14 @@ def test_fast_score_as_digit_eight(quality_bundle, make_table):
     cat = predict(b2, five_label_table(make_table, 30, 5))
     assert "tsne_training_like" not in cat.colnames
     d = parse_boundary_flags(np.asarray(cat["flag_boundary"]))
-    np.testing.assert_array_equal(d["tsne"], np.asarray(cat["ood_score"]) > 1.0)
+    fast = (np.asarray(cat["ood_score"]) > 1.0) | (np.asarray(cat["spread_score"]) > 1.0)
+    np.testing.assert_array_equal(d["tsne"], fast)
+    # with the embedding score switched off, digit 8 is the disagreement score alone
+    b3 = replace(b2, ood=None, config=cfg.with_overrides(quality={"embedding_ood": {"enabled": False}}))
+    cat = predict(b3, five_label_table(make_table, 30, 5))
+    assert "ood_score" not in cat.colnames
+    d = parse_boundary_flags(np.asarray(cat["flag_boundary"]))
+    np.testing.assert_array_equal(d["tsne"], np.asarray(cat["spread_score"]) > 1.0)
 
 
 def test_config_requires_what_digit_eight_needs(tiny_config_dict):
@@ -128,11 +144,17 @@ def test_config_requires_what_digit_eight_needs(tiny_config_dict):
     with pytest.raises(ConfigError, match="embedding_ood"):
         KielnetConfig.from_dict(tiny_config_dict(quality={"boundary_flag": {"enabled": True,
                                                                             "training_like": "fast_score"}}))
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        KielnetConfig.from_dict(tiny_config_dict(quality={"ensemble_spread": {"enabled": True}},
+                                                 ensemble={"n_splits": 1, "members_per_split": 1}))
 
 
 def test_attach_quality_refits_an_existing_bundle(synthetic_bundle, make_table):
-    cfg = synthetic_bundle.config.with_overrides(quality={"embedding_ood": {"enabled": True}})
-    b = replace(synthetic_bundle, config=cfg, ood=None)
+    cfg = synthetic_bundle.config.with_overrides(quality={"embedding_ood": {"enabled": True},
+                                                          "ensemble_spread": {"enabled": True}})
+    b = replace(synthetic_bundle, config=cfg, ood=None, spread=None)
     attach_quality(b, make_table(n=120, n_pix=48, seed=30))
     assert b.ood is not None and b.ood.n_members == len(b.members)
-    assert "ood_score" in predict(b, make_table(n=10, n_pix=48, seed=31)).colnames
+    assert b.spread is not None and b.spread.n_members == len(b.members) and b.spread.n_reference == 120
+    cols = predict(b, make_table(n=10, n_pix=48, seed=31)).colnames
+    assert "ood_score" in cols and "spread_score" in cols

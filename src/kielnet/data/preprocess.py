@@ -244,6 +244,12 @@ class Preprocessor:
         return {br.name: len(br.features) + sum(feats[f].missing_indicator for f in br.features)
                 for br in self.config.model.scalar_branches}
 
+    def forward_labels(self, x: np.ndarray) -> np.ndarray:
+        """Physical labels (…, n_labels) → scaled network outputs (inverse of
+        :meth:`inverse_labels`)."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.stack([lt.forward(x[..., j]) for j, lt in enumerate(self.label_transforms)], axis=-1)
+
     def inverse_labels(self, y: np.ndarray) -> np.ndarray:
         """Scaled network outputs (…, n_labels) → physical units."""
         y = np.asarray(y, dtype=np.float64)

@@ -12,6 +12,9 @@ A bundle is a directory::
       embedding_ood.safetensors   optional: reference embeddings of the fast OOD score
       tsne_reference.safetensors  optional: training spectra for t-SNE training-likeness
 
+The calibration of the ensemble-disagreement score (a few numbers) is stored in
+``bundle.json`` under ``ensemble_spread``.
+
 :func:`load_bundle` needs nothing but this directory: no training data, no code
 execution from the files (safetensors + JSON only).
 """
@@ -37,6 +40,7 @@ from kielnet.errors import BundleError
 from kielnet.inference.uncertainty import RunningDispersion
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.embedding import EmbeddingOOD
+from kielnet.quality.spread import EnsembleSpread
 
 __all__ = ["Bundle", "MemberInfo", "save_bundle", "load_bundle", "BUNDLE_FORMAT"]
 
@@ -76,6 +80,8 @@ class Bundle:
     ood: EmbeddingOOD | None = None
     #: (n_ref, n_pix) float32 training spectra as the network sees them (config.quality.tsne)
     tsne_reference: np.ndarray | None = None
+    #: ensemble-disagreement calibration on the training stars (config.quality.ensemble_spread)
+    spread: EnsembleSpread | None = None
 
     def build_members(self) -> list[HybridNet]:
         """Instantiate the member networks in eval mode."""
@@ -128,6 +134,8 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
             "validation": bundle.validation,
             "quality": {},
         }
+        if bundle.spread is not None:
+            meta["ensemble_spread"] = bundle.spread.to_dict()
         if bundle.ood is not None:
             bundle.ood.save(tmp / "embedding_ood.safetensors")
             meta["quality"]["embedding_ood"] = "embedding_ood.safetensors"
@@ -188,11 +196,17 @@ def load_bundle(path: str | Path) -> Bundle:
         from safetensors.numpy import load_file as load_np
 
         tsne_ref = load_np(str(path / quality["tsne_reference"]))["spectra"]
+    spread = None
+    if "ensemble_spread" in meta:
+        try:
+            spread = EnsembleSpread.from_dict(meta["ensemble_spread"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{js}: bad ensemble_spread entry: {exc}") from exc
     return Bundle(
         config=config, preprocessor=pre, members=members, member_info=infos,
         running_dispersion={k: RunningDispersion.from_dict(v) for k, v in meta["running_dispersion"].items()},
         label_ranges={k: tuple(v) for k, v in meta["label_ranges"].items()},
         feature_ranges={k: tuple(v) for k, v in meta["feature_ranges"].items()},
         training_data=meta.get("training_data", {}), validation=meta.get("validation", {}),
-        versions=meta.get("versions", {}), ood=ood, tsne_reference=tsne_ref,
+        versions=meta.get("versions", {}), ood=ood, tsne_reference=tsne_ref, spread=spread,
     )

@@ -200,9 +200,9 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
         cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
-        embeddings = None
+        embeddings, preds = None, med
     else:
         embeddings = [] if bundle.ood is not None else None
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings)
         cat = catalogue_from_predictions(bundle, table, prep, preds)
-    return add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings)
+    return add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)

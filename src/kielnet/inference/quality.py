@@ -7,13 +7,18 @@ column                   meaning
                          distance to the nearest training star in the network's fusion
                          embedding / the 99 % quantile of training NN distances, mean over
                          members; > 1 sets flag bit ``out_of_distribution``
+``spread_score``         ensemble-disagreement score (:mod:`kielnet.quality.spread`): the
+                         members' spread (geometric mean over labels, in the networks'
+                         scaled outputs) / its calibration quantile (default 90 %) over
+                         the training stars; > 1 sets flag bit ``ensemble_disagreement``
 ``tsne_training_like``   t-SNE classification (paper §5.1) against the bundle's t-SNE
                          reference spectra; maps are built per ``predict`` call (per chunk
                          when streaming) over the reference and that call's spectra
 ``flag_boundary``        the 8-digit boundary flag (paper §5.2, :mod:`kielnet.quality.boundary`):
                          labels, G and parallax against the bundle's training ranges; digit 8
-                         from ``quality.boundary_flag.training_like`` (``tsne`` or
-                         ``fast_score``)
+                         from ``quality.boundary_flag.training_like``: ``tsne``, or
+                         ``fast_score`` (``ood_score`` > 1 or ``spread_score`` > 1, of
+                         those the bundle has)
 =======================  ==================================================================
 
 Digits whose quantity the bundle does not know (a label it does not learn, no G or
@@ -64,13 +69,28 @@ def _scalar(bundle: Bundle, raw: np.ndarray, name: str) -> tuple[np.ndarray, tup
 
 
 def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table: StarTable,
-                        prep: Prepared, *, embeddings: list[np.ndarray] | None = None) -> Table:
+                        prep: Prepared, *, embeddings: list[np.ndarray] | None = None,
+                        preds: np.ndarray | None = None) -> Table:
     """Add the columns of the module docstring to ``cat`` (in place) and return it.
 
     ``embeddings``: the members' fusion embeddings of these stars if already captured
-    with the label predictions (saves one forward pass per member).
+    with the label predictions (saves one forward pass per member). ``preds``: the
+    members' predictions (n_members, n_stars, n_labels) in physical units, needed for
+    ``spread_score`` when the bundle carries its calibration.
     """
     q = bundle.config.quality
+    fast_unlike = None
+    if bundle.spread is not None:
+        if preds is None:
+            raise ValueError("the bundle carries an ensemble-disagreement calibration: pass the member predictions")
+        spread = bundle.spread.score(bundle.preprocessor.forward_labels(preds))
+        spread[np.asarray(prep.bad_spectrum, dtype=bool)] = np.nan
+        cat["spread_score"] = spread
+        cat["spread_score"].description = (f"ensemble disagreement / training {bundle.spread.quantile:.0%} "
+                                           "quantile (>1: members disagree)")
+        with np.errstate(invalid="ignore"):
+            fast_unlike = spread > 1.0
+        cat["flag"] |= fast_unlike.astype(np.int64) << FLAG_BITS["ensemble_disagreement"]
     score = None
     if bundle.ood is not None:
         if embeddings is not None:
@@ -80,6 +100,8 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
         cat["ood_score"] = score
         cat["ood_score"].description = "embedding nearest-neighbour distance / training 99% quantile (>1: OOD)"
         cat["flag"] |= (score > 1.0).astype(np.int64) << FLAG_BITS["out_of_distribution"]
+        fast_unlike = (score > 1.0) if fast_unlike is None else (fast_unlike | (score > 1.0))
+    if bundle.spread is not None or bundle.ood is not None:
         cat["status"] = status_strings(np.asarray(cat["flag"]), bundle.config.label_names)
     unlike = None
     bf = q.boundary_flag
@@ -89,9 +111,10 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
         cat["tsne_training_like"].description = "t-SNE classification (Guiglion et al. 2024, Sect. 5.1)"
     if bf.enabled:
         if bf.training_like == "fast_score":
-            if score is None:
-                raise ValueError("boundary_flag.training_like = fast_score but the bundle has no embedding OOD")
-            unlike = score > 1.0
+            if fast_unlike is None:
+                raise ValueError("boundary_flag.training_like = fast_score but the bundle has neither an "
+                                 "embedding OOD score nor an ensemble-disagreement calibration")
+            unlike = fast_unlike
         unlike = unlike | np.asarray(prep.bad_spectrum, dtype=bool)
         labels, ranges = {}, {}
         for name in BOUNDARY_LABELS:

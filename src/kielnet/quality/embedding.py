@@ -202,8 +202,21 @@ class EmbeddingOOD:
             rng = np.random.default_rng(self.random_state)
             use = np.sort(rng.choice(use, self.max_reference, replace=False))
         sub = prepared_train.take(use)
-        self.n_train = len(prepared_train)
-        self.references = [fusion_embeddings(net, sub, batch_size=batch_size) for net in nets]
+        return self.fit_embeddings([fusion_embeddings(net, sub, batch_size=batch_size) for net in nets], nets,
+                                   n_train=len(prepared_train))
+
+    def fit_embeddings(self, embeddings: Sequence[np.ndarray], nets, *, n_train: int | None = None
+                       ) -> "EmbeddingOOD":
+        """Set the reference from fusion embeddings already computed (one (n_ref, width)
+        array per member of ``nets``, e.g. captured with the label predictions) and set
+        the scales. The caller chose the reference stars (at most ``max_reference``)."""
+        nets = _as_list(nets)
+        if len(embeddings) != len(nets):
+            raise ValueError(f"{len(embeddings)} embedding arrays for {len(nets)} nets")
+        if any(len(e) < 2 for e in embeddings):
+            raise ValueError("need at least 2 reference stars")
+        self.n_train = int(n_train if n_train is not None else len(embeddings[0]))
+        self.references = [np.ascontiguousarray(e, dtype=np.float32) for e in embeddings]
         self.digests = [_digest(net) for net in nets]
         scales = []
         for ref in self.references:

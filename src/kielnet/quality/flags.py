@@ -17,6 +17,10 @@ label_not_reported          4      a label was withheld by a reporting rule (val
 out_of_distribution         5      the fast embedding score (``ood_score``) exceeds 1: the
                                    star is farther from the training stars than 99 % of
                                    them are from each other (bundles with embedding_ood)
+ensemble_disagreement       6      the ensemble-disagreement score (``spread_score``)
+                                   exceeds 1: the members disagree more than on the
+                                   calibration quantile (default 90 %) of the training
+                                   stars (bundles with ensemble_spread)
 outside_training_<label>    8+j    predicted label j lies outside its training range
 ==========================  =====  ==========================================================
 """
@@ -34,6 +38,7 @@ FLAG_BITS: dict[str, int] = {
     "input_outside_training": 3,
     "label_not_reported": 4,
     "out_of_distribution": 5,
+    "ensemble_disagreement": 6,
 }
 LABEL_BIT0 = 8
 
@@ -69,6 +74,7 @@ def describe_flags(label_names: list[str]) -> str:
         "input_outside_training": "a scalar input outside its training range",
         "label_not_reported": "a label withheld by a reporting rule (NaN)",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
+        "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars",
     }
     lines = [f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()]
     lines += [f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the training range"

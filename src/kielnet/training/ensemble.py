@@ -61,9 +61,11 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
         # re-validate so that fields added to the schema later compare at their defaults;
         # member k*members_per_split+m depends only on (seed, split k, member m), so the
         # number of splits may change between runs (e.g. to grow an ensemble); sections
-        # applied after the members are trained do not change the members either
+        # applied after the members are trained do not change the members either, nor
+        # does the number of CPU threads
         d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
         d["ensemble"].pop("n_splits")
+        d["training"].pop("threads", None)
         for key in ("name", "description", "uncertainty", "inference", "reporting", "quality"):
             d.pop(key, None)
         return d

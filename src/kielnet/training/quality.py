@@ -2,8 +2,14 @@
 
 * ``embedding_ood``: the fast out-of-distribution score of
   :class:`kielnet.quality.embedding.EmbeddingOOD`, fitted with every member;
+* ``ensemble_spread``: the ensemble-disagreement score of
+  :class:`kielnet.quality.spread.EnsembleSpread`, calibrated on the members'
+  predictions for the training stars;
 * ``tsne.reference_size``: a random subsample of the training spectra, as the network
   sees them (preprocessed), kept for the t-SNE training-likeness of new stars.
+
+The two scores share one forward pass of every member when they use the same
+reference stars (equal ``max_reference``).
 
 :func:`kielnet.training.ensemble.train_ensemble` calls :func:`attach_quality` itself;
 call it directly to add (or refit) the machinery of an existing bundle from its
@@ -17,13 +23,23 @@ import numpy as np
 from kielnet.data.preprocess import Prepared
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
+from kielnet.inference.predict import member_predictions
 from kielnet.quality.embedding import EmbeddingOOD
+from kielnet.quality.spread import EnsembleSpread
 
 __all__ = ["attach_quality"]
 
 
+def _subsample(usable: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` of the indices ``usable`` (sorted, random beyond ``size``)."""
+    if len(usable) <= size:
+        return usable
+    return np.sort(np.random.default_rng(seed).choice(usable, size, replace=False))
+
+
 def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int | None = None) -> Bundle:
-    """Set ``bundle.ood`` and ``bundle.tsne_reference`` as ``bundle.config.quality`` asks.
+    """Set ``bundle.ood``, ``bundle.spread`` and ``bundle.tsne_reference`` as
+    ``bundle.config.quality`` asks.
 
     Parameters
     ----------
@@ -37,19 +53,32 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
     """
     q = bundle.config.quality
     seed = bundle.config.ensemble.seed if seed is None else seed
-    if not (q.embedding_ood.enabled or q.tsne.reference_size):
+    if not (q.embedding_ood.enabled or q.ensemble_spread.enabled or q.tsne.reference_size):
         return bundle
     prep = training if isinstance(training, Prepared) else \
         bundle.preprocessor.transform(training, with_labels=False)
     usable = np.flatnonzero(~np.asarray(prep.bad_spectrum, dtype=bool))
     if len(usable) < 2:
         raise ValueError("need at least 2 training stars with a usable spectrum for the quality machinery")
-    if q.embedding_ood.enabled:
-        bundle.ood = EmbeddingOOD(max_reference=q.embedding_ood.max_reference, quantile=q.embedding_ood.quantile,
-                                  random_state=seed).fit(bundle.build_members(), prep.take(usable))
+    if q.embedding_ood.enabled or q.ensemble_spread.enabled:
+        nets = bundle.build_members()
+        identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - scaled outputs wanted
+        emb_rows = _subsample(usable, q.embedding_ood.max_reference, seed) if q.embedding_ood.enabled else None
+        spr_rows = _subsample(usable, q.ensemble_spread.max_reference, seed) \
+            if q.ensemble_spread.enabled else None
+        shared = emb_rows is not None and spr_rows is not None and np.array_equal(emb_rows, spr_rows)
+        if emb_rows is not None:
+            embeddings: list[np.ndarray] = []
+            preds = member_predictions(nets, prep.take(emb_rows), identity, embeddings=embeddings)
+            bundle.ood = EmbeddingOOD(max_reference=q.embedding_ood.max_reference,
+                                      quantile=q.embedding_ood.quantile,
+                                      random_state=seed).fit_embeddings(embeddings, nets, n_train=len(prep))
+        if spr_rows is not None:
+            if not shared:
+                preds = member_predictions(nets, prep.take(spr_rows), identity)
+            bundle.spread = EnsembleSpread(quantile=q.ensemble_spread.quantile).fit(
+                preds, bundle.config.label_names)
     if q.tsne.reference_size:
-        rng = np.random.default_rng(seed)
-        pick = usable if len(usable) <= q.tsne.reference_size else \
-            np.sort(rng.choice(usable, q.tsne.reference_size, replace=False))
+        pick = _subsample(usable, q.tsne.reference_size, seed)
         bundle.tsne_reference = np.ascontiguousarray(prep.spectrum[pick], dtype=np.float32)
     return bundle
