@@ -28,7 +28,8 @@ DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP libr
              "parallax in mas)")
 LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m [dex]. For each label X "
                "the catalogue holds X, e_X (model-to-model sigma) and sigma_X (total sigma = e_X (+) "
-               "running dispersion of held-out residuals).")
+               "running dispersion of residuals: held-out validation residuals by default, training residuals "
+               "for the gaia_rvs_hybrid preset as in the paper; see config uncertainty.residuals).")
 
 
 QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "

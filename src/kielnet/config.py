@@ -200,12 +200,23 @@ class EnsembleConfig(_Strict):
 
 class UncertaintyConfig(_Strict):
     """Total σ = model-to-model σ ⊕ running dispersion (Gaia-RVS §3.4): the robust
-    dispersion of held-out residuals in ``n_bins`` bins of each label, fitted with a
-    polynomial of ``degree`` in that label."""
+    dispersion of residuals in ``n_bins`` bins of each label, fitted with a polynomial
+    of ``degree`` in that label.
+
+    ``residuals``: ``heldout`` (kielnet's default) fits the residuals of each split's
+    validation stars predicted by that split's members, which no member of the split
+    trained on; ``training`` (the paper's: "the residual of CNN-APOGEE training labels")
+    fits the whole ensemble's residuals on the training stars, which most members saw,
+    so it is smaller. ``subtract_internal`` (default) fits only the part of the binned
+    scatter that the members' spread does not already explain (so that internal ⊕
+    running reproduces the observed scatter); the paper adds the two without it.
+    """
 
     n_bins: int = Field(default=20, ge=3)
     degree: int = Field(default=3, ge=0)
     min_per_bin: int = Field(default=20, ge=5)
+    residuals: Literal["heldout", "training"] = "heldout"
+    subtract_internal: bool = True
 
 
 class InferenceConfig(_Strict):

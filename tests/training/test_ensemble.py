@@ -75,6 +75,32 @@ def test_workdir_resumes_when_only_post_training_sections_change(table, tiny_con
     assert any("resumed" in line for line in logs) and b.ood is not None
 
 
+def test_running_dispersion_on_training_residuals_as_the_paper(table, tiny_config, tmp_path):
+    """uncertainty.residuals = training: the whole ensemble's residuals on its training
+    stars (Gaia-RVS §3.4), added to the internal spread without subtraction."""
+    from kielnet.inference.predict import member_predictions
+    from kielnet.inference.uncertainty import fit_running_dispersion
+
+    wd = tmp_path / "work"
+    cfg = tiny_config.with_overrides(ensemble={"n_splits": 2, "members_per_split": 2})
+    held = train_ensemble(table, cfg, workdir=wd, progress=False, log=lambda *_: None)
+    paper = train_ensemble(table, cfg.with_overrides(uncertainty={"residuals": "training",
+                                                                  "subtract_internal": False}),
+                           workdir=wd, progress=False, log=lambda *_: None)
+    pre = paper.preprocessor
+    p = member_predictions(paper.build_members(), pre.transform(table, with_labels=False), pre.inverse_labels)
+    u = cfg.uncertainty
+    for j, name in enumerate(cfg.label_names):
+        mean = p[:, :, j].mean(axis=0)
+        want = fit_running_dispersion(mean, mean - table.labels[name], n_bins=u.n_bins, degree=u.degree,
+                                      min_per_bin=u.min_per_bin)
+        x = np.linspace(*paper.label_ranges[name], 7)
+        np.testing.assert_allclose(paper.running_dispersion[name](x), want(x), rtol=1e-6)
+        assert not np.allclose(held.running_dispersion[name](x), want(x))
+    # the held-out validation block is the same in both (it does not depend on the fit's residuals)
+    assert paper.validation[name]["robust_sigma"] == held.validation[name]["robust_sigma"]
+
+
 def test_out_of_range_labels_are_reported_and_not_trained_on(table, tiny_config):
     t = table.take(np.arange(len(table)))
     t.labels["teff"][[0, 1]] = [150000.0, 10.0]   # unphysical

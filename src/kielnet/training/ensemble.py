@@ -5,7 +5,9 @@ differently seeded networks. After training, every split's members predict that
 split's validation stars; the pooled held-out residuals give
 
 * the running dispersion of each label (robust σ in bins of the predicted label,
-  polynomial fit), used for the total σ of new stars;
+  polynomial fit), used for the total σ of new stars — unless
+  ``uncertainty.residuals = training``, the paper's choice, which fits the whole
+  ensemble's residuals on its training stars instead;
 * held-out metrics and 1σ coverage, stored in the bundle.
 
 A work directory makes the run resumable: finished members are kept as safetensors
@@ -99,6 +101,16 @@ def _check_training_table(table: StarTable, config: KielnetConfig) -> None:
                              source=table.source, field=name)
 
 
+def _nets(config: KielnetConfig, states: list[dict], n_pix: int, widths: dict[str, int]) -> list:
+    """Eval-mode networks with the weights ``states``."""
+    nets = []
+    for st in states:
+        net = build_model(config, n_pix, widths, 0)
+        net.load_state_dict(st)
+        nets.append(net.eval())
+    return nets
+
+
 def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None,
                    progress: bool = True, log=print) -> Bundle:
     """Train the config's deep ensemble on ``table`` and return a bundle.
@@ -167,15 +179,10 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
             members.append(state)
             infos.append(info)
             split_states.append(state)
-        nets = []
-        for st in split_states:
-            net = build_model(config, n_pix, widths, 0)
-            net.load_state_dict(st)
-            nets.append(net.eval())
         sub = prep.take(va)
-        p = member_predictions(nets, sub, pre.inverse_labels)
+        p = member_predictions(_nets(config, split_states, n_pix, widths), sub, pre.inverse_labels)
         oof_sum[va] += p.mean(axis=0)
-        oof_spread_sum[va] += p.std(axis=0, ddof=1) if len(nets) > 1 else 0.0
+        oof_spread_sum[va] += p.std(axis=0, ddof=1) if len(split_states) > 1 else 0.0
         oof_n[va] += 1
     held = oof_n > 0
     oof = np.full_like(oof_sum, np.nan)
@@ -185,11 +192,20 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
 
     running, validation = {}, {}
     ucfg = config.uncertainty
+    if ucfg.residuals == "training":  # the whole ensemble on the stars it trained on (Gaia-RVS §3.4)
+        p = member_predictions(_nets(config, members, n_pix, widths), prep.take(rows), pre.inverse_labels)
+        fit_pred = np.full_like(oof, np.nan)
+        fit_spread = np.full_like(oof, np.nan)
+        fit_pred[rows] = p.mean(axis=0)
+        fit_spread[rows] = p.std(axis=0, ddof=1) if len(members) > 1 else 0.0
+    else:
+        fit_pred, fit_spread = oof, oof_spread
     for j, name in enumerate(config.label_names):
         truth = np.where(prep.label_out_of_range[:, j], np.nan, table.labels[name])
+        running[name] = fit_running_dispersion(
+            fit_pred[:, j], fit_pred[:, j] - truth, n_bins=ucfg.n_bins, degree=ucfg.degree,
+            min_per_bin=ucfg.min_per_bin, internal=fit_spread[:, j] if ucfg.subtract_internal else None)
         resid = oof[:, j] - truth
-        running[name] = fit_running_dispersion(oof[:, j], resid, n_bins=ucfg.n_bins, degree=ucfg.degree,
-                                               min_per_bin=ucfg.min_per_bin, internal=oof_spread[:, j])
         ok = np.isfinite(resid)
         tot = np.hypot(oof_spread[:, j], running[name](oof[:, j]))
         validation[name] = {"n": int(ok.sum()), "bias": float(np.median(resid[ok])) if ok.any() else None,
