@@ -54,7 +54,9 @@ def quality_bundle(tmp_path_factory):
 def test_bundle_carries_and_reloads_the_quality_machinery(quality_bundle):
     bundle, path = quality_bundle
     assert bundle.ood is not None and bundle.ood.n_members == 2
-    assert bundle.spread is not None and bundle.spread.n_members == 2 and bundle.spread.n_reference == 300
+    # calibrated out of bag: on the stars of the split's validation side only
+    assert bundle.spread is not None and bundle.spread.n_members == 2
+    assert bundle.spread.calibration == "out_of_bag" and 40 < bundle.spread.n_reference < 120
     assert bundle.tsne_reference.shape == (150, 48) and bundle.tsne_reference.dtype == np.float32
     assert (path / "embedding_ood.safetensors").is_file() and (path / "tsne_reference.safetensors").is_file()
     back = load_bundle(path)
@@ -156,5 +158,6 @@ def test_attach_quality_refits_an_existing_bundle(synthetic_bundle, make_table):
     attach_quality(b, make_table(n=120, n_pix=48, seed=30))
     assert b.ood is not None and b.ood.n_members == len(b.members)
     assert b.spread is not None and b.spread.n_members == len(b.members) and b.spread.n_reference == 120
+    assert b.spread.calibration == "training"  # no split information: all members
     cols = predict(b, make_table(n=10, n_pix=48, seed=31)).colnames
     assert "ood_score" in cols and "spread_score" in cols

@@ -99,3 +99,31 @@ def test_non_finite_predictions_give_nan_scores_and_are_not_calibrated_on():
     new[1, 2, 1] = np.nan
     s = sp.score(new)
     assert np.isnan(s[2]) and np.isfinite(np.delete(s, 2)).all()
+
+
+def test_out_of_bag_calibration_uses_only_the_unmasked_members():
+    rng = np.random.default_rng(7)
+    preds = ensemble_preds(rng, 2000, n_members=6)
+    mask = np.zeros((2000, 6), dtype=bool)
+    mask[:, :3] = True           # members 0-2 count for every star ...
+    mask[:100, :] = True         # ... all six for the first 100
+    mask[100:150, 1:] = False    # only member 0 for these 50: left out (fewer than 2)
+    sp = EnsembleSpread().fit(preds, NAMES, member_mask=mask)
+    assert sp.calibration == "out_of_bag" and sp.n_reference == 1950
+    spread = np.concatenate([preds[:, :100].std(axis=0, ddof=1), preds[:3, 150:].std(axis=0, ddof=1)])
+    from scipy.special import digamma
+
+    n_used = np.r_[np.full(100, 6), np.full(1850, 3)]
+    bias = 0.5 * (digamma((n_used - 1) / 2) - np.log((n_used - 1) / 2))
+    np.testing.assert_allclose(sp.log_median, np.median(np.log(spread) - bias[:, None], axis=0))
+    # members that saw a star agree on it artificially; out of bag, only the others count
+    preds = ensemble_preds(rng, 8000, n_members=16)
+    seen = preds.copy()
+    seen[8:] = preds[:8].mean(axis=0)          # members 8-15 "memorised" the reference stars
+    naive = EnsembleSpread().fit(seen, NAMES)
+    oob = EnsembleSpread().fit(seen, NAMES, member_mask=np.repeat([[True] * 8 + [False] * 8], 8000, axis=0))
+    new = ensemble_preds(rng, 8000, n_members=16)
+    assert naive.flag(new).mean() > 0.3          # badly over-flags new stars
+    assert 0.06 < oob.flag(new).mean() <= 0.11   # 8 members' noisier spread: a little conservative
+    with pytest.raises(ValueError, match="member_mask"):
+        EnsembleSpread().fit(preds, NAMES, member_mask=mask[:, :5])

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["crc32_holdout", "group_split"]
+__all__ = ["crc32_holdout", "group_split", "ensemble_heldout"]
 
 
 def crc32_holdout(ids: np.ndarray, modulus: int = 5, remainder: int = 0) -> np.ndarray:
@@ -35,3 +35,14 @@ def group_split(ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.nda
     is_val = rng.random(len(uniq)) < val_fraction
     row_val = is_val[inverse]
     return np.flatnonzero(~row_val), np.flatnonzero(row_val)
+
+
+def ensemble_heldout(ids: np.ndarray, n_splits: int, val_fraction: float, seed: int) -> np.ndarray:
+    """The validation sides of a deep ensemble's random splits: bool array
+    (n_rows, n_splits), True where row ``i`` is held out of split ``k``, split ``k``
+    being :func:`group_split` with seed ``seed + k`` (the rule of
+    :func:`kielnet.training.ensemble.train_ensemble`)."""
+    held = np.zeros((len(ids), n_splits), dtype=bool)
+    for k in range(n_splits):
+        held[group_split(ids, val_fraction, seed + k)[1], k] = True
+    return held

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from kielnet.config import KielnetConfig
 from kielnet.data.preprocess import Preprocessor
-from kielnet.data.splits import group_split
+from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError
@@ -152,9 +152,9 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     oof_spread_sum = np.zeros((len(table), len(config.labels)))
     n_pix, widths = pre.n_pix or 0, pre.branch_widths()
     n_total = ens.n_splits * ens.members_per_split
+    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
     for k in range(ens.n_splits):
-        tr_local, va_local = group_split(table.ids[rows], config.training.val_fraction, ens.seed + k)
-        tr, va = rows[tr_local], rows[va_local]
+        tr, va = rows[~heldout[:, k]], rows[heldout[:, k]]
         split_states = []
         for m in range(ens.members_per_split):
             seed = member_seed(ens.seed, k, m)
@@ -229,5 +229,5 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
                     training_data=training_data, validation=validation)
-    return attach_quality(bundle, prep.take(rows))
+    return attach_quality(bundle, prep.take(rows), heldout=heldout)
 

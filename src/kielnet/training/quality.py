@@ -9,7 +9,7 @@
   sees them (preprocessed), kept for the t-SNE training-likeness of new stars.
 
 The two scores share one forward pass of every member when they use the same
-reference stars (equal ``max_reference``).
+reference stars (equal ``max_reference`` and no out-of-bag calibration).
 
 :func:`kielnet.training.ensemble.train_ensemble` calls :func:`attach_quality` itself;
 call it directly to add (or refit) the machinery of an existing bundle from its
@@ -37,7 +37,21 @@ def _subsample(usable: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(usable, size, replace=False))
 
 
-def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int | None = None) -> Bundle:
+def _out_of_bag(bundle: Bundle, usable: np.ndarray, heldout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``usable`` held out by at least two splits (one if the ensemble has one),
+    and for every training row the members that did not train on it (n_rows, n_members)."""
+    n_splits = bundle.config.ensemble.n_splits
+    heldout = np.asarray(heldout, dtype=bool)
+    if heldout.ndim != 2 or heldout.shape[1] != n_splits:
+        raise ValueError(f"heldout must be (n_training_stars, {n_splits}), got {heldout.shape}")
+    split_of = np.array([m.split for m in bundle.member_info])
+    unseen = heldout[:, split_of]
+    eligible = usable[(heldout[usable].sum(axis=1) >= min(2, n_splits)) & (unseen[usable].sum(axis=1) >= 2)]
+    return eligible, unseen
+
+
+def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int | None = None,
+                   heldout: np.ndarray | None = None) -> Bundle:
     """Set ``bundle.ood``, ``bundle.spread`` and ``bundle.tsne_reference`` as
     ``bundle.config.quality`` asks.
 
@@ -50,6 +64,13 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
         ``bundle.preprocessor``. Stars with an unusable spectrum are left out.
     seed
         Seed of the subsamples (default: the config's ensemble seed).
+    heldout
+        (n_training_stars, n_splits) bool, True where a star was in split k's
+        validation side (:func:`kielnet.data.splits.ensemble_heldout`, as
+        ``train_ensemble`` passes it): the ensemble-disagreement score is then
+        calibrated out of bag (:mod:`kielnet.quality.spread`). Without it, it is
+        calibrated on all members, which flags new stars somewhat more often than
+        its quantile says.
     """
     q = bundle.config.quality
     seed = bundle.config.ensemble.seed if seed is None else seed
@@ -64,8 +85,18 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
         nets = bundle.build_members()
         identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - scaled outputs wanted
         emb_rows = _subsample(usable, q.embedding_ood.max_reference, seed) if q.embedding_ood.enabled else None
-        spr_rows = _subsample(usable, q.ensemble_spread.max_reference, seed) \
-            if q.ensemble_spread.enabled else None
+        spr_rows = mask = None
+        if q.ensemble_spread.enabled:
+            pool = usable
+            if heldout is not None:
+                if len(heldout) != len(prep):
+                    raise ValueError(f"heldout has {len(heldout)} rows for {len(prep)} training stars")
+                oob, unseen = _out_of_bag(bundle, usable, heldout)
+                if len(oob) >= 2:  # else (tiny sets) calibrate on all members; the state says which
+                    pool = oob
+            spr_rows = _subsample(pool, q.ensemble_spread.max_reference, seed)
+            if pool is not usable:
+                mask = unseen[spr_rows]
         shared = emb_rows is not None and spr_rows is not None and np.array_equal(emb_rows, spr_rows)
         if emb_rows is not None:
             embeddings: list[np.ndarray] = []
@@ -77,7 +108,7 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
             if not shared:
                 preds = member_predictions(nets, prep.take(spr_rows), identity)
             bundle.spread = EnsembleSpread(quantile=q.ensemble_spread.quantile).fit(
-                preds, bundle.config.label_names)
+                preds, bundle.config.label_names, member_mask=mask)
     if q.tsne.reference_size:
         pick = _subsample(usable, q.tsne.reference_size, seed)
         bundle.tsne_reference = np.ascontiguousarray(prep.spectrum[pick], dtype=np.float32)
