@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from kielnet.data.splits import crc32_holdout, group_split
+from kielnet.data.splits import crc32_holdout, ensemble_heldout, group_split
 
 
 @pytest.fixture
@@ -58,3 +58,17 @@ def test_group_split_keeps_duplicate_ids_together():
     np.testing.assert_array_equal(val, v2)
     t3, _ = group_split(ids, 0.25, seed=4)
     assert not np.array_equal(train, t3)
+
+
+def test_ensemble_heldout_matches_the_splits_and_keeps_ids_together():
+    ids = np.array([f"s{i % 150}" for i in range(200)])  # 50 stars appear twice
+    held = ensemble_heldout(ids, 5, 0.25, seed=3)
+    assert held.shape == (200, 5)
+    for k in range(5):
+        _, va = group_split(ids, 0.25, 3 + k)
+        np.testing.assert_array_equal(np.flatnonzero(held[:, k]), va)
+        for star in np.unique(ids):
+            assert len(set(held[ids == star, k])) == 1
+    # about a quarter held out per split, different stars in different splits
+    assert 0.15 < held.mean() < 0.35
+    assert not all(np.array_equal(held[:, 0], held[:, k]) for k in range(1, 5))
