@@ -249,7 +249,8 @@ class EnsembleSpreadConfig(_Strict):
     """Ensemble-disagreement score (:mod:`kielnet.quality.spread`): calibrated on the
     training stars when the ensemble is trained and stored in the bundle; ``predict``
     then writes ``spread_score`` and sets the ``ensemble_disagreement`` flag where it
-    exceeds 1. Needs at least 2 members."""
+    exceeds 1. A single-network "ensemble" has no disagreement: then it is skipped
+    (the training log says so)."""
 
     enabled: bool = False
     max_reference: int = Field(default=20_000, ge=2, description="training stars used for the calibration")
@@ -353,8 +354,6 @@ class KielnetConfig(_Strict):
                 self.quality.embedding_ood.enabled or self.quality.ensemble_spread.enabled):
             raise ValueError("boundary_flag.training_like = fast_score needs quality.embedding_ood.enabled "
                              "or quality.ensemble_spread.enabled")
-        if self.quality.ensemble_spread.enabled and self.ensemble.n_splits * self.ensemble.members_per_split < 2:
-            raise ValueError("quality.ensemble_spread needs an ensemble of at least 2 members")
         if (self.quality.tsne.reference_size or bf.enabled and bf.training_like == "tsne") and self.spectrum is None:
             raise ValueError("t-SNE training-likeness needs a spectrum branch")
         if self.training.weighting.kind == "kde":

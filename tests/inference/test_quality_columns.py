@@ -146,9 +146,6 @@ def test_config_requires_what_digit_eight_needs(tiny_config_dict):
     with pytest.raises(ConfigError, match="embedding_ood"):
         KielnetConfig.from_dict(tiny_config_dict(quality={"boundary_flag": {"enabled": True,
                                                                             "training_like": "fast_score"}}))
-    with pytest.raises(ConfigError, match="at least 2 members"):
-        KielnetConfig.from_dict(tiny_config_dict(quality={"ensemble_spread": {"enabled": True}},
-                                                 ensemble={"n_splits": 1, "members_per_split": 1}))
 
 
 def test_attach_quality_refits_an_existing_bundle(synthetic_bundle, make_table):
@@ -161,3 +158,12 @@ def test_attach_quality_refits_an_existing_bundle(synthetic_bundle, make_table):
     assert b.spread.calibration == "training"  # no split information: all members
     cols = predict(b, make_table(n=10, n_pix=48, seed=31)).colnames
     assert "ood_score" in cols and "spread_score" in cols
+
+
+def test_a_single_network_gets_no_spread_score_and_the_log_says_why(tiny_config, make_table):
+    cfg = tiny_config.with_overrides(quality={"ensemble_spread": {"enabled": True}},
+                                     ensemble={"n_splits": 1, "members_per_split": 1})
+    logs = []
+    b = train_ensemble(make_table(n=60, n_pix=48, seed=40), cfg, progress=False, log=logs.append)
+    assert b.spread is None and any("ensemble_spread skipped" in line for line in logs)
+    assert "spread_score" not in predict(b, make_table(n=5, n_pix=48, seed=41)).colnames

@@ -229,5 +229,5 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
                     training_data=training_data, validation=validation)
-    return attach_quality(bundle, prep.take(rows), heldout=heldout)
+    return attach_quality(bundle, prep.take(rows), heldout=heldout, log=log)
 

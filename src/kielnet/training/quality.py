@@ -18,6 +18,8 @@ training table.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from kielnet.data.preprocess import Prepared
@@ -51,7 +53,7 @@ def _out_of_bag(bundle: Bundle, usable: np.ndarray, heldout: np.ndarray) -> tupl
 
 
 def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int | None = None,
-                   heldout: np.ndarray | None = None) -> Bundle:
+                   heldout: np.ndarray | None = None, log: Callable[[str], object] = print) -> Bundle:
     """Set ``bundle.ood``, ``bundle.spread`` and ``bundle.tsne_reference`` as
     ``bundle.config.quality`` asks.
 
@@ -71,9 +73,16 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
         calibrated out of bag (:mod:`kielnet.quality.spread`). Without it, it is
         calibrated on all members, which flags new stars somewhat more often than
         its quantile says.
+    log
+        Receives a line when a configured piece cannot be fitted (the disagreement
+        score of a single network).
     """
     q = bundle.config.quality
     seed = bundle.config.ensemble.seed if seed is None else seed
+    if q.ensemble_spread.enabled and len(bundle.members) < 2:
+        log("quality.ensemble_spread skipped: a single network has no ensemble disagreement "
+            "(no spread_score column)")
+        q = q.model_copy(update={"ensemble_spread": q.ensemble_spread.model_copy(update={"enabled": False})})
     if not (q.embedding_ood.enabled or q.ensemble_spread.enabled or q.tsne.reference_size):
         return bundle
     prep = training if isinstance(training, Prepared) else \
