@@ -30,6 +30,7 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     for name in LABELS:
         expected += [name, f"e_{name}", f"sigma_{name}"]
     expected += ["flag", "status", "n_bad_pixels", "missing_inputs"]
+    expected += ["spread_score"]  # the xp_hybrid preset carries the ensemble-disagreement score
     assert cat.colnames == expected
     for name, unit in [("teff", u.K), ("logg", u.dex), ("fe_h", u.dex), ("alpha_m", u.dex)]:
         for col in (name, f"e_{name}", f"sigma_{name}"):
