@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["crc32_holdout", "group_split", "ensemble_heldout"]
+__all__ = ["crc32_holdout", "group_split", "ensemble_heldout", "random_subset"]
 
 
 def crc32_holdout(ids: np.ndarray, modulus: int = 5, remainder: int = 0) -> np.ndarray:
@@ -46,3 +46,12 @@ def ensemble_heldout(ids: np.ndarray, n_splits: int, val_fraction: float, seed: 
     for k in range(n_splits):
         held[group_split(ids, val_fraction, seed + k)[1], k] = True
     return held
+
+
+def random_subset(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` of the indices ``rows``: all of them if there are no more, else
+    a sorted random choice without replacement (``numpy.random.default_rng(seed)``)."""
+    rows = np.asarray(rows)
+    if len(rows) <= size:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))

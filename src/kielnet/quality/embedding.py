@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from kielnet.data.preprocess import Prepared
+from kielnet.data.splits import random_subset
 
 __all__ = ["EmbeddingOOD", "FusionCapture", "fusion_embeddings", "agreement", "DEFAULT_MAX_REFERENCE"]
 
@@ -109,30 +110,19 @@ class FusionCapture:
 def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512) -> np.ndarray:
     """Activations entering ``net.head[0]`` (the fusion head) for every star:
     array (n_stars, width), float32. The net is run in eval mode (its mode is restored)."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_module, inputs):
-        captured.append(inputs[0].detach())
-
-    handle = net.head[0].register_forward_pre_hook(hook)
     was_training = net.training
     net.eval()
     try:
         n = len(prepared)
         param = next(net.parameters())
-        out = []
-        with torch.inference_mode():
+        with FusionCapture(net) as cap, torch.inference_mode():
             for s in range(0, n, batch_size):
                 sl = slice(s, min(s + batch_size, n))
                 spec = None if prepared.spectrum is None else torch.as_tensor(prepared.spectrum[sl], dtype=param.dtype)
                 br = [torch.as_tensor(prepared.branches[name][sl], dtype=param.dtype) for name in net.branch_names]
-                captured.clear()
                 net(spec, br)
-                out.append(captured[0].float().cpu().numpy())
-        width = net.head[0].in_features if hasattr(net.head[0], "in_features") else 0
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+        return cap.embeddings()
     finally:
-        handle.remove()
         net.train(was_training)
 
 
@@ -198,10 +188,7 @@ class EmbeddingOOD:
         use = np.flatnonzero(~np.asarray(prepared_train.bad_spectrum, dtype=bool))
         if len(use) < 2:
             raise ValueError("need at least 2 training stars with a usable spectrum")
-        if len(use) > self.max_reference:
-            rng = np.random.default_rng(self.random_state)
-            use = np.sort(rng.choice(use, self.max_reference, replace=False))
-        sub = prepared_train.take(use)
+        sub = prepared_train.take(random_subset(use, self.max_reference, self.random_state))
         return self.fit_embeddings([fusion_embeddings(net, sub, batch_size=batch_size) for net in nets], nets,
                                    n_train=len(prepared_train))
 

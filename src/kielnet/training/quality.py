@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from kielnet.data.preprocess import Prepared
+from kielnet.data.splits import random_subset
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.predict import member_predictions
@@ -30,13 +31,6 @@ from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
 __all__ = ["attach_quality"]
-
-
-def _subsample(usable: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """At most ``size`` of the indices ``usable`` (sorted, random beyond ``size``)."""
-    if len(usable) <= size:
-        return usable
-    return np.sort(np.random.default_rng(seed).choice(usable, size, replace=False))
 
 
 def _out_of_bag(bundle: Bundle, usable: np.ndarray, heldout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,19 +87,18 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
     if q.embedding_ood.enabled or q.ensemble_spread.enabled:
         nets = bundle.build_members()
         identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - scaled outputs wanted
-        emb_rows = _subsample(usable, q.embedding_ood.max_reference, seed) if q.embedding_ood.enabled else None
+        emb_rows = random_subset(usable, q.embedding_ood.max_reference, seed) if q.embedding_ood.enabled else None
         spr_rows = mask = None
         if q.ensemble_spread.enabled:
-            pool = usable
+            pool, unseen = usable, None
             if heldout is not None:
                 if len(heldout) != len(prep):
                     raise ValueError(f"heldout has {len(heldout)} rows for {len(prep)} training stars")
-                oob, unseen = _out_of_bag(bundle, usable, heldout)
+                oob, oob_unseen = _out_of_bag(bundle, usable, heldout)
                 if len(oob) >= 2:  # else (tiny sets) calibrate on all members; the state says which
-                    pool = oob
-            spr_rows = _subsample(pool, q.ensemble_spread.max_reference, seed)
-            if pool is not usable:
-                mask = unseen[spr_rows]
+                    pool, unseen = oob, oob_unseen
+            spr_rows = random_subset(pool, q.ensemble_spread.max_reference, seed)
+            mask = None if unseen is None else unseen[spr_rows]
         shared = emb_rows is not None and spr_rows is not None and np.array_equal(emb_rows, spr_rows)
         if emb_rows is not None:
             embeddings: list[np.ndarray] = []
@@ -119,6 +112,6 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
             bundle.spread = EnsembleSpread(quantile=q.ensemble_spread.quantile).fit(
                 preds, bundle.config.label_names, member_mask=mask)
     if q.tsne.reference_size:
-        pick = _subsample(usable, q.tsne.reference_size, seed)
+        pick = random_subset(usable, q.tsne.reference_size, seed)
         bundle.tsne_reference = np.ascontiguousarray(prep.spectrum[pick], dtype=np.float32)
     return bundle
