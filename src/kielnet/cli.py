@@ -65,6 +65,28 @@ def _set_overrides(items: list[str]) -> dict:
     return out
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        val = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if val < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {val}")
+    return val
+
+
+def _nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        val = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if val < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {val}")
+    return val
+
+
 def _load_cfg(args):
     from kielnet.config import load_config
 
@@ -79,10 +101,14 @@ def cmd_train(args) -> int:
     from kielnet.io import read_stars
     from kielnet.training.ensemble import train_ensemble
 
+    from kielnet.io.outputs import check_output_dir
+
+    workdir = Path(args.workdir or str(args.out) + ".work")
+    check_output_dir(args.out, inputs=[args.data], what="bundle directory", marker="bundle.json")
+    check_output_dir(workdir, inputs=[args.data, args.out], what="work directory")
     cfg = _load_cfg(args)
     table = read_stars(args.data)
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
-    workdir = Path(args.workdir or str(args.out) + ".work")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
     bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet)
@@ -113,12 +139,21 @@ def cmd_predict(args) -> int:
     from kielnet.inference.bundle import load_bundle
     from kielnet.inference.streaming import predict_to_file
     from kielnet.io import read_stars
+    from kielnet.io.outputs import check_output_file
 
+    inputs = [args.data, *args.metadata, args.bundle]
+    check_output_file(args.out, inputs=inputs)
+    if args.table2:
+        from kielnet.errors import UsageError
+
+        check_output_file(args.table2, inputs=inputs, what="Table 2 catalogue")
+        if Path(args.table2).resolve() == Path(args.out).resolve():
+            raise UsageError("--table2 and --out name the same file")
     bundle = load_bundle(args.bundle)
     table = _with_metadata(read_stars(args.data), args.metadata)
     t0 = time.time()
     cat = predict_to_file(bundle, table, args.out, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                          progress=not args.quiet, n_realisations=args.realisations)
+                          progress=not args.quiet, n_realisations=args.realisations, fresh=args.fresh)
     dt = time.time() - t0
     n_ok = int(np.sum(np.asarray(cat["status"]) == "ok"))
     print(f"{len(cat)} stars labelled in {dt:.1f} s ({len(cat) / max(dt, 1e-9):.0f} stars/s); "
@@ -142,6 +177,10 @@ def cmd_evaluate(args) -> int:
     from kielnet.io import read_stars
     from kielnet.pipeline import catalogue_metrics
 
+    if args.out:
+        from kielnet.io.outputs import check_output_file
+
+        check_output_file(args.out, inputs=[args.data, args.bundle], what="metrics file", table=False)
     bundle = load_bundle(args.bundle)
     table = read_stars(args.data)
     cat = predict(bundle, table)
@@ -162,10 +201,11 @@ def cmd_demo(args) -> int:
     from kielnet.io import XP_LIBRARY, atomic_write_table, read_stars
     from kielnet.pipeline import run_holdout
 
-    out = Path(args.out)
+    from kielnet.io.outputs import check_output_dir
+
+    out = check_output_dir(args.out, inputs=[args.data], what="demo output directory")
     if args.fresh:
         shutil.rmtree(out / "work", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config)
     cfg = cfg.with_overrides(ensemble={"n_splits": args.splits, "members_per_split": args.members},
                              training={"max_epochs": args.max_epochs})
@@ -174,6 +214,7 @@ def cmd_demo(args) -> int:
     t0 = time.time()
     table = read_stars(args.data or XP_LIBRARY)
     print(f"read {len(table)} stars from {table.source} in {time.time() - t0:.0f} s")
+    out.mkdir(parents=True, exist_ok=True)
     res = run_holdout(table, cfg, workdir=out / "work", bundle_dir=out / "bundle", progress=not args.quiet)
     cat_path = atomic_write_table(res.catalogue, out / "catalogue.parquet")
     atomic_write_table(res.catalogue, out / "catalogue.fits")
@@ -200,6 +241,9 @@ def cmd_sensitivity(args) -> int:
     from kielnet.inference.predict import predict
     from kielnet.io import read_stars
 
+    from kielnet.io.outputs import check_output_dir
+
+    check_output_dir(args.out, inputs=[args.data, *args.metadata, args.bundle], what="output directory")
     bundle = load_bundle(args.bundle)
     table = _with_metadata(read_stars(args.data), args.metadata)
     prep = bundle.preprocessor.transform(table, with_labels=False)
@@ -240,6 +284,11 @@ def cmd_simulate(args) -> int:
     from kielnet.io import load_payne_emulator, write_table
     from kielnet.simulation import sample_labels, simulate
 
+    from kielnet.io.outputs import check_output_file
+
+    check_output_file(args.out, inputs=[args.emulator], what="simulated table")
+    if Path(args.out).suffix.lower() == ".csv":
+        raise KielnetError(f"{args.out}: CSV cannot hold spectra; use .parquet, .fits or .ecsv")
     emu = load_payne_emulator(args.emulator)
     rng = np.random.default_rng(args.seed)
     try:
@@ -290,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. ensemble.n_splits=4 (repeatable)")
     t.add_argument("--out", required=True, help="output bundle directory")
-    t.add_argument("--workdir", help="checkpoint directory (default OUT.work); rerun to resume")
+    t.add_argument("--workdir", help="checkpoint directory (default OUT.work); rerun to resume: only the same "
+                                     "run resumes (same training data content and configuration), any other "
+                                     "is refused naming what differs")
     t.add_argument("--fresh", action="store_true", help="discard checkpoints in the work directory first")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
@@ -312,12 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the Gaia-RVS hybrid CNN catalogue (paper Table 2: source_id, teff, "
                          "eteff, sigma_teff, ..., flag_boundary) as FITS or Parquet; needs a bundle with "
                          "the boundary flag (preset gaia_rvs_hybrid)")
-    pr.add_argument("--realisations", type=int, default=None,
+    pr.add_argument("--realisations", type=_nonnegative_int, default=None,
                     help="noise realisations per spectrum (default: the bundle's setting, e.g. 20 "
                          "for apogee_net_2; 0 = off)")
-    pr.add_argument("--chunk-size", type=int, default=20000,
-                    help="stars per resumable chunk (parts kept in OUT.parts until done)")
-    pr.add_argument("--batch-size", type=int, default=256, help="stars per forward pass")
+    pr.add_argument("--chunk-size", type=_positive_int, default=20000,
+                    help="stars per resumable chunk (parts kept in OUT.parts until done; a rerun resumes "
+                         "only the same run: same input content, bundle and options, else it is refused)")
+    pr.add_argument("--batch-size", type=_positive_int, default=256, help="stars per forward pass")
+    pr.add_argument("--fresh", action="store_true",
+                    help="discard the parts of an interrupted earlier run (OUT.parts) instead of resuming")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
@@ -340,10 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
     d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
     d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
-    d.add_argument("--splits", type=int, default=2,
+    d.add_argument("--splits", type=_positive_int, default=2,
                    help="random train/validation splits (default 2; the preset has 3)")
-    d.add_argument("--members", type=int, default=1, help="models per split (default 1; preset: 2)")
-    d.add_argument("--max-epochs", type=int, default=40,
+    d.add_argument("--members", type=_positive_int, default=1, help="models per split (default 1; preset: 2)")
+    d.add_argument("--max-epochs", type=_positive_int, default=40,
                    help="epochs per model (default 40, to fit the demo into 15 min on 2 cores; preset: 60)")
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
@@ -359,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the emulated range NaN), labels teff [K], logg [dex], fe_h [dex], mg_fe "
                                     "[dex], vmacro [km/s], and the S/N used.")
     sm.add_argument("--emulator", required=True, help="emulator .npz (The Payne per-pixel network format)")
-    sm.add_argument("--n", type=int, required=True, help="number of spectra")
+    sm.add_argument("--n", type=_positive_int, required=True, help="number of spectra")
     sm.add_argument("--snr", default="50", help="S/N per pixel: a number, or LO:HI for a uniform draw")
     sm.add_argument("--seed", type=int, default=0, help="random seed")
     sm.add_argument("--id-prefix", default="sim_", help="star ids are PREFIX000001, ...")
@@ -380,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--select", nargs=3, action="append", metavar=("LABEL", "LO", "HI"),
                     help="keep stars whose predicted LABEL is in [LO, HI] (physical units; repeatable), "
                          "e.g. --select teff 4500 5200 --select logg 2.2 3.0")
-    se.add_argument("--max-stars", type=int, default=2000, help="at most this many stars (default 2000)")
+    se.add_argument("--max-stars", type=_positive_int, default=2000, help="at most this many stars (default 2000)")
     se.add_argument("--out", required=True, help="output directory")
     se.set_defaults(func=cmd_sensitivity)
 

@@ -23,7 +23,8 @@ from kielnet.errors import ConfigError
 __all__ = [
     "ConvLayerConfig", "SpectrumBranchConfig", "ScalarBranchConfig", "HeadConfig", "ModelConfig",
     "FeatureConfig", "SpectrumPrepConfig", "LabelConfig", "WeightingConfig", "TrainingConfig",
-    "EnsembleConfig", "UncertaintyConfig", "InferenceConfig", "ReportingRule", "KielnetConfig",
+    "EnsembleConfig", "UncertaintyConfig", "InferenceConfig", "ReportingRule", "InputChecksConfig",
+    "KielnetConfig",
     "load_config",
 ]
 
@@ -287,6 +288,31 @@ class BoundaryFlagConfig(_Strict):
     training_like: Literal["tsne", "fast_score"] = "fast_score"
 
 
+class InputChecksConfig(_Strict):
+    """Physical-plausibility checks of inputs, measured against the training set
+    (:mod:`kielnet.data.plausibility`).
+
+    A spectrum that fails a test is flagged ``implausible_spectrum`` (the failed tests
+    named in the catalogue's ``spectrum_issues``) and not labelled. A scalar input equal
+    to a placeholder, or farther than ``span_margin`` × its training span outside its
+    training range, is a missing value (flag ``missing_input``), never an input.
+    """
+
+    spectra: bool = Field(default=True, description="run the spectrum tests")
+    nonpositive_margin: float = Field(default=0.25, ge=0, description="allowed excess fraction of pixels <= 0 "
+                                                                      "(chip gaps written as 0 are tolerated)")
+    flat_factor: float = Field(default=10.0, gt=1, description="scatter below training low / this = constant")
+    scale_margin_dex: float = Field(default=1.0, gt=0, description="median |flux| this far (dex) outside "
+                                                                   "the training range (unnormalised models)")
+    spike_factor: float = Field(default=10.0, gt=1, description="robust peak deviation above training high x this")
+    placeholders: list[float] = Field(
+        default=[99.0, -99.0, 99.99, -99.99, 99.999, -99.999, 999.0, -999.0, 9999.0, -9999.0,
+                 99999.0, -99999.0],
+        description="scalar values that surveys write for 'no value' (e.g. 2MASS / APOGEE 99.999, -999)")
+    span_margin: float = Field(default=2.0, gt=0, description="scalar values beyond the training range by "
+                                                              "more than this x max(span, 1) are missing")
+
+
 class QualityConfig(_Strict):
     """Quality machinery carried by a bundle and applied by ``predict``."""
 
@@ -327,6 +353,7 @@ class KielnetConfig(_Strict):
     inference: InferenceConfig = InferenceConfig()
     reporting: list[ReportingRule] = []
     quality: QualityConfig = QualityConfig()
+    checks: InputChecksConfig = InputChecksConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "KielnetConfig":

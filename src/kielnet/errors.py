@@ -7,7 +7,7 @@ reading a traceback through torch.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "ConfigError", "BundleError"]
+__all__ = ["KielnetError", "InputError", "ConfigError", "BundleError", "UsageError", "RunMismatchError"]
 
 
 class KielnetError(Exception):
@@ -52,3 +52,15 @@ class ConfigError(KielnetError, ValueError):
 
 class BundleError(KielnetError, ValueError):
     """A model bundle is incomplete, corrupt or incompatible."""
+
+
+class UsageError(KielnetError, ValueError):
+    """An option or argument is invalid (e.g. a non-positive chunk size, an output path
+    that cannot be written, an output that would overwrite an input). Raised before
+    any compute starts."""
+
+
+class RunMismatchError(InputError):
+    """A resumable work directory (training checkpoints, prediction parts) belongs to a
+    different run: other input data, configuration, bundle or options. The message
+    names what differs; start afresh with ``--fresh`` or choose another directory."""

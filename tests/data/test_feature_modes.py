@@ -11,6 +11,8 @@ from kielnet.data.preprocess import Preprocessor
 from kielnet.data.startable import StarTable
 
 PLACEHOLDER = 99.999
+#: the global placeholder / far-outside rule off, to test a feature option alone
+NO_CHECKS = {"placeholders": [], "span_margin": 1e9}
 
 
 def _features(**g_options):
@@ -38,7 +40,7 @@ def _with_g(table: StarTable, rows, value) -> StarTable:
 
 # ------------------------------------------------------------------ invalid_above
 def test_invalid_above_turns_placeholders_into_missing(tiny_config_factory, table):
-    cfg = tiny_config_factory(features=_features(invalid_above=98.0))
+    cfg = tiny_config_factory(features=_features(invalid_above=98.0), checks=NO_CHECKS)
     pre = Preprocessor(cfg).fit(table)
     bad = _with_g(table, [2, 5], PLACEHOLDER)
     raw = pre.raw_features(bad)
@@ -59,7 +61,7 @@ def test_invalid_above_turns_placeholders_into_missing(tiny_config_factory, tabl
 def test_invalid_above_on_a_difference_applies_to_its_raw_columns(tiny_config_factory, table):
     feats = _features()
     feats[2] = {"name": "g_rp", "kind": "difference", "columns": ["g", "rp"], "invalid_above": 98.0}
-    pre = Preprocessor(tiny_config_factory(features=feats)).fit(table)
+    pre = Preprocessor(tiny_config_factory(features=feats, checks=NO_CHECKS)).fit(table)
     bad = _with_g(table, [3], PLACEHOLDER)
     raw = pre.raw_features(bad)
     # the difference itself (~ 99.999 - rp ~ 90) is below 98, yet it is missing
@@ -69,16 +71,39 @@ def test_invalid_above_on_a_difference_applies_to_its_raw_columns(tiny_config_fa
     assert prep.missing_features[3].tolist() == [False, False, True, False]
 
 
-def test_without_invalid_above_the_placeholder_is_used_as_a_value(tiny_config, table):
-    pre = Preprocessor(tiny_config).fit(table)
+def test_without_any_check_the_placeholder_is_used_as_a_value(tiny_config_factory, table):
+    pre = Preprocessor(tiny_config_factory(checks=NO_CHECKS)).fit(table)
     prep = pre.transform(_with_g(table, [2], PLACEHOLDER), with_labels=False)
     assert not prep.missing_features.any()
     sc = pre.feature_scalers["g"]
     assert prep.branches["phot"][2, 0] == pytest.approx((PLACEHOLDER - sc.centre) / sc.scale, rel=1e-5)
 
 
+@pytest.mark.parametrize("value", [PLACEHOLDER, 99.0, -999.0, -9999.0, np.float32(99.999)])
+def test_survey_placeholders_are_missing_by_default(tiny_config, table, value):
+    pre = Preprocessor(tiny_config).fit(table)
+    prep = pre.transform(_with_g(table, [2], value), with_labels=False)
+    # g feeds the features g and g_rp: both missing for that star, nothing else
+    assert prep.missing_features[2].tolist() == [True, False, True, False]
+    assert prep.missing_features.sum() == 2
+
+
+def test_values_far_outside_the_training_range_are_missing(tiny_config, table):
+    pre = Preprocessor(tiny_config).fit(table)
+    lo, hi = pre.column_ranges.ranges["g"]
+    span = max(hi - lo, 1.0)
+    near = hi + 1.5 * span     # extrapolation, but within the margin: a value (flagged downstream)
+    far = hi + 2.5 * span      # beyond the margin: missing
+    prep = pre.transform(_with_g(table, [1, 2], [near, far]), with_labels=False)
+    assert not prep.missing_features[1].any() and prep.missing_features[2, 0]
+    # the ranges travel with the fitted state
+    again = Preprocessor.from_dict(pre.config, pre.to_dict())
+    np.testing.assert_array_equal(again.transform(_with_g(table, [1, 2], [near, far]),
+                                                  with_labels=False).missing_features, prep.missing_features)
+
+
 def test_invalid_above_placeholders_do_not_enter_the_fitted_statistics(tiny_config_factory, table):
-    cfg = tiny_config_factory(features=_features(invalid_above=98.0))
+    cfg = tiny_config_factory(features=_features(invalid_above=98.0), checks=NO_CHECKS)
     train = _with_g(table, [0, 1, 2], PLACEHOLDER)
     pre = Preprocessor(cfg).fit(train)
     good = np.delete(table.scalars["g"], [0, 1, 2])
@@ -89,7 +114,7 @@ def test_invalid_above_placeholders_do_not_enter_the_fitted_statistics(tiny_conf
 # ------------------------------------------------------------------ missing_value (sentinel)
 def test_missing_value_sentinel_replaces_mean_imputation(tiny_config_factory, table):
     sentinel = 21.40844
-    cfg = tiny_config_factory(features=_features(invalid_above=98.0, missing_value=sentinel))
+    cfg = tiny_config_factory(features=_features(invalid_above=98.0, missing_value=sentinel), checks=NO_CHECKS)
     pre = Preprocessor(cfg).fit(table)
     sc = pre.feature_scalers["g"]
     bad = _with_g(table, [1], PLACEHOLDER)

@@ -10,7 +10,7 @@ import torch
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
-from kielnet.training.ensemble import member_seed, sample_weights, train_ensemble
+from kielnet.training.ensemble import _load_member, member_seed, sample_weights, train_ensemble
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_workdir_refuses_a_different_config(table, tiny_config, tmp_path):
         train_ensemble(table, other, workdir=wd, progress=False, log=lambda *_: None)
     assert info.value.field == "workdir" and str(wd) in str(info.value)
     # different training data is refused too
-    with pytest.raises(InputError, match="different configuration or training data"):
+    with pytest.raises(InputError, match="different training run"):
         train_ensemble(table.take(np.arange(80)), tiny_config, workdir=wd, progress=False,
                        log=lambda *_: None)
 
@@ -59,7 +59,7 @@ def test_workdir_resumes_finished_members(table, tiny_config, tmp_path):
     assert sum("resumed" in line for line in logs) == 2
     for a, b in zip(first.members, second.members):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((wd / "member_001.json").read_text())["seed"] == member_seed(0, 0, 1)
+    assert _load_member(wd / "member_001.safetensors")[1].seed == member_seed(0, 0, 1)
 
 
 def test_workdir_resumes_when_only_post_training_sections_change(table, tiny_config, tmp_path):

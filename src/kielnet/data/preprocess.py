@@ -6,9 +6,12 @@ with the same columns. Its fitted state (per-pixel statistics, feature scalers,
 label transforms) serialises to a JSON-able dict stored in model bundles.
 
 Nothing is silently dropped: :class:`Prepared` carries, per star, the count of
-interpolated spectral pixels, whether the spectrum was unusable, and which scalar
-features were missing (imputed with the training mean), so that the quality layer
-can flag the star.
+interpolated spectral pixels, whether the spectrum was unusable (too many non-finite
+pixels, or physically implausible for this model: see
+:mod:`kielnet.data.plausibility`), and which scalar features were missing (imputed
+with the training mean; survey placeholders such as 99.999 or −999 and values far
+outside the training range count as missing), so that the quality layer can flag the
+star.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kielnet.config import KielnetConfig
+from kielnet.data.plausibility import ColumnRanges, SpectrumPlausibility, placeholder_mask
 from kielnet.data.startable import StarTable
 from kielnet.data.transforms import LabelTransform, Scaler
 
@@ -36,9 +40,13 @@ class Prepared:
     branches : dict branch name → (n, k) float32 (features, then missing indicators)
     targets : (n, n_labels) float32, scaled; NaN where the label is unknown/invalid
     n_bad_pixels : (n,) int — non-finite pixels that were interpolated
-    bad_spectrum : (n,) bool — spectrum unusable (too many bad pixels / no spectrum)
+    bad_spectrum : (n,) bool — spectrum unusable for any reason (too many bad pixels,
+        no spectrum, or implausible); its labels are not reported
     missing_features : (n, n_features) bool
     label_out_of_range : (n, n_labels) bool — reference label given but unphysical
+    implausible : (n,) bool — the spectrum failed a plausibility test (a subset of
+        ``bad_spectrum``)
+    spectrum_issues : (n,) str — the failed plausibility tests, comma-separated
     """
 
     spectrum: np.ndarray | None
@@ -49,6 +57,15 @@ class Prepared:
     bad_spectrum: np.ndarray
     missing_features: np.ndarray
     label_out_of_range: np.ndarray | None
+    implausible: np.ndarray | None = None
+    spectrum_issues: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.n_bad_pixels)
+        if self.implausible is None:
+            self.implausible = np.zeros(n, dtype=bool)
+        if self.spectrum_issues is None:
+            self.spectrum_issues = np.full(n, "", dtype="<U1")
 
     def __len__(self) -> int:
         return len(self.n_bad_pixels)
@@ -60,7 +77,8 @@ class Prepared:
 
         return Prepared(sub(self.spectrum), sub(self.spectrum_err), {k: v[idx] for k, v in self.branches.items()},
                         sub(self.targets), self.n_bad_pixels[idx], self.bad_spectrum[idx],
-                        self.missing_features[idx], sub(self.label_out_of_range))
+                        self.missing_features[idx], sub(self.label_out_of_range), self.implausible[idx],
+                        self.spectrum_issues[idx])
 
 
 def repair_spectra(flux: np.ndarray, max_bad_fraction: float, mode: str = "interpolate"
@@ -96,6 +114,10 @@ class Preprocessor:
         self.n_pix: int | None = None
         self.feature_scalers: dict[str, Scaler] = {}
         self.label_transforms: list[LabelTransform] = []
+        #: training ranges of the spectrum statistics (None: only the absolute tests)
+        self.plausibility: SpectrumPlausibility | None = None
+        #: training ranges of the scalar columns (None: only the placeholder test)
+        self.column_ranges: ColumnRanges | None = None
         self.fitted = False
 
     # ------------------------------------------------------------- spectrum
@@ -118,11 +140,27 @@ class Preprocessor:
         return out, e
 
     # ------------------------------------------------------------- features
+    def clean_columns(self, table: StarTable) -> dict[str, np.ndarray]:
+        """The scalar columns the features read, with survey placeholders and values far
+        outside the training range (see :mod:`kielnet.data.plausibility`) set to NaN."""
+        chk = self.config.checks
+        out = {}
+        for c in self.config.scalar_columns():
+            v = np.array(table.scalars[c], dtype=np.float64)
+            bad = placeholder_mask(v, chk.placeholders) | np.isinf(v)
+            if self.column_ranges is not None:
+                bad |= self.column_ranges.far_outside(c, v)
+            v[bad] = np.nan
+            out[c] = v
+        return out
+
     def raw_features(self, table: StarTable) -> np.ndarray:
-        """Unscaled feature values (n, n_features) in their own units (mag, mas); NaN = missing."""
+        """Unscaled feature values (n, n_features) in their own units (mag, mas); NaN = missing
+        (a missing column value, a survey placeholder, or a value far outside the training range)."""
         cols = []
+        clean = self.clean_columns(table) if self.config.features else {}
         for f in self.config.features:
-            vals = [np.asarray(table.scalars[c], dtype=np.float64) for c in f.columns]
+            vals = [clean[c] for c in f.columns]
             if f.invalid_above is not None:
                 with np.errstate(invalid="ignore"):
                     vals = [np.where(v >= f.invalid_above, np.nan, v) for v in vals]
@@ -155,13 +193,22 @@ class Preprocessor:
                       n_pix=None if cfg.spectrum is None else (table.n_pix if table.flux is not None else 0))
         if cfg.spectrum is not None:
             flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
-            spec, _ = self._spectrum_steps(flux[~unusable])
             self.n_pix = int(flux.shape[1])
+            if cfg.checks.spectra:
+                chk = cfg.checks
+                self.plausibility = SpectrumPlausibility.fit(
+                    flux[~unusable], check_scale=cfg.spectrum.normalise == "none",
+                    nonpositive_margin=chk.nonpositive_margin, flat_factor=chk.flat_factor,
+                    scale_margin_dex=chk.scale_margin_dex, spike_factor=chk.spike_factor)
+                unusable = unusable | self.plausibility.failures(flux).any(axis=1)
+            spec, _ = self._spectrum_steps(flux[~unusable])
             if cfg.spectrum.standardise:
                 self.pixel_mean = spec.mean(axis=0).astype(np.float32)
                 std = spec.std(axis=0)
                 std[~(std > 0)] = 1.0
                 self.pixel_std = std.astype(np.float32)
+        self.column_ranges = None
+        self.column_ranges = ColumnRanges.fit(self.clean_columns(table), cfg.checks.span_margin)
         raw = self.raw_features(table)
         self.feature_scalers = {}
         for j, f in enumerate(cfg.features):
@@ -192,8 +239,18 @@ class Preprocessor:
         spectrum = spectrum_err = None
         n_bad = np.zeros(n, dtype=np.int64)
         unusable = np.zeros(n, dtype=bool)
+        implausible = np.zeros(n, dtype=bool)
+        issues = None
         if cfg.spectrum is not None:
             flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
+            if cfg.checks.spectra:
+                checks = self.plausibility or SpectrumPlausibility(check_scale=False)
+                fails = checks.failures(flux)
+                fails[unusable] = False
+                implausible = fails.any(axis=1)
+                issues = SpectrumPlausibility.describe(fails)
+                unusable = unusable | implausible
+                flux[implausible] = 0.0  # never fed to the networks: keep the arithmetic finite
             spec, err = self._spectrum_steps(flux, table.flux_err)
             if self.pixel_mean is not None:
                 spec = (spec - self.pixel_mean) / self.pixel_std
@@ -229,7 +286,8 @@ class Preprocessor:
             labels, oor = self._raw_labels(table)
             targets = np.stack([lt.forward(labels[:, j]) for j, lt in enumerate(self.label_transforms)],
                                axis=1).astype(np.float32)
-        return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor)
+        return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor,
+                        implausible, issues)
 
     def branch_input_names(self) -> dict[str, list[str]]:
         """Names of each scalar branch's inputs, in order: its features, then
@@ -263,6 +321,8 @@ class Preprocessor:
             "pixel_std": None if self.pixel_std is None else self.pixel_std.tolist(),
             "feature_scalers": {k: s.to_dict() for k, s in self.feature_scalers.items()},
             "label_transforms": [lt.to_dict() for lt in self.label_transforms],
+            "plausibility": None if self.plausibility is None else self.plausibility.to_dict(),
+            "column_ranges": None if self.column_ranges is None else self.column_ranges.to_dict(),
         }
 
     @classmethod
@@ -273,5 +333,9 @@ class Preprocessor:
         p.pixel_std = None if d["pixel_std"] is None else np.asarray(d["pixel_std"], np.float32)
         p.feature_scalers = {k: Scaler.from_dict(v) for k, v in d["feature_scalers"].items()}
         p.label_transforms = [LabelTransform.from_dict(v) for v in d["label_transforms"]]
+        if d.get("plausibility") is not None:
+            p.plausibility = SpectrumPlausibility.from_dict(d["plausibility"])
+        if d.get("column_ranges") is not None:
+            p.column_ranges = ColumnRanges.from_dict(d["column_ranges"])
         p.fitted = True
         return p

@@ -141,9 +141,21 @@ class StarTable:
             Names that must be present as columns (values may still be NaN per star).
         n_pix
             Required pixel count of the spectra, or ``None`` for no spectrum check.
+
+        Notes
+        -----
+        A required scalar that the file has, but as a column holding text that is not a
+        number, is reported as such (with the first offending row, in file order) when
+        the reader recorded it in ``meta["non_numeric_columns"]`` (``{name: (row,
+        text)}``), rather than as missing.
         """
+        non_numeric = self.meta.get("non_numeric_columns") or {}
         for name in scalars:
             if name not in self.scalars:
+                if name in non_numeric:
+                    row, value = non_numeric[name]
+                    raise InputError(f"column '{name}' is not numeric (row {int(row)} holds {value!r})",
+                                     source=self.source, field=name, row=int(row))
                 raise InputError(f"required scalar input '{name}' is missing; available: "
                                  f"{sorted(self.scalars)}", source=self.source, field=name)
         for name in labels:

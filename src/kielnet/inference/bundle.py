@@ -5,7 +5,8 @@ A bundle is a directory::
     bundle/
       bundle.json                 config, preprocessing state, label transforms,
                                   training label / input ranges, running-dispersion
-                                  fits, member list, versions, training-data summary
+                                  fits, member list, checksums, versions,
+                                  training-data summary
       member_000.safetensors      weights of each ensemble member (no pickle)
       member_001.safetensors
       ...
@@ -17,17 +18,65 @@ The calibration of the ensemble-disagreement score (a few numbers) is stored in
 
 :func:`load_bundle` needs nothing but this directory: no training data, no code
 execution from the files (safetensors + JSON only).
+
+Layout of ``bundle.json`` (format 2)
+------------------------------------
+Every key below is written by :func:`save_bundle` and required by :func:`load_bundle`
+(a missing or mistyped one is a :class:`~kielnet.errors.BundleError` naming it)::
+
+    format              2
+    versions            {package: version} of the software that wrote the bundle
+    config              the KielnetConfig (JSON)
+    preprocessing       Preprocessor.to_dict(): n_pix, pixel_mean, pixel_std, ...
+    members             [{split, seed, best_epoch, best_val_loss, n_train, n_val,
+                          file: "member_000.safetensors",
+                          sha256: "<64 hex digits of the file's SHA-256>"}, ...]
+    running_dispersion  {label: RunningDispersion.to_dict()}, one per config label
+    label_ranges        {label: [lo, hi]}, one per config label
+    feature_ranges      {feature: [lo, hi]}, one per config feature (or empty)
+    training_data       summary of the training table
+    validation          held-out metrics
+    ensemble_spread     EnsembleSpread.to_dict(), or null
+    quality             {"embedding_ood": file, "tsne_reference": file} (optional entries)
+    checksums           {file: sha256} for every file named in ``quality``
+
+Integrity
+---------
+:func:`load_bundle` refuses (with a :class:`~kielnet.errors.BundleError` naming the
+bundle and the file or key) rather than ever returning a bundle that predicts wrongly:
+
+* every weight file's SHA-256 is checked against ``bundle.json`` before it is parsed;
+* file names must be plain names of files inside the bundle directory (no absolute
+  paths, no ``..``, no path separators, no symbolic links leading outside it);
+* the same member file listed twice, or two members with identical weights, would
+  underestimate the model-to-model spread and are refused;
+* the config, the preprocessing state and the tensors must agree: every member
+  network is built from the config and the preprocessor's ``n_pix`` and branch widths
+  and its weights loaded; ``pixel_mean`` / ``pixel_std`` must have ``n_pix`` finite
+  values; ``label_ranges`` / ``running_dispersion`` must cover exactly the config's
+  labels; the quality files must belong to these members.
+
+Format-1 bundles (written before checksums existed) still load, with a warning that
+their files cannot be verified; re-save them with :func:`save_bundle` to add the
+checksums. Any other format is refused.
+
+:meth:`Bundle.fingerprint` identifies a bundle by the content that determines its
+predictions (not by file names, dates or software versions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -42,9 +91,27 @@ from kielnet.models.hybrid import HybridNet
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
-__all__ = ["Bundle", "MemberInfo", "save_bundle", "load_bundle", "BUNDLE_FORMAT"]
+__all__ = ["Bundle", "MemberInfo", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "READABLE_FORMATS",
+           "state_dict_digest"]
 
-BUNDLE_FORMAT = 1
+#: format written by :func:`save_bundle`
+BUNDLE_FORMAT = 2
+#: formats :func:`load_bundle` reads (1: without checksums, loaded with a warning)
+READABLE_FORMATS = (1, 2)
+
+_SPREAD_WARNING = "the model-to-model spread would be underestimated"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_INT, _NUMBER = "an integer", "a number"
+_MEMBER_FIELDS = {"split": _INT, "seed": _INT, "best_epoch": _INT, "best_val_loss": _NUMBER,
+                  "n_train": _INT, "n_val": _INT}
+#: top-level keys bundle.json must hold, by format
+_REQUIRED = {
+    1: ("format", "config", "preprocessing", "members", "running_dispersion", "label_ranges",
+        "feature_ranges"),
+    2: ("format", "versions", "config", "preprocessing", "members", "running_dispersion", "label_ranges",
+        "feature_ranges", "training_data", "validation", "ensemble_spread", "quality", "checksums"),
+}
+_QUALITY_FILES = ("embedding_ood", "tsne_reference")
 
 
 @dataclass
@@ -62,6 +129,200 @@ class MemberInfo:
         return dict(self.__dict__)
 
 
+# ----------------------------------------------------------------------------- digests
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def state_dict_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a member's tensors: names in sorted order, each with its dtype,
+    shape and raw bytes (C order). Independent of memory layout (channels-last or not)
+    and of how the tensors were stored, so a member saved and loaded again has the same
+    digest."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode("utf-8"))
+        h.update(b"\0")
+        _hash_tensor(h, state[k])
+    return h.hexdigest()
+
+
+def _array_digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    if a.size:
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True)
+
+
+def _content_meta(bundle: "Bundle") -> dict:
+    """The JSON parts of ``bundle.json`` that determine predictions."""
+    return {
+        "config": bundle.config.model_dump(mode="json"),
+        "preprocessing": bundle.preprocessor.to_dict(),
+        "running_dispersion": {k: v.to_dict() for k, v in bundle.running_dispersion.items()},
+        "label_ranges": {k: list(v) for k, v in bundle.label_ranges.items()},
+        "feature_ranges": {k: list(v) for k, v in bundle.feature_ranges.items()},
+        "ensemble_spread": None if bundle.spread is None else bundle.spread.to_dict(),
+    }
+
+
+# ----------------------------------------------------------------------------- networks
+def _spectrum_length(spec_cfg, n_pix: int) -> int:
+    """Length of the conv stack's output for ``n_pix`` input pixels (as SpectrumBranch)."""
+    length = n_pix
+    for layer in spec_cfg.conv:
+        if layer.padding != "same":
+            pad = 0 if layer.padding == "valid" else int(layer.padding)
+            length = length + 2 * pad - layer.kernel + 1
+        if layer.pool > 1:
+            length //= layer.pool
+        if length <= 0:
+            return 0
+    return length
+
+
+def _pixels_for_length(spec_cfg, target: int) -> tuple[int, int] | None:
+    """Range of spectrum lengths whose conv stack output has ``target`` positions."""
+    if target <= 0:
+        return None
+    f = lambda n: _spectrum_length(spec_cfg, n)  # noqa: E731 - non-decreasing in n, steps of 0 or 1
+    hi = 1
+    while f(hi) <= target:
+        hi *= 2
+        if hi > 1 << 40:
+            return None
+
+    def first(at_least: int) -> int:
+        lo, up = 1, hi
+        while lo < up:
+            mid = (lo + up) // 2
+            if f(mid) >= at_least:
+                up = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    a, b = first(target), first(target + 1) - 1
+    return (a, b) if a <= b and f(a) == target else None
+
+
+def _fmt_shape(t) -> str:
+    return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
+
+
+def _mismatch_message(where: str, fname: str, bundle: "Bundle", net: HybridNet, state: Mapping,
+                      expected: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot be loaded into ``net`` (None if it can)."""
+    cfg, pre = bundle.config, bundle.preprocessor
+    spec = cfg.model.spectrum
+    flat_param = None
+    if spec is not None:
+        flat_param = "spectrum.dense.0.weight" if spec.dense else "head.0.weight"
+    conv_ok = all(k not in state or tuple(state[k].shape) == tuple(v.shape)
+                  for k, v in expected.items() if k.startswith("spectrum.conv."))
+    for k, exp in expected.items():
+        if k not in state:
+            continue
+        got = state[k]
+        if tuple(got.shape) == tuple(exp.shape):
+            if got.dtype != exp.dtype:
+                return (f"{where}: {fname}: parameter '{k}' is {got.dtype} in the file but the network "
+                        f"bundle.json describes uses {exp.dtype}")
+            continue
+        shapes = f"parameter '{k}' has shape {_fmt_shape(got)} in the file but {_fmt_shape(exp)}"
+        if (k == flat_param and conv_ok and got.ndim == 2 and exp.ndim == 2 and got.shape[0] == exp.shape[0]
+                and net.spectrum is not None):
+            n_pix = pre.n_pix or 0
+            flat_saved = int(got.shape[1]) - (int(exp.shape[1]) - net.spectrum.flat_features)
+            channels = spec.conv[-1].channels
+            rng = _pixels_for_length(spec, flat_saved // channels) if flat_saved % channels == 0 else None
+            if rng is None:
+                trained = "spectra of another length"
+            elif rng[0] == rng[1]:
+                trained = f"{rng[0]}-pixel spectra"
+            else:
+                trained = f"spectra of {rng[0]} to {rng[1]} pixels"
+            return (f"{where}: bundle.json says {n_pix}-pixel spectra (preprocessing.n_pix) but {fname} was "
+                    f"trained on {trained} ({shapes} for {n_pix} pixels): the bundle is inconsistent "
+                    "(preprocessing.n_pix, or the padding / pooling of config.model.spectrum.conv, "
+                    "does not match the weights)")
+        if k.startswith("spectrum.conv."):
+            setting = "config.model.spectrum.conv"
+        elif k.startswith("spectrum.dense."):
+            setting = ("the spectrum length (preprocessing.n_pix) or config.model.spectrum"
+                       if k == flat_param else "config.model.spectrum.dense")
+        elif k.startswith("branches."):
+            name = k.split(".")[1]
+            if k == f"branches.{name}.net.0.weight" and got.ndim == 2 and got.shape[0] == exp.shape[0]:
+                setting = (f"the {int(exp.shape[1])} inputs of scalar branch '{name}' (config.features / "
+                           f"config.model.scalar_branches)")
+            else:
+                setting = f"scalar branch '{name}' (config.model.scalar_branches)"
+        elif k.startswith("head."):
+            last = f"head.{len(net.head) - 1}."
+            if k.startswith(last) and got.shape[0] != exp.shape[0]:
+                setting = f"{len(cfg.labels)} labels (config.labels)"
+            else:
+                setting = "config.model.head"
+        else:
+            setting = "config.model"
+        return f"{where}: {fname} does not match the architecture bundle.json describes: {shapes} for {setting}"
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"parameters {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} "
+                         "are missing from the file")
+        if extra:
+            parts.append(f"the file holds parameters {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''} "
+                         "that config.model does not describe")
+        return (f"{where}: {fname} does not match the architecture bundle.json describes (config.model): "
+                + "; ".join(parts))
+    return None
+
+
+def _build_nets(bundle: "Bundle", where: str, names: list[str]) -> list[HybridNet]:
+    """Eval-mode member networks; a :class:`BundleError` if config and weights disagree."""
+    cfg, pre = bundle.config, bundle.preprocessor
+    nets = []
+    for sd, fname in zip(bundle.members, names):
+        try:
+            net = HybridNet(cfg.model, pre.n_pix or 0, pre.branch_widths(), len(cfg.labels))
+        except (ValueError, KeyError) as exc:
+            raise BundleError(f"{where}: the network that bundle.json describes cannot be built "
+                              f"(config.model, preprocessing.n_pix = {pre.n_pix}): {exc}") from exc
+        if cfg.model.channels_last_2d:
+            net = net.to(memory_format=torch.channels_last)
+        msg = _mismatch_message(where, fname, bundle, net, sd, net.state_dict())
+        if msg is not None:
+            raise BundleError(msg)
+        try:
+            net.load_state_dict(sd)
+        except RuntimeError as exc:  # pragma: no cover - the comparison above should catch it
+            raise BundleError(f"{where}: {fname} does not match the architecture bundle.json describes: "
+                              f"{exc}") from exc
+        nets.append(net.eval())
+    return nets
+
+
+# ----------------------------------------------------------------------------- bundle
 @dataclass
 class Bundle:
     """A trained ensemble: config + preprocessing + member weights + uncertainty fits."""
@@ -82,22 +343,73 @@ class Bundle:
     tsne_reference: np.ndarray | None = None
     #: ensemble-disagreement calibration on the training stars (config.quality.ensemble_spread)
     spread: EnsembleSpread | None = None
+    # built networks and what they were built from (see build_members)
+    _nets: list | None = field(default=None, init=False, repr=False, compare=False)
+    _nets_key: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _state_key(self) -> tuple | None:
+        """What the member networks are built from, by identity (and tensor versions)."""
+        try:
+            return (self.config, self.preprocessor, self.preprocessor.n_pix,
+                    tuple(sorted(self.preprocessor.branch_widths().items())),
+                    tuple((sd, tuple((k, t, t._version) for k, t in sd.items())) for sd in self.members))
+        except (RuntimeError, AttributeError):  # e.g. inference tensors have no version counter
+            return None
+
+    def _cached_nets(self) -> list[HybridNet] | None:
+        old, new = self._nets_key, self._state_key()
+        if self._nets is None or old is None or new is None:
+            return None
+        if old[0] is not new[0] or old[1] is not new[1] or old[2:4] != new[2:4] or len(old[4]) != len(new[4]):
+            return None
+        for (sd_a, items_a), (sd_b, items_b) in zip(old[4], new[4]):
+            if sd_a is not sd_b or len(items_a) != len(items_b):
+                return None
+            for (ka, ta, va), (kb, tb, vb) in zip(items_a, items_b):
+                if ka != kb or ta is not tb or va != vb:
+                    return None
+        return self._nets
 
     def build_members(self) -> list[HybridNet]:
-        """Instantiate the member networks in eval mode."""
-        cfg = self.config
-        nets = []
-        for sd in self.members:
-            net = HybridNet(cfg.model, self.preprocessor.n_pix or 0, self.preprocessor.branch_widths(),
-                            len(cfg.labels))
-            if cfg.model.channels_last_2d:
-                net = net.to(memory_format=torch.channels_last)
-            try:
-                net.load_state_dict(sd)
-            except RuntimeError as exc:
-                raise BundleError(f"member weights do not match the bundle's architecture: {exc}") from exc
-            nets.append(net.eval())
-        return nets
+        """The member networks in eval mode (for inference only: do not modify them).
+
+        Built once and reused while ``config``, ``preprocessor``, the member dicts and
+        their tensors are the same objects, unmodified (tensor version counters; a change
+        made through ``tensor.data`` is not seen). A bundle from :func:`load_bundle` has
+        them built already. A :class:`BundleError` if the weights do not fit the
+        architecture the config describes.
+        """
+        cached = self._cached_nets()
+        if cached is not None:
+            return [net.eval() for net in cached]
+        key = self._state_key()
+        nets = _build_nets(self, "bundle", [f"member {i}" for i in range(len(self.members))])
+        self._nets, self._nets_key = nets, key
+        return list(nets)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of everything that determines this bundle's predictions.
+
+        Covers the config, the preprocessing state, the label and input ranges, the
+        running-dispersion fits, the quality calibrations (ensemble spread, OOD
+        reference, t-SNE reference) and every member's tensors (in member order), but
+        not provenance (``member_info``, ``training_data``, ``validation``) nor
+        ``versions``. Computed from memory: the same for a bundle and the same bundle
+        saved and loaded again; a bundle whose predictions could differ has another one.
+        """
+        parts = {
+            "kind": "kielnet-bundle-fingerprint", "version": 1,
+            "meta": hashlib.sha256(_canonical_json(_content_meta(self)).encode("ascii")).hexdigest(),
+            "members": [state_dict_digest(sd) for sd in self.members],
+            "embedding_ood": None, "tsne_reference": None,
+        }
+        if self.ood is not None:
+            parts["embedding_ood"] = {"meta": _canonical_json(self.ood._meta()),
+                                      "references": [_array_digest(np.asarray(r, dtype=np.float32))
+                                                     for r in self.ood.references]}
+        if self.tsne_reference is not None:
+            parts["tsne_reference"] = _array_digest(np.asarray(self.tsne_reference, dtype=np.float32))
+        return hashlib.sha256(_canonical_json(parts).encode("ascii")).hexdigest()
 
 
 def _versions() -> dict:
@@ -109,33 +421,56 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def _check_members_distinct(digests: list[str], names: list[str], where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, d in enumerate(digests):
+        if d in seen:
+            raise BundleError(f"{where}: {names[i]} duplicates {names[seen[d]]} (identical weights): "
+                              f"{_SPREAD_WARNING}")
+        seen[d] = i
+
+
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
-    """Write ``bundle`` to directory ``path`` atomically (temp dir + rename)."""
+    """Write ``bundle`` to directory ``path`` atomically (temp dir + rename).
+
+    ``bundle.json`` records the SHA-256 of every weight file written (see the module
+    docstring). A :class:`BundleError` (and nothing written) for a bundle without
+    members, with as many provenance entries as members, or with duplicated members.
+    """
     path = Path(path)
+    where = f"cannot save bundle {path}"
+    if not bundle.members:
+        raise BundleError(f"{where}: it has no members")
+    if len(bundle.member_info) != len(bundle.members):
+        raise BundleError(f"{where}: {len(bundle.members)} members but {len(bundle.member_info)} "
+                          "member_info entries")
+    _check_members_distinct([state_dict_digest(sd) for sd in bundle.members],
+                            [f"member {i}" for i in range(len(bundle.members))], where)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        files = []
-        for i, sd in enumerate(bundle.members):
+        entries = []
+        for i, (sd, info) in enumerate(zip(bundle.members, bundle.member_info)):
             name = f"member_{i:03d}.safetensors"
             save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(tmp / name),
                       metadata={"kielnet": __version__, "member": str(i)})
-            files.append(name)
+            entries.append(dict(info.to_dict(), file=name, sha256=_sha256_file(tmp / name)))
+        content = _content_meta(bundle)
         meta = {
             "format": BUNDLE_FORMAT,
             "versions": bundle.versions or _versions(),
-            "config": bundle.config.model_dump(mode="json"),
-            "preprocessing": bundle.preprocessor.to_dict(),
-            "members": [dict(m.to_dict(), file=f) for m, f in zip(bundle.member_info, files)],
-            "running_dispersion": {k: v.to_dict() for k, v in bundle.running_dispersion.items()},
-            "label_ranges": {k: list(v) for k, v in bundle.label_ranges.items()},
-            "feature_ranges": {k: list(v) for k, v in bundle.feature_ranges.items()},
+            "config": content["config"],
+            "preprocessing": content["preprocessing"],
+            "members": entries,
+            "running_dispersion": content["running_dispersion"],
+            "label_ranges": content["label_ranges"],
+            "feature_ranges": content["feature_ranges"],
             "training_data": bundle.training_data,
             "validation": bundle.validation,
+            "ensemble_spread": content["ensemble_spread"],
             "quality": {},
+            "checksums": {},
         }
-        if bundle.spread is not None:
-            meta["ensemble_spread"] = bundle.spread.to_dict()
         if bundle.ood is not None:
             bundle.ood.save(tmp / "embedding_ood.safetensors")
             meta["quality"]["embedding_ood"] = "embedding_ood.safetensors"
@@ -145,6 +480,8 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
             save_np({"spectra": np.ascontiguousarray(bundle.tsne_reference, dtype=np.float32)},
                     str(tmp / "tsne_reference.safetensors"))
             meta["quality"]["tsne_reference"] = "tsne_reference.safetensors"
+        for name in meta["quality"].values():
+            meta["checksums"][name] = _sha256_file(tmp / name)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, allow_nan=True))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -161,52 +498,302 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- loading
+class _Reader:
+    """Typed access to bundle.json with errors that name the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = f"bundle {path}"
+
+    def error(self, msg: str) -> BundleError:
+        return BundleError(f"{self.where}: {msg}")
+
+    def typed(self, value: Any, kind: str, key: str, *, nullable: bool = False) -> Any:
+        if value is None and nullable:
+            return None
+        ok = {
+            "a JSON object": isinstance(value, dict),
+            "a list": isinstance(value, list),
+            "a string": isinstance(value, str),
+            _INT: isinstance(value, int) and not isinstance(value, bool),
+            _NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool),
+        }[kind]
+        if not ok:
+            got = "null" if value is None else type(value).__name__
+            raise self.error(f"bundle.json key '{key}' must be {kind}{' or null' if nullable else ''}, not {got}")
+        return value
+
+    def get(self, d: dict, key: str, kind: str, prefix: str = "", *, nullable: bool = False) -> Any:
+        name = f"{prefix}{key}"
+        if key not in d:
+            raise self.error(f"bundle.json lacks the key '{name}'")
+        return self.typed(d[key], kind, name, nullable=nullable)
+
+    def parse(self, key: str, fn: Callable, *args) -> Any:
+        """``fn(*args)``, its KeyError / TypeError / ValueError as a BundleError naming ``key``."""
+        try:
+            return fn(*args)
+        except BundleError:
+            raise
+        except KeyError as exc:
+            raise self.error(f"bundle.json lacks the key '{key}.{exc.args[0] if exc.args else '?'}'") from exc
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise self.error(f"bundle.json key '{key}' is malformed: {exc}") from exc
+
+    def file_name(self, name: Any, key: str) -> Path:
+        """``path / name`` for a plain file name naming a file inside the bundle."""
+        name = self.typed(name, "a string", key)
+        if (not name or name in (".", "..") or any(c in name for c in "/\\:\0")
+                or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute()):
+            raise self.error(f"bundle.json key '{key}' = {name!r} is not a plain file name inside the bundle "
+                             "directory (no paths allowed)")
+        f = self.path / name
+        if f.is_symlink():
+            real = Path(os.path.realpath(f))
+            if real.parent != Path(os.path.realpath(self.path)):
+                raise self.error(f"bundle.json key '{key}' = {name!r} is a symbolic link to {real}, outside the "
+                                 "bundle directory")
+        return f
+
+    def digest(self, value: Any, key: str) -> str:
+        value = self.typed(value, "a string", key)
+        if not _HEX64.match(value):
+            raise self.error(f"bundle.json key '{key}' is not a SHA-256 hex digest: {value!r}")
+        return value
+
+    def verify(self, f: Path, expected: str | None) -> None:
+        if expected is None:
+            return
+        got = _sha256_file(f)
+        if got != expected:
+            raise self.error(f"{f.name}: SHA-256 mismatch (file changed or corrupt): bundle.json records "
+                             f"{expected[:16]}..., the file has {got[:16]}...")
+
+
+def _range_dict(r: _Reader, meta: dict, key: str, expected: list[str], what: str, *,
+                allow_empty: bool = False) -> dict[str, tuple[float, float]]:
+    d = r.get(meta, key, "a JSON object")
+    if not (allow_empty and not d) and set(d) != set(expected):
+        raise r.error(_key_set_message(key, d, expected, what))
+    out = {}
+    for name in expected if d else []:
+        v = r.typed(d[name], "a list", f"{key}.{name}")
+        if len(v) != 2:
+            raise r.error(f"bundle.json key '{key}.{name}' must be [lo, hi], not {v!r}")
+        out[name] = tuple(r.typed(x, _NUMBER, f"{key}.{name}") for x in v)
+    return out
+
+
+def _key_set_message(key: str, d: dict, expected: list[str], what: str) -> str:
+    missing = [k for k in expected if k not in d]
+    extra = [k for k in d if k not in expected]
+    parts = []
+    if missing:
+        parts.append("lacks " + ", ".join(f"'{key}.{k}'" for k in missing))
+    if extra:
+        parts.append("has " + ", ".join(f"'{key}.{k}'" for k in extra) + f" that are not {what}")
+    return f"bundle.json key '{key}' must have one entry per {what[:-1] if what.endswith('s') else what} " \
+           f"of the config: it " + " and ".join(parts)
+
+
+def _check_preprocessing(r: _Reader, config: KielnetConfig, pre: Preprocessor) -> None:
+    if config.spectrum is not None:
+        n_pix = pre.n_pix
+        if isinstance(n_pix, bool) or not isinstance(n_pix, int) or n_pix <= 0:
+            raise r.error(f"bundle.json key 'preprocessing.n_pix' must be a positive integer for a model with "
+                          f"a spectrum, not {n_pix!r}")
+        for name in ("pixel_mean", "pixel_std"):
+            arr = getattr(pre, name)
+            if arr is None:
+                if config.spectrum.standardise:
+                    raise r.error(f"bundle.json key 'preprocessing.{name}' is null but config.spectrum."
+                                  "standardise is true")
+                continue
+            if arr.ndim != 1 or len(arr) != n_pix:
+                raise r.error(f"bundle.json key 'preprocessing.{name}' has {arr.size} values but "
+                              f"preprocessing.n_pix is {n_pix}")
+            if not np.isfinite(arr).all() or (name == "pixel_std" and not (arr > 0).all()):
+                raise r.error(f"bundle.json key 'preprocessing.{name}' holds non-finite"
+                              f"{' or non-positive' if name == 'pixel_std' else ''} values")
+    features = [f.name for f in config.features]
+    if set(pre.feature_scalers) != set(features):
+        raise r.error(_key_set_message("preprocessing.feature_scalers", pre.feature_scalers, features,
+                                       "features"))
+    got = [(lt.name, lt.transform) for lt in pre.label_transforms]
+    want = [(lab.name, lab.transform) for lab in config.labels]
+    if got != want:
+        raise r.error(f"bundle.json key 'preprocessing.label_transforms' describes labels {got} but the config "
+                      f"has {want}")
+
+
 def load_bundle(path: str | Path) -> Bundle:
-    """Read a bundle directory written by :func:`save_bundle`."""
+    """Read and verify a bundle directory written by :func:`save_bundle`.
+
+    Raises :class:`~kielnet.errors.BundleError` (naming the bundle and the file or key)
+    for anything missing, corrupt or inconsistent; see the module docstring. A
+    format-1 bundle (no checksums) loads with a :class:`UserWarning`.
+    """
     path = Path(path)
     js = path / "bundle.json"
     if not js.is_file():
         raise BundleError(f"{path} is not a kielnet bundle (no bundle.json)")
     try:
         meta = json.loads(js.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{js} is not valid JSON: {exc}") from exc
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{js}: unsupported bundle format {meta.get('format')!r}")
-    config = KielnetConfig.from_dict(meta["config"], source=str(js))
-    pre = Preprocessor.from_dict(config, meta["preprocessing"])
-    members, infos = [], []
-    for m in meta["members"]:
-        f = path / m["file"]
+    r = _Reader(path)
+    if not isinstance(meta, dict):
+        raise r.error(f"bundle.json must hold a JSON object, not {type(meta).__name__}")
+    if "format" not in meta:
+        raise r.error("bundle.json lacks the key 'format'")
+    fmt = meta["format"]
+    if isinstance(fmt, bool) or fmt not in READABLE_FORMATS:
+        raise BundleError(f"{js}: unsupported bundle format {fmt!r} (this kielnet {__version__} reads "
+                          f"formats {', '.join(map(str, READABLE_FORMATS))})")
+    missing = [k for k in _REQUIRED[fmt] if k not in meta]
+    if missing:
+        raise r.error("bundle.json lacks the key" + ("s " if len(missing) > 1 else " ")
+                      + ", ".join(f"'{k}'" for k in missing))
+    verified = fmt >= 2
+    if not verified:
+        warnings.warn(f"{r.where} is format {fmt}, without checksums: its weight files cannot be verified; "
+                      "re-save it (save_bundle) to add them", UserWarning, stacklevel=2)
+
+    # ---- JSON: config and preprocessing
+    try:
+        config = KielnetConfig.from_dict(r.get(meta, "config", "a JSON object"), source=str(js))
+    except BundleError:
+        raise
+    except ValueError as exc:
+        raise r.error(f"bundle.json key 'config' is not a valid kielnet configuration: {exc}") from exc
+    pre = r.parse("preprocessing", Preprocessor.from_dict, config, r.get(meta, "preprocessing", "a JSON object"))
+    _check_preprocessing(r, config, pre)
+    labels = config.label_names
+
+    # ---- JSON: fits and ranges
+    rd = r.get(meta, "running_dispersion", "a JSON object")
+    if set(rd) != set(labels):
+        raise r.error(_key_set_message("running_dispersion", rd, labels, "labels"))
+    running = {k: r.parse(f"running_dispersion.{k}", RunningDispersion.from_dict,
+                          r.typed(rd[k], "a JSON object", f"running_dispersion.{k}")) for k in labels}
+    label_ranges = _range_dict(r, meta, "label_ranges", labels, "labels")
+    feature_ranges = _range_dict(r, meta, "feature_ranges", [f.name for f in config.features], "features",
+                                 allow_empty=True)
+    spread = None
+    sp = meta.get("ensemble_spread")
+    if sp is not None:
+        spread = r.parse("ensemble_spread", EnsembleSpread.from_dict, r.typed(sp, "a JSON object",
+                                                                              "ensemble_spread"))
+    extras = {}
+    for key in ("training_data", "validation", "versions"):
+        extras[key] = r.typed(meta.get(key, {}), "a JSON object", key)
+
+    # ---- JSON: members, quality files, checksums
+    entries = r.get(meta, "members", "a list")
+    if not entries:
+        raise r.error("bundle.json key 'members' is empty: a bundle needs at least one member")
+    infos, files, shas, keys = [], [], [], []
+    first_use: dict[str, str] = {}
+    for i, m in enumerate(entries):
+        key = f"members[{i}]"
+        m = r.typed(m, "a JSON object", key)
+        f = r.file_name(r.get(m, "file", "a string", f"{key}."), f"{key}.file")
+        if f.name in first_use:
+            raise r.error(f"{key} lists {f.name} again (already {first_use[f.name]}): {_SPREAD_WARNING}")
+        first_use[f.name] = key
+        infos.append(MemberInfo(**{k: r.get(m, k, kind, f"{key}.") for k, kind in _MEMBER_FIELDS.items()}))
+        shas.append(r.digest(r.get(m, "sha256", "a string", f"{key}."), f"{key}.sha256") if verified else None)
+        files.append(f)
+        keys.append(key)
+    quality = r.typed(meta.get("quality", {}), "a JSON object", "quality")
+    unknown = [k for k in quality if k not in _QUALITY_FILES]
+    if unknown:
+        raise r.error(f"bundle.json key 'quality' has unknown entries {unknown} (known: {list(_QUALITY_FILES)})")
+    qfiles = {}
+    for k, name in quality.items():
+        f = r.file_name(name, f"quality.{k}")
+        if f.name in first_use:
+            raise r.error(f"bundle.json key 'quality.{k}' names {f.name}, already used by {first_use[f.name]}")
+        first_use[f.name] = f"quality.{k}"
+        qfiles[k] = f
+    checksums: dict = {}
+    if verified:
+        checksums = r.typed(meta["checksums"], "a JSON object", "checksums")
+        wanted = {f.name for f in qfiles.values()}
+        for name in wanted:
+            if name not in checksums:
+                raise r.error(f"bundle.json lacks the key 'checksums.{name}'")
+        for name in checksums:
+            if name not in wanted:
+                raise r.error(f"bundle.json key 'checksums.{name}' names a file that 'quality' does not use")
+            r.digest(checksums[name], f"checksums.{name}")
+
+    # ---- files: members
+    members = []
+    for f, sha, key in zip(files, shas, keys):
         if not f.is_file():
-            raise BundleError(f"bundle {path} lacks member file {m['file']}")
-        members.append(load_file(str(f)))
-        infos.append(MemberInfo(**{k: v for k, v in m.items() if k != "file"}))
-    ood, tsne_ref = None, None
-    quality = meta.get("quality", {})
-    for key in quality:
-        if not (path / quality[key]).is_file():
-            raise BundleError(f"bundle {path} lacks its {key} file {quality[key]}")
-    if "embedding_ood" in quality:
+            raise r.error(f"lacks member file {f.name} ({key}.file)")
+        r.verify(f, sha)
         try:
-            ood = EmbeddingOOD.load(path / quality["embedding_ood"])
-        except ValueError as exc:
-            raise BundleError(f"bundle {path}: {exc}") from exc
-    if "tsne_reference" in quality:
+            sd = load_file(str(f))
+        except Exception as exc:  # safetensors raises its own error types
+            raise r.error(f"{f.name}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+        for k, t in sd.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise r.error(f"{f.name}: parameter '{k}' holds non-finite values (corrupt weights)")
+        members.append(sd)
+    _check_members_distinct([state_dict_digest(sd) for sd in members], [f.name for f in files], r.where)
+
+    # ---- files: quality
+    ood, tsne_ref = None, None
+    for k, f in qfiles.items():
+        if not f.is_file():
+            raise r.error(f"lacks its {k} file {f.name}")
+        r.verify(f, checksums.get(f.name) if verified else None)
+    if "embedding_ood" in qfiles:
+        f = qfiles["embedding_ood"]
+        try:
+            ood = EmbeddingOOD.load(f)
+        except Exception as exc:
+            raise r.error(f"{f.name}: not a readable embedding_ood file ({type(exc).__name__}: {exc})") from exc
+    if "tsne_reference" in qfiles:
         from safetensors.numpy import load_file as load_np
 
-        tsne_ref = load_np(str(path / quality["tsne_reference"]))["spectra"]
-    spread = None
-    if "ensemble_spread" in meta:
+        f = qfiles["tsne_reference"]
         try:
-            spread = EnsembleSpread.from_dict(meta["ensemble_spread"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BundleError(f"{js}: bad ensemble_spread entry: {exc}") from exc
-    return Bundle(
+            tsne_ref = load_np(str(f))["spectra"]
+        except Exception as exc:
+            raise r.error(f"{f.name}: not a readable tsne_reference file ({type(exc).__name__}: {exc})") from exc
+        if tsne_ref.ndim != 2 or (config.spectrum is not None and tsne_ref.shape[1] != pre.n_pix):
+            raise r.error(f"{f.name}: reference spectra of shape {tsne_ref.shape} do not have "
+                          f"preprocessing.n_pix = {pre.n_pix} pixels")
+
+    bundle = Bundle(
         config=config, preprocessor=pre, members=members, member_info=infos,
-        running_dispersion={k: RunningDispersion.from_dict(v) for k, v in meta["running_dispersion"].items()},
-        label_ranges={k: tuple(v) for k, v in meta["label_ranges"].items()},
-        feature_ranges={k: tuple(v) for k, v in meta["feature_ranges"].items()},
-        training_data=meta.get("training_data", {}), validation=meta.get("validation", {}),
-        versions=meta.get("versions", {}), ood=ood, tsne_reference=tsne_ref, spread=spread,
+        running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
+        training_data=extras["training_data"], validation=extras["validation"], versions=extras["versions"],
+        ood=ood, tsne_reference=tsne_ref, spread=spread,
     )
+
+    # ---- config against tensors
+    key = bundle._state_key()
+    nets = _build_nets(bundle, r.where, [f.name for f in files])
+    bundle._nets, bundle._nets_key = nets, key
+    if ood is not None:
+        from kielnet.quality.embedding import _digest
+
+        fname = qfiles["embedding_ood"].name
+        if len(ood.digests) != len(nets):
+            raise r.error(f"{fname} was fitted with {len(ood.digests)} members but the bundle has {len(nets)}")
+        for i, (net, d) in enumerate(zip(nets, ood.digests)):
+            if _digest(net) != d:
+                raise r.error(f"{fname} was fitted with other weights than {files[i].name}")
+    if spread is not None:
+        if list(spread.label_names) != labels:
+            raise r.error(f"bundle.json key 'ensemble_spread' is calibrated for labels {spread.label_names}, "
+                          f"the config has {labels}")
+        if spread.n_members != len(members):
+            raise r.error(f"bundle.json key 'ensemble_spread' was calibrated with {spread.n_members} members "
+                          f"but the bundle has {len(members)}")
+    return bundle

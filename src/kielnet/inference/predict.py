@@ -6,9 +6,15 @@ The catalogue has exactly one row per input star, in input order, with
 * for each label ``X``: ``X`` (ensemble mean), ``e_X`` (model-to-model σ, i.e. the
   members' standard deviation) and ``sigma_X`` (total σ = e_X ⊕ running dispersion);
 * ``flag`` (bitmask, see :mod:`kielnet.quality.flags`), ``status`` (its names),
-  ``n_bad_pixels`` and ``missing_inputs``;
+  ``n_bad_pixels``, ``missing_inputs`` and ``spectrum_issues`` (the plausibility tests
+  a spectrum failed, :mod:`kielnet.data.plausibility`);
 * where the bundle's ``config.quality`` asks for them: ``ood_score``,
   ``tsne_training_like`` and ``flag_boundary`` (see :mod:`kielnet.inference.quality`).
+
+Labels are never reported for a star that cannot be labelled: an unusable or
+implausible spectrum, a non-finite network output, or a label outside its physically
+valid range gives NaN labels and a flag naming the reason, and a row with status
+``ok`` always has finite labels and uncertainties (:func:`enforce_status`).
 """
 
 from __future__ import annotations
@@ -24,16 +30,18 @@ from astropy.table import Table
 
 from kielnet.data.preprocess import Prepared
 from kielnet.data.spectra import clip_flux_errors, noise_realisations
-from kielnet.errors import InputError
+from kielnet.errors import InputError, UsageError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
 from kielnet.inference.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.embedding import FusionCapture
-from kielnet.quality.flags import FLAG_BITS, describe_flags, label_bit, range_flags, status_strings
+from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
+                                   unlabelled_mask)
 
-__all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions", "catalogue_meta"]
+__all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions",
+           "catalogue_meta", "enforce_status"]
 
 _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
@@ -77,7 +85,8 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     if noise_var is not None:
         spread = np.sqrt(spread ** 2 + noise_var)
     flags = np.zeros(len(table), dtype=np.int64)
-    flags |= prep.bad_spectrum.astype(np.int64) << FLAG_BITS["bad_spectrum"]
+    flags |= (prep.bad_spectrum & ~prep.implausible).astype(np.int64) << FLAG_BITS["bad_spectrum"]
+    flags |= prep.implausible.astype(np.int64) << FLAG_BITS["implausible_spectrum"]
     # pixels of an unusable spectrum are not interpolated: that star is flagged bad_spectrum only
     interpolated = (prep.n_bad_pixels > 0) & ~prep.bad_spectrum
     flags |= interpolated.astype(np.int64) << FLAG_BITS["interpolated_pixels"]
@@ -88,8 +97,19 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         raw = bundle.preprocessor.raw_features(table)
         flags |= range_flags(raw, lo, hi).any(axis=1).astype(np.int64) << FLAG_BITS["input_outside_training"]
     # labels of an unusable spectrum are not reported (NaN), so they are never "outside training"
-    mean[prep.bad_spectrum] = np.nan
-    spread[prep.bad_spectrum] = np.nan
+    usable = ~prep.bad_spectrum
+    failed = usable & ~np.isfinite(preds).all(axis=(0, 2))  # corrupt weights, overflow, ...
+    if noise_var is not None:
+        failed |= usable & ~np.isfinite(noise_var).all(axis=1)
+    vlo = np.array([lab.valid_range[0] for lab in cfg.labels])
+    vhi = np.array([lab.valid_range[1] for lab in cfg.labels])
+    with np.errstate(invalid="ignore"):
+        unphysical = usable & ~failed & ((mean < vlo) | (mean > vhi)).any(axis=1)
+    flags |= failed.astype(np.int64) << FLAG_BITS["prediction_failed"]
+    flags |= unphysical.astype(np.int64) << FLAG_BITS["label_unphysical"]
+    unlabelled = prep.bad_spectrum | failed | unphysical
+    mean[unlabelled] = np.nan
+    spread[unlabelled] = np.nan
     lo = np.array([bundle.label_ranges[n][0] for n in names])
     hi = np.array([bundle.label_ranges[n][1] for n in names])
     outside = range_flags(mean, lo, hi)
@@ -121,7 +141,7 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         cat[f"e_{lab.name}"] = spread[:, j]
         cat[f"sigma_{lab.name}"] = total_sigma(spread[:, j], run)
         if noise_var is not None:
-            cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | prep.bad_spectrum, np.nan,
+            cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | unlabelled, np.nan,
                                                   np.sqrt(noise_var[:, j]))
         for c in (lab.name, f"e_{lab.name}", f"sigma_{lab.name}"):
             if unit is not None:
@@ -135,7 +155,33 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     feat_names = np.array([f.name for f in cfg.features])
     cat["missing_inputs"] = [",".join(feat_names[m]) for m in prep.missing_features] if len(feat_names) \
         else np.full(len(table), "", dtype=str)
+    cat["spectrum_issues"] = prep.spectrum_issues.astype(str)
+    cat["spectrum_issues"].description = "plausibility tests the spectrum failed (nonpositive, constant, scale, spike)"
     cat.meta.update(catalogue_meta(bundle))
+    return cat
+
+
+def enforce_status(cat: Table, label_names: list[str]) -> Table:
+    """Make ``status`` the single source of truth, in place: a row without a flag that
+    withholds labels must have finite labels, ``e_`` and ``sigma_`` values (a NaN label
+    is allowed only where a reporting rule withheld it); any row that breaks this gets
+    ``prediction_failed``. Rows whose flags withhold labels get NaN in every label
+    column. ``status`` is then rewritten from ``flag``.
+    """
+    flags = np.asarray(cat["flag"], dtype=np.int64).copy()
+    cols = [c for n in label_names for c in (n, f"e_{n}", f"sigma_{n}") if c in cat.colnames]
+    if cols:
+        values = np.stack([np.asarray(cat[c], dtype=np.float64) for c in cols], axis=1)
+        withheld = (flags >> FLAG_BITS["label_not_reported"]) & 1 == 1
+        broken = ~unlabelled_mask(flags) & (np.isinf(values).any(axis=1)
+                                           | (np.isnan(values).any(axis=1) & ~withheld))
+        flags[broken] |= 1 << FLAG_BITS["prediction_failed"]
+        blank = unlabelled_mask(flags)
+        for c in cols:
+            if blank.any():
+                cat[c][blank] = np.nan
+    cat["flag"] = flags
+    cat["status"] = status_strings(flags, label_names)
     return cat
 
 
@@ -193,9 +239,13 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
     astropy.table.Table
         One row per input star, in input order (see module docstring).
     """
+    if int(batch_size) < 1:
+        raise UsageError(f"batch_size must be a positive number of stars, got {batch_size}")
+    n_real = bundle.config.inference.n_realisations if n_realisations is None else n_realisations
+    if int(n_real) < 0:
+        raise UsageError(f"n_realisations must be >= 0, got {n_real}")
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
-    n_real = bundle.config.inference.n_realisations if n_realisations is None else n_realisations
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
@@ -205,4 +255,5 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
         embeddings = [] if bundle.ood is not None else None
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings)
         cat = catalogue_from_predictions(bundle, table, prep, preds)
-    return add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
+    cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
+    return enforce_status(cat, bundle.config.label_names)

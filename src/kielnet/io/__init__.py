@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from kielnet.data.startable import StarTable
+from kielnet.errors import InputError, KielnetError
 from kielnet.io.apstar import read_apstar
 from kielnet.io.emulator import load_payne_emulator
+from kielnet.io.paths import check_readable
 from kielnet.io.tables import ColumnMap, atomic_write_table, read_catalogue, read_table, write_table
 from kielnet.io.xp_library import default_library_path, load_xp_library
 
@@ -38,8 +41,8 @@ def _column_names(path: Path) -> set[str]:
                     if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
                         return {c.lower() for c in hdu.columns.names}
             return set()
-    except (OSError, ValueError):
-        return set()  # unreadable: let the reader report it with its own error
+    except Exception:  # noqa: BLE001 - unreadable: let the reader report it with its own error
+        return set()
     return set()
 
 
@@ -57,6 +60,26 @@ def sniff_format(path: str | Path) -> str:
     return "table"
 
 
+_RVS_SUFFIXES = (".csv", ".ecsv", ".fits", ".fit", ".vot", ".votable", ".xml")
+_RVS_GZ = (".csv.gz", ".ecsv.gz", ".fits.gz", ".fit.gz")
+#: Reader names used in messages, by :func:`sniff_format` kind.
+_READER_NAMES = {"apstar": "an apStar file", "gaia_rvs": "Gaia RVS mean spectra",
+                 "gaia_xp": "Gaia XP continuous spectra", "xp_library": "the XP library",
+                 "table": "a star table"}
+
+
+def _reading(kind: str, path: Path, reader: Callable[..., StarTable], *args: Any) -> StarTable:
+    """Call ``reader(*args)``; an exception that is not kielnet's own becomes an
+    :class:`InputError` naming the file and the reader, with the original as ``__cause__``."""
+    try:
+        return reader(*args)
+    except KielnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader bug or library error on a bad file
+        raise InputError(f"cannot read as {_READER_NAMES[kind]}: {type(exc).__name__}: {exc}",
+                         source=str(path)) from exc
+
+
 def read_stars(spec: str | Path) -> StarTable:
     """Read stars from ``spec``: ``"xp-library"`` (the embedded library), an XP-library
     ``.npz`` subset, APOGEE apStar files (a file named ``apStar*`` or a directory of
@@ -64,26 +87,44 @@ def read_stars(spec: str | Path) -> StarTable:
     datalink form (a file or a directory of them, :mod:`kielnet.io.gaia_rvs`), Gaia
     XP continuous coefficients (:mod:`kielnet.io.gaia_xp`), or a FITS / Parquet / CSV /
     ECSV table (see :mod:`kielnet.io.tables`). CSV and FITS files are recognised by
-    their column names."""
+    their column names.
+
+    Raises
+    ------
+    InputError
+        For anything wrong with the input, naming the file: a path that does not
+        exist, a directory without readable files, an empty or unreadable file, and
+        every failure inside a reader — an error that is not kielnet's own becomes
+        ``cannot read as <reader>: <type>: <message>`` with the original as
+        ``__cause__``.
+    """
     from kielnet.io.gaia_rvs import read_rvs_spectra
     from kielnet.io.gaia_xp import read_xp_continuous
 
     if str(spec) == XP_LIBRARY:
-        return load_xp_library()
+        return _reading("xp_library", Path(XP_LIBRARY), load_xp_library)
     path = Path(spec)
+    if not path.exists():
+        raise InputError("file does not exist", source=str(path))
     if path.is_dir():
-        if any(p.name.startswith("apStar") for p in path.iterdir()):
-            return read_apstar(path)
-        return read_rvs_spectra(path)
+        try:
+            files = [p for p in path.iterdir() if p.is_file()]
+        except OSError as exc:
+            raise InputError(f"cannot list the directory: {type(exc).__name__}: {exc}",
+                             source=str(path)) from exc
+        if any(p.name.startswith("apStar") for p in files):
+            return _reading("apstar", path, read_apstar, path)
+        if not any(p.suffix.lower() in _RVS_SUFFIXES or p.name.lower().endswith(_RVS_GZ) for p in files):
+            raise InputError("directory holds no files to read: neither apStar*.fits files nor "
+                             "Gaia RVS spectra (.csv, .ecsv, .fits, .vot)"
+                             + ("" if files else "; it is empty"), source=str(path))
+        return _reading("gaia_rvs", path, read_rvs_spectra, path)
+    check_readable(path)
     if path.suffix == ".npz":
-        return load_xp_library(path)
+        return _reading("xp_library", path, load_xp_library, path)
     if path.name.endswith(".fits.gz") and path.name.startswith("apogee_library_spectra"):
-        return load_xp_library(path)
+        return _reading("xp_library", path, load_xp_library, path)
     kind = sniff_format(path)
-    if kind == "apstar":
-        return read_apstar(path)
-    if kind == "gaia_rvs":
-        return read_rvs_spectra(path)
-    if kind == "gaia_xp":
-        return read_xp_continuous(path)
-    return read_table(path)
+    reader = {"apstar": read_apstar, "gaia_rvs": read_rvs_spectra, "gaia_xp": read_xp_continuous,
+              "table": read_table}[kind]
+    return _reading(kind, path, reader, path)

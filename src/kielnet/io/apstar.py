@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,7 +47,8 @@ import numpy as np
 from kielnet.data.spectra import clip_flux_errors
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
-from kielnet.io.paths import expand_paths
+from kielnet.io.checks import is_truncation, truncation_as_error
+from kielnet.io.paths import check_readable, expand_paths
 
 __all__ = ["read_apstar", "clip_flux_errors", "apstar_files"]
 
@@ -120,12 +120,9 @@ def _read_file(path: Path, row: int) -> dict[str, Any]:
     """Raw arrays and header values of one apStar file (``row`` selected)."""
     from astropy.io import fits
 
-    source = str(path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty (0 bytes)", source=source)
+    source = check_readable(path)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", message=".*truncated.*")
+        with truncation_as_error():
             with fits.open(path, memmap=False) as hdul:
                 n_hdu = len(hdul)
                 for idx, name in _HDU_NAMES.items():
@@ -146,10 +143,14 @@ def _read_file(path: Path, row: int) -> dict[str, Any]:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - report any unreadable file uniformly
-        raise InputError(f"cannot read apStar FITS file: {type(exc).__name__}: {exc}",
+        what = "file is truncated" if is_truncation(exc) else "file is corrupt or not FITS"
+        raise InputError(f"cannot read apStar FITS file: {what} ({type(exc).__name__}: {exc})",
                          source=source) from exc
 
     flux, err, mask = arrays["flux"], arrays["flux_err"], arrays["bitmask"]
+    if err.shape == mask.shape != flux.shape:  # the flux HDU is the odd one out
+        raise InputError(f"HDU 1 (flux) has shape {flux.shape} but HDU 2 (flux_err) and HDU 3 "
+                         f"(bitmask) have {err.shape}", source=source, field=f"HDU{_HDU_FLUX}")
     for idx, name in ((_HDU_ERR, "flux_err"), (_HDU_MASK, "bitmask")):
         if arrays[name].shape != flux.shape:
             raise InputError(f"HDU {idx} ({name}) has shape {arrays[name].shape} but the flux "
@@ -234,7 +235,10 @@ def read_apstar(paths: str | os.PathLike | Sequence[str | os.PathLike], *, row: 
         Naming the file (and HDU / header keyword / ``row``) for a missing, empty,
         corrupt or truncated file, a missing HDU, a row index beyond the file, a
         row without any usable flux error, a pixel count or wavelength grid that
-        differs from the first file's.
+        differs from the first file's. A flux HDU whose shape differs from the error
+        and mask HDUs is named as ``HDU1``. One bad file refuses the whole read,
+        naming that file: an apStar file holds one star, so a corrupt file is not a
+        bad row that could be kept as NaN.
     """
     if isinstance(row, (bool, np.bool_)) or not isinstance(row, (int, np.integer)) or row < 0:
         raise InputError(f"row must be a non-negative integer, got {row!r}", field="row")

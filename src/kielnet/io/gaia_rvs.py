@@ -50,7 +50,10 @@ from astropy.table import Table
 from kielnet.data.spectra import fill_nan_window_quantile
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.checks import (as_floats, as_text, check_csv_complete, read_error_message, shown,
+                               truncation_as_error)
 from kielnet.io.paths import check_readable, expand_paths
+from kielnet.io.tables import _read_fits
 
 __all__ = ["RVS_N_PIX", "RVS_WAVELENGTH_NM", "RVS_Q3_WINDOWS_NM", "fill_nan_q3",
            "read_rvs_spectra", "read_rvs_wavelength", "rvs_files"]
@@ -87,12 +90,18 @@ def _read_archive_table(path: str | os.PathLike) -> tuple[Table, str]:
     path = Path(path)
     source = check_readable(path)
     fmt = _format_of(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # astropy's unit / VOTable spec chatter
-            tab = Table.read(path, format=fmt)
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
-        raise InputError(f"cannot read as {fmt}: {exc}", source=source) from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's unit / VOTable spec chatter
+        if fmt == "fits":  # data read in memory here: a truncated file fails here
+            tab = _read_fits(path, source)
+        else:
+            try:
+                with truncation_as_error():
+                    tab = Table.read(path, format=fmt)
+            except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+                raise InputError(read_error_message(path, fmt, exc), source=source) from exc
+    if fmt == "ascii.csv":
+        check_csv_complete(path, source, len(tab))
     if len(tab) == 0:
         raise InputError("table has no rows", source=source)
     return tab, fmt
@@ -114,13 +123,10 @@ def _need(tab: Table, source: str, *names: str) -> str:
     return col
 
 
-def _floats(col: Any, source: str, name: str) -> np.ndarray:
-    """Numeric column → float64 with masked cells as NaN."""
-    try:
-        arr = np.ma.asarray(col).astype(np.float64)
-    except (TypeError, ValueError):
-        raise InputError("column is not numeric", source=source, field=name) from None
-    return np.ma.filled(arr, np.nan)
+def _floats(col: Any, source: str, name: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """Numeric column → float64 with masked / empty cells as NaN; a cell that is not a
+    number is an :class:`InputError` naming its row (and star, with per-row ``ids``)."""
+    return as_floats(col, source=source, field=name, ids=ids)
 
 
 def _source_ids(col: Any, source: str, name: str = "source_id") -> np.ndarray:
@@ -131,21 +137,29 @@ def _source_ids(col: Any, source: str, name: str = "source_id") -> np.ndarray:
     arr = np.asarray(np.ma.getdata(col))
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
-    if arr.dtype.kind in "US":
+    if arr.dtype.kind in "USO":
+        text = np.char.strip(as_text(col, source=source, field=name))
         try:
-            return np.array([int(str(v).strip()) for v in arr], dtype=np.int64)
-        except ValueError:
-            raise InputError("source_id holds non-integer values", source=source, field=name) from None
+            return text.astype(np.int64)
+        except (ValueError, OverflowError):
+            pass
+        for row, value in enumerate(text):  # only after the vectorised parse failed
+            try:
+                int(value)
+            except ValueError:
+                raise InputError(f"source_id holds a value that is not an integer ({shown(value)!r})",
+                                 source=source, field=name, row=row) from None
+        raise InputError("source_id holds a value out of the int64 range", source=source, field=name)
     raise InputError(f"source_id must be an integer column, got dtype {arr.dtype} (floating-point "
                      "ids lose digits)", source=source, field=name)
 
 
-def _star_values(col: Any, source: str, name: str) -> np.ndarray:
+def _star_values(col: Any, source: str, name: str, ids: np.ndarray | None = None) -> np.ndarray:
     """Per-star column: int64 when integer without empty cells (ids, counts), else float64."""
     data = np.asarray(np.ma.getdata(col))
     if data.dtype.kind in "iu" and not np.ma.getmaskarray(col).any():
         return data.astype(np.int64)
-    return _floats(col, source, name)
+    return _floats(col, source, name, ids)
 
 
 def _parse_array_cell(value: Any) -> np.ndarray | None:
@@ -162,7 +176,16 @@ def _parse_array_cell(value: Any) -> np.ndarray | None:
             s = s[1:-1]
         if not s.strip():
             return np.zeros(0)
-        return np.array([float(v) for v in s.split(",")], dtype=np.float64)
+        parts = [v.strip() for v in s.split(",")]
+        try:
+            return np.array(parts, dtype=np.float64)
+        except ValueError:
+            for i, v in enumerate(parts):  # name the first value that is not a number
+                try:
+                    float(v)
+                except ValueError:
+                    raise ValueError(f"value {i} of the cell is {shown(v)!r}, not a number") from None
+            raise
     if np.isscalar(value):
         v = float(value)
         return None if np.isnan(v) else np.array([v])
@@ -170,11 +193,16 @@ def _parse_array_cell(value: Any) -> np.ndarray | None:
     return np.ma.filled(arr, np.nan)
 
 
-def _array_column(col: Any, source: str, name: str) -> list[np.ndarray | None]:
-    """An array column (2-D numeric, object / variable-length, or strings) → per-row arrays."""
+def _array_column(col: Any, source: str, name: str, ids: np.ndarray | None = None
+                  ) -> list[np.ndarray | None]:
+    """An array column (2-D numeric, object / variable-length, or strings) → per-row arrays.
+
+    A cell that cannot be parsed (``"(1.0, abc, …)"``, bytes that are not UTF-8) is an
+    :class:`InputError` naming the file, column, row and (with ``ids``) star.
+    """
     data = np.ma.asarray(col) if np.ma.isMaskedArray(col) else np.asarray(col)
     if data.dtype.kind in "fiu" and data.ndim >= 2:
-        filled = _floats(col, source, name)
+        filled = _floats(col, source, name, ids)
         return [filled[i] for i in range(len(filled))]
     out: list[np.ndarray | None] = []
     mask = np.ma.getmaskarray(col) if data.ndim == 1 else np.zeros(len(data), bool)
@@ -184,9 +212,9 @@ def _array_column(col: Any, source: str, name: str) -> list[np.ndarray | None]:
             continue
         try:
             out.append(_parse_array_cell(data[i]))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise InputError(f"cannot parse array cell: {exc}", source=source, field=name,
-                             row=i) from None
+                             star=None if ids is None else str(ids[i]), row=i) from None
     return out
 
 
@@ -241,9 +269,9 @@ def rvs_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
 
 
 # ------------------------------------------------------------------ reading
-def _wavelength_nm(tab: Table, col: str, source: str) -> np.ndarray:
+def _wavelength_nm(tab: Table, col: str, source: str, ids: np.ndarray | None = None) -> np.ndarray:
     unit = getattr(tab[col], "unit", None)
-    values = _floats(tab[col], source, col)
+    values = _floats(tab[col], source, col, ids)
     if unit is not None and str(unit) not in ("", "None"):
         try:
             values = (values * u.Unit(unit)).to_value(u.nm)
@@ -253,10 +281,10 @@ def _wavelength_nm(tab: Table, col: str, source: str) -> np.ndarray:
     return values
 
 
-def _check_grid(wl: np.ndarray, source: str, field: str, star: str, row: int) -> None:
+def _check_grid(wl: np.ndarray, source: str, field: str, star: str, row: int, hint: str = "") -> None:
     if wl.shape != (RVS_N_PIX,):
         raise InputError(f"spectrum has {wl.size} pixels, expected {RVS_N_PIX} (846-870 nm in "
-                         "0.01 nm steps)", source=source, field=field, star=star, row=row)
+                         f"0.01 nm steps){hint}", source=source, field=field, star=star, row=row)
     dev = np.abs(wl - RVS_WAVELENGTH_NM)
     if not (dev <= GRID_TOLERANCE_NM).all():
         i = int(np.argmax(np.where(np.isfinite(dev), dev, np.inf)))
@@ -272,9 +300,9 @@ def _read_long(tab: Table, source: str) -> dict[str, Any]:
     fl_col = _need(tab, source, "flux")
     er_col = _need(tab, source, "flux_error", "flux_err")
     sid = _source_ids(tab[sid_col], source, sid_col)
-    wl = _wavelength_nm(tab, wl_col, source)
-    flux = _floats(tab[fl_col], source, fl_col)
-    err = _floats(tab[er_col], source, er_col)
+    wl = _wavelength_nm(tab, wl_col, source, sid)
+    flux = _floats(tab[fl_col], source, fl_col, sid)
+    err = _floats(tab[er_col], source, er_col, sid)
     order = np.argsort(sid, kind="stable")
     uniq, start, counts = np.unique(sid[order], return_index=True, return_counts=True)
     first_row = order[start]  # first file row of each star
@@ -285,14 +313,17 @@ def _read_long(tab: Table, source: str) -> dict[str, Any]:
     for k, j in enumerate(star_order):
         rows = order[start[j]:start[j] + counts[j]]
         rows = rows[np.argsort(wl[rows], kind="stable")]
-        _check_grid(wl[rows], source, wl_col, str(uniq[j]), int(first_row[j]))
+        # a star that ends the file with too few pixels is what a cut-off file looks like
+        hint = (" (is the file truncated?)" if len(rows) < RVS_N_PIX and rows.max() == len(sid) - 1
+                else "")
+        _check_grid(wl[rows], source, wl_col, str(uniq[j]), int(first_row[j]), hint)
         out_flux[k], out_err[k] = flux[rows], err[rows]
     firsts = first_row[star_order]
     extra: dict[str, np.ndarray] = {}
     for name in _STAR_COLUMNS:
         col = _find(tab, name)
         if col is not None:
-            extra[name] = _star_values(tab[col], source, col)[firsts]
+            extra[name] = _star_values(tab[col], source, col, sid)[firsts]
     return {"source_id": uniq[star_order], "flux": out_flux, "flux_err": out_err, "extra": extra}
 
 
@@ -315,8 +346,8 @@ def _read_wide(tab: Table, source: str) -> dict[str, Any]:
     fl_col = _need(tab, source, "flux")
     er_col = _need(tab, source, "flux_error", "flux_err")
     sid = _source_ids(tab[sid_col], source, sid_col)
-    flux = _stack_rows(_array_column(tab[fl_col], source, fl_col), source, fl_col, sid)
-    err = _stack_rows(_array_column(tab[er_col], source, er_col), source, er_col, sid)
+    flux = _stack_rows(_array_column(tab[fl_col], source, fl_col, sid), source, fl_col, sid)
+    err = _stack_rows(_array_column(tab[er_col], source, er_col, sid), source, er_col, sid)
     wl_col = _find(tab, "wavelength")
     if wl_col is not None:
         unit = getattr(tab[wl_col], "unit", None)
@@ -327,14 +358,14 @@ def _read_wide(tab: Table, source: str) -> dict[str, Any]:
             except (ValueError, u.UnitsError):
                 raise InputError(f"wavelength unit '{unit}' is not a length", source=source,
                                  field=wl_col) from None
-        for i, c in enumerate(_array_column(tab[wl_col], source, wl_col)):
+        for i, c in enumerate(_array_column(tab[wl_col], source, wl_col, sid)):
             _check_grid(np.full(0, np.nan) if c is None else c * scale, source, wl_col,
                         str(sid[i]), i)
     extra: dict[str, np.ndarray] = {}
     for name in _STAR_COLUMNS:
         col = _find(tab, name)
         if col is not None and np.asarray(tab[col]).ndim == 1:
-            extra[name] = _star_values(tab[col], source, col)
+            extra[name] = _star_values(tab[col], source, col, sid)
     return {"source_id": sid, "flux": flux, "flux_err": err, "extra": extra}
 
 
@@ -373,8 +404,18 @@ def read_rvs_spectra(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     Raises
     ------
     InputError
-        Naming the file (and star) for a missing, empty or unreadable file, a missing
-        column, a star with the wrong pixel count or wavelength grid.
+        Naming the file (and star) for a missing, empty, truncated or unreadable file,
+        a missing column, a cell that is not a number (naming its row and star), a
+        star with the wrong pixel count or wavelength grid.
+
+    Notes
+    -----
+    One bad star refuses the whole read: a star with the wrong pixel count or grid,
+    or a flux cell that is not a number, is an error naming the file, star and row
+    rather than a star kept with an all-NaN spectrum, because such a star almost
+    always means a truncated or corrupt file (the message says so when the star ends
+    the file) and the existing contract, tested, is the error. Empty flux cells are
+    missing pixels (NaN, filled as above), not errors.
     """
     files = rvs_files(paths)
     explicit = {Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)}

@@ -100,9 +100,18 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
     Raises
     ------
     InputError
-        Naming the file (and star) for a missing, empty or unreadable file, a missing
-        column (``source_id``, ``*_coefficients``, ``*_coefficient_errors``,
-        ``*_coefficient_correlations``), a malformed array cell or a wrong count.
+        Naming the file (and star) for a missing, empty, truncated or unreadable file,
+        a missing column (``source_id``, ``*_coefficients``, ``*_coefficient_errors``,
+        ``*_coefficient_correlations``), a malformed array cell (``"(1.0, abc, …)"``)
+        or a wrong count.
+
+    Notes
+    -----
+    One bad star refuses the whole file: a garbled or short coefficient string is an
+    error naming the file, column, star and row rather than a star kept with NaN
+    coefficients, because a corrupt cell usually means a corrupt file (and the
+    existing contract, tested, is the error). A band that is *absent* (all its cells
+    empty) is not an error: its coefficients are NaN and ``missing_<band>`` is set.
     """
     path = Path(path)
     source = str(path)
@@ -116,18 +125,18 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
         vals = np.asarray(np.ma.getdata(tab[sol]))
         extra["solution_id"] = (vals.astype(np.int64) if vals.dtype.kind in "iu"
                                 and not np.ma.getmaskarray(tab[sol]).any()
-                                else _floats(tab[sol], source, sol))
+                                else _floats(tab[sol], source, sol, sid))
     absent: list[str] = []
     for band in XP_BANDS:
         cols = {kind: _need(tab, source, f"{band}_{kind}")
                 for kind in ("coefficients", "coefficient_errors", "coefficient_correlations")}
-        coef = _band_arrays(_array_column(tab[cols["coefficients"]], source, cols["coefficients"]),
+        coef = _band_arrays(_array_column(tab[cols["coefficients"]], source, cols["coefficients"], sid),
                             N_XP_COEFFICIENTS, source, cols["coefficients"], sid)
         errs = _band_arrays(_array_column(tab[cols["coefficient_errors"]], source,
-                                          cols["coefficient_errors"]),
+                                          cols["coefficient_errors"], sid),
                             N_XP_COEFFICIENTS, source, cols["coefficient_errors"], sid)
         corr = _band_arrays(_array_column(tab[cols["coefficient_correlations"]], source,
-                                          cols["coefficient_correlations"]),
+                                          cols["coefficient_correlations"], sid),
                             N_XP_CORRELATIONS, source, cols["coefficient_correlations"], sid,
                             square=True)
         missing = np.isnan(coef).all(axis=1)
@@ -148,12 +157,12 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
                 absent.append(f"{band}_{kind}")
                 extra[f"{band}_{kind}"] = np.full(n, np.nan)
             else:
-                extra[f"{band}_{kind}"] = np.where(missing, np.nan, _floats(tab[col], source, col))
+                extra[f"{band}_{kind}"] = np.where(missing, np.nan, _floats(tab[col], source, col, sid))
         extra[f"missing_{band}"] = missing
     for name, colname in _SCALARS.items():
         col = _find(tab, colname)
         if col is not None:
-            scalars[name] = _floats(tab[col], source, col)
+            scalars[name] = _floats(tab[col], source, col, sid)
     meta: dict[str, Any] = {"source": source, "loader": "gaia_xp", "format": fmt,
                             "xp_coefficients": "scalars bp_0..bp_54, rp_0..rp_54 (e-/s)",
                             "xp_correlations": "packed strict lower triangle (1485), row-major"}

@@ -28,7 +28,11 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], *, acce
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = [f for f in sorted(p.iterdir()) if f.is_file() and accept(f)]
+            try:
+                found = [f for f in sorted(p.iterdir()) if f.is_file() and accept(f)]
+            except OSError as exc:
+                raise InputError(f"cannot list the directory: {type(exc).__name__}: {exc}",
+                                 source=str(p)) from exc
             if not found:
                 raise InputError(f"directory holds no {what}", source=str(p))
             files.extend(found)
@@ -40,11 +44,16 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], *, acce
 
 
 def check_readable(path: str | os.PathLike) -> str:
-    """Raise :class:`InputError` if ``path`` is missing or empty; return it as a string."""
+    """Raise :class:`InputError` if ``path`` is missing, not a file, unreadable
+    (permissions) or empty; return it as a string."""
     source = str(path)
     p = Path(path)
+    if p.is_dir():
+        raise InputError("is a directory, not a file", source=source)
     if not p.is_file():
         raise InputError("file does not exist", source=source)
+    if not os.access(p, os.R_OK):
+        raise InputError("file is not readable (permission denied)", source=source)
     if p.stat().st_size == 0:
         raise InputError("file is empty", source=source)
     return source

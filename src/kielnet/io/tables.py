@@ -8,10 +8,21 @@ Column conventions (override any with :class:`ColumnMap`):
 * wavelength: table metadata ``wavelength_nm`` (a list), or argument ``wavelength``;
 * labels: columns named like a label (``teff``, ``logg``, ``fe_h``, ``m_h``,
   ``alpha_m``) with errors in ``<label>_err``;
-* scalars: every other numeric 1-D column (magnitudes in mag, parallax in mas, …).
+* scalars: every other numeric 1-D column (magnitudes in mag, parallax in mas, …);
+  a text column whose every non-empty cell is a number (``"12.3"``) counts as
+  numeric. A text column with a cell that is not a number (``"abc"``) is not a
+  scalar: it is recorded in ``meta["non_numeric_columns"]`` as ``{name: (row,
+  text)}`` (first such cell), so that :meth:`StarTable.require` can say why a
+  required input is unusable.
 
 Masked cells (FITS TNULL, Parquet nulls, empty CSV cells) become NaN and are
-reported by :meth:`StarTable.missing_report`; nothing is dropped.
+reported by :meth:`StarTable.missing_report`; nothing is dropped. A null spectrum
+cell (Parquet) becomes an all-NaN spectrum (flagged ``bad_spectrum`` downstream)
+and a null pixel inside a spectrum a NaN pixel. Every other bad cell is an
+:class:`~kielnet.errors.InputError` naming the file, the column and the row (and
+star): text that is not UTF-8, a label / error / spectrum cell that is not a
+number, an empty id, list cells of different lengths. A truncated or corrupt
+file is an error naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import astropy.units as u
 import numpy as np
@@ -29,6 +41,8 @@ from astropy.table import Table
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_floats, read_error_message,
+                               truncation_as_error)
 from kielnet.io.paths import check_readable
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
@@ -63,29 +77,69 @@ def _format_of(path: Path) -> str:
     return _FORMATS[suffixes[-1]]
 
 
-def _filled(col, source: str, name: str) -> np.ndarray:
-    """Column values as float with masked cells → NaN."""
+def _filled(col, source: str, name: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """Column values as float with masked / empty cells → NaN; a cell that is not a
+    number is an :class:`InputError` naming the row (and star, with ``ids``)."""
+    return as_floats(col, source=source, field=name, ids=ids)
+
+
+def _read_astropy(path: Path, fmt: str, source: str) -> Table:
+    """FITS / CSV / ECSV via astropy. FITS data are read into memory here (no memmap),
+    so a truncated file fails inside this call; a CSV cut off inside its last line is
+    an error too (astropy would read the missing cells as empty)."""
+    if fmt == "fits":
+        return _read_fits(path, source)
     try:
-        arr = np.ma.asarray(col).astype(np.float64)
-    except (TypeError, ValueError):
-        raise InputError("column is not numeric", source=source, field=name) from None
-    return np.ma.filled(arr, np.nan)
+        tab = Table.read(path, format=fmt)
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+        raise InputError(read_error_message(path, fmt, exc), source=source) from exc
+    if fmt == "ascii.csv":
+        check_csv_complete(path, source, len(tab))
+    return tab
+
+
+def _read_fits(path: Path, source: str) -> Table:
+    """The first table HDU of a FITS file, its data read into memory inside the ``try``."""
+    from astropy.io import fits
+
+    try:
+        with truncation_as_error(), fits.open(path, memmap=False) as hdul:
+            hdus = [h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+            if not hdus:
+                raise InputError(f"cannot read as fits: the file holds no table HDU (it has "
+                                 f"{len(hdul)} HDU(s))", source=source)
+            return Table.read(hdus[0])
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+        raise InputError(f"cannot read as fits: file is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})", source=source) from exc
 
 
 def read_table(path: str | Path, columns: ColumnMap | None = None, *,
                wavelength: u.Quantity | None = None) -> StarTable:
     """Read a FITS / Parquet / CSV / ECSV table into a :class:`StarTable`.
 
-    Raises :class:`InputError` naming the file (and column) for missing, empty,
-    unreadable or malformed input.
+    Raises :class:`InputError` naming the file (and column, and row / star where the
+    problem is one cell) for missing, empty, unreadable, truncated or corrupt files,
+    a table without rows, text that is not UTF-8, an empty id, a label / spectrum
+    cell that is not a number and Parquet list cells of different lengths. Null
+    spectra and null pixels are kept as NaN; text columns that are not numbers are
+    recorded in ``meta["non_numeric_columns"]`` (see the module docstring).
     """
     path = Path(path)
     source = check_readable(path)
     fmt = _format_of(path)
-    try:
-        tab = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
-        raise InputError(f"cannot read as {fmt}: {exc}", source=source) from exc
+    if fmt == "parquet":
+        try:
+            tab = _read_parquet(path, id_column=None if columns is None else columns.id)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
+            raise InputError(f"cannot read as parquet: {type(exc).__name__}: {exc}",
+                             source=source) from exc
+    else:
+        tab = _read_astropy(path, fmt, source)
     if len(tab) == 0:
         raise InputError("table has no rows", source=source)
     return table_to_startable(tab, columns, wavelength=wavelength, source=source)
@@ -120,25 +174,25 @@ def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
         return None
 
     id_col = pick(cm.id, _ID_CANDIDATES, "id", True)
-    ids = np.asarray(tab[id_col]).astype(str)
+    ids = _ids(tab[id_col], source, id_col)
     used = {id_col}
     flux = flux_err = None
     flux_col = pick(cm.flux, ("flux",), "flux", False)
     if flux_col is not None and np.asarray(tab[flux_col]).ndim == 2:
-        flux = _filled(tab[flux_col], source, flux_col)
+        flux = _filled(tab[flux_col], source, flux_col, ids)
         used.add(flux_col)
         err_col = pick(cm.flux_err, ("flux_err", "flux_error"), "flux error", False)
         if err_col is not None:
-            flux_err = _filled(tab[err_col], source, err_col)
+            flux_err = _filled(tab[err_col], source, err_col, ids)
             used.add(err_col)
     else:
         pix = sorted((c for c in names if re.fullmatch(r"flux_\d+", c)), key=lambda c: int(c[5:]))
         if pix:
-            flux = np.stack([_filled(tab[c], source, c) for c in pix], axis=1)
+            flux = np.stack([_filled(tab[c], source, c, ids) for c in pix], axis=1)
             used.update(pix)
             epix = [f"flux_err_{c[5:]}" for c in pix]
             if all(c in names for c in epix):
-                flux_err = np.stack([_filled(tab[c], source, c) for c in epix], axis=1)
+                flux_err = np.stack([_filled(tab[c], source, c, ids) for c in epix], axis=1)
                 used.update(epix)
     if flux is not None:
         bad_rows = np.flatnonzero(~np.isfinite(flux).any(axis=1))
@@ -156,38 +210,83 @@ def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
     for lab, col in label_cols.items():
         if col not in names:
             raise InputError(f"label column '{col}' is missing", source=source, field=col)
-        labels[lab] = _filled(tab[col], source, col)
+        labels[lab] = _filled(tab[col], source, col, ids)
         used.add(col)
     errs = {}
     for lab, col in label_cols.items():
         ecol = cm.label_errs.get(lab) or lower.get(f"{col.lower()}_err")
         if ecol is not None and ecol in names:
-            errs[lab] = _filled(tab[ecol], source, ecol)
+            errs[lab] = _filled(tab[ecol], source, ecol, ids)
             used.add(ecol)
-    def _native(col):
-        arr = np.asarray(col)
-        return np.char.decode(arr, "utf-8") if arr.dtype.kind == "S" else arr  # FITS text is bytes
-
-    extra = {c: _native(tab[c]) for c in cm.extra}
+    extra = {c: _pass_through(tab[c], source, c, ids) for c in cm.extra}
     used.update(cm.extra)
     if "source_id" in lower and lower["source_id"] != id_col and "source_id" not in extra:
-        extra["source_id"] = _native(tab[lower["source_id"]])
+        extra["source_id"] = _pass_through(tab[lower["source_id"]], source, lower["source_id"], ids)
         used.add(lower["source_id"])
+    non_numeric: dict[str, tuple[int, str]] = {}
     if cm.scalars is not None:
         scalars = {}
         for k, c in cm.scalars.items():
             if c not in names:
                 raise InputError(f"scalar column '{c}' is missing; columns: {names}", source=source, field=c)
-            scalars[k] = _filled(tab[c], source, c)
+            scalars[k] = _filled(tab[c], source, c, ids)
     else:
         scalars = {}
         for c in names:
             col = tab[c]
-            if c in used or np.asarray(col).ndim != 1 or col.dtype.kind not in "fiu":
+            kind = np.asarray(col).dtype.kind
+            if c in used or np.asarray(col).ndim != 1 or kind == "b":
                 continue
-            scalars[c] = _filled(col, source, c)
+            values, bad_row, bad_value = parse_floats(col)
+            if bad_row is None:
+                scalars[c] = values  # numbers, or text that holds only numbers
+            else:
+                non_numeric[c] = (bad_row, bad_value)
+    meta = {"source": source, "loader": "table"}
+    if non_numeric:
+        meta["non_numeric_columns"] = non_numeric
     return StarTable(ids=ids, flux=flux, flux_err=flux_err, wavelength=wl, scalars=scalars, labels=labels,
-                     label_errs=errs, extra=extra, meta={"source": source, "loader": "table"})
+                     label_errs=errs, extra=extra, meta=meta)
+
+
+def _ids(col, source: str, name: str) -> np.ndarray:
+    """Star ids as stripped text; an id that is not UTF-8, masked or empty is an error
+    naming its row (an id cannot be kept as NaN)."""
+    ids = np.char.strip(as_text(col, source=source, field=name))
+    empty = np.ma.getmaskarray(col) | (ids == "")
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise InputError(f"id is empty ({int(empty.sum())} empty id(s) in all)",
+                         source=source, field=name, row=row)
+    return ids
+
+
+#: Integers up to this magnitude are exact in float64.
+_EXACT_INT = 2 ** 53
+
+
+def _pass_through(col, source: str, name: str, ids: np.ndarray) -> np.ndarray:
+    """A column carried unchanged into ``extra``: text decoded (UTF-8; masked → ``""``),
+    masked floats → NaN, anything else as stored.
+
+    Integers with masked cells (FITS TNULL, empty CSV cells, Parquet nulls) cannot
+    hold NaN and their stored fill value would be a silent fake id: they become float64
+    with NaN when every value is exact in float64 (``|v| ≤ 2**53``), else text with
+    ``""`` for the empty cells, so that large ids (Gaia ``source_id``) keep every digit.
+    """
+    arr = np.asarray(np.ma.getdata(col))
+    if arr.dtype.kind in "SUO":
+        return as_text(col, source=source, field=name, ids=ids) if arr.dtype.kind != "O" else arr
+    mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) else None
+    if mask is None or not mask.any():
+        return arr
+    if arr.dtype.kind == "f":
+        return np.where(mask, np.nan, arr)
+    if arr.dtype.kind in "iu":
+        if (np.abs(arr[~mask].astype(np.float64)) <= _EXACT_INT).all():
+            return np.where(mask, np.nan, arr.astype(np.float64))
+        return np.where(mask, "", arr.astype(str))
+    return arr
 
 
 def startable_to_table(st: StarTable) -> Table:
@@ -291,33 +390,40 @@ def _write_parquet(tab: Table, path: Path) -> None:
     pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta)), path)
 
 
-def _read_parquet(path: Path) -> Table:
-    """Read Parquet with pyarrow into an astropy table (inverse of :func:`_write_parquet`)."""
+def _read_parquet(path: Path, id_column: str | None = None) -> Table:
+    """Read Parquet with pyarrow into an astropy table (inverse of :func:`_write_parquet`).
+
+    List columns become 2-D float arrays (see :func:`_list_values`); null cells of
+    numeric columns are masked (integers stay integers) and null text cells masked
+    with ``""``. ``id_column`` names the star in errors about one row (default: the
+    first of the conventional id columns present).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    source = str(path)
     pt = pq.read_table(path)
     md = pt.schema.metadata or {}
     colmeta = json.loads(md.get(b"kielnet_columns", b"{}"))
     tab = Table()
     for name in pt.column_names:
         col = pt.column(name).combine_chunks()
-        if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
-            width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
-            flat = col.flatten().to_numpy(zero_copy_only=False)
-            if width is None:
-                lengths = set(len(x) for x in col.to_pylist() if x is not None)
-                if len(lengths) != 1:
-                    raise InputError("list column has rows of different lengths", source=str(path), field=name)
-                width = lengths.pop()
-            values = np.asarray(flat, dtype=float).reshape(len(col), width)
+        if (pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type)
+                or pa.types.is_large_list(col.type)):
+            values = _list_values(col, source, name, lambda: _parquet_ids(pt, id_column))
         elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            values = np.asarray(col.to_pylist(), dtype=str)
+            text = np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=str)
+            values = np.ma.masked_array(text, mask=np.asarray(col.is_null())) if col.null_count else text
+        elif col.null_count and (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+            mask = np.asarray(col.is_null())
+            values = np.ma.masked_array(col.fill_null(0 if pa.types.is_integer(col.type) else False)
+                                        .to_numpy(zero_copy_only=False), mask=mask)
         else:
             mask = np.asarray(col.is_null()) if col.null_count else None
             values = col.to_numpy(zero_copy_only=False)
             if mask is not None:
-                values = np.ma.masked_array(np.asarray(values, dtype=float), mask=mask)
+                values = np.ma.masked_array(np.asarray(values, dtype=float) if values.dtype.kind in "fiu"
+                                            else values, mask=mask)
         tab[name] = values
         info = colmeta.get(name, {})
         if info.get("unit"):
@@ -327,6 +433,61 @@ def _read_parquet(path: Path) -> Table:
     if b"kielnet_meta" in md:
         tab.meta.update(json.loads(md[b"kielnet_meta"]))
     return tab
+
+
+def _parquet_ids(pt, id_column: str | None) -> np.ndarray | None:
+    """Star ids of a pyarrow table as text (for messages), or ``None`` without an id column."""
+    lower = {n.lower(): n for n in pt.column_names}
+    name = id_column if id_column in pt.column_names else next(
+        (lower[c] for c in _ID_CANDIDATES if c in lower), None)
+    if name is None:
+        return None
+    return np.asarray([str(v) for v in pt.column(name).to_pylist()])
+
+
+def _list_values(col, source: str, name: str, ids: Callable[[], np.ndarray | None]) -> np.ndarray:
+    """A Parquet list column (one array per row) as a ``(n_rows, width)`` float array.
+
+    Vectorised with pyarrow: a null cell (no spectrum) becomes a row of NaN — the star
+    is kept and flagged downstream — and a null value inside a cell a NaN. Cells of
+    different lengths are an :class:`InputError` naming the first row whose length
+    differs from the first non-null cell's, and its star (``ids()`` gives the ids, or
+    ``None``); so is a column whose cells are all null or hold no numbers.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(col)
+    present = ~np.asarray(col.is_null(), dtype=bool) if n else np.zeros(0, bool)
+    value_type = col.type.value_type
+    if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+            or pa.types.is_boolean(value_type) or pa.types.is_null(value_type)):
+        raise InputError(f"list column holds {value_type} values, not numbers", source=source, field=name)
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+        # values under null cells are present (unspecified) in a fixed-size list: take all
+        flat = col.values.slice(col.offset * width, n * width)
+    else:
+        lengths = np.asarray(pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False))
+        if n and not present.any():
+            raise InputError("list column has only null cells", source=source, field=name)
+        width = int(lengths[present][0]) if n else 0
+        differs = present & (lengths != width)
+        if differs.any():
+            row = int(np.flatnonzero(differs)[0])
+            first = int(np.flatnonzero(present)[0])
+            ids_ = ids()
+            raise InputError(f"list column has rows of different lengths: row {row} has "
+                             f"{int(lengths[row])} values, row {first} has {width}", source=source,
+                             field=name, row=row, star=None if ids_ is None else str(ids_[row]))
+        flat = col.flatten()  # the values of the non-null cells only
+    values = pc.fill_null(pc.cast(flat, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
+    out = np.full((n, width), np.nan)
+    if pa.types.is_fixed_size_list(col.type):
+        out[present] = np.asarray(values, dtype=float).reshape(n, width)[present]
+    else:
+        out[present] = np.asarray(values, dtype=float).reshape(int(present.sum()), width)
+    return out
 
 
 def read_catalogue(path: str | Path) -> Table:

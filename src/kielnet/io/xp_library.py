@@ -25,6 +25,8 @@ import numpy as np
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.checks import as_floats, as_text, is_truncation, truncation_as_error
+from kielnet.io.paths import check_readable
 
 __all__ = ["XP_WAVELENGTH_NM", "default_library_path", "load_xp_library"]
 
@@ -60,6 +62,29 @@ def _column(get, name: str, source: str) -> np.ndarray:
                          source=source, field=name) from None
 
 
+def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read (and decompressed) inside the ``try``: a
+    truncated or corrupt archive, or a corrupt member, is an :class:`InputError`
+    naming the file (and the member)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - report any unreadable file uniformly
+        raise InputError(f"cannot read npz file: file is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})", source=source) from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError("cannot read npz file: it holds a single array, not named arrays",
+                         source=source)
+    arrays: dict[str, np.ndarray] = {}
+    with data:
+        for name in data.files:
+            try:
+                arrays[name] = data[name]
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"cannot read npz file: array '{name}' is truncated or corrupt "
+                                 f"({type(exc).__name__}: {exc})", source=source, field=name) from exc
+    return arrays
+
+
 def load_xp_library(path: str | Path | None = None) -> StarTable:
     """Read the XP library (``.fits``/``.fits.gz``) or its ``.npz`` subset into a StarTable.
 
@@ -69,15 +94,10 @@ def load_xp_library(path: str | Path | None = None) -> StarTable:
         File to read; ``None`` reads the full library from the installed package.
     """
     path = default_library_path() if path is None else Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise InputError("file does not exist", source=source)
+    source = check_readable(path)
     if path.suffix == ".npz":
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - report any unreadable file uniformly
-            raise InputError(f"cannot read npz file: {exc}", source=source) from exc
-        get = data.__getitem__
+        arrays = _read_npz(path, source)
+        get = arrays.__getitem__
         flux = _column(get, "flux_norm", source)
         flux_err = _column(get, "flux_error_norm", source)
         wave = np.asarray(_column(get, "wavelength_nm", source), dtype=float)
@@ -86,27 +106,40 @@ def load_xp_library(path: str | Path | None = None) -> StarTable:
         from astropy.io import fits
 
         try:
-            with fits.open(path, memmap=False) as hdul:
+            with truncation_as_error(), fits.open(path, memmap=False) as hdul:
                 if len(hdul) < 2 or hdul[1].data is None:
-                    raise InputError("no binary table in HDU 1", source=source)
+                    raise InputError("no binary table in HDU 1", source=source, field="HDU1")
                 rec = hdul[1].data
                 names = set(rec.columns.names)
                 cols = {n: np.array(rec[n]) for n in names}
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot read FITS file: {exc}", source=source) from exc
+            what = "file is truncated" if is_truncation(exc) else "file is corrupt or not FITS"
+            raise InputError(f"cannot read FITS file: {what} ({type(exc).__name__}: {exc})",
+                             source=source) from exc
         get = cols.__getitem__
         flux = _column(get, "flux", source)
         flux_err = _column(get, "flux_error", source)
         wave = XP_WAVELENGTH_NM
         source_id = _column(get, "gaiaedr3_source_id", source)
-    ids = np.char.strip(np.asarray(_column(get, "apogee_id", source)).astype(str))
-    scalars = {k: np.asarray(_column(get, v, source), dtype=float) for k, v in _SCALARS.items()}
-    labels = {k: np.asarray(_column(get, k, source), dtype=float) for k in _LABELS}
-    errs = {k: np.asarray(_column(get, f"{k}_err", source), dtype=float) for k in _LABELS}
-    extra = {"source_id": np.asarray(source_id, dtype=np.int64),
-             "medflux": np.asarray(_column(get, "medflux", source), dtype=float)}
+    ids = np.char.strip(as_text(_column(get, "apogee_id", source), source=source, field="apogee_id"))
+
+    def floats(name: str) -> np.ndarray:
+        return as_floats(_column(get, name, source), source=source, field=name, ids=ids)
+
+    scalars = {k: floats(v) for k, v in _SCALARS.items()}
+    labels = {k: floats(k) for k in _LABELS}
+    errs = {k: floats(f"{k}_err") for k in _LABELS}
+    source_id = np.asarray(source_id)
+    if source_id.dtype.kind not in "iu":
+        raise InputError(f"source_id must hold integers, got dtype {source_id.dtype}", source=source,
+                         field="source_id" if path.suffix == ".npz" else "gaiaedr3_source_id")
+    if np.asarray(flux).dtype.kind != "f":  # float spectra go to StarTable as they are
+        flux = as_floats(flux, source=source, field="flux", ids=ids)
+    if np.asarray(flux_err).dtype.kind != "f":
+        flux_err = as_floats(flux_err, source=source, field="flux_error", ids=ids)
+    extra = {"source_id": source_id.astype(np.int64), "medflux": floats("medflux")}
     return StarTable(ids=ids, flux=flux, flux_err=flux_err, wavelength=wave * u.nm,
                      scalars=scalars, labels=labels, label_errs=errs, extra=extra,
                      meta={"source": source, "loader": "xp_library"})

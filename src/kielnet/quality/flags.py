@@ -21,15 +21,28 @@ ensemble_disagreement       6      the ensemble-disagreement score (``spread_sco
                                    exceeds 1: the members disagree more than on the
                                    calibration quantile (default 90 %) of the training
                                    stars (bundles with ensemble_spread)
+implausible_spectrum        7      the spectrum cannot be a star for this model (non-positive,
+                                   constant, absurd scale or extreme spikes relative to the
+                                   training spectra; tests named in ``spectrum_issues``,
+                                   :mod:`kielnet.data.plausibility`); labels are NaN
 outside_training_<label>    8+j    predicted label j lies outside its training range
+prediction_failed           16     a member network produced a non-finite output (or a
+                                   label or its σ came out non-finite); labels are NaN
+label_unphysical            17     a predicted label lies outside the label's physically
+                                   valid range (config ``labels[].valid_range``): the
+                                   network extrapolated wildly; labels are NaN
 ==========================  =====  ==========================================================
+
+Rows whose labels are NaN always carry a flag that says why; a row with status ``ok``
+has finite labels and uncertainties (:func:`enforce_status` guarantees it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FLAG_BITS", "label_bit", "flag_names", "status_strings", "describe_flags"]
+__all__ = ["FLAG_BITS", "UNLABELLED_BITS", "label_bit", "flag_names", "status_strings", "describe_flags",
+           "range_flags", "unlabelled_mask"]
 
 FLAG_BITS: dict[str, int] = {
     "bad_spectrum": 0,
@@ -39,8 +52,13 @@ FLAG_BITS: dict[str, int] = {
     "label_not_reported": 4,
     "out_of_distribution": 5,
     "ensemble_disagreement": 6,
+    "implausible_spectrum": 7,
+    "prediction_failed": 16,
+    "label_unphysical": 17,
 }
 LABEL_BIT0 = 8
+#: bits whose stars get no labels (NaN)
+UNLABELLED_BITS = ("bad_spectrum", "implausible_spectrum", "prediction_failed", "label_unphysical")
 
 
 def label_bit(j: int) -> int:
@@ -75,11 +93,20 @@ def describe_flags(label_names: list[str]) -> str:
         "label_not_reported": "a label withheld by a reporting rule (NaN)",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
         "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars",
+        "implausible_spectrum": "spectrum cannot be a star for this model (see spectrum_issues), labels NaN",
+        "prediction_failed": "a network output or sigma was non-finite, labels NaN",
+        "label_unphysical": "a predicted label outside its physically valid range, labels NaN",
     }
-    lines = [f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()]
-    lines += [f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the training range"
-              for j, n in enumerate(label_names)]
-    return "\n".join(lines)
+    lines = {b: f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()}
+    lines.update({label_bit(j): f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the "
+                                f"training range" for j, n in enumerate(label_names)})
+    return "\n".join(lines[b] for b in sorted(lines))
+
+
+def unlabelled_mask(flags: np.ndarray) -> np.ndarray:
+    """True for stars whose flags say they get no labels (:data:`UNLABELLED_BITS`)."""
+    mask = sum(1 << FLAG_BITS[n] for n in UNLABELLED_BITS)
+    return (np.asarray(flags, dtype=np.int64) & mask) != 0
 
 
 def range_flags(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

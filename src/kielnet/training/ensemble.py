@@ -17,25 +17,29 @@ files and each running member checkpoints every epoch.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from kielnet.config import KielnetConfig
 from kielnet.data.preprocess import Preprocessor
+from kielnet.data.fingerprint import describe_differences, dict_differences, table_fingerprint
 from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
-from kielnet.errors import InputError
+from kielnet.errors import InputError, RunMismatchError
+from kielnet.io.atomic import atomic_write_text
 from kielnet.inference.bundle import Bundle, MemberInfo
 from kielnet.inference.predict import member_predictions
 from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
 from kielnet.training.quality import attach_quality
 from kielnet.training.trainer import build_model, train_member
 
-__all__ = ["train_ensemble", "sample_weights", "member_seed"]
+__all__ = ["train_ensemble", "sample_weights", "member_seed", "run_fingerprint", "MIN_TRAINING_STARS"]
 
 
 def member_seed(base: int, split: int, member: int) -> int:
@@ -54,41 +58,118 @@ def sample_weights(config: KielnetConfig, targets: np.ndarray, rows: np.ndarray)
     return w
 
 
+#: version of the work directory layout (run.json + member files with metadata)
+WORKDIR_FORMAT = 2
+#: fewest usable training stars :func:`train_ensemble` accepts
+MIN_TRAINING_STARS = 20
+#: below this many usable stars (or validation stars per split) training warns
+WARN_TRAINING_STARS = 500
+WARN_VALIDATION_STARS = 50
+
+
+def _comparable_config(cfg_dict: dict) -> dict:
+    """The part of a config that determines the trained members.
+
+    Re-validated so that fields added to the schema later compare at their defaults.
+    Member k*members_per_split+m depends only on (seed, split k, member m), so the
+    number of splits may change between runs (e.g. to grow an ensemble); sections
+    applied after the members are trained do not change the members either, nor does
+    the number of CPU threads.
+    """
+    d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
+    d["ensemble"].pop("n_splits")
+    d["training"].pop("threads", None)
+    for key in ("name", "description", "uncertainty", "inference", "reporting", "quality"):
+        d.pop(key, None)
+    return d
+
+
+def run_fingerprint(config: KielnetConfig, table: StarTable) -> dict:
+    """What determines the members a work directory holds: the comparable config and
+    the content of the training table (ids, spectra and errors, the scalar columns the
+    features read, the labels learned)."""
+    return {"format": WORKDIR_FORMAT, "config": _comparable_config(config.model_dump(mode="json")),
+            "data": table_fingerprint(table, scalars=config.scalar_columns(), labels=config.label_names,
+                                      extra=False)}
+
+
 def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
-    """Create ``wd`` or check that it belongs to this very run (same config and data),
-    so that resuming never mixes members of different runs."""
-    import hashlib
-
-    def comparable(cfg_dict: dict) -> dict:
-        # re-validate so that fields added to the schema later compare at their defaults;
-        # member k*members_per_split+m depends only on (seed, split k, member m), so the
-        # number of splits may change between runs (e.g. to grow an ensemble); sections
-        # applied after the members are trained do not change the members either, nor
-        # does the number of CPU threads
-        d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
-        d["ensemble"].pop("n_splits")
-        d["training"].pop("threads", None)
-        for key in ("name", "description", "uncertainty", "inference", "reporting", "quality"):
-            d.pop(key, None)
-        return d
-
-    fingerprint = {
-        "config": config.model_dump(mode="json"),
-        "data": {"n_rows": len(table),
-                 "ids_sha1": hashlib.sha1("\n".join(table.ids.tolist()).encode()).hexdigest()},
-    }
-    wd.mkdir(parents=True, exist_ok=True)
+    """Create ``wd`` or check that it belongs to this very run (same config and the same
+    training data, by content), so that resuming never mixes members of different runs.
+    Raises :class:`RunMismatchError` naming what differs."""
+    fingerprint = run_fingerprint(config, table)
     stamp = wd / "run.json"
-    if stamp.is_file():
-        old = json.loads(stamp.read_text())
-        same = (old.get("data") == fingerprint["data"]
-                and comparable(old["config"]) == comparable(fingerprint["config"]))
-        if not same:
-            raise InputError("work directory holds a run with a different configuration or training "
-                             "data; choose another work directory or delete it to start afresh",
-                             source=str(wd), field="workdir")
-    else:
-        stamp.write_text(json.dumps(fingerprint, indent=1))
+    if wd.is_dir() and any(wd.iterdir()):
+        if not stamp.is_file():
+            raise RunMismatchError("the work directory holds files but no run.json: it was not written by "
+                                   "this version of kielnet's training; use --fresh to start afresh or "
+                                   "choose another work directory", source=str(wd), field="workdir")
+        try:
+            old = json.loads(stamp.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunMismatchError(f"run.json is unreadable ({exc}); use --fresh to start afresh",
+                                   source=str(wd), field="workdir") from exc
+        if not isinstance(old, dict) or old.get("format") != WORKDIR_FORMAT:
+            raise RunMismatchError("the work directory was written by an older kielnet (no content "
+                                   "fingerprint of the training data); use --fresh to start afresh",
+                                   source=str(wd), field="workdir")
+        diffs = [f"training data: {d}" for d in describe_differences(old.get("data", {}), fingerprint["data"])]
+        diffs += [f"config: {d}" for d in dict_differences(old.get("config"), fingerprint["config"])]
+        if diffs:
+            raise RunMismatchError("the work directory holds a different training run (" + "; ".join(diffs)
+                                   + "); use --fresh to discard its checkpoints or choose another work "
+                                   "directory", source=str(wd), field="workdir")
+        return
+    wd.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps(fingerprint, indent=1))
+
+
+def _save_member(path: Path, state: dict, info: MemberInfo) -> None:
+    """A finished member: weights + provenance in one safetensors file, written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"member_info": json.dumps(info.to_dict())})
+    os.replace(tmp, path)
+
+
+def _load_member(path: Path) -> tuple[dict, MemberInfo]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        info = MemberInfo(**json.loads(meta["member_info"]))
+    except Exception as exc:  # noqa: BLE001 - any damage to the file is reported the same way
+        raise RunMismatchError(f"finished member file is unreadable ({type(exc).__name__}: {exc}); use "
+                               "--fresh to start afresh", source=str(path)) from exc
+    return state, info
+
+
+def _check_sample_size(n_usable: int, heldout: np.ndarray, config: KielnetConfig, table: StarTable,
+                       log) -> list[str]:
+    """Refuse below :data:`MIN_TRAINING_STARS` usable stars or a split without training or
+    validation stars; return (and log) warnings for small samples."""
+    ens = config.ensemble
+    if n_usable < MIN_TRAINING_STARS:
+        raise InputError(f"only {n_usable} usable training stars (a spectrum and at least one valid label); "
+                         f"kielnet trains on at least {MIN_TRAINING_STARS}", source=table.source)
+    n_val = heldout.sum(axis=0)
+    n_tr = n_usable - n_val
+    for k in range(ens.n_splits):
+        if n_val[k] < 1 or n_tr[k] < 2:
+            raise InputError(f"split {k} has {int(n_tr[k])} training and {int(n_val[k])} validation stars; "
+                             f"use fewer splits or a larger val_fraction", source=table.source,
+                             field="ensemble.n_splits")
+    warns = []
+    if n_usable < WARN_TRAINING_STARS:
+        warns.append(f"only {n_usable} usable training stars: labels, the running dispersion and the "
+                     f"quality calibrations are poorly constrained (kielnet is meant for >= "
+                     f"{WARN_TRAINING_STARS})")
+    if n_val.min() < WARN_VALIDATION_STARS:
+        warns.append(f"the smallest split has {int(n_val.min())} validation stars: early stopping and the "
+                     f"held-out metrics are noisy (>= {WARN_VALIDATION_STARS} recommended)")
+    for w in warns:
+        log(f"WARNING: {w}")
+    return warns
 
 
 def _check_training_table(table: StarTable, config: KielnetConfig) -> None:
@@ -139,10 +220,14 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
             ", ".join(f"{n}={int(c)}" for n, c in zip(config.label_names, bad) if c))
     usable = ~prep.bad_spectrum & np.isfinite(prep.targets).any(axis=1)
     if (~usable).any():
-        log(f"{int((~usable).sum())} stars have an unusable spectrum or no valid label and are not trained on")
+        n_impl = int(prep.implausible.sum())
+        log(f"{int((~usable).sum())} stars have an unusable spectrum or no valid label and are not trained on"
+            + (f" ({n_impl} with a physically implausible spectrum)" if n_impl else ""))
     rows = np.flatnonzero(usable)
-    weights = sample_weights(config, prep.targets, rows)
     ens = config.ensemble
+    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
+    warnings_ = _check_sample_size(len(rows), heldout, config, table, log)
+    weights = sample_weights(config, prep.targets, rows)
     wd = Path(workdir) if workdir is not None else None
     if wd is not None:
         _claim_workdir(wd, config, table)
@@ -152,7 +237,6 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     oof_spread_sum = np.zeros((len(table), len(config.labels)))
     n_pix, widths = pre.n_pix or 0, pre.branch_widths()
     n_total = ens.n_splits * ens.members_per_split
-    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
     for k in range(ens.n_splits):
         tr, va = rows[~heldout[:, k]], rows[heldout[:, k]]
         split_states = []
@@ -161,8 +245,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
             idx = k * ens.members_per_split + m
             done = wd / f"member_{idx:03d}.safetensors" if wd else None
             if done is not None and done.is_file():
-                state = load_file(str(done))
-                info = MemberInfo(**json.loads(done.with_suffix(".json").read_text()))
+                state, info = _load_member(done)
                 log(f"member {idx + 1}/{n_total}: resumed from {done}")
             else:
                 res = train_member(config, prep, tr, va, weights, n_pix=n_pix, branch_widths=widths,
@@ -174,8 +257,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
                 log(f"member {idx + 1}/{n_total}: split {k}, best epoch {res.best_epoch}, "
                     f"val loss {res.best_val_loss:.4f} ({time.time() - t0:.0f} s)")
                 if done is not None:
-                    save_file({kk: v.contiguous() for kk, v in state.items()}, str(done))
-                    done.with_suffix(".json").write_text(json.dumps(info.to_dict()))
+                    _save_member(done, state, info)
             members.append(state)
             infos.append(info)
             split_states.append(state)
@@ -225,6 +307,8 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         "n_trained": int(len(rows)), "missing": table.missing_report(),
         "n_pix": n_pix, "train_seconds": round(time.time() - t0, 1),
         "label_counts": {n: int(np.isfinite(prep.targets[rows, j]).sum()) for j, n in enumerate(config.label_names)},
+        "n_implausible_spectra": int(prep.implausible.sum()),
+        "warnings": warnings_,
     }
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,

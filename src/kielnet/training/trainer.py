@@ -17,11 +17,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.preprocess import Prepared
+from kielnet.errors import RunMismatchError
 from kielnet.models.hybrid import HybridNet
 
 __all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "train_member"]
@@ -98,6 +100,9 @@ def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.nda
 
 # ---------------------------------------------------------------- checkpoints
 def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> None:
+    """One file per member (``<path>.safetensors``): weights, best weights, optimiser
+    tensors, and the JSON state in the file's metadata, replaced atomically — a kill at
+    any moment leaves either the previous epoch's checkpoint or this one."""
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
     opt_sd = opt.state_dict()
@@ -108,29 +113,33 @@ def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> 
     meta = dict(state)
     meta["param_groups"] = opt_sd["param_groups"]
     meta["scheduler"] = {k: v for k, v in sched.state_dict().items()}
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file(tensors, str(tmp))
-    tmp_json = path.with_suffix(".tmp.json")
-    tmp_json.write_text(json.dumps(meta, default=float))
-    os.replace(tmp, path.with_suffix(".safetensors"))
-    os.replace(tmp_json, path.with_suffix(".json"))
+    final = path.with_suffix(".safetensors")
+    tmp = path.with_name(f".{final.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
+    os.replace(tmp, final)
 
 
 def _load_checkpoint(path: Path, model, opt, sched) -> tuple[dict, dict] | None:
-    st_path, js_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if not (st_path.is_file() and js_path.is_file()):
+    st_path = path.with_suffix(".safetensors")
+    if not st_path.is_file():
         return None
-    tensors = load_file(str(st_path))
-    meta = json.loads(js_path.read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
-    sched.load_state_dict(meta.pop("scheduler"))
+    try:
+        with safe_open(str(st_path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["checkpoint"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        opt_state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = v
+        opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
+        sched.load_state_dict(meta.pop("scheduler"))
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never half-used
+        raise RunMismatchError(f"checkpoint is unreadable or does not fit this network "
+                               f"({type(exc).__name__}: {exc}); use --fresh to start afresh",
+                               source=str(st_path)) from exc
     return meta, best
 
 
@@ -148,8 +157,8 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
     weights
         Per-row loss weights (mean 1 over the training rows, e.g. KDE weights).
     checkpoint
-        Path stem for per-epoch checkpoints (``.safetensors`` + ``.json``); if they
-        exist, training resumes from them.
+        Path stem of the per-epoch checkpoint (``<checkpoint>.safetensors``, state in
+        its metadata); if it exists, training resumes from it.
     """
     tcfg = config.training
     if tcfg.threads:
