@@ -65,26 +65,20 @@ def _set_overrides(items: list[str]) -> dict:
     return out
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        val = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if val < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {val}")
-    return val
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``, with a message naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            val = int(text)
+        except ValueError:
+            val = None
+        if val is None or val < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'")
+        return val
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        val = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if val < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {val}")
-    return val
+_positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _load_cfg(args):

@@ -84,6 +84,7 @@ from safetensors.torch import load_file, save_file
 
 from kielnet import __version__
 from kielnet.config import KielnetConfig
+from kielnet.data.fingerprint import array_digest
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import BundleError
 from kielnet.inference.uncertainty import RunningDispersion
@@ -155,14 +156,6 @@ def state_dict_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(k.encode("utf-8"))
         h.update(b"\0")
         _hash_tensor(h, state[k])
-    return h.hexdigest()
-
-
-def _array_digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    if a.size:
-        h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
@@ -405,10 +398,10 @@ class Bundle:
         }
         if self.ood is not None:
             parts["embedding_ood"] = {"meta": _canonical_json(self.ood._meta()),
-                                      "references": [_array_digest(np.asarray(r, dtype=np.float32))
+                                      "references": [array_digest(np.asarray(r, dtype=np.float32))
                                                      for r in self.ood.references]}
         if self.tsne_reference is not None:
-            parts["tsne_reference"] = _array_digest(np.asarray(self.tsne_reference, dtype=np.float32))
+            parts["tsne_reference"] = array_digest(np.asarray(self.tsne_reference, dtype=np.float32))
         return hashlib.sha256(_canonical_json(parts).encode("ascii")).hexdigest()
 
 
