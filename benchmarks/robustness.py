@@ -762,7 +762,66 @@ case("parquet_ragged_spectrum", "error")(_reader_case(_parquet_ragged, must_name
 case("apstar_truncated", "error")(_reader_case(_apstar_truncated))
 case("apstar_garbage_bytes", "error")(_reader_case(_apstar_garbage))
 case("rvs_csv_truncated", "error")(_reader_case(_rvs_truncated))
-case("xp_continuous_garbled_coefficients", "error")(_reader_case(_xp_garbled))
+@case("rvs_one_star_with_missing_pixels", "flagged")
+def _rvs_one_bad(ctx: Context) -> Outcome:
+    """A two-star RVS datalink file in which the first star lacks 5 pixels mid-grid: the
+    star is kept with an all-NaN spectrum (bad_spectrum downstream), the other intact."""
+    import warnings
+
+    from kielnet.io import read_stars
+
+    d = ctx.dir("rvs_one_bad")
+    files = [p for p in sorted((SHARED / "gaia_rvs").iterdir()) if p.suffix == ".csv"][:2]
+    a, b = (f.read_text().splitlines(keepends=True) for f in files)
+    path = d / "two_stars.csv"
+    path.write_text("".join(a[:1000] + a[1005:] + b[1:]))
+    clean = read_stars(files[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = read_stars(path)
+    probs = []
+    if len(t) != 2:
+        probs.append(f"{len(t)} rows for 2 stars")
+    else:
+        if np.isfinite(t.flux[0]).any():
+            probs.append("the damaged star kept a spectrum")
+        if not np.array_equal(t.flux[1], clean.flux[0], equal_nan=True):
+            probs.append("the intact star changed")
+        if not (t.meta.get("bad_rows") and any(str(t.ids[0]) in str(w.message) for w in caught)):
+            probs.append("no warning / bad_rows entry names the star")
+    return Outcome("flagged", rows_in=2, rows_out=len(t), silently_wrong=bool(probs),
+                   detail="; ".join(probs) or str(t.meta.get("bad_rows"))[:200])
+
+
+@case("xp_continuous_garbled_coefficients", "flagged")
+def _xp_garbled_kept(ctx: Context) -> Outcome:
+    """One star's coefficient string is garbled: the reader keeps the star with NaN
+    coefficients (missing inputs downstream) and says why; the other star is intact.
+    (No catalogue: the tiny XP-spectrum bundle does not read XP coefficients.)"""
+    import warnings
+
+    from kielnet.io import read_stars
+
+    d = ctx.dir("xp_garbled")
+    path, *_ = _xp_garbled(ctx, d)
+    clean = read_stars(SHARED / "gaia_xp" / "XP_CONTINUOUS_RAW.csv")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = read_stars(path)
+    coef = [c for c in t.scalars if c.startswith(("bp_", "rp_"))]
+    bad = np.stack([t.scalars[c] for c in coef], axis=1)
+    probs = []
+    if len(t) != len(clean) or not np.array_equal(t.ids, clean.ids):
+        probs.append("rows lost or reordered")
+    if np.isfinite(bad[0]).any():
+        probs.append("the garbled star kept finite coefficients")
+    if not np.array_equal(bad[1:], np.stack([clean.scalars[c] for c in coef], axis=1)[1:], equal_nan=True):
+        probs.append("an intact star changed")
+    said = bool(t.meta.get("bad_rows")) and any(str(t.ids[0]) in str(w.message) for w in caught)
+    if not said:
+        probs.append("no warning / bad_rows entry names the star")
+    return Outcome("flagged", rows_in=len(clean), rows_out=len(t), silently_wrong=bool(probs),
+                   detail="; ".join(probs) or str(t.meta.get("bad_rows"))[:200])
 
 
 # ----------------------------------------------------------------------------- driver

@@ -338,24 +338,60 @@ def test_rvs_csv_non_numeric_flux(shared_data, tmp_path):
 
 
 def test_rvs_one_source_with_the_wrong_pixel_count(shared_data, tmp_path):
+    """A source with the wrong pixel count in an otherwise intact file is kept with an
+    all-NaN spectrum and named (warning, meta['bad_rows']); the other source is read."""
     path = _real(shared_data, RVS, tmp_path)
     tab = Table.read(path, format="ascii.csv")
     other = tab.copy()
     other["source_id"] = 42
     two = Table(np.concatenate([np.asarray(other[:-3]), np.asarray(tab)]))
     two.write(path, format="ascii.csv", overwrite=True)
+    with pytest.warns(UserWarning, match="1 of 2 stars") as record:
+        st = read_stars(path)
+    assert st.ids.tolist() == ["42", str(tab["source_id"][0])]
+    assert np.isnan(st.flux[0]).all() and np.isnan(st.flux_err[0]).all()
+    assert np.isfinite(st.flux[1]).all()
+    assert st.meta["bad_rows"] == {"42": "flux: 2398 pixels, expected 2401 (846-870 nm in 0.01 nm steps)"}
+    assert any("42 (flux: 2398 pixels" in str(w.message) and str(path) in str(w.message) for w in record)
+
+
+def test_rvs_every_source_with_the_wrong_pixel_count(shared_data, tmp_path):
+    path = _real(shared_data, RVS, tmp_path)
+    tab = Table.read(path, format="ascii.csv")
+    other = tab.copy()
+    other["source_id"] = 42
+    two = Table(np.concatenate([np.asarray(other[:-3]), np.asarray(tab[1:])]))
+    two.write(path, format="ascii.csv", overwrite=True)
     err = _raises(read_stars, path)
-    assert "2398 pixels" in str(err) and err.star == "42" and err.row == 0 and str(path) in str(err)
+    assert "no star has usable data" in str(err) and str(path) in str(err) and err.field == "flux"
 
 
 def test_xp_garbled_coefficient_string(shared_data, tmp_path):
+    """A garbled coefficient string: that star is kept with NaN coefficients and named."""
     path = _real(shared_data, XP, tmp_path)
     tab = Table.read(path, format="ascii.csv")
     tab["rp_coefficients"] = tab["rp_coefficients"].astype(object)
     tab["rp_coefficients"][1] = "(1.0, abc, 3.0)"
     tab.write(path, format="ascii.csv", overwrite=True)
+    star = str(tab["source_id"][1])
+    with pytest.warns(UserWarning, match="kept with NaN") as record:
+        st = read_stars(path)
+    assert st.ids.tolist() == [str(s) for s in tab["source_id"]]
+    assert np.isnan([st.scalars[f"{b}_{i}"][1] for b in ("bp", "rp") for i in range(55)]).all()
+    assert np.isfinite([st.scalars[f"{b}_{i}"][0] for b in ("bp", "rp") for i in range(55)]).all()
+    reason = st.meta["bad_rows"][star]
+    assert reason.startswith("rp_coefficients: cannot parse") and "'abc'" in reason
+    assert any(star in str(w.message) and str(path) in str(w.message) for w in record)
+
+
+def test_xp_every_coefficient_string_garbled(shared_data, tmp_path):
+    path = _real(shared_data, XP, tmp_path)
+    tab = Table.read(path, format="ascii.csv")
+    tab["rp_coefficients"] = tab["rp_coefficients"].astype(object)
+    tab["rp_coefficients"][:] = "(1.0, abc, 3.0)"
+    tab.write(path, format="ascii.csv", overwrite=True)
     err = _raises(read_stars, path)
-    assert err.field == "rp_coefficients" and err.row == 1 and err.star == str(tab["source_id"][1])
+    assert "no star has usable data" in str(err) and err.field == "rp_coefficients"
     assert "'abc'" in str(err) and str(path) in str(err)
 
 

@@ -188,16 +188,174 @@ def test_fill_nan_false(long_tables):
 
 
 # ------------------------------------------------------------------ bad input
+def _bad_star_warning(record) -> str:
+    """The one 'kept with NaN' warning of a read (fails if there is not exactly one)."""
+    texts = [str(w.message) for w in record if "kept with NaN" in str(w.message)]
+    assert len(texts) == 1, texts
+    return texts[0]
+
+
 @needs_data
-def test_wrong_pixel_count_names_file_and_star(tmp_path, long_tables):
+def test_wrong_pixel_count_keeps_the_star_with_nan(tmp_path, long_tables):
+    """One star of a multi-star file with a pixel missing: kept, all-NaN, named in the
+    warning and in meta['bad_rows']; the other star reads as from its own file."""
     tab = vstack(long_tables)
-    tab.remove_row(len(long_tables[0]) + 7)  # second star loses a pixel
+    tab.remove_row(len(long_tables[0]) + 7)  # second star loses a pixel (not at an end)
     path = tmp_path / "short.csv"
     tab.write(path, format="ascii.csv")
-    with pytest.raises(InputError, match="2400 pixels") as exc:
+    with pytest.warns(UserWarning, match="kept with NaN") as record:
+        st = read_rvs_spectra(path)
+    bad_id = str(tab["source_id"][-1])
+    ref = _expected(long_tables)
+    assert list(st.ids) == list(ref.ids) and st.ids[1] == bad_id
+    assert np.isnan(st.flux[1]).all() and np.isnan(st.flux_err[1]).all()  # never filled
+    assert st.flux.shape == (2, RVS_N_PIX) and st.extra["n_filled_pixels"][1] == 0
+    np.testing.assert_array_equal(st.flux[0], ref.flux[0])
+    np.testing.assert_array_equal(st.flux_err[0], ref.flux_err[0])
+    assert st.extra["n_filled_pixels"][0] == 18
+    assert st.meta["bad_rows"] == {bad_id: f"flux: 2400 pixels, expected {RVS_N_PIX} (846-870 nm "
+                                           "in 0.01 nm steps)"}
+    text = _bad_star_warning(record)
+    assert text.startswith(f"1 of 2 stars in {path} have unusable data")
+    assert f"{bad_id} (flux: 2400 pixels, expected 2401" in text
+    assert st.missing_report() == {"spectrum:nonfinite_pixels": 1}
+
+
+@needs_data
+def test_wrong_grid_of_one_star_keeps_it_with_nan(tmp_path, long_tables):
+    first, second = long_tables[0].copy(), long_tables[1].copy()
+    second["wavelength"] = second["wavelength"] + 0.005  # off the grid
+    path = tmp_path / "shifted2.csv"
+    vstack([first, second]).write(path, format="ascii.csv")
+    with pytest.warns(UserWarning, match="kept with NaN") as record:
+        st = read_rvs_spectra(path)
+    bad_id = str(second["source_id"][0])
+    assert np.isnan(st.flux[1]).all() and np.isfinite(st.flux[0]).all()
+    assert st.meta["bad_rows"][bad_id].startswith("wavelength: grid differs from the DR3 RVS grid")
+    assert "pixel 0 is at 846.005" in st.meta["bad_rows"][bad_id]
+    assert bad_id in _bad_star_warning(record)
+
+
+@needs_data
+def test_every_star_bad_is_an_error(tmp_path, long_tables):
+    tab = vstack(long_tables)
+    tab.remove_row(len(long_tables[0]) + 7)  # second star: 2400 pixels
+    tab.remove_row(3)  # first star: 2400 pixels
+    path = tmp_path / "allbad.csv"
+    tab.write(path, format="ascii.csv")
+    with pytest.raises(InputError, match="no star has usable data") as exc:
         read_rvs_spectra(path)
-    assert "short.csv" in str(exc.value) and str(tab["source_id"][-1]) in str(exc.value)
-    assert exc.value.star == str(tab["source_id"][-1])
+    msg = str(exc.value)
+    assert "allbad.csv" in msg and "all 2 unusable" in msg and exc.value.field == "flux"
+    for sid in {str(s) for s in tab["source_id"]}:
+        assert f"{sid} (flux: 2400 pixels" in msg
+    # one star, wrong count: named with its field, star and row
+    one = long_tables[0].copy()
+    one.remove_row(100)
+    one.write(tmp_path / "one.csv", format="ascii.csv")
+    with pytest.raises(InputError, match="2400 pixels") as exc:
+        read_rvs_spectra(tmp_path / "one.csv")
+    assert "one.csv" in str(exc.value) and exc.value.star == str(one["source_id"][0])
+    assert exc.value.row == 0
+
+
+@needs_data
+def test_file_cut_off_at_a_line_end_is_an_error(tmp_path, long_tables):
+    """The last star stopping short of the grid's end and ending the file is a truncated
+    file, not a star to keep: an error even though the first star is whole."""
+    tab = vstack(long_tables)[:len(long_tables[0]) + 1000]
+    path = tmp_path / "cut.csv"
+    tab.write(path, format="ascii.csv")  # ends with a newline: the CSV check cannot see it
+    with pytest.raises(InputError, match="file is truncated") as exc:
+        read_rvs_spectra(path)
+    assert "cut.csv" in str(exc.value) and exc.value.star == str(tab["source_id"][-1])
+    assert "1000 of 2401 pixels" in str(exc.value)
+    # a star written in descending order, cut off: the same
+    second = long_tables[1][::-1][:1000]
+    vstack([long_tables[0], second]).write(tmp_path / "cut_desc.csv", format="ascii.csv")
+    with pytest.raises(InputError, match="file is truncated"):
+        read_rvs_spectra(tmp_path / "cut_desc.csv")
+    # one star cut off at a line end
+    long_tables[0][:1500].write(tmp_path / "cut_one.csv", format="ascii.csv")
+    with pytest.raises(InputError, match="file is truncated: its last star has 1500 of 2401"):
+        read_rvs_spectra(tmp_path / "cut_one.csv")
+    # the last star missing its *first* pixel is not a cut-off file: kept with NaN
+    vstack([long_tables[0], long_tables[1][1:]]).write(tmp_path / "nofirst.csv", format="ascii.csv")
+    with pytest.warns(UserWarning, match="1 of 2 stars"):
+        st = read_rvs_spectra(tmp_path / "nofirst.csv")
+    assert np.isnan(st.flux[1]).all() and np.isfinite(st.flux[0]).all()
+
+
+@needs_data
+@pytest.mark.filterwarnings("ignore::astropy.units.UnitsWarning")
+def test_wide_form_bad_cells_keep_the_star_with_nan(tmp_path, long_tables):
+    ref = _expected(long_tables)
+    flux = [np.ma.filled(np.ma.asarray(t["flux"]).astype(float), np.nan) for t in long_tables]
+    err = [np.ma.filled(np.ma.asarray(t["flux_error"]).astype(float), np.nan) for t in long_tables]
+    ids = [str(i) for i in ref.ids] + ["101", "102", "103"]
+
+    def cell(a: np.ndarray) -> str:
+        return "(" + ", ".join(repr(float(x)) for x in a) + ")"
+
+    rows = [(ids[0], cell(flux[0]), cell(err[0])),
+            (ids[1], cell(flux[1]), cell(err[1])),
+            (ids[2], cell(flux[0][:-5]), cell(err[0][:-5])),           # 2396 values
+            (ids[3], cell(flux[0]).replace(", ", ", abc, ", 1), cell(err[0])),  # garbled
+            (ids[4], "", cell(err[0]))]                                 # empty
+    lines = ["source_id,flux,flux_error"] + [f'{i},"{f}","{e}"' for i, f, e in rows]
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="3 of 5 stars") as record:
+        st = read_rvs_spectra(path)
+    assert list(st.ids) == ids
+    np.testing.assert_array_equal(st.flux[:2], ref.flux)
+    assert np.isnan(st.flux[2:]).all() and np.isnan(st.flux_err[2:]).all()
+    bad = st.meta["bad_rows"]
+    assert list(bad) == ids[2:]
+    assert bad[ids[2]] == ("flux: 2396 values, expected 2401 (846-870 nm in 0.01 nm steps); "
+                           "flux_error: 2396 values, expected 2401 (846-870 nm in 0.01 nm steps)")
+    assert bad[ids[3]].startswith("flux: cannot parse the cell: value 1 of the cell is 'abc'")
+    assert bad[ids[4]] == "flux: spectrum cell is empty"
+    text = _bad_star_warning(record)
+    assert all(i in text for i in ids[2:]) and str(path) in text
+
+
+@needs_data
+@pytest.mark.filterwarnings("ignore::astropy.units.UnitsWarning")
+def test_wide_form_wrong_wavelength_cell_keeps_the_star_with_nan(tmp_path, long_tables):
+    ref = _expected(long_tables)
+    flux = np.vstack([np.ma.filled(np.ma.asarray(t["flux"]).astype(float), np.nan) for t in long_tables])
+    wl = np.tile(RVS_WAVELENGTH_NM, (2, 1))
+    wl[1] = wl[1, ::-1]  # descending: does not match the flux cells' order
+    wide = Table({"source_id": ref.extra["source_id"], "flux": flux, "flux_error": flux * 0.01,
+                  "wavelength": wl})
+    wide.write(tmp_path / "wide.fits")
+    with pytest.warns(UserWarning, match="1 of 2 stars"):
+        st = read_rvs_spectra(tmp_path / "wide.fits")
+    np.testing.assert_array_equal(st.flux[0], ref.flux[0])
+    assert np.isnan(st.flux[1]).all() and np.isnan(st.flux_err[1]).all()
+    assert st.meta["bad_rows"] == {ref.ids[1]: "wavelength: grid differs from the DR3 RVS grid "
+                                   "(846-870 nm, 0.01 nm steps; wavelengths in nm unless a unit is "
+                                   "given): pixel 0 is at 870.0, expected 846.0"}
+
+
+@needs_data
+def test_warning_names_at_most_five_stars(tmp_path, long_tables):
+    base = long_tables[0]
+    tabs = [base.copy()]
+    for k in range(7):  # seven stars with 2399 pixels (gaps inside the grid)
+        t = base.copy()
+        t["source_id"] = 1000 + k
+        t.remove_rows([50, 60])
+        tabs.append(t)
+    path = tmp_path / "many.csv"
+    vstack(tabs).write(path, format="ascii.csv")
+    with pytest.warns(UserWarning, match="kept with NaN") as record:
+        st = read_rvs_spectra(path)
+    assert len(st) == 8 and len(st.meta["bad_rows"]) == 7
+    text = _bad_star_warning(record)
+    assert text.startswith("7 of 8 stars") and "and 2 more (meta['bad_rows'])" in text
+    assert "1004 (flux" in text and "1005 (" not in text
 
 
 @needs_data

@@ -169,29 +169,92 @@ def test_bad_input_names_the_file(tmp_path):
         read_xp_continuous(tmp_path / "absent.csv")
 
 
+def _kept_with_nan(st, i: int) -> None:
+    """Star ``i`` has NaN coefficients, errors and correlations in both bands."""
+    for band in ("bp", "rp"):
+        assert np.isnan(xp_coefficients(st)[0 if band == "bp" else 1][i]).all()
+        assert np.isnan(st.extra[f"{band}_coefficient_errors"][i]).all()
+        assert np.isnan(st.extra[f"{band}_coefficient_correlations"][i]).all()
+        assert np.isnan(st.extra[f"{band}_n_relevant_bases"][i])
+        assert st.extra[f"missing_{band}"][i]
+
+
+def _bad_star_warning(record) -> str:
+    texts = [str(w.message) for w in record if "kept with NaN" in str(w.message)]
+    assert len(texts) == 1, texts
+    return texts[0]
+
+
 @needs_data
-def test_missing_column_and_malformed_cells(tmp_path):
+def test_missing_column_and_malformed_cells(tmp_path, tables):
     tab = Table.read(RAW, format="ascii.csv")
     tab.remove_column("rp_coefficient_correlations")
     tab.write(tmp_path / "nocorr.csv", format="ascii.csv")
     with pytest.raises(InputError, match="rp_coefficient_correlations") as exc:
         read_xp_continuous(tmp_path / "nocorr.csv")
     assert "nocorr.csv" in str(exc.value)
+    # a short or garbled coefficient string: that star is kept with NaN, the other intact
+    ref = tables[RAW.name]
     rows = raw_rows(RAW)
+    star = rows[1]["source_id"]
     short = rows[1]["bp_coefficients"].rsplit(",", 1)[0] + ")"  # 54 values
     bad = Table.read(RAW, format="ascii.csv")
     bad["bp_coefficients"] = bad["bp_coefficients"].astype(object)
-    bad["bp_coefficients"][1] = short
-    bad.write(tmp_path / "short.csv", format="ascii.csv")
-    with pytest.raises(InputError, match="expected 55 values, got 54") as exc:
-        read_xp_continuous(tmp_path / "short.csv")
-    assert exc.value.star == rows[1]["source_id"] and exc.value.row == 1
-    assert "short.csv" in str(exc.value)
-    bad["bp_coefficients"][1] = "(1.0, two, 3.0)"
-    bad.write(tmp_path / "text.csv", format="ascii.csv", overwrite=True)
-    with pytest.raises(InputError, match="cannot parse") as exc:
-        read_xp_continuous(tmp_path / "text.csv")
-    assert "text.csv" in str(exc.value) and exc.value.field == "bp_coefficients"
+    for name, cell, reason in [
+            ("short.csv", short, "bp_coefficients: 54 values, expected 55"),
+            ("text.csv", "(1.0, two, 3.0)",
+             "bp_coefficients: cannot parse the cell: value 1 of the cell is 'two', not a number")]:
+        bad["bp_coefficients"][1] = cell
+        bad.write(tmp_path / name, format="ascii.csv", overwrite=True)
+        with pytest.warns(UserWarning, match="kept with NaN") as record:
+            st = read_xp_continuous(tmp_path / name)
+        assert list(st.ids) == list(ref.ids) and len(st) == 2
+        _kept_with_nan(st, 1)
+        for a, b in zip(xp_coefficients(st), xp_coefficients(ref)):
+            np.testing.assert_array_equal(a[0], b[0])  # the other star is intact
+        assert not st.extra["missing_bp"][0] and not st.extra["missing_rp"][0]
+        assert st.meta["bad_rows"] == {star: reason}
+        text = _bad_star_warning(record)
+        assert text == (f"1 of 2 stars in {tmp_path / name} have unusable data and are kept with "
+                        f"NaN: {star} ({reason})")
+        assert st.missing_report()["scalar:bp_0"] == 1 and st.missing_report()["scalar:rp_54"] == 1
+
+
+@needs_data
+def test_incomplete_band_keeps_the_star_with_nan(tmp_path):
+    bad = Table.read(RAW, format="ascii.csv")
+    star = str(bad["source_id"][0])
+    bad["rp_coefficient_errors"] = bad["rp_coefficient_errors"].astype(object)
+    bad["rp_coefficient_errors"][0] = ""  # RP coefficients without errors
+    bad.write(tmp_path / "noerr.csv", format="ascii.csv")
+    with pytest.warns(UserWarning, match="kept with NaN"):
+        st = read_xp_continuous(tmp_path / "noerr.csv")
+    _kept_with_nan(st, 0)
+    assert np.isfinite(xp_coefficients(st)[1][1]).all()
+    assert st.meta["bad_rows"] == {star: "rp_coefficient_errors: empty while rp_coefficients are given"}
+
+
+@needs_data
+def test_every_star_bad_is_an_error(tmp_path):
+    bad = Table.read(RAW, format="ascii.csv")
+    bad["rp_coefficients"] = bad["rp_coefficients"].astype(object)
+    bad["rp_coefficients"][0] = "(1.0, abc)"
+    bad["rp_coefficients"][1] = "(1.0, 2.0)"
+    bad.write(tmp_path / "allbad.csv", format="ascii.csv")
+    with pytest.raises(InputError, match="no star has usable data") as exc:
+        read_xp_continuous(tmp_path / "allbad.csv")
+    msg = str(exc.value)
+    assert "allbad.csv" in msg and "all 2 unusable" in msg and exc.value.field == "rp_coefficients"
+    assert "value 1 of the cell is 'abc'" in msg and "2 values, expected 55" in msg
+    # a one-star file with a garbled cell: named with field, star and row
+    sco = Table.read(SCO, format="ascii.csv")
+    sco["bp_coefficients"] = sco["bp_coefficients"].astype(object)
+    sco["bp_coefficients"][0] = "(1.0, abc)"
+    sco.write(tmp_path / "sco.csv", format="ascii.csv")
+    with pytest.raises(InputError, match="only star has unusable data: cannot parse") as exc:
+        read_xp_continuous(tmp_path / "sco.csv")
+    assert exc.value.field == "bp_coefficients" and exc.value.row == 0
+    assert exc.value.star == str(sco["source_id"][0]) and "sco.csv" in str(exc.value)
 
 
 # ------------------------------------------------------------------ GaiaXPy conversion

@@ -20,8 +20,8 @@ Star-table fields (units) built by :func:`read_rvs_spectra`:
 * ids: ``source_id`` as a string; extra ``source_id`` (int64);
 * spectrum: flux and flux error (dimensionless, normalised) on the common grid
   :data:`RVS_WAVELENGTH_NM` as an astropy Quantity in nm. The wavelength column is
-  taken in nm unless it carries a unit; every star must have exactly 2,401 pixels on
-  that grid (to 0.001 nm) or :class:`InputError` names the file and star;
+  taken in nm unless it carries a unit; a star is usable when it has exactly 2,401
+  pixels on that grid (to 0.001 nm), see *Stars with unusable data* below;
 * extra: per-star columns of the long form present in every file read
   (``solution_id``, ``ra``, ``dec`` in deg, ``combined_transits``, ``combined_ccds``,
   ``deblended_ccds``), ``file`` (basename) and ``n_filled_pixels``;
@@ -34,6 +34,22 @@ in the three continuum windows :data:`RVS_Q3_WINDOWS_NM` (8475–8495, 8561–85
 Their ``flux_err`` stays NaN (no measurement), so they remain identifiable; a star
 without any finite flux in the windows is left unfilled (NaN, reported by
 :meth:`StarTable.missing_report`).
+
+Stars with unusable data. Nothing is silently dropped: when a file's structure is
+intact but one star's data cannot be used — the wrong pixel count or a wavelength grid
+other than the DR3 grid (long form); an empty, unparseable (``"(1.0, abc, …)"``) or
+wrong-length ``flux`` / ``flux_error`` / ``wavelength`` cell or the wrong grid (wide
+form) — that star is *kept* with flux and flux error NaN at all 2,401 pixels (the
+preprocessing then flags it ``bad_spectrum`` and its labels are NaN).
+``meta["bad_rows"]`` (present only when there are such stars) maps its id to
+``"field: problem"`` (problems joined by ``"; "``), and each such file emits one
+:class:`UserWarning`: ``"2 of 6 stars in FILE have unusable data and are kept with
+NaN: ID1 (flux: 2396 pixels, expected 2401 …), …"`` (at most 5 named). What remains an
+:class:`InputError` naming the file (and field, star, row where there is one) is a
+problem of the file itself: it is missing, empty, unreadable or truncated (a CSV cut
+inside a line, or a last star whose pixels stop short of the grid's end and end the
+file), a column is missing or holds a cell that is not a number (the column cannot be
+read), a ``source_id`` is empty or not an integer, or *no* star in the file is usable.
 """
 
 from __future__ import annotations
@@ -193,12 +209,14 @@ def _parse_array_cell(value: Any) -> np.ndarray | None:
     return np.ma.filled(arr, np.nan)
 
 
-def _array_column(col: Any, source: str, name: str, ids: np.ndarray | None = None
-                  ) -> list[np.ndarray | None]:
+def _array_column(col: Any, source: str, name: str, ids: np.ndarray | None = None,
+                  bad: BadStars | None = None) -> list[np.ndarray | None]:
     """An array column (2-D numeric, object / variable-length, or strings) → per-row arrays.
 
     A cell that cannot be parsed (``"(1.0, abc, …)"``, bytes that are not UTF-8) is an
-    :class:`InputError` naming the file, column, row and (with ``ids``) star.
+    :class:`InputError` naming the file, column, row and (with ``ids``) star — or, with
+    ``bad``, recorded there as that row's problem (see :func:`_note_bad`) and returned
+    as ``None``, so that the caller keeps the star with NaN.
     """
     data = np.ma.asarray(col) if np.ma.isMaskedArray(col) else np.asarray(col)
     if data.dtype.kind in "fiu" and data.ndim >= 2:
@@ -213,9 +231,60 @@ def _array_column(col: Any, source: str, name: str, ids: np.ndarray | None = Non
         try:
             out.append(_parse_array_cell(data[i]))
         except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            raise InputError(f"cannot parse array cell: {exc}", source=source, field=name,
-                             star=None if ids is None else str(ids[i]), row=i) from None
+            if bad is None:
+                raise InputError(f"cannot parse array cell: {exc}", source=source, field=name,
+                                 star=None if ids is None else str(ids[i]), row=i) from None
+            _note_bad(bad, i, name, f"cannot parse the cell: {exc}", i)
+            out.append(None)
     return out
+
+
+# ------------------------------------------------------------------ stars with unusable data
+#: Per output star (index) with unusable data: its first file row and its problems as
+#: ``(field, problem)`` pairs, in the order found.
+BadStars = dict[int, tuple[int, list[tuple[str, str]]]]
+#: Stars named in the per-file warning (the rest are counted).
+_N_SHOWN_BAD = 5
+
+
+def _note_bad(bad: BadStars, star: int, field: str, problem: str, row: int) -> None:
+    """Record that output star ``star`` (first file row ``row``) is unusable: ``field``
+    holds ``problem``."""
+    bad.setdefault(star, (row, []))[1].append((field, problem))
+
+
+def _noted(bad: BadStars, star: int, field: str) -> bool:
+    """Whether a problem of ``field`` is already recorded for output star ``star``."""
+    return star in bad and any(f == field for f, _ in bad[star][1])
+
+
+def _settle_bad_stars(bad: BadStars, ids: np.ndarray, source: str
+                      ) -> tuple[dict[str, str], str | None]:
+    """Stars kept with NaN data → ``({star_id: "field: problem; …"}, warning text)``.
+
+    A file in which *no* star is usable is refused: an :class:`InputError` naming the
+    file (and, for a one-star file, the field, star and row with the problem as the
+    message). ``({}, None)`` when every star is usable.
+    """
+    if not bad:
+        return {}, None
+    order = sorted(bad)
+    reasons = {k: "; ".join(f"{field}: {problem}" for field, problem in bad[k][1]) for k in order}
+    listing = ", ".join(f"{ids[k]} ({reasons[k]})" for k in order[:_N_SHOWN_BAD])
+    if len(order) > _N_SHOWN_BAD:
+        listing += f", and {len(order) - _N_SHOWN_BAD} more (meta['bad_rows'])"
+    n = len(ids)
+    if len(order) == n:
+        row, problems = bad[order[0]]
+        field, problem = problems[0]
+        if n == 1:
+            raise InputError(f"the file's only star has unusable data: {problem}", source=source,
+                             field=field, star=str(ids[order[0]]), row=row)
+        raise InputError(f"no star has usable data (all {n} unusable): {listing}", source=source,
+                         field=field)
+    text = (f"{len(order)} of {n} stars in {source} have unusable data and are kept with NaN: "
+            f"{listing}")
+    return {str(ids[k]): reasons[k] for k in order}, text
 
 
 # ------------------------------------------------------------------ public helpers
@@ -281,17 +350,31 @@ def _wavelength_nm(tab: Table, col: str, source: str, ids: np.ndarray | None = N
     return values
 
 
-def _check_grid(wl: np.ndarray, source: str, field: str, star: str, row: int, hint: str = "") -> None:
+def _grid_problem(wl: np.ndarray) -> str | None:
+    """What is wrong with one star's wavelengths (nm, in the order of its flux values)
+    against the DR3 grid, or None."""
     if wl.shape != (RVS_N_PIX,):
-        raise InputError(f"spectrum has {wl.size} pixels, expected {RVS_N_PIX} (846-870 nm in "
-                         f"0.01 nm steps){hint}", source=source, field=field, star=star, row=row)
+        return f"{wl.size} pixels, expected {RVS_N_PIX} (846-870 nm in 0.01 nm steps)"
     dev = np.abs(wl - RVS_WAVELENGTH_NM)
     if not (dev <= GRID_TOLERANCE_NM).all():
         i = int(np.argmax(np.where(np.isfinite(dev), dev, np.inf)))
-        raise InputError(f"wavelength grid differs from the DR3 RVS grid (846-870 nm, 0.01 nm "
-                         f"steps; wavelengths in nm unless a unit is given): pixel {i} is at "
-                         f"{wl[i]!r}, expected {RVS_WAVELENGTH_NM[i]}", source=source,
-                         field=field, star=star, row=row)
+        return (f"grid differs from the DR3 RVS grid (846-870 nm, 0.01 nm steps; wavelengths "
+                f"in nm unless a unit is given): pixel {i} is at {float(wl[i])!r}, expected "
+                f"{float(RVS_WAVELENGTH_NM[i])}")
+    return None
+
+
+def _cut_off(wl: np.ndarray, last: float) -> bool:
+    """Whether a star's (sorted) wavelengths look cut off: a proper contiguous start of
+    the DR3 grid whose last row in the file is its longest wavelength (or, for a star
+    written in descending order, an end of the grid whose last row is its shortest) —
+    what the last star of a file cut off at a line end looks like."""
+    k = wl.size
+    if not 0 < k < RVS_N_PIX:
+        return False
+    start = bool((np.abs(wl - RVS_WAVELENGTH_NM[:k]) <= GRID_TOLERANCE_NM).all())
+    end = bool((np.abs(wl - RVS_WAVELENGTH_NM[-k:]) <= GRID_TOLERANCE_NM).all())
+    return (start and last == wl[-1]) or (end and last == wl[0])
 
 
 def _read_long(tab: Table, source: str) -> dict[str, Any]:
@@ -308,36 +391,49 @@ def _read_long(tab: Table, source: str) -> dict[str, Any]:
     first_row = order[start]  # first file row of each star
     star_order = np.argsort(first_row, kind="stable")
     n = len(uniq)
-    out_flux = np.empty((n, RVS_N_PIX))
-    out_err = np.empty((n, RVS_N_PIX))
+    out_flux = np.full((n, RVS_N_PIX), np.nan)
+    out_err = np.full((n, RVS_N_PIX), np.nan)
+    bad: BadStars = {}
     for k, j in enumerate(star_order):
         rows = order[start[j]:start[j] + counts[j]]
         rows = rows[np.argsort(wl[rows], kind="stable")]
-        # a star that ends the file with too few pixels is what a cut-off file looks like
-        hint = (" (is the file truncated?)" if len(rows) < RVS_N_PIX and rows.max() == len(sid) - 1
-                else "")
-        _check_grid(wl[rows], source, wl_col, str(uniq[j]), int(first_row[j]), hint)
-        out_flux[k], out_err[k] = flux[rows], err[rows]
+        problem = _grid_problem(wl[rows])
+        if problem is None:
+            out_flux[k], out_err[k] = flux[rows], err[rows]
+            continue
+        if rows.max() == len(sid) - 1 and _cut_off(wl[rows], float(wl[-1])):
+            # the star that ends the file stops short of the grid's end: the file was cut off
+            raise InputError(f"file is truncated: its last star has {len(rows)} of {RVS_N_PIX} "
+                             f"pixels, {wl[rows][0]:.2f}-{wl[rows][-1]:.2f} nm, and nothing follows",
+                             source=source, field=wl_col, star=str(uniq[j]), row=int(rows.max()))
+        # a wrong count or grid for this star alone: kept with NaN flux and error
+        field = fl_col if wl[rows].shape != (RVS_N_PIX,) else wl_col
+        _note_bad(bad, k, field, problem, int(first_row[j]))
     firsts = first_row[star_order]
     extra: dict[str, np.ndarray] = {}
     for name in _STAR_COLUMNS:
         col = _find(tab, name)
         if col is not None:
             extra[name] = _star_values(tab[col], source, col, sid)[firsts]
-    return {"source_id": uniq[star_order], "flux": out_flux, "flux_err": out_err, "extra": extra}
+    ids = uniq[star_order]
+    bad_rows, warning = _settle_bad_stars(bad, ids, source)
+    return {"source_id": ids, "flux": out_flux, "flux_err": out_err, "extra": extra,
+            "bad_rows": bad_rows, "warning": warning}
 
 
-def _stack_rows(cells: list[np.ndarray | None], source: str, field: str, sid: np.ndarray
-                ) -> np.ndarray:
+def _stack_rows(cells: list[np.ndarray | None], field: str, bad: BadStars) -> np.ndarray:
+    """Per-star cells → ``(n, 2401)``; an empty cell or a wrong count is noted in ``bad``
+    (the row stays NaN), as is a row already there (a cell that could not be parsed)."""
     out = np.full((len(cells), RVS_N_PIX), np.nan)
     for i, c in enumerate(cells):
         if c is None:
-            raise InputError("spectrum cell is empty", source=source, field=field,
-                             star=str(sid[i]), row=i)
-        if c.shape != (RVS_N_PIX,):
-            raise InputError(f"spectrum has {c.size} pixels, expected {RVS_N_PIX} (846-870 nm "
-                             "in 0.01 nm steps)", source=source, field=field, star=str(sid[i]), row=i)
-        out[i] = c
+            if not _noted(bad, i, field):  # not a cell that could not be parsed
+                _note_bad(bad, i, field, "spectrum cell is empty", i)
+        elif c.shape != (RVS_N_PIX,):
+            _note_bad(bad, i, field, f"{c.size} values, expected {RVS_N_PIX} (846-870 nm in "
+                      "0.01 nm steps)", i)
+        else:
+            out[i] = c
     return out
 
 
@@ -346,8 +442,9 @@ def _read_wide(tab: Table, source: str) -> dict[str, Any]:
     fl_col = _need(tab, source, "flux")
     er_col = _need(tab, source, "flux_error", "flux_err")
     sid = _source_ids(tab[sid_col], source, sid_col)
-    flux = _stack_rows(_array_column(tab[fl_col], source, fl_col, sid), source, fl_col, sid)
-    err = _stack_rows(_array_column(tab[er_col], source, er_col, sid), source, er_col, sid)
+    bad: BadStars = {}
+    flux = _stack_rows(_array_column(tab[fl_col], source, fl_col, sid, bad), fl_col, bad)
+    err = _stack_rows(_array_column(tab[er_col], source, er_col, sid, bad), er_col, bad)
     wl_col = _find(tab, "wavelength")
     if wl_col is not None:
         unit = getattr(tab[wl_col], "unit", None)
@@ -358,15 +455,25 @@ def _read_wide(tab: Table, source: str) -> dict[str, Any]:
             except (ValueError, u.UnitsError):
                 raise InputError(f"wavelength unit '{unit}' is not a length", source=source,
                                  field=wl_col) from None
-        for i, c in enumerate(_array_column(tab[wl_col], source, wl_col, sid)):
-            _check_grid(np.full(0, np.nan) if c is None else c * scale, source, wl_col,
-                        str(sid[i]), i)
+        for i, c in enumerate(_array_column(tab[wl_col], source, wl_col, sid, bad)):
+            if c is None:
+                if not _noted(bad, i, wl_col):  # not a cell that could not be parsed
+                    _note_bad(bad, i, wl_col, "wavelength cell is empty", i)
+                continue
+            problem = _grid_problem(c * scale)  # in the flux cells' order: not sorted
+            if problem is not None:
+                _note_bad(bad, i, wl_col, problem, i)
+    rows = np.array(sorted(bad), dtype=np.int64)
+    flux[rows] = np.nan  # a star unusable in one column is unusable in all
+    err[rows] = np.nan
     extra: dict[str, np.ndarray] = {}
     for name in _STAR_COLUMNS:
         col = _find(tab, name)
         if col is not None and np.asarray(tab[col]).ndim == 1:
             extra[name] = _star_values(tab[col], source, col, sid)
-    return {"source_id": sid, "flux": flux, "flux_err": err, "extra": extra}
+    bad_rows, warning = _settle_bad_stars(bad, sid, source)
+    return {"source_id": sid, "flux": flux, "flux_err": err, "extra": extra,
+            "bad_rows": bad_rows, "warning": warning}
 
 
 def _is_wide(tab: Table) -> bool:
@@ -404,23 +511,31 @@ def read_rvs_spectra(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     Raises
     ------
     InputError
-        Naming the file (and star) for a missing, empty, truncated or unreadable file,
-        a missing column, a cell that is not a number (naming its row and star), a
-        star with the wrong pixel count or wavelength grid.
+        Naming the file (and field, star and row where there is one) for a missing,
+        empty, truncated or unreadable file, a missing column, a cell of a long-form
+        column that is not a number, a source id that is empty or not an integer, or a
+        file in which no star is usable.
+
+    Warns
+    -----
+    UserWarning
+        Once per file that holds stars with unusable data (wrong pixel count or grid,
+        an empty or unparseable wide-form cell), naming up to 5 of them with the reason.
 
     Notes
     -----
-    One bad star refuses the whole read: a star with the wrong pixel count or grid,
-    or a flux cell that is not a number, is an error naming the file, star and row
-    rather than a star kept with an all-NaN spectrum, because such a star almost
-    always means a truncated or corrupt file (the message says so when the star ends
-    the file) and the existing contract, tested, is the error. Empty flux cells are
-    missing pixels (NaN, filled as above), not errors.
+    A star with unusable data in a file whose structure is intact is kept, not
+    refused: its flux and flux error are NaN at every pixel (never filled), and
+    ``meta["bad_rows"]`` maps its id to ``"field: problem"``, so every input star has
+    an output row whose flag says why it has no labels. The other stars of the file are
+    read as usual. Empty flux cells are missing pixels (NaN, filled as above), not
+    errors.
     """
     files = rvs_files(paths)
     explicit = {Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)}
     parts: list[dict[str, Any]] = []
     skipped: list[str] = []
+    bad_rows: dict[str, str] = {}
     for path in files:
         source = str(path)
         if path not in explicit and _format_of(path) == "fits" and not _fits_has_table(path):
@@ -428,6 +543,10 @@ def read_rvs_spectra(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
             continue
         tab, fmt = _read_archive_table(path)
         part = _read_wide(tab, source) if _is_wide(tab) else _read_long(tab, source)
+        if part["warning"]:
+            warnings.warn(part["warning"], stacklevel=2)
+        for star, reason in part["bad_rows"].items():  # the same star bad in two files: both
+            bad_rows[star] = f"{bad_rows[star]}; {path.name}: {reason}" if star in bad_rows else reason
         part["file"] = np.full(len(part["source_id"]), path.name)
         part["format"] = fmt
         parts.append(part)
@@ -456,6 +575,8 @@ def read_rvs_spectra(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
         meta["dropped_columns"] = dropped
     if skipped:
         meta["skipped_files"] = skipped
+    if bad_rows:
+        meta["bad_rows"] = bad_rows
     return StarTable(ids=source_id.astype(str), flux=flux, flux_err=err,
                      wavelength=RVS_WAVELENGTH_NM * u.nm, extra=extra, meta=meta)
 

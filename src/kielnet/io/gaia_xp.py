@@ -23,8 +23,24 @@ Star-table fields built by :func:`read_xp_continuous`:
   ``bp_coefficient_correlations`` ``(n, 1485)`` *as stored* (strict lower triangle,
   row-major; :func:`kielnet.data.xp.correlation_matrix` rebuilds 55×55), the
   per-band numbers above as float64 (NaN where empty or absent from the file), and
-  ``missing_bp`` / ``missing_rp`` (bool);
+  ``missing_bp`` / ``missing_rp`` (bool: the band's coefficients are NaN — absent
+  from the archive, or the star's data unusable, see below);
 * no spectrum.
+
+Stars with unusable data. Nothing is silently dropped: when the file's structure is
+intact but one star's cells cannot be used — a coefficient, error or correlation cell
+that cannot be parsed (``"(1.0, abc, …)"``) or holds the wrong number of values, a
+present band with some coefficients missing or without errors or correlations — the
+star is *kept* with all its coefficients (both bands), errors, correlations and
+per-band numbers NaN (downstream they are missing inputs, flagged ``missing_input``),
+``missing_bp`` and ``missing_rp`` set; its magnitudes and parallax are read as usual.
+``meta["bad_rows"]`` (present only when there are such stars) maps its id to
+``"field: problem"`` (problems joined by ``"; "``), and the file emits one
+:class:`UserWarning` naming up to 5 of them. What remains an :class:`InputError`
+naming the file (and field, star, row where there is one) is a problem of the file
+itself: it is missing, empty, unreadable or truncated, a required column is missing,
+a numeric column holds a cell that is not a number (the column cannot be read), a
+``source_id`` is empty or not an integer, or *no* star in the file is usable.
 
 :func:`xp_sampled_spectra` calibrates the coefficients with GaiaXPy
 (``gaiaxpy.calibrate``, default sampling 336–1020 nm in 2 nm steps → 343 px, flux in
@@ -50,8 +66,8 @@ from kielnet.data.startable import StarTable
 from kielnet.data.xp import (N_XP_COEFFICIENTS, N_XP_CORRELATIONS, XP_BANDS, coefficient_names,
                              normalise_by_median, pack_correlations, xp_coefficients)
 from kielnet.errors import InputError
-from kielnet.io.gaia_rvs import (_array_column, _find, _floats, _need, _read_archive_table,
-                                 _source_ids)
+from kielnet.io.gaia_rvs import (BadStars, _array_column, _find, _floats, _need, _note_bad,
+                                 _noted, _read_archive_table, _settle_bad_stars, _source_ids)
 from kielnet.io.xp_library import XP_WAVELENGTH_NM
 
 __all__ = ["read_xp_continuous", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
@@ -65,9 +81,10 @@ _SCALARS = {"g": "phot_g_mean_mag", "bp": "phot_bp_mean_mag", "rp": "phot_rp_mea
             "parallax": "parallax"}
 
 
-def _band_arrays(cells: list[np.ndarray | None], expected: int, source: str, field: str,
-                 sid: np.ndarray, square: bool = False) -> np.ndarray:
-    """Stack per-row arrays into ``(n, expected)``; empty / all-NaN cells → NaN rows."""
+def _band_arrays(cells: list[np.ndarray | None], expected: int, field: str, bad: BadStars,
+                 square: bool = False) -> np.ndarray:
+    """Stack per-row arrays into ``(n, expected)``; empty / all-NaN cells → NaN rows, and a
+    cell with the wrong count is noted in ``bad`` (its row stays NaN)."""
     out = np.full((len(cells), expected), np.nan)
     for i, c in enumerate(cells):
         if c is None or c.size == 0 or np.isnan(c).all():
@@ -76,8 +93,8 @@ def _band_arrays(cells: list[np.ndarray | None], expected: int, source: str, fie
             c = pack_correlations(c.reshape(N_XP_COEFFICIENTS, N_XP_COEFFICIENTS))
         c = c.ravel()
         if c.size != expected:
-            raise InputError(f"expected {expected} values, got {c.size}", source=source,
-                             field=field, star=str(sid[i]), row=i)
+            _note_bad(bad, i, field, f"{c.size} values, expected {expected}", i)
+            continue
         out[i] = c
     return out
 
@@ -100,18 +117,23 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
     Raises
     ------
     InputError
-        Naming the file (and star) for a missing, empty, truncated or unreadable file,
-        a missing column (``source_id``, ``*_coefficients``, ``*_coefficient_errors``,
-        ``*_coefficient_correlations``), a malformed array cell (``"(1.0, abc, …)"``)
-        or a wrong count.
+        Naming the file (and field, star and row where there is one) for a missing,
+        empty, truncated or unreadable file, a missing column (``source_id``,
+        ``*_coefficients``, ``*_coefficient_errors``, ``*_coefficient_correlations``),
+        a numeric column that cannot be read, or a file in which no star is usable.
+
+    Warns
+    -----
+    UserWarning
+        When stars have unusable data (a garbled or miscounted cell, an incomplete
+        band), naming up to 5 of them with the reason.
 
     Notes
     -----
-    One bad star refuses the whole file: a garbled or short coefficient string is an
-    error naming the file, column, star and row rather than a star kept with NaN
-    coefficients, because a corrupt cell usually means a corrupt file (and the
-    existing contract, tested, is the error). A band that is *absent* (all its cells
-    empty) is not an error: its coefficients are NaN and ``missing_<band>`` is set.
+    A star whose cells are unusable is kept with NaN coefficients rather than refused,
+    and ``meta["bad_rows"]`` says why (see the module docstring); the other stars are
+    read as usual. A band that is *absent* (all its cells empty) is not a problem: its
+    coefficients are NaN and ``missing_<band>`` is set.
     """
     path = Path(path)
     source = str(path)
@@ -127,26 +149,38 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
                                 and not np.ma.getmaskarray(tab[sol]).any()
                                 else _floats(tab[sol], source, sol, sid))
     absent: list[str] = []
+    bad: BadStars = {}
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for band in XP_BANDS:
         cols = {kind: _need(tab, source, f"{band}_{kind}")
                 for kind in ("coefficients", "coefficient_errors", "coefficient_correlations")}
-        coef = _band_arrays(_array_column(tab[cols["coefficients"]], source, cols["coefficients"], sid),
-                            N_XP_COEFFICIENTS, source, cols["coefficients"], sid)
-        errs = _band_arrays(_array_column(tab[cols["coefficient_errors"]], source,
-                                          cols["coefficient_errors"], sid),
-                            N_XP_COEFFICIENTS, source, cols["coefficient_errors"], sid)
-        corr = _band_arrays(_array_column(tab[cols["coefficient_correlations"]], source,
-                                          cols["coefficient_correlations"], sid),
-                            N_XP_CORRELATIONS, source, cols["coefficient_correlations"], sid,
-                            square=True)
+
+        def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
+            col = cols[kind]
+            return _band_arrays(_array_column(tab[col], source, col, sid, bad), expected, col, bad,
+                                square=square)
+
+        coef = read("coefficients", N_XP_COEFFICIENTS)
+        errs = read("coefficient_errors", N_XP_COEFFICIENTS)
+        corr = read("coefficient_correlations", N_XP_CORRELATIONS, square=True)
+        # a present band needs all its coefficients, errors and correlations
+        given = ~np.isnan(coef).all(axis=1)
+        for i in np.flatnonzero(given & np.isnan(coef).any(axis=1)):
+            _note_bad(bad, int(i), cols["coefficients"], f"{int(np.isnan(coef[i]).sum())} of "
+                      f"{N_XP_COEFFICIENTS} values are missing", int(i))
+        for kind, values in (("coefficient_errors", errs), ("coefficient_correlations", corr)):
+            for i in np.flatnonzero(given & np.isnan(values).all(axis=1)):
+                if not _noted(bad, int(i), cols[kind]):  # not already unparseable / miscounted
+                    _note_bad(bad, int(i), cols[kind], f"empty while {cols['coefficients']} "
+                              "are given", int(i))
+        arrays[band] = (coef, errs, corr)
+    unusable = np.zeros(n, bool)
+    unusable[sorted(bad)] = True
+    for band in XP_BANDS:
+        coef, errs, corr = arrays[band]
+        for a in (coef, errs, corr):  # a star unusable in one cell is NaN in all
+            a[unusable] = np.nan
         missing = np.isnan(coef).all(axis=1)
-        partial = ~missing & (np.isnan(coef).any(axis=1) | np.isnan(errs).all(axis=1)
-                              | np.isnan(corr).all(axis=1))
-        if partial.any():
-            i = int(np.flatnonzero(partial)[0])
-            raise InputError(f"{band.upper()} spectrum is incomplete (coefficients with missing "
-                             "values, errors or correlations)", source=source,
-                             field=cols["coefficients"], star=str(sid[i]), row=i)
         for i, name in enumerate(coefficient_names(band)):
             scalars[name] = coef[:, i]
         extra[f"{band}_coefficient_errors"] = errs
@@ -159,6 +193,7 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
             else:
                 extra[f"{band}_{kind}"] = np.where(missing, np.nan, _floats(tab[col], source, col, sid))
         extra[f"missing_{band}"] = missing
+    bad_rows, warning = _settle_bad_stars(bad, sid, source)
     for name, colname in _SCALARS.items():
         col = _find(tab, colname)
         if col is not None:
@@ -168,6 +203,10 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
                             "xp_correlations": "packed strict lower triangle (1485), row-major"}
     if absent:
         meta["absent_columns"] = absent
+    if bad_rows:
+        meta["bad_rows"] = bad_rows
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     return StarTable(ids=sid.astype(str), scalars=scalars, extra=extra, meta=meta)
 
 
