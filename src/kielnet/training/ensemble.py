@@ -36,6 +36,7 @@ from kielnet.io.atomic import atomic_write_text
 from kielnet.inference.bundle import Bundle, MemberInfo
 from kielnet.inference.predict import member_predictions
 from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.training.distributed import MemberJob, train_members_on_cluster
 from kielnet.training.quality import attach_quality
 from kielnet.training.trainer import build_model, train_member
 
@@ -193,7 +194,7 @@ def _nets(config: KielnetConfig, states: list[dict], n_pix: int, widths: dict[st
 
 
 def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None,
-                   progress: bool = True, log=print) -> Bundle:
+                   progress: bool = True, log=print, cluster=None) -> Bundle:
     """Train the config's deep ensemble on ``table`` and return a bundle.
 
     Parameters
@@ -209,8 +210,16 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         Show tqdm progress bars.
     log
         Callable receiving one-line progress messages (``print`` by default).
+    cluster
+        Train the members as Dask tasks (``"local:N"``, ``"tcp://HOST:PORT"`` or a
+        ``distributed.Client``; :mod:`kielnet.training.distributed`); same members as
+        serial training for the same seeds and thread count.
     """
     t0 = time.time()
+    if cluster is not None:
+        from kielnet.cluster import check_cluster
+
+        check_cluster(cluster)
     _check_training_table(table, config)
     pre = Preprocessor(config).fit(table)
     prep = pre.transform(table)
@@ -237,30 +246,48 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     oof_spread_sum = np.zeros((len(table), len(config.labels)))
     n_pix, widths = pre.n_pix or 0, pre.branch_widths()
     n_total = ens.n_splits * ens.members_per_split
+    states: dict[int, dict] = {}
+    infos_by: dict[int, MemberInfo] = {}
+    jobs = []
     for k in range(ens.n_splits):
         tr, va = rows[~heldout[:, k]], rows[heldout[:, k]]
-        split_states = []
         for m in range(ens.members_per_split):
-            seed = member_seed(ens.seed, k, m)
             idx = k * ens.members_per_split + m
             done = wd / f"member_{idx:03d}.safetensors" if wd else None
             if done is not None and done.is_file():
-                state, info = _load_member(done)
+                states[idx], infos_by[idx] = _load_member(done)
                 log(f"member {idx + 1}/{n_total}: resumed from {done}")
             else:
-                res = train_member(config, prep, tr, va, weights, n_pix=n_pix, branch_widths=widths,
-                                   seed=seed, checkpoint=(wd / f"ckpt_{idx:03d}") if wd else None,
-                                   progress=progress)
-                state = res.state_dict
-                info = MemberInfo(split=k, seed=seed, best_epoch=res.best_epoch,
-                                  best_val_loss=float(res.best_val_loss), n_train=len(tr), n_val=len(va))
-                log(f"member {idx + 1}/{n_total}: split {k}, best epoch {res.best_epoch}, "
-                    f"val loss {res.best_val_loss:.4f} ({time.time() - t0:.0f} s)")
-                if done is not None:
-                    _save_member(done, state, info)
-            members.append(state)
-            infos.append(info)
-            split_states.append(state)
+                jobs.append(MemberJob(idx, k, member_seed(ens.seed, k, m), tr, va,
+                                      (wd / f"ckpt_{idx:03d}") if wd else None))
+
+    def finished(job: MemberJob, res) -> None:
+        info = MemberInfo(split=job.split, seed=job.seed, best_epoch=res.best_epoch,
+                          best_val_loss=float(res.best_val_loss), n_train=len(job.train_rows),
+                          n_val=len(job.val_rows))
+        states[job.index], infos_by[job.index] = res.state_dict, info
+        log(f"member {job.index + 1}/{n_total}: split {job.split}, best epoch {res.best_epoch}, "
+            f"val loss {res.best_val_loss:.4f} ({time.time() - t0:.0f} s)")
+        if wd is not None:
+            _save_member(wd / f"member_{job.index:03d}.safetensors", res.state_dict, info)
+
+    if cluster is not None and jobs:
+        log(f"training {len(jobs)} members as Dask tasks on {cluster}")
+        train_members_on_cluster(cluster, jobs, config, prep, weights, n_pix=n_pix, widths=widths,
+                                 on_done=finished)
+    else:
+        for job in jobs:
+            finished(job, train_member(config, prep, job.train_rows, job.val_rows, weights, n_pix=n_pix,
+                                       branch_widths=widths, seed=job.seed, checkpoint=job.checkpoint,
+                                       progress=progress))
+    for k in range(ens.n_splits):
+        va = rows[heldout[:, k]]
+        split_states = []
+        for m in range(ens.members_per_split):
+            idx = k * ens.members_per_split + m
+            members.append(states[idx])
+            infos.append(infos_by[idx])
+            split_states.append(states[idx])
         sub = prep.take(va)
         p = member_predictions(_nets(config, split_states, n_pix, widths), sub, pre.inverse_labels)
         oof_sum[va] += p.mean(axis=0)

@@ -1,0 +1,563 @@
+"""The reader registry: which reader reads a file, a directory or a named data set.
+
+As astropy's unified I/O registry and specutils' loaders do, each input format is
+one :class:`ReaderSpec` — a name, a cheap ``identify`` test, a ``read`` function
+and optional streaming hooks — registered with :func:`register_reader`.
+:func:`kielnet.io.read_stars` and :func:`kielnet.io.open_stars` ask
+:func:`get_reader` which reader to use, so a new survey format is one module that
+calls :func:`register_reader`, not an edit of a dispatch chain::
+
+    from kielnet.io import register_reader
+
+    @register_reader("lamost-lrs", identify=lambda p: p.name.startswith("spec-"), priority=20)
+    def read_lamost(path):
+        ...                                   # -> StarTable
+
+Choosing a reader
+-----------------
+``spec`` names a data set (an alias such as ``xp-library``), an existing file or
+directory, or a glob pattern (``dir/apStar-*.fits``; every match must have the same
+reader, which then receives the list of files, see :func:`resolve`). Among the
+readers whose ``identify(path)`` is true — for a directory, only readers that accept
+directories are asked — the one with the highest ``priority`` wins, and among equal
+priorities the one registered last (so that a project's reader can stand in for a
+built-in one). ``identify`` must be cheap: a suffix, a file name, the column names in
+a header; an exception inside it counts as "no".
+
+Built-in readers (priority, identify rule):
+
+============  ===  ==============================================================
+name          pri  identifies
+============  ===  ==============================================================
+xp-library     30  the name ``xp-library`` (the embedded APOGEE DR17 × Gaia XP
+                   library), an ``.npz`` file (the library's subset form), a file
+                   ``apogee_library_spectra*.fits[.gz]`` (the library itself)
+apstar         20  a file whose name starts with ``apStar``; a directory holding one
+gaia-xp        15  a CSV / ECSV / FITS / VOTable file with a column
+                   ``bp_coefficients`` or ``rp_coefficients`` (archive XP continuous)
+gaia-rvs       10  such a file with columns ``source_id``, ``flux`` and ``wavelength``
+                   or ``solution_id`` (archive RVS mean spectra); a directory holding
+                   a ``.csv`` / ``.ecsv`` / ``.fits`` / ``.vot`` file
+table           0  a ``.fits`` / ``.fit`` / ``.fz`` / ``.parquet`` / ``.pq`` / ``.csv`` /
+                   ``.ecsv`` file (``.gz`` allowed after FITS / CSV); a directory (a
+                   Parquet dataset) whose files are all ``.parquet`` / ``.pq``
+============  ===  ==============================================================
+
+Errors
+------
+Any exception that is not kielnet's own, raised while a reader reads, becomes an
+:class:`~kielnet.errors.InputError` naming the file and the reader
+(``cannot read as <description>: <type>: <message>``, the original as
+``__cause__``); see :func:`reading`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import os
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from kielnet.errors import InputError, KielnetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kielnet.data.source import StarSource
+    from kielnet.data.startable import StarTable
+
+__all__ = ["ReaderSpec", "register_reader", "unregister_reader", "get_reader", "registered_readers",
+           "resolve", "Resolved", "reading", "column_names", "XP_LIBRARY"]
+
+#: Name that stands for the embedded APOGEE DR17 x Gaia XP library.
+XP_LIBRARY = "xp-library"
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """One input format.
+
+    Parameters
+    ----------
+    name
+        Short unique name (``"apstar"``); shown in messages and run identities.
+    identify
+        ``identify(path) -> bool``: whether this reader reads ``path`` (a file, or a
+        directory when ``directories`` is true). Must be cheap: suffix, file name,
+        header column names.
+    read
+        ``read(path) -> StarTable``: every star of ``path``. Readers that accept
+        directories are also given a list of files (the matches of a glob pattern).
+    iter_tables
+        Optional ``iter_tables(path) -> Iterator[StarTable]``: the same stars in
+        pieces of any length, in input order (row groups, files), for streaming with
+        bounded memory. Without it a streamed source reads the whole input once and
+        slices it.
+    directories
+        Whether ``path`` may be a directory (a directory of apStar or RVS files).
+    priority
+        Higher wins when several readers identify the same path.
+    description
+        What the format is, for messages: ``cannot read as <description>: …``
+        (default: ``format '<name>'``).
+    hint
+        What the reader recognises, for the message listing the known formats when
+        nothing identifies a path (default: the docstring's first line of ``identify``).
+    aliases
+        Names that stand for a data set rather than a path (``xp-library``); ``read``
+        and ``open`` receive ``Path(alias)``.
+    count_rows
+        Optional ``count_rows(path) -> int | None``: the number of stars without
+        reading the data (metadata, headers, a file count), ``None`` if unknown.
+    open
+        Optional ``open(path) -> StarSource``: a streaming source of its own (cheap
+        ``start`` skipping, known row counts), used by :func:`kielnet.io.open_stars`
+        instead of the generic one built from ``read`` / ``iter_tables``.
+    one_star_per_file
+        Whether each file holds exactly one star (then a directory's row count is its
+        file count and ``start`` skips files without reading them).
+    """
+
+    name: str
+    identify: Callable[[Path], bool]
+    read: Callable[..., "StarTable"]
+    iter_tables: Callable[..., Iterator["StarTable"]] | None = None
+    directories: bool = False
+    priority: int = 0
+    description: str = ""
+    hint: str = ""
+    aliases: tuple[str, ...] = ()
+    count_rows: Callable[..., int | None] | None = None
+    open: Callable[..., "StarSource"] | None = None
+    one_star_per_file: bool = False
+    #: registration order (set by :func:`register_reader`; breaks priority ties)
+    order: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.+-]*", self.name):
+            raise ValueError(f"reader name must be a short word (letters, digits, - _ . +), got {self.name!r}")
+        for what in ("identify", "read"):
+            if not callable(getattr(self, what)):
+                raise TypeError(f"reader '{self.name}': {what} must be callable")
+        for what in ("iter_tables", "count_rows", "open"):
+            value = getattr(self, what)
+            if value is not None and not callable(value):
+                raise TypeError(f"reader '{self.name}': {what} must be callable or None")
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+
+    @property
+    def what(self) -> str:
+        """The format in words (``description``, or ``format '<name>'``)."""
+        return self.description or f"format '{self.name}'"
+
+    def summary(self) -> str:
+        """``name (hint)`` for the list of known formats."""
+        hint = self.hint or ((self.identify.__doc__ or "").strip().splitlines() or [""])[0]
+        return f"{self.name} ({hint})" if hint else self.name
+
+
+_REGISTRY: dict[str, ReaderSpec] = {}
+_COUNTER = itertools.count(1)
+
+
+def register_reader(spec: ReaderSpec | str | None = None, /, *, identify: Callable[[Path], bool] | None = None,
+                    read: Callable[..., "StarTable"] | None = None, override: bool = False,
+                    **options: Any) -> Any:
+    """Register an input format.
+
+    Three forms::
+
+        register_reader(ReaderSpec("fmt", identify=..., read=...))     # -> the spec
+        register_reader("fmt", identify=..., read=..., priority=5)      # -> the spec
+        @register_reader("fmt", identify=...)                           # decorates read
+        def read_fmt(path): ...                                         # -> read_fmt
+
+    ``options`` are the other :class:`ReaderSpec` fields (``iter_tables``,
+    ``directories``, ``priority``, ``description``, ``hint``, ``aliases``,
+    ``count_rows``, ``open``, ``one_star_per_file``). A name already registered is a
+    ``ValueError`` unless ``override=True`` (which replaces it).
+    """
+    if isinstance(spec, ReaderSpec):
+        if identify is not None or read is not None or options:
+            raise TypeError("give either a ReaderSpec or its fields, not both")
+        return _add(spec, override)
+    if not isinstance(spec, str):
+        raise TypeError("register_reader needs a ReaderSpec or a name")
+    if identify is None:
+        raise TypeError(f"reader '{spec}': identify is required")
+    if read is None:  # decorator form
+        def decorate(fn: Callable[..., "StarTable"]) -> Callable[..., "StarTable"]:
+            _add(ReaderSpec(spec, identify=identify, read=fn, **options), override)
+            return fn
+        return decorate
+    return _add(ReaderSpec(spec, identify=identify, read=read, **options), override)
+
+
+def _add(spec: ReaderSpec, override: bool) -> ReaderSpec:
+    if spec.name in _REGISTRY and not override:
+        raise ValueError(f"a reader named '{spec.name}' is already registered (override=True replaces it)")
+    spec = replace(spec, order=next(_COUNTER))
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_reader(name: str) -> ReaderSpec:
+    """Remove a registered reader (``KeyError`` if there is none of that name); returns it."""
+    try:
+        return _REGISTRY.pop(name)
+    except KeyError:
+        raise KeyError(f"no reader named '{name}' is registered") from None
+
+
+def registered_readers() -> list[ReaderSpec]:
+    """The registered readers, highest priority first (the order they are tried in)."""
+    return sorted(_REGISTRY.values(), key=lambda s: (-s.priority, -s.order))
+
+
+def _identifies(spec: ReaderSpec, path: Path) -> bool:
+    try:
+        return bool(spec.identify(path))
+    except Exception:  # noqa: BLE001 - an identify that fails does not identify
+        return False
+
+
+def _known() -> str:
+    return "; ".join(s.summary() for s in registered_readers())
+
+
+def get_reader(path: str | os.PathLike) -> ReaderSpec:
+    """The reader of ``path`` (an alias, a file or a directory; see the module docstring).
+
+    Raises
+    ------
+    InputError
+        Naming the path: it does not exist, or no registered reader identifies it
+        (the message lists the known formats); a directory that no reader accepts
+        says ``directory holds no files to read``.
+    """
+    text = str(path)
+    for spec in registered_readers():
+        if text in spec.aliases:
+            return spec
+    p = Path(path)
+    if not p.exists():
+        raise InputError("file does not exist", source=text)
+    is_dir = p.is_dir()
+    for spec in registered_readers():
+        if (spec.directories or not is_dir) and _identifies(spec, p):
+            return spec
+    if is_dir:
+        empty = not any(True for _ in _safe_iterdir(p))
+        kinds = "; ".join(s.summary() for s in registered_readers() if s.directories)
+        raise InputError(f"directory holds no files to read: no reader accepts it (readers of "
+                         f"directories: {kinds})" + ("; it is empty" if empty else ""), source=text)
+    raise InputError(f"unknown format '{''.join(p.suffixes) or p.name}': no reader recognises the file; "
+                     f"known formats: {_known()}", source=text)
+
+
+def _safe_iterdir(p: Path) -> Iterator[Path]:
+    try:
+        yield from p.iterdir()
+    except OSError as exc:
+        raise InputError(f"cannot list the directory: {type(exc).__name__}: {exc}", source=str(p)) from exc
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a spec names: its reader and the path(s) to give it.
+
+    ``kind``: ``"alias"`` (``target`` is ``Path(alias)``), ``"file"``, ``"directory"``
+    or ``"glob"`` (``target`` is the sorted list of matching files)."""
+
+    spec: str
+    reader: ReaderSpec
+    target: Any
+    kind: str
+
+
+def resolve(spec: str | os.PathLike) -> Resolved:
+    """The reader and target of ``spec``: an alias, an existing file or directory, or
+    a glob pattern (when no such path exists) whose matching files all have the same
+    reader — one that accepts directories, since it is given the list of files.
+
+    Raises :class:`InputError` naming the spec when nothing exists or matches, the
+    matches need different readers, or the reader reads single files only."""
+    text = str(spec)
+    for reader in registered_readers():
+        if text in reader.aliases:
+            return Resolved(text, reader, Path(text), "alias")
+    p = Path(spec)
+    if not p.exists() and glob.has_magic(text):
+        files = sorted(Path(f) for f in glob.glob(text) if Path(f).is_file())
+        if not files:
+            raise InputError("no file matches the pattern", source=text)
+        readers = {}
+        for f in files:
+            readers.setdefault(get_reader(f).name, f)
+        if len(readers) > 1:
+            shown = ", ".join(f"{f.name}: {name}" for name, f in readers.items())
+            raise InputError(f"the files matching the pattern need different readers ({shown})", source=text)
+        reader = _REGISTRY[next(iter(readers))]
+        if not reader.directories:
+            raise InputError(f"reader '{reader.name}' reads single files, not a list of files: name one "
+                             "file (or a directory)", source=text)
+        return Resolved(text, reader, files, "glob")
+    if p.is_file():
+        from kielnet.io.paths import check_readable
+
+        check_readable(p)  # a missing, unreadable or empty file is named as such first
+    reader = get_reader(p)
+    return Resolved(text, reader, p, "directory" if p.is_dir() else "file")
+
+
+def files_of(target: Any) -> list[Path]:
+    """The files a target stands for: a file, every file under a directory (sorted,
+    recursively, hidden and ``_``-prefixed names skipped), or a list of files."""
+    if isinstance(target, (list, tuple)):
+        return [Path(t) for t in target]
+    p = Path(target)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
+    return [p]
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.parts)
+
+
+# ------------------------------------------------------------------ errors while reading
+def _wrapped(exc: Exception, reader: ReaderSpec, source: str) -> InputError:
+    err = InputError(f"cannot read as {reader.what}: {type(exc).__name__}: {exc}", source=source)
+    err.__cause__ = exc
+    return err
+
+
+@contextlib.contextmanager
+def reading(reader: ReaderSpec, source: str | os.PathLike) -> Iterator[None]:
+    """Within the block, an exception that is not kielnet's own becomes an
+    :class:`InputError` naming ``source`` and the reader, the original as ``__cause__``."""
+    try:
+        yield
+    except KielnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader bug or library error on a bad file
+        raise _wrapped(exc, reader, str(source)) from exc
+
+
+def guarded(pieces: Iterator[Any], reader: ReaderSpec, source: str) -> Iterator[Any]:
+    """``pieces`` with :func:`reading`'s translation of foreign exceptions (for generators)."""
+    with reading(reader, source):
+        yield from pieces
+
+
+# ------------------------------------------------------------------ cheap column sniffing
+_TEXT_TABLE = (".csv", ".csv.gz", ".ecsv", ".ecsv.gz")
+_FITS = (".fits", ".fit", ".fits.gz", ".fit.gz")
+_VOTABLE = (".vot", ".votable", ".xml")
+
+
+def column_names(path: str | os.PathLike) -> frozenset[str]:
+    """Lower-case column names of a CSV / ECSV / FITS / VOTable file, read cheaply (the
+    header line, the FITS table header, the VOTable FIELDs); empty if unknown."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return frozenset()
+    return _column_names(str(p), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _column_names(path: str, size: int, mtime: int) -> frozenset[str]:
+    import csv
+    import gzip
+
+    name = path.lower()
+    try:
+        if name.endswith(_TEXT_TABLE):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rt", errors="replace") as fh:
+                for line in fh:
+                    if line.strip() and not line.startswith("#"):
+                        if name.endswith((".ecsv", ".ecsv.gz")) and "," not in line:
+                            cells = line.split()
+                        else:
+                            cells = next(csv.reader([line]))
+                        return frozenset(c.strip().strip('"').lower() for c in cells)
+            return frozenset()
+        if name.endswith(_FITS):
+            from astropy.io import fits
+
+            with fits.open(path) as hdul:
+                for hdu in hdul:
+                    if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                        return frozenset(c.lower() for c in hdu.columns.names)
+            return frozenset()
+        if name.endswith(_VOTABLE):
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 16).decode("utf-8", "replace")
+            return frozenset(m.lower() for m in re.findall(r"<FIELD\b[^>]*\bname=\"([^\"]+)\"", head))
+    except Exception:  # noqa: BLE001 - unreadable: the reader reports it with its own error
+        return frozenset()
+    return frozenset()
+
+
+# ------------------------------------------------------------------ built-in readers
+# Read functions look the reader up in kielnet.io at call time, so that replacing
+# ``kielnet.io.read_table`` (e.g. in a test) replaces what the registry calls.
+def _kio() -> Any:
+    import kielnet.io as kio
+
+    return kio
+
+
+def _identify_xp_library(path: Path) -> bool:
+    """.npz subset, apogee_library_spectra*.fits[.gz]"""
+    from kielnet.io.xp_library import is_xp_library_file
+
+    return path.is_file() and is_xp_library_file(path)
+
+
+def _read_xp_library(path: Path) -> "StarTable":
+    return _kio().load_xp_library(None if str(path) == XP_LIBRARY else path)
+
+
+def _count_xp_library(path: Path) -> int | None:
+    from kielnet.io.xp_library import xp_library_rows
+
+    return xp_library_rows(None if str(path) == XP_LIBRARY else path)
+
+
+def _is_apstar(f: Path) -> bool:
+    return f.name.startswith("apStar")
+
+
+def _identify_apstar(path: Path) -> bool:
+    """apStar* files, or a directory holding them"""
+    if path.is_dir():
+        return any(f.is_file() and _is_apstar(f) for f in _safe_iterdir(path))
+    return _is_apstar(path)
+
+
+def _read_apstar(path: Any) -> "StarTable":
+    return _kio().read_apstar(path)
+
+
+def _count_apstar(path: Any) -> int | None:
+    from kielnet.io.apstar import apstar_files
+
+    try:
+        return len(apstar_files(path))
+    except InputError:
+        return None
+
+
+_RVS_SUFFIXES = (".csv", ".ecsv", ".fits", ".fit", ".vot", ".votable", ".xml")
+_RVS_GZ = (".csv.gz", ".ecsv.gz", ".fits.gz", ".fit.gz")
+
+
+def _identify_gaia_xp(path: Path) -> bool:
+    """a CSV/ECSV/FITS/VOTable file with bp_coefficients / rp_coefficients columns"""
+    return path.is_file() and bool({"bp_coefficients", "rp_coefficients"} & column_names(path))
+
+
+def _read_gaia_xp(path: Path) -> "StarTable":
+    from kielnet.io.gaia_xp import read_xp_continuous
+
+    return read_xp_continuous(path)
+
+
+def _identify_gaia_rvs(path: Path) -> bool:
+    """a file with columns source_id, flux, wavelength or solution_id; a directory of .csv/.ecsv/.fits/.vot files"""
+    if path.is_dir():
+        return any(f.is_file() and (f.suffix.lower() in _RVS_SUFFIXES or f.name.lower().endswith(_RVS_GZ))
+                   for f in _safe_iterdir(path))
+    cols = column_names(path)
+    return "source_id" in cols and "flux" in cols and ("wavelength" in cols or "solution_id" in cols)
+
+
+def _read_gaia_rvs(path: Any) -> "StarTable":
+    from kielnet.io.gaia_rvs import read_rvs_spectra
+
+    return read_rvs_spectra(path)
+
+
+def _identify_table(path: Path) -> bool:
+    """.fits/.fit/.fz/.parquet/.pq/.csv/.ecsv files (.gz after FITS/CSV); a directory of Parquet files"""
+    from kielnet.io.tables import table_format
+
+    if path.is_dir():
+        files = files_of(path)
+        return bool(files) and all(table_format(f) == "parquet" for f in files)
+    return table_format(path) is not None
+
+
+def _read_table(path: Any) -> "StarTable":
+    from kielnet.io.tables import table_format
+
+    if isinstance(path, (list, tuple)) or Path(path).is_dir():
+        from kielnet.io.sources import open_table
+
+        return open_table(path).read_all()
+    if table_format(path) is None:  # only a file another reader's identify passed on
+        raise InputError("unknown table format", source=str(path))
+    return _kio().read_table(path)
+
+
+def _iter_table(path: Any) -> Iterator["StarTable"]:
+    from kielnet.io.sources import open_table
+
+    return open_table(path).pieces()
+
+
+def _count_table(path: Any) -> int | None:
+    from kielnet.io.sources import open_table
+
+    return open_table(path).n_rows
+
+
+def _open_table(path: Any) -> "StarSource":
+    from kielnet.io.sources import open_table
+
+    return open_table(path)
+
+
+def _open_apstar(path: Any) -> "StarSource":
+    from kielnet.io.sources import FileBatchSource
+
+    return FileBatchSource(path, "apstar")
+
+
+def _open_rvs(path: Any) -> "StarSource":
+    from kielnet.io.sources import FileBatchSource
+
+    return FileBatchSource(path, "gaia-rvs")
+
+
+def _register_builtins() -> None:
+    register_reader(ReaderSpec(
+        XP_LIBRARY, identify=_identify_xp_library, read=_read_xp_library, priority=30,
+        description="the XP library", aliases=(XP_LIBRARY,), count_rows=_count_xp_library,
+        hint="the name 'xp-library', an .npz subset, apogee_library_spectra*.fits[.gz]"))
+    register_reader(ReaderSpec(
+        "apstar", identify=_identify_apstar, read=_read_apstar, directories=True, priority=20,
+        description="an apStar file", count_rows=_count_apstar, open=_open_apstar, one_star_per_file=True,
+        hint="apStar*.fits files, or a directory of them"))
+    register_reader(ReaderSpec(
+        "gaia-xp", identify=_identify_gaia_xp, read=_read_gaia_xp, priority=15,
+        description="Gaia XP continuous spectra",
+        hint="archive XP continuous CSV/ECSV/FITS/VOTable: columns bp_coefficients, rp_coefficients"))
+    register_reader(ReaderSpec(
+        "gaia-rvs", identify=_identify_gaia_rvs, read=_read_gaia_rvs, directories=True, priority=10,
+        description="Gaia RVS mean spectra", open=_open_rvs,
+        hint="archive RVS mean spectra (columns source_id, flux, wavelength), or a directory of "
+             ".csv/.ecsv/.fits/.vot files"))
+    register_reader(ReaderSpec(
+        "table", identify=_identify_table, read=_read_table, iter_tables=_iter_table, directories=True,
+        priority=0, description="a star table", count_rows=_count_table, open=_open_table,
+        hint=".fits/.parquet/.csv/.ecsv star tables, or a directory of Parquet files"))
+
+
+_register_builtins()
