@@ -45,6 +45,16 @@ QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset
                 "as the config says):")
 
 
+#: rows a .fits catalogue may hold (kielnet.inference.streaming.IN_MEMORY_ROW_LIMIT; kept here so
+#: that --help does not import torch)
+IN_MEMORY_ROW_LIMIT = 2_000_000
+CLUSTER_HELP = ("run one task per chunk on Dask distributed (needs the 'distributed' package): 'local:N' "
+                "starts N single-threaded worker processes on this machine and closes them at the end; "
+                "'tcp://HOST:PORT' uses a running scheduler whose workers see OUT's directory, the bundle and "
+                "the input at the same paths. Rows and parts are identical to a run without --cluster, so either "
+                "kind of run resumes the other's parts")
+
+
 def _set_overrides(items: list[str]) -> dict:
     """``section.key[.subkey]=value`` strings → nested override dict (values parsed as JSON
     where possible, else kept as strings)."""
@@ -97,6 +107,10 @@ def cmd_train(args) -> int:
 
     from kielnet.io.outputs import check_output_dir
 
+    if args.cluster:
+        from kielnet.cluster import check_cluster
+
+        check_cluster(args.cluster)
     workdir = Path(args.workdir or str(args.out) + ".work")
     check_output_dir(args.out, inputs=[args.data], what="bundle directory", marker="bundle.json")
     check_output_dir(workdir, inputs=[args.data, args.out], what="work directory")
@@ -105,7 +119,7 @@ def cmd_train(args) -> int:
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
-    bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet)
+    bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet, cluster=args.cluster)
     save_bundle(bundle, args.out)
     print(f"bundle with {len(bundle.members)} members written to {args.out}")
     from kielnet.diagnostics.metrics import metrics_table
@@ -129,37 +143,112 @@ def _with_metadata(table, metadata):
     return table
 
 
+def _open_source(data, metadata):
+    """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
+    metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
+    metadata joined per batch) where this kielnet has it, else the whole input read
+    into memory (:func:`_with_metadata`)."""
+    import kielnet.io as kio
+
+    open_stars = getattr(kio, "open_stars", None)
+    if open_stars is not None:
+        return open_stars(data, metadata=tuple(metadata)), not metadata
+    from kielnet.data.source import TableSource
+
+    table = _with_metadata(kio.read_stars(data), metadata)
+    return TableSource(table, spec=str(data)), True
+
+
+def _output_ids(path: Path) -> np.ndarray:
+    """The ``id`` column of a written catalogue (Parquet: that column only)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return np.asarray(pq.read_table(path, columns=["id"]).column("id").to_numpy(zero_copy_only=False)).astype(str)
+    from kielnet.io import read_catalogue
+
+    return np.asarray(read_catalogue(path)["id"]).astype(str)
+
+
+def _print_metadata_matches(summary, metadata, source) -> None:
+    """``metadata: N/M stars found in PATH`` after a run: what the source counted while
+    its batches went through this process (``MetadataSource.matched``), else (a
+    ``--cluster`` run: the joins happened in the workers) by matching the catalogue's
+    ids with each metadata table's ids."""
+    matched = getattr(source, "matched", None) if getattr(source, "n_joined", None) == summary.rows else None
+    ids = None
+    for path in metadata:
+        n = None
+        if isinstance(matched, dict):
+            n = matched.get(str(path), matched.get(str(Path(path).resolve())))
+        if n is None:
+            from kielnet.io import read_stars
+
+            ids = _output_ids(summary.output) if ids is None else ids
+            n = int(np.isin(ids, np.asarray(read_stars(path).ids).astype(str)).sum())
+        print(f"metadata: {n}/{summary.rows} stars found in {path}")
+
+
+def _table2_is_parquet(path) -> bool:
+    return Path(path).suffix.lower() in (".parquet", ".pq")
+
+
+def _write_table2(summary, path) -> None:
+    """Table 2 (Guiglion et al. 2024) from the written catalogue: read back whole up to
+    the in-memory row limit, else row group by row group (Parquet to Parquet)."""
+    from kielnet.inference import streaming
+    from kielnet.inference.rvs_catalogue import to_rvs_catalogue, write_rvs_catalogue
+
+    limit = streaming.IN_MEMORY_ROW_LIMIT
+    if summary.rows <= limit:
+        cat = summary.read()
+        sid = cat["source_id"] if "source_id" in cat.colnames else cat["id"]
+        write_rvs_catalogue(to_rvs_catalogue(cat, source_id=sid), path)
+        return
+    from kielnet.errors import UsageError
+
+    if not (_table2_is_parquet(path) and _table2_is_parquet(summary.output)):
+        raise UsageError(f"--table2 {path}: {summary.rows} rows are more than the {limit} that can be converted in "
+                         f"memory; use .parquet for both --out and --table2 (the catalogue {summary.output} is "
+                         "written)")
+    streaming.stream_table2(summary.output, path)
+
+
 def cmd_predict(args) -> int:
+    from kielnet.errors import UsageError
+    from kielnet.inference import streaming
     from kielnet.inference.bundle import load_bundle
-    from kielnet.inference.streaming import predict_to_file
-    from kielnet.io import read_stars
     from kielnet.io.outputs import check_output_file
 
     inputs = [args.data, *args.metadata, args.bundle]
     check_output_file(args.out, inputs=inputs)
     if args.table2:
-        from kielnet.errors import UsageError
-
         check_output_file(args.table2, inputs=inputs, what="Table 2 catalogue")
         if Path(args.table2).resolve() == Path(args.out).resolve():
             raise UsageError("--table2 and --out name the same file")
-    bundle = load_bundle(args.bundle)
-    table = _with_metadata(read_stars(args.data), args.metadata)
-    t0 = time.time()
-    cat = predict_to_file(bundle, table, args.out, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                          progress=not args.quiet, n_realisations=args.realisations, fresh=args.fresh)
-    dt = time.time() - t0
-    n_ok = int(np.sum(np.asarray(cat["status"]) == "ok"))
-    print(f"{len(cat)} stars labelled in {dt:.1f} s ({len(cat) / max(dt, 1e-9):.0f} stars/s); "
-          f"{n_ok} with status ok; catalogue: {args.out}")
-    if args.table2:
-        from kielnet.inference.rvs_catalogue import to_rvs_catalogue, write_rvs_catalogue
+    if args.cluster:
+        from kielnet.cluster import check_cluster
 
-        if "flag_boundary" not in cat.colnames:
-            raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
-                               "(e.g. the gaia_rvs_hybrid preset)")
-        sid = cat["source_id"] if "source_id" in cat.colnames else cat["id"]
-        write_rvs_catalogue(to_rvs_catalogue(cat, source_id=sid), args.table2)
+        check_cluster(args.cluster)
+    bundle = load_bundle(args.bundle)
+    if args.table2 and not bundle.config.quality.boundary_flag.enabled:
+        raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
+                           "(e.g. the gaia_rvs_hybrid preset)")
+    source, printed = _open_source(args.data, args.metadata)
+    n_rows = source.n_rows
+    if (args.table2 and n_rows is not None and n_rows > streaming.IN_MEMORY_ROW_LIMIT
+            and not (_table2_is_parquet(args.table2) and _table2_is_parquet(args.out))):
+        raise UsageError(f"--table2: {n_rows} stars are more than the {streaming.IN_MEMORY_ROW_LIMIT} that can be "
+                         "converted in memory; use .parquet for both --out and --table2")
+    summary = streaming.predict_to_file(bundle, source, args.out, chunk_size=args.chunk_size,
+                                        batch_size=args.batch_size, progress=not args.quiet,
+                                        n_realisations=args.realisations, fresh=args.fresh, cluster=args.cluster,
+                                        precision=args.precision, bundle_path=args.bundle, inputs=inputs)
+    if not printed:
+        _print_metadata_matches(summary, args.metadata, source)
+    print(summary.report())
+    if args.table2:
+        _write_table2(summary, args.table2)
         print(f"Table 2 catalogue (Guiglion et al. 2024): {args.table2}")
     return 0
 
@@ -337,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "run resumes (same training data content and configuration), any other "
                                      "is refused naming what differs")
     t.add_argument("--fresh", action="store_true", help="discard checkpoints in the work directory first")
+    t.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT",
+                   help="train the ensemble members as Dask tasks: on N local worker processes, or on a "
+                        "running Dask scheduler (workers must see the work directory); same bundle as "
+                        "serial training for the same seeds and training.threads")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -345,10 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "input order kept: id, pass-through ids, labels, e_/sigma_ columns, "
                                     "flag (bitmask), status, n_bad_pixels, missing_inputs.\n" + LABELS_HELP
                                     + "\n\nflag bits:\n" + flags_help + "\n\n" + QUALITY_HELP
-                                    + "\n" + describe_boundary_flag())
+                                    + "\n" + describe_boundary_flag()
+                                    + "\n\nScale: stars are read, labelled and written CHUNK_SIZE at a time "
+                                    "(memory bounded by the chunk size, each chunk a resumable part in "
+                                    "OUT.parts). .parquet, .csv and .ecsv catalogues are written part by part, "
+                                    f"any number of rows; a .fits catalogue is assembled in memory and limited "
+                                    f"to {IN_MEMORY_ROW_LIMIT:,} rows (a larger input is refused before any "
+                                    "compute when its size is known, else at the first chunk beyond the limit, "
+                                    "keeping the finished parts). At the end kielnet prints the rows, the wall "
+                                    "time, stars/s and the rows per status name (ok, implausible_spectrum, ...).")
     pr.add_argument("--bundle", required=True, help="model bundle directory")
     pr.add_argument("--data", required=True, help=DATA_HELP)
-    pr.add_argument("--out", required=True, help="catalogue file: .parquet, .fits, .ecsv or .csv")
+    pr.add_argument("--out", required=True,
+                    help=f"catalogue file: .parquet, .csv or .ecsv (any size), or .fits (at most "
+                         f"{IN_MEMORY_ROW_LIMIT:,} rows)")
     pr.add_argument("--metadata", action="append", default=[],
                     help="table (FITS/Parquet/CSV, or a Gaia XP continuous file) of scalar inputs joined "
                          "by id, e.g. parallax [mas], g, bp, rp [mag] for apStar or RVS spectra; repeat "
@@ -356,14 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--table2", metavar="PATH",
                     help="also write the Gaia-RVS hybrid CNN catalogue (paper Table 2: source_id, teff, "
                          "eteff, sigma_teff, ..., flag_boundary) as FITS or Parquet; needs a bundle with "
-                         "the boundary flag (preset gaia_rvs_hybrid)")
+                         f"the boundary flag (preset gaia_rvs_hybrid); above {IN_MEMORY_ROW_LIMIT:,} rows "
+                         "only .parquet for both --out and --table2")
     pr.add_argument("--realisations", type=_nonnegative_int, default=None,
                     help="noise realisations per spectrum (default: the bundle's setting, e.g. 20 "
                          "for apogee_net_2; 0 = off)")
     pr.add_argument("--chunk-size", type=_positive_int, default=20000,
                     help="stars per resumable chunk (parts kept in OUT.parts until done; a rerun resumes "
-                         "only the same run: same input content, bundle and options, else it is refused)")
+                         "only the same run: same input, bundle and options, every reused chunk's content "
+                         "checked against the input, else it is refused)")
     pr.add_argument("--batch-size", type=_positive_int, default=256, help="stars per forward pass")
+    pr.add_argument("--precision", default=None, metavar="fp32|bf16",
+                    help="arithmetic of the forward pass: fp32 (default) or bf16 (bfloat16; faster on CPUs with "
+                         "AVX-512 BF16 / AMX, labels change by a small fraction of their uncertainties); part of "
+                         "the run identity")
+    pr.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", default=None, help=CLUSTER_HELP)
     pr.add_argument("--fresh", action="store_true",
                     help="discard the parts of an interrupted earlier run (OUT.parts) instead of resuming")
     pr.add_argument("--quiet", action="store_true")

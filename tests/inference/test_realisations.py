@@ -139,13 +139,13 @@ def test_bad_spectrum_keeps_nan_noise(synthetic_bundle, noisy):
 def test_streamed_realisations_equal_predict_with_the_chunk_rng(synthetic_bundle, noisy, tmp_path):
     seed = synthetic_bundle.config.inference.seed
     full = predict_to_file(synthetic_bundle, noisy, tmp_path / "one.parquet", chunk_size=100,
-                           progress=False, n_realisations=3)
+                           progress=False, n_realisations=3).read()
     direct = predict(synthetic_bundle, noisy, n_realisations=3, rng=np.random.default_rng([seed, 0]))
     for col in ("teff", "e_teff", "e_teff_noise"):
         np.testing.assert_allclose(_arr(full, col), _arr(direct, col), rtol=1e-12)
     # chunked: chunk i uses default_rng([seed, i]), so a resumed run gives the same rows
     chunked = predict_to_file(synthetic_bundle, noisy, tmp_path / "chunks.parquet", chunk_size=5,
-                              progress=False, n_realisations=3)
+                              progress=False, n_realisations=3).read()
     second = predict(synthetic_bundle, noisy.take(np.arange(5, 10)), n_realisations=3,
                      rng=np.random.default_rng([seed, 1]))
     np.testing.assert_allclose(_arr(chunked, "e_logg_noise")[5:10], _arr(second, "e_logg_noise"), rtol=1e-12)

@@ -43,7 +43,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import median_abs_deviation
 
 __all__ = ["SPECTRUM_TESTS", "spectrum_statistics", "SpectrumPlausibility", "ColumnRanges",
            "placeholder_mask"]
@@ -53,29 +52,54 @@ SPECTRUM_TESTS = ("nonpositive", "constant", "scale", "spike")
 _QUANTILES = (0.001, 0.999)
 
 
+def _statistics_rows(f: np.ndarray, finite: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of rows that each hold at least one finite pixel; a fast path
+    (plain medians) for rows without a non-finite pixel."""
+    n = len(f)
+    out = {k: np.empty(n) for k in ("nonpositive", "scatter", "scale", "spike")}
+    full = finite.all(axis=1)
+    for rows, nan_aware in ((np.flatnonzero(full), False), (np.flatnonzero(~full), True)):
+        if not len(rows):
+            continue
+        x = f[rows] if not nan_aware else np.where(finite[rows], f[rows], np.nan)
+        fin = finite[rows]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            median = np.nanmedian if nan_aware else np.median
+            out["nonpositive"][rows] = ((x <= 0) & fin).sum(axis=1) / fin.sum(axis=1)
+            absx = np.abs(x)
+            mean_abs = np.nanmean(absx, axis=1) if nan_aware else absx.mean(axis=1)
+            std = np.nanstd(x, axis=1) if nan_aware else x.std(axis=1)
+            out["scatter"][rows] = np.where(mean_abs == 0, 0.0, std / mean_abs)
+            med = median(x, axis=1)
+            med_abs = med.copy()  # median |x| = median x for rows without a pixel <= 0
+            signed = np.flatnonzero((x <= 0).any(axis=1))
+            if len(signed):
+                med_abs[signed] = median(absx[signed], axis=1)
+            out["scale"][rows] = np.log10(med_abs)
+            dev = np.abs(x - med[:, None])
+            mad = 1.482602218505602 * median(dev, axis=1)   # scipy's scale="normal"
+            peak = np.nanmax(dev, axis=1) if nan_aware else dev.max(axis=1)
+            out["spike"][rows] = np.where(peak == 0, 0.0, peak / mad)
+    return out
+
+
 def spectrum_statistics(flux: np.ndarray) -> dict[str, np.ndarray]:
     """The statistics of the module docstring for each row of ``flux`` (n, n_pix).
 
     Non-finite pixels are ignored; a row without a finite pixel gives NaN everywhere.
+    The MAD is scaled to a normal σ (× 1.4826, as ``scipy.stats.median_abs_deviation``
+    with ``scale="normal"``).
     """
     f = np.asarray(flux, dtype=np.float64)
     out = {k: np.full(len(f), np.nan) for k in ("nonpositive", "scatter", "scale", "spike")}
-    finite = np.isfinite(f)
-    rows = np.flatnonzero(finite.any(axis=1)) if f.ndim == 2 and f.shape[1] else np.zeros(0, dtype=int)
-    if not len(rows):
+    if f.ndim != 2 or not f.shape[1]:
         return out
-    fin = finite[rows]
-    fz = np.where(fin, f[rows], np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["nonpositive"][rows] = ((fz <= 0) & fin).sum(axis=1) / fin.sum(axis=1)
-        absf = np.abs(fz)
-        mean_abs = np.nanmean(absf, axis=1)
-        out["scatter"][rows] = np.where(mean_abs == 0, 0.0, np.nanstd(fz, axis=1) / mean_abs)
-        med = np.nanmedian(fz, axis=1)
-        out["scale"][rows] = np.log10(np.nanmedian(absf, axis=1))
-        mad = median_abs_deviation(fz, axis=1, scale="normal", nan_policy="omit")
-        dev = np.nanmax(np.abs(fz - med[:, None]), axis=1)
-        out["spike"][rows] = np.where(dev == 0, 0.0, dev / mad)
+    finite = np.isfinite(f)
+    rows = np.flatnonzero(finite.any(axis=1))
+    if len(rows):
+        part = _statistics_rows(f[rows], finite[rows])
+        for k in out:
+            out[k][rows] = part[k]
     return out
 
 

@@ -229,8 +229,11 @@ class Preprocessor:
         return self
 
     # ------------------------------------------------------------- apply
-    def transform(self, table: StarTable, *, with_labels: bool = True) -> Prepared:
-        """Turn a star table into network inputs (and scaled targets if labels exist)."""
+    def transform(self, table: StarTable, *, with_labels: bool = True, check_spectra: bool = True) -> Prepared:
+        """Turn a star table into network inputs (and scaled targets if labels exist).
+
+        ``check_spectra=False`` skips the plausibility tests (for noise realisations of
+        spectra already tested as observed: the observed spectrum decides)."""
         if not self.fitted:
             raise RuntimeError("Preprocessor.transform called before fit/from_dict")
         cfg = self.config
@@ -243,7 +246,7 @@ class Preprocessor:
         issues = None
         if cfg.spectrum is not None:
             flux, n_bad, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
-            if cfg.checks.spectra:
+            if cfg.checks.spectra and check_spectra:
                 checks = self.plausibility or SpectrumPlausibility(check_scale=False)
                 fails = checks.failures(flux)
                 fails[unusable] = False

@@ -19,24 +19,21 @@ valid range gives NaN labels and a flag naming the reason, and a row with status
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import replace
 from typing import Callable
 
 import astropy.units as u
 import numpy as np
-import torch
 from astropy.table import Table
 
+from kielnet.compute import DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, realisation_statistics
+from kielnet.compute.realisations import DEFAULT_BLOCK_ROWS
 from kielnet.data.preprocess import Prepared
-from kielnet.data.spectra import clip_flux_errors, noise_realisations
 from kielnet.errors import InputError, UsageError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
 from kielnet.inference.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
-from kielnet.quality.embedding import FusionCapture
 from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
                                    unlabelled_mask)
 
@@ -47,27 +44,22 @@ _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
 
 def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[[np.ndarray], np.ndarray],
-                       batch_size: int = 256, embeddings: list | None = None) -> np.ndarray:
+                       batch_size: int = DEFAULT_BATCH_SIZE, embeddings: list | None = None, *,
+                       precision: str = "fp32", layout: str = "auto", device: str | None = None,
+                       threads: int | None = None) -> np.ndarray:
     """Physical-unit predictions of every member: array (n_members, n_stars, n_labels).
 
     ``embeddings``: if a list is given, each member's fusion embeddings (n_stars, width)
     are appended to it, captured in the same forward passes (for the fast OOD score).
+    ``precision``, ``layout``, ``device`` and ``threads`` select how the networks run
+    (:class:`kielnet.compute.EnsembleRunner`; the defaults are the fastest fp32 path).
     """
-    n = len(prep)
-    out = np.empty((len(nets), n, nets[0].n_labels), dtype=np.float64)
-    captures = [FusionCapture(net) for net in nets] if embeddings is not None else []
-    with ExitStack() as stack, torch.inference_mode():
-        for cap in captures:
-            stack.enter_context(cap)
-        for s in range(0, n, batch_size):
-            sl = slice(s, min(s + batch_size, n))
-            spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[sl])
-            for m, net in enumerate(nets):
-                br = [torch.from_numpy(prep.branches[name][sl]) for name in net.branch_names]
-                out[m, sl] = net(spec, br).numpy()
+    runner = EnsembleRunner(nets, batch_size=batch_size, precision=precision, layout=layout, device=device,
+                            threads=threads)
+    scaled, embs = runner.predict(prep.spectrum, prep.branches, embeddings=embeddings is not None)
     if embeddings is not None:
-        embeddings.extend(cap.embeddings() for cap in captures)
-    return inverse(out)
+        embeddings.extend(embs)
+    return inverse(scaled.astype(np.float64))
 
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
@@ -194,29 +186,34 @@ def catalogue_meta(bundle: Bundle) -> dict:
 
 
 def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,
-                            rng: np.random.Generator, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                            rng: np.random.Generator, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                            precision: str = "fp32", layout: str = "auto", device: str | None = None,
+                            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """APOGEE Net II §3.2.3: predictions from ``n`` noise realisations of each spectrum.
 
     Errors are clipped at ``clip_factor`` × each star's median error; scalar inputs are
     not perturbed. Returns ``(median, variance)``, both (n_members, n_stars, n_labels):
     each member's median over realisations and its variance over them.
+
+    The realisations of a block of stars are stacked into the batch dimension: one
+    preprocessing and one batched forward per block, memory bounded by the block
+    (:func:`kielnet.compute.realisation_statistics`). Draw order: ``rng`` gives, star
+    after star in input order, that star's ``(n, n_pix)`` standard-normal draws (float32)
+    — the same numbers whatever ``batch_size`` is.
     """
     if table.flux is None or table.flux_err is None:
         raise InputError("noise realisations need spectra with flux errors", source=table.source,
                          field="flux_err")
-    err, _, _ = clip_flux_errors(table.flux_err, bundle.config.inference.clip_factor)
-    runs = []
-    for _ in range(n):  # one realisation at a time keeps memory at one copy of the spectra
-        noisy = noise_realisations(table.flux, err, 1, rng)[0]
-        prep = bundle.preprocessor.transform(replace(table, flux=noisy), with_labels=False)
-        runs.append(member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size))
-    arr = np.stack(runs)  # (n, members, stars, labels)
-    return np.median(arr, axis=0), arr.var(axis=0, ddof=1) if n > 1 else np.zeros(arr.shape[1:])
+    runner = EnsembleRunner(nets, batch_size=batch_size, precision=precision, layout=layout, device=device,
+                            threads=threads)
+    return realisation_statistics(runner, bundle.preprocessor, table, n, rng, bundle.preprocessor.inverse_labels,
+                                  clip_factor=bundle.config.inference.clip_factor,
+                                  block_rows=max(DEFAULT_BLOCK_ROWS, int(batch_size)))
 
 
-def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
+def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
             nets: list[HybridNet] | None = None, n_realisations: int | None = None,
-            rng: np.random.Generator | None = None) -> Table:
+            rng: np.random.Generator | None = None, precision: str = "fp32") -> Table:
     """Label every star of ``table`` with the bundle's ensemble.
 
     Parameters
@@ -227,12 +224,17 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
         Input stars; must hold the scalar columns and spectrum length the bundle needs
         (an :class:`~kielnet.errors.InputError` names what is missing).
     batch_size
-        Stars per forward pass (CPU inference is fastest around 64–512).
+        Stars per forward call (a memory bound; on the CPU the convolutions run on
+        cache-sized chunks of it, so 256 is fast for every preset).
     n_realisations
         Noise realisations per spectrum (default: the bundle's ``inference.n_realisations``;
         0 = predict the observed spectrum only).
     rng
         Random generator for the realisations (default: seeded by ``inference.seed``).
+    precision
+        ``"fp32"`` (default) or ``"bf16"`` (bfloat16 convolutions and linear layers:
+        faster on CPUs with AVX-512 BF16 / AMX; the labels change by a small fraction of
+        their uncertainties, ``benchmarks/results/throughput.json``).
 
     Returns
     -------
@@ -244,16 +246,19 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = 256,
     n_real = bundle.config.inference.n_realisations if n_realisations is None else n_realisations
     if int(n_real) < 0:
         raise UsageError(f"n_realisations must be >= 0, got {n_real}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
-        med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size)
+        med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision)
         cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
         embeddings, preds = None, med
     else:
         embeddings = [] if bundle.ood is not None else None
-        preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings)
+        preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings,
+                                   precision=precision)
         cat = catalogue_from_predictions(bundle, table, prep, preds)
     cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
     return enforce_status(cat, bundle.config.label_names)

@@ -3,12 +3,16 @@ dense branches over scalar inputs, and a dense fusion head.
 
 Pure torch modules: they see tensors only. The spectrum branch can run its 1-D
 convolutions as 2-D convolutions with a 1×k kernel in ``channels_last`` memory
-layout, which is numerically the same operation but several times faster on CPU
-(the weights then carry an extra singleton axis: (out, in, 1, k)).
+layout, which is numerically the same operation but faster to *train* on CPU (the
+weights then carry an extra singleton axis: (out, in, 1, k)); bundles store that form.
+:meth:`HybridNet.to_conv1d` gives an equivalent copy with plain ``Conv1d`` layers
+(squeezed weights) for inference; the fast inference paths themselves live in
+:mod:`kielnet.compute`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -50,6 +54,7 @@ class SpectrumBranch(nn.Module):
     def __init__(self, cfg: SpectrumBranchConfig, n_pix: int, *, as_2d: bool = True) -> None:
         super().__init__()
         self.as_2d = as_2d
+        self.n_pix = int(n_pix)
         layers: list[nn.Module] = []
         in_ch, length = 1, n_pix
         for layer in cfg.conv:
@@ -87,6 +92,39 @@ class SpectrumBranch(nn.Module):
         x = self.conv(x)
         # flatten in logical (channel, position) order, whatever the memory layout
         return self.dense(x.flatten(1))
+
+    def to_conv1d(self) -> "SpectrumBranch":
+        """An equivalent branch with ``Conv1d`` / ``BatchNorm1d`` / ``MaxPool1d`` layers
+        (weights squeezed from (out, in, 1, k) to (out, in, k), contiguous); a copy of
+        ``self`` if it already is one. The result holds its own tensors."""
+        new = copy.deepcopy(self)
+        if not self.as_2d:
+            return new
+        layers: list[nn.Module] = []
+        for mod in new.conv:
+            if isinstance(mod, nn.Conv2d):
+                pad = mod.padding if isinstance(mod.padding, str) else mod.padding[1]
+                c1 = nn.Conv1d(mod.in_channels, mod.out_channels, mod.kernel_size[1], padding=pad,
+                               bias=mod.bias is not None)
+                with torch.no_grad():
+                    c1.weight.copy_(mod.weight[:, :, 0, :])
+                    if mod.bias is not None:
+                        c1.bias.copy_(mod.bias)
+                layers.append(c1)
+            elif isinstance(mod, nn.BatchNorm2d):
+                bn = nn.BatchNorm1d(mod.num_features, eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                                    track_running_stats=mod.track_running_stats)
+                bn.load_state_dict(mod.state_dict())
+                layers.append(bn)
+            elif isinstance(mod, nn.MaxPool2d):
+                k = mod.kernel_size[1] if isinstance(mod.kernel_size, tuple) else mod.kernel_size
+                layers.append(nn.MaxPool1d(k))
+            else:
+                layers.append(mod)
+        new.conv = nn.Sequential(*layers)
+        new.as_2d = False
+        new.train(self.training)  # the new layers start in training mode
+        return new.to(memory_format=torch.contiguous_format)
 
 
 class DenseBranch(nn.Module):
@@ -149,10 +187,32 @@ class HybridNet(nn.Module):
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
 
-    def forward(self, spectrum: torch.Tensor | None, branches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """``spectrum``: (batch, n_pix); ``branches``: tensors in ``branch_names`` order."""
+    def fusion(self, spectrum: torch.Tensor | None, branches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """The fusion-head input (the concatenated branch outputs): (batch, width)."""
         parts = []
         if self.spectrum is not None:
             parts.append(self.spectrum(spectrum))
         parts.extend(self.branches[name](x) for name, x in zip(self.branch_names, branches))
-        return self.head(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, spectrum: torch.Tensor | None, branches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``spectrum``: (batch, n_pix); ``branches``: tensors in ``branch_names`` order."""
+        return self.head(self.fusion(spectrum, branches))
+
+    @property
+    def conv_layout(self) -> str:
+        """``"conv2d"`` (1×k Conv2d, the training form) or ``"conv1d"``; ``"none"``
+        without a spectrum branch."""
+        if self.spectrum is None:
+            return "none"
+        return "conv2d" if self.spectrum.as_2d else "conv1d"
+
+    def to_conv1d(self) -> "HybridNet":
+        """An equivalent network whose spectrum branch uses plain ``Conv1d`` layers
+        (weights squeezed, contiguous memory): the same outputs up to float rounding,
+        in the same train/eval mode. A new module; ``self`` and its state dict (the
+        bundle's form) are left as they are."""
+        new = copy.deepcopy(self)
+        if new.spectrum is not None:
+            new.spectrum = new.spectrum.to_conv1d()
+        return new

@@ -59,9 +59,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
+from kielnet.compute import EnsembleRunner
 from kielnet.data.preprocess import Prepared
 from kielnet.data.splits import random_subset
 
@@ -77,12 +77,15 @@ def _as_list(nets) -> list[nn.Module]:
 
 class FusionCapture:
     """Context manager that records the fusion-head input of every forward pass of
-    ``net`` (see :func:`fusion_embeddings`), so that the embedding of a star comes for
-    free with its labels::
+    ``net`` through its own modules (a hook on ``net.head[0]``)::
 
         with FusionCapture(net) as cap:
             labels = net(spectrum, branches)
         emb = cap.embeddings()   # (n_stars, width) float32, in call order
+
+    kielnet itself gets the embeddings from the batched forward path instead
+    (:meth:`kielnet.compute.EnsembleRunner.predict` with ``embeddings=True``, which
+    also covers the fused and converted layouts that do not call ``net.head``).
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -107,23 +110,16 @@ class FusionCapture:
         return np.concatenate(self._chunks) if self._chunks else np.zeros((0, width), np.float32)
 
 
-def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512) -> np.ndarray:
+def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512,
+                      precision: str = "fp32", layout: str = "auto") -> np.ndarray:
     """Activations entering ``net.head[0]`` (the fusion head) for every star:
-    array (n_stars, width), float32. The net is run in eval mode (its mode is restored)."""
-    was_training = net.training
-    net.eval()
-    try:
-        n = len(prepared)
-        param = next(net.parameters())
-        with FusionCapture(net) as cap, torch.inference_mode():
-            for s in range(0, n, batch_size):
-                sl = slice(s, min(s + batch_size, n))
-                spec = None if prepared.spectrum is None else torch.as_tensor(prepared.spectrum[sl], dtype=param.dtype)
-                br = [torch.as_tensor(prepared.branches[name][sl], dtype=param.dtype) for name in net.branch_names]
-                net(spec, br)
-        return cap.embeddings()
-    finally:
-        net.train(was_training)
+    array (n_stars, width), float32. The net is run with eval semantics and is not
+    modified (its mode is left as it is): the same batched forward as the label
+    predictions (:class:`kielnet.compute.EnsembleRunner`), whose ``embeddings=True``
+    gives these arrays for every member in the label pass itself."""
+    runner = EnsembleRunner([net], batch_size=batch_size, precision=precision, layout=layout)
+    _, embs = runner.predict(prepared.spectrum, prepared.branches, embeddings=True)
+    return embs[0]
 
 
 def _digest(net: nn.Module) -> str:

@@ -76,11 +76,12 @@ def flag_names(label_names: list[str]) -> dict[int, str]:
 def status_strings(flags: np.ndarray, label_names: list[str]) -> np.ndarray:
     """Human-readable status per star (``ok`` or comma-separated flag names)."""
     names = flag_names(label_names)
-    out = []
-    for f in np.asarray(flags, dtype=np.int64):
-        set_bits = [names[b] for b in sorted(names) if f >> b & 1]
-        out.append(",".join(set_bits) if set_bits else "ok")
-    return np.asarray(out, dtype=str)
+    values, inverse = np.unique(np.asarray(flags, dtype=np.int64), return_inverse=True)
+    words = []
+    for f in values:  # one string per distinct flag value, not per star
+        set_bits = [names[b] for b in sorted(names) if int(f) >> b & 1]
+        words.append(",".join(set_bits) if set_bits else "ok")
+    return np.asarray(words, dtype=str)[inverse.reshape(-1)] if len(values) else np.zeros(0, dtype=str)
 
 
 def describe_flags(label_names: list[str]) -> str:

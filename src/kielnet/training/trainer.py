@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from kielnet.compute import EnsembleRunner
 from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import RunMismatchError
@@ -55,6 +56,25 @@ def batch_tensors(prep: Prepared, idx: np.ndarray, branch_names: list[str]):
     return spec, branches
 
 
+class _TrainTensors:
+    """The training arrays of a :class:`Prepared` as torch tensors (zero-copy views of
+    the numpy arrays), gathered batch by batch with ``index_select``."""
+
+    def __init__(self, prep: Prepared, weights: np.ndarray, branch_names: list[str]) -> None:
+        self.spectrum = None if prep.spectrum is None else torch.from_numpy(np.ascontiguousarray(prep.spectrum))
+        self.spectrum_err = None if prep.spectrum_err is None else torch.from_numpy(
+            np.ascontiguousarray(prep.spectrum_err))
+        self.branches = [torch.from_numpy(np.ascontiguousarray(prep.branches[name])) for name in branch_names]
+        self.targets = torch.from_numpy(np.ascontiguousarray(prep.targets))
+        self.weights = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+
+    def batch(self, idx: torch.Tensor):
+        """(spectrum or None, [branches], targets, weights) of rows ``idx`` (new tensors)."""
+        spec = None if self.spectrum is None else self.spectrum.index_select(0, idx)
+        return (spec, [b.index_select(0, idx) for b in self.branches], self.targets.index_select(0, idx),
+                self.weights.index_select(0, idx))
+
+
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
     """Weighted mean of the per-label loss over known labels (NaN targets are skipped).
 
@@ -82,20 +102,17 @@ def _make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
 
 def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
               kind: str, batch: int = 512) -> float:
+    """Weighted validation loss of ``model`` on rows ``idx`` (eval mode; the batched
+    inference path of :class:`kielnet.compute.EnsembleRunner`, accumulated in float64)."""
     model.eval()
-    tot, norm = 0.0, 0.0
+    if len(idx) == 0:
+        return 0.0
+    pred, _ = EnsembleRunner([model], batch_size=batch).predict(prep.spectrum, prep.branches, rows=idx)
+    tgt = torch.from_numpy(prep.targets[idx]).double()
+    w = torch.from_numpy(np.asarray(weights[idx], dtype=np.float32)).double()
     with torch.no_grad():
-        for s in range(0, len(idx), batch):
-            b = idx[s:s + batch]
-            spec, br = batch_tensors(prep, b, model.branch_names)
-            pred = model(spec, br)
-            tgt = torch.from_numpy(prep.targets[b])
-            w = torch.from_numpy(weights[b].astype(np.float32))
-            mask = torch.isfinite(tgt)
-            n_eff = float((w[:, None] * mask).sum())
-            tot += float(masked_loss(pred, tgt, w, kind)) * n_eff
-            norm += n_eff
-    return tot / max(norm, 1e-12)
+        loss = masked_loss(torch.from_numpy(pred[0]).double(), tgt, w, kind)
+    return float(loss)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -181,6 +198,11 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
                 return TrainResult(best_state, history, best_epoch, best_val)
 
     w_all = weights.astype(np.float32)
+    # the training arrays as tensors once (zero-copy views); batches are gathered with
+    # index_select, augmentation noise is added in place, and the running loss stays a
+    # tensor (no per-step conversion to a Python float)
+    data = _TrainTensors(prep, w_all, model.branch_names)
+    augment = float(tcfg.noise_augmentation) if prep.spectrum_err is not None else 0.0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -188,26 +210,28 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
                    leave=False, unit="epoch")
     for epoch in range(start_epoch, tcfg.max_epochs):
         torch.manual_seed(seed * 100003 + epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(train_idx)
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(train_idx).astype(np.int64))
         model.train()
-        run, nb = 0.0, 0
+        run = torch.zeros((), dtype=torch.float64)
+        nb = 0
         for s in range(0, len(order), tcfg.batch_size):
             b = order[s:s + tcfg.batch_size]
-            spec, br = batch_tensors(prep, b, model.branch_names)
-            if tcfg.noise_augmentation > 0 and prep.spectrum_err is not None:
-                spec = spec + tcfg.noise_augmentation * torch.randn_like(spec) * torch.from_numpy(
-                    prep.spectrum_err[b])
+            spec, br, tgt, wb = data.batch(b)
+            if augment > 0:
+                noise = torch.randn_like(spec)
+                if augment != 1.0:
+                    noise.mul_(augment)
+                spec.add_(noise.mul_(data.spectrum_err.index_select(0, b)))
             pred = model(spec, br)
-            loss = masked_loss(pred, torch.from_numpy(prep.targets[b]),
-                               torch.from_numpy(w_all[b]), tcfg.loss)
+            loss = masked_loss(pred, tgt, wb, tcfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            run += float(loss.detach())
+            run += loss.detach()
             nb += 1
         val = _evaluate(model, prep, val_idx, w_all, tcfg.loss)
         sched.step(val)
-        rec = {"epoch": epoch, "train_loss": run / max(nb, 1), "val_loss": val,
+        rec = {"epoch": epoch, "train_loss": float(run) / max(nb, 1), "val_loss": val,
                "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
         if val < best_val:

@@ -1,0 +1,135 @@
+"""Survey-scale streaming measurements used by ``benchmarks/throughput.py``:
+``kielnet predict`` on generated XP-shaped Parquet files of 2×10^5 and 10^6 stars
+(peak RSS of the process, rows in/out, wall time, end-to-end stars/s), and the same
+2×10^5-star job on a 2-worker Dask LocalCluster (stars/s, rows identical or not).
+
+The input is the real 1,000-star XP-library subset tiled with new ids (343-px flux and
+flux errors, G/BP/RP/J/H/K), written row group by row group so that generating it
+needs little memory. The bundle is an ``xp_hybrid`` ensemble (the preset's
+architecture, 1 split × 2 members) trained briefly on the subset: speed and memory do
+not depend on how well it is trained.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSET = ROOT.parent / "shared" / "data" / "xp_library" / "apogee_dr17_gaiaxp_sampled_subset1000.npz"
+PHOT = ("g", "bp", "rp", "j", "h", "k")
+
+
+def make_xp_parquet(path: Path, n: int, row_group: int = 50_000) -> Path:
+    """Write ``n`` XP-shaped stars (the subset tiled, ids ``S<k>_<id>``) to ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kielnet.io import load_xp_library
+
+    if path.is_file() and pq.ParquetFile(path).metadata.num_rows == n:
+        return path
+    sub = load_xp_library(SUBSET)
+    m = len(sub)
+    tmp = path.with_suffix(".tmp.parquet")
+    writer = None
+    for start in range(0, n, row_group):
+        idx = np.arange(start, min(start + row_group, n))
+        src = idx % m
+        ids = np.char.add(np.char.add("S", (idx // m).astype(str)), np.char.add("_", sub.ids[src]))
+        flux = sub.flux[src].astype(np.float32)
+        err = sub.flux_err[src].astype(np.float32)
+        cols = {"id": pa.array(ids.tolist()),
+                "flux": pa.FixedSizeListArray.from_arrays(pa.array(flux.ravel()), flux.shape[1]),
+                "flux_err": pa.FixedSizeListArray.from_arrays(pa.array(err.ravel()), err.shape[1])}
+        for c in PHOT:
+            cols[c] = pa.array(sub.scalars[c][src])
+        table = pa.table(cols)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table, row_group_size=row_group)
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def train_bundle(work: Path) -> Path:
+    """An xp_hybrid bundle (preset architecture, 1 split x 2 members, 3 epochs)."""
+    bundle = work / "xp_bundle"
+    if not (bundle / "bundle.json").is_file():
+        run = subprocess.run([sys.executable, "-m", "kielnet.cli", "train", "--data", str(SUBSET), "--config",
+                              "xp_hybrid", "--out", str(bundle), "--quiet", "--set", "training.max_epochs=3",
+                              "--set", "ensemble.n_splits=1"], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(run.stderr)
+    return bundle
+
+
+def timed_predict(bundle: Path, data: Path, out: Path, *extra: str) -> dict:
+    """``kielnet predict`` in a child process: wall seconds and the child's peak RSS."""
+    out.unlink(missing_ok=True)
+    cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "kielnet.cli", "predict", "--bundle", str(bundle),
+           "--data", str(data), "--out", str(out), "--quiet", "--fresh", *extra]
+    t0 = time.time()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr[-2000:])
+    peak_kib = int(run.stderr.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 3), "stdout": run.stdout.strip()}
+
+
+def rows_of(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    """Whether two catalogues hold identical rows (NaN equal to NaN), read in batches."""
+    import pyarrow.parquet as pq
+
+    fa, fb = pq.ParquetFile(a), pq.ParquetFile(b)
+    if fa.metadata.num_rows != fb.metadata.num_rows or fa.schema_arrow.names != fb.schema_arrow.names:
+        return False
+    for ba, bb in zip(fa.iter_batches(100_000), fb.iter_batches(100_000)):
+        for name in ba.schema.names:
+            x, y = ba.column(name).to_numpy(zero_copy_only=False), bb.column(name).to_numpy(zero_copy_only=False)
+            eq = np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)
+            if not eq:
+                return False
+    return True
+
+
+def measure(work: Path, sizes=(200_000, 1_000_000), dask_workers: int = 2) -> dict:
+    """The streaming and Dask sections of throughput.json."""
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = train_bundle(work)
+    out: dict = {}
+    for n in sizes:
+        data = make_xp_parquet(work / f"xp_{n}.parquet", n)
+        cat = work / f"cat_{n}.parquet"
+        r = timed_predict(bundle, data, cat)
+        key = "stream_1e6" if n == 1_000_000 else "stream_2e5" if n == 200_000 else f"stream_{n}"
+        out[key] = {"n_stars": n, "rows_in": n, "rows_out": rows_of(cat), "peak_rss_gib": r["peak_rss_gib"],
+                    "wall_s": r["wall_s"], "stars_per_s": round(n / r["wall_s"], 1), "summary": r["stdout"]}
+    n = sizes[0]
+    data, ref = work / f"xp_{n}.parquet", work / f"cat_{n}.parquet"
+    dcat = work / f"cat_{n}_dask.parquet"
+    r = timed_predict(bundle, data, dcat, "--cluster", f"local:{dask_workers}")
+    out["dask_local"] = {"workers": dask_workers, "n_stars": n, "wall_s": r["wall_s"],
+                         "stars_per_s": round(n / r["wall_s"], 1), "identical": same_rows(ref, dcat),
+                         "note": "peak_rss of the driver process only"}
+    return out
+
+
+if __name__ == "__main__":  # quick manual check: python benchmarks/_stream.py WORKDIR N
+    import json
+
+    print(json.dumps(measure(Path(sys.argv[1]), sizes=(int(sys.argv[2]),)), indent=1))

@@ -1,0 +1,18 @@
+"""kielnet's compute core: one batched forward path for inference, training-time
+evaluation and embeddings (:class:`EnsembleRunner`), the per-mode network layouts
+(:mod:`kielnet.compute.plan`: oneDNN-fused channels-last for CPU inference, plain
+Conv1d, or the module as trained), fp32/bf16 precision, thread and device control, and
+noise realisations stacked into the batch dimension
+(:mod:`kielnet.compute.realisations`).
+
+Imports :mod:`kielnet.models` and :mod:`kielnet.data` only; training and inference
+import it, never the other way round.
+"""
+
+from kielnet.compute.forward import (DEFAULT_BATCH_SIZE, EnsembleRunner, resolve_device, resolve_layout,
+                                     thread_scope)
+from kielnet.compute.plan import LAYOUTS, PRECISIONS, FusedExecutor, ModuleExecutor, fused_supported
+from kielnet.compute.realisations import realisation_statistics
+
+__all__ = ["EnsembleRunner", "DEFAULT_BATCH_SIZE", "LAYOUTS", "PRECISIONS", "FusedExecutor", "ModuleExecutor",
+           "fused_supported", "resolve_device", "resolve_layout", "thread_scope", "realisation_statistics"]
