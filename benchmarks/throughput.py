@@ -377,9 +377,12 @@ def catalogue_change(name: str, quick: bool, bundle_path: str | None) -> dict:
         how = f"trained here: {members} member(s) x {epochs} epochs on {n_train} stars"
     train_s = time.perf_counter() - t0
     nets = bundle.build_members()
-    t0 = time.perf_counter()
-    cats = {p: predict(bundle, test, nets=nets, precision=p) for p in ("fp32", "bf16")}
-    predict_s = time.perf_counter() - t0
+    cats, secs = {}, {}
+    for p in ("fp32", "bf16"):
+        t0 = time.perf_counter()
+        cats[p] = predict(bundle, test, nets=nets, precision=p)
+        secs[p] = time.perf_counter() - t0
+    predict_s = sum(secs.values())
     a, b = cats["fp32"], cats["bf16"]
     # stars labelled in both catalogues (flags such as "outside the training range" allowed)
     ok = np.ones(len(test), dtype=bool)
@@ -404,7 +407,8 @@ def catalogue_change(name: str, quick: bool, bundle_path: str | None) -> dict:
             "n_status_changed": int((np.asarray(a["status"]) != np.asarray(b["status"])).sum()),
             "n_realisations": int(bundle.config.inference.n_realisations),
             "n_members": len(nets), "per_label": per_label,
-            "train_seconds": round(train_s, 1), "predict_seconds_fp32_plus_bf16": round(predict_s, 1)}
+            "train_seconds": round(train_s, 1), "predict_seconds_fp32_plus_bf16": round(predict_s, 1),
+            "predict_stars_per_s_fp32": len(test) / secs["fp32"], "predict_stars_per_s_bf16": len(test) / secs["bf16"]}
 
 
 # ----------------------------------------------------------------------------- torch.compile
@@ -539,6 +543,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated subset of the presets")
     ap.add_argument("--no-catalogue", action="store_true", help="skip the bf16 catalogue change")
+    ap.add_argument("--no-stream", action="store_true", help="skip the streaming / Dask measurements")
     ap.add_argument("--bundle", action="append", default=[], metavar="PRESET=PATH",
                     help="trained bundle for the bf16 catalogue change of that preset")
     ap.add_argument("--out", default=str(RESULTS / "throughput.json"))
@@ -570,24 +575,68 @@ def main() -> int:
             change[name] = catalogue_change(name, args.quick, bundles.get(name))
             for lab, v in (change[name].get("per_label") or {}).items():
                 log(f"  {lab}: max |d|/sigma {v['max_delta_over_sigma']}, max |d| {v['max_abs_delta']}")
+    # end to end in memory: predict() on a table (preprocessing, plausibility, networks,
+    # realisations, quality columns, catalogue), from the bf16 comparison's fp32 run
+    for name, sec in presets.items():
+        rate = (change.get(name) or {}).get("predict_stars_per_s_fp32")
+        if rate is not None:
+            sec["stars_per_s"] = rate
+            sec["stars_per_s_how"] = "predict() on an in-memory table, fp32 (no file reading or writing)"
+    stream = {}
+    if not args.no_stream:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _stream import measure
+
+        sizes = (20_000,) if args.quick else (200_000, 1_000_000)
+        log(f"streaming kielnet predict on generated XP-shaped Parquet files of {sizes} stars")
+        stream = measure(ROOT / "benchmarks" / ".work" / "throughput_stream", sizes=sizes)
+        big = stream.get("stream_1e6") or next(v for k, v in stream.items() if k.startswith("stream_"))
+        if "xp_hybrid" in presets:
+            presets["xp_hybrid"]["stars_per_s"] = big["stars_per_s"]
+            presets["xp_hybrid"]["stars_per_s_how"] = (f"kielnet predict on a {big['n_stars']}-star Parquet file: "
+                                                       "process start, reading, writing included")
+            presets["xp_hybrid"]["e2e_vs_networks"] = big["stars_per_s"] / presets["xp_hybrid"]["stars_per_s_networks"]
+        for k, v in stream.items():
+            log(f"  {k}: {v}")
+    projections = {}
+    for name, n_stars, what in (("xp_hybrid", 2.2e8, "Gaia XP sampled spectra"),
+                                ("gaia_rvs_hybrid", 1e6, "Gaia DR3 RVS spectra x 28 members"),
+                                ("apogee_net_2", 6.5e5, "APOGEE apStar spectra x 20 realisations")):
+        rate = (presets.get(name) or {}).get("stars_per_s")
+        if rate:
+            projections[name] = {"n_stars": n_stars, "what": what, "stars_per_s": rate,
+                                 "hours_on_this_machine": n_stars / rate / 3600}
     targets = {name: {"roofline_ratio >= 0.6": sec["roofline_ratio"] >= 0.6,
                       "train >= 0.8 bare loop": sec["train_vs_bare_loop"] >= 0.8}
                for name, sec in presets.items()}
     if "apogee_net_2" in presets:
         speedup = presets["apogee_net_2"]["speedup_vs_conv1d_eager"]
         targets["apogee_net_2"]["runner >= 1.5 conv1d eager"] = speedup >= 1.5
+    if "stream_1e6" in stream:
+        targets["streaming"] = {
+            "peak RSS <= 2 GiB at 1e6": stream["stream_1e6"]["peak_rss_gib"] <= 2.0,
+            "1e6 within 20% of 2e5": stream["stream_1e6"]["peak_rss_gib"] <= 1.2 * stream["stream_2e5"]["peak_rss_gib"],
+            "rows out = rows in": stream["stream_1e6"]["rows_out"] == stream["stream_1e6"]["rows_in"]}
+    if "xp_hybrid" in presets and presets["xp_hybrid"].get("e2e_vs_networks") is not None:
+        targets["xp_hybrid"]["end to end >= 0.5 networks"] = presets["xp_hybrid"]["e2e_vs_networks"] >= 0.5
     result = {
         "presets": presets,
         "matmul_gflops": {"fp32": peak32, "bf16": peak16, "fp32_runs": mm["fp32"], "bf16_runs": mm["bf16"],
                           "size": 2048, "threads": torch.get_num_threads()},
         "bf16_catalogue_change": change,
+        **stream,
+        "projections": projections,
         "targets": targets,
         "quick": bool(args.quick),
         "load_average_start_end": [load0[0], os.getloadavg()[0]],
         "seconds": round(time.perf_counter() - t_start, 1),
         "notes": [
-            "stars_per_s (end to end: reading, preprocessing, catalogue) is null here: another script fills "
-            "it, and the streaming / Dask sections of the issue's layout; this script keeps values it finds.",
+            "stars_per_s: end to end. xp_hybrid: kielnet predict on the generated 1e6-star Parquet file "
+            "(process start, bundle load, reading, preprocessing, networks, catalogue writing); apogee_net_2 and "
+            "gaia_rvs_hybrid: predict() on an in-memory table of the bf16 comparison (fp32), no file I/O.",
+            "stream_*: kielnet predict on XP-shaped Parquet files (the real 1,000-star subset tiled) with a "
+            "2-epoch xp_hybrid bundle of the preset's 3 x 2 ensemble (as networks-only); peak_rss_gib from /usr/bin/time (max RSS of the "
+            "process). dask_local: the 2e5 job with --cluster local:2, rows compared with the local run.",
             "stars_per_s_networks: networks only (kielnet.compute.EnsembleRunner, fp32, layout 'auto' = "
             "oneDNN-fused channels-last convolutions on CPU, parallel 'auto' = one worker thread per core), inputs "
             "already preprocessed, best of the batch sweep and a repeat after the eager runs; for apogee_net_2 one "
