@@ -578,10 +578,15 @@ def main() -> int:
     # end to end in memory: predict() on a table (preprocessing, plausibility, networks,
     # realisations, quality columns, catalogue), from the bf16 comparison's fp32 run
     for name, sec in presets.items():
-        rate = (change.get(name) or {}).get("predict_stars_per_s_fp32")
-        if rate is not None:
+        ch = change.get(name) or {}
+        rate = ch.get("predict_stars_per_s_fp32")
+        if rate is None:
+            continue
+        if ch.get("n_members") == sec["n_members"]:
             sec["stars_per_s"] = rate
             sec["stars_per_s_how"] = "predict() on an in-memory table, fp32 (no file reading or writing)"
+        else:  # the comparison bundle is a smaller ensemble: its rate is not the preset's
+            sec["stars_per_s_small_ensemble"] = {"n_members": ch.get("n_members"), "stars_per_s": rate}
     stream = {}
     if not args.no_stream:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

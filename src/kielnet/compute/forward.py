@@ -35,15 +35,17 @@ import contextlib
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from kielnet.compute.plan import LAYOUTS, PRECISIONS, fused_supported, make_executor
+from kielnet.data.preprocess import Prepared
 from kielnet.models.hybrid import HybridNet
 
-__all__ = ["EnsembleRunner", "resolve_device", "resolve_layout", "thread_scope", "DEFAULT_BATCH_SIZE", "PARALLEL"]
+__all__ = ["EnsembleRunner", "member_predictions", "resolve_device", "resolve_layout", "thread_scope",
+           "DEFAULT_BATCH_SIZE", "PARALLEL"]
 
 #: ways several CPU threads share a prediction (see :class:`EnsembleRunner`)
 PARALLEL = ("auto", "inter", "intra")
@@ -284,3 +286,22 @@ def _n_rows(spectrum: np.ndarray | None, branches: Mapping[str, np.ndarray]) -> 
 def _fusion_width(net: HybridNet) -> int:
     first = net.head[0]
     return int(getattr(first, "in_features", 0))
+
+
+def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[[np.ndarray], np.ndarray],
+                       batch_size: int = DEFAULT_BATCH_SIZE, embeddings: list | None = None, *,
+                       precision: str = "fp32", layout: str = "auto", device: str | None = None,
+                       threads: int | None = None) -> np.ndarray:
+    """Physical-unit predictions of every member: array (n_members, n_stars, n_labels).
+
+    ``embeddings``: if a list is given, each member's fusion embeddings (n_stars, width)
+    are appended to it, captured in the same forward passes (for the fast OOD score).
+    ``precision``, ``layout``, ``device`` and ``threads`` select how the networks run
+    (:class:`kielnet.compute.EnsembleRunner`; the defaults are the fastest fp32 path).
+    """
+    runner = EnsembleRunner(nets, batch_size=batch_size, precision=precision, layout=layout, device=device,
+                            threads=threads)
+    scaled, embs = runner.predict(prep.spectrum, prep.branches, embeddings=embeddings is not None)
+    if embeddings is not None:
+        embeddings.extend(embs)
+    return inverse(scaled.astype(np.float64))

@@ -19,13 +19,11 @@ valid range gives NaN labels and a flag naming the reason, and a row with status
 
 from __future__ import annotations
 
-from typing import Callable
-
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
-from kielnet.compute import DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, realisation_statistics
+from kielnet.compute import DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, member_predictions, realisation_statistics
 from kielnet.compute.realisations import DEFAULT_BLOCK_ROWS
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import InputError, UsageError
@@ -41,25 +39,6 @@ __all__ = ["member_predictions", "realisation_predictions", "predict", "catalogu
            "catalogue_meta", "enforce_status"]
 
 _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
-
-
-def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[[np.ndarray], np.ndarray],
-                       batch_size: int = DEFAULT_BATCH_SIZE, embeddings: list | None = None, *,
-                       precision: str = "fp32", layout: str = "auto", device: str | None = None,
-                       threads: int | None = None) -> np.ndarray:
-    """Physical-unit predictions of every member: array (n_members, n_stars, n_labels).
-
-    ``embeddings``: if a list is given, each member's fusion embeddings (n_stars, width)
-    are appended to it, captured in the same forward passes (for the fast OOD score).
-    ``precision``, ``layout``, ``device`` and ``threads`` select how the networks run
-    (:class:`kielnet.compute.EnsembleRunner`; the defaults are the fastest fp32 path).
-    """
-    runner = EnsembleRunner(nets, batch_size=batch_size, precision=precision, layout=layout, device=device,
-                            threads=threads)
-    scaled, embs = runner.predict(prep.spectrum, prep.branches, embeddings=embeddings is not None)
-    if embeddings is not None:
-        embeddings.extend(embs)
-    return inverse(scaled.astype(np.float64))
 
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,

@@ -33,8 +33,7 @@ from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
 from kielnet.io.atomic import atomic_write_text
-from kielnet.inference.bundle import Bundle, MemberInfo
-from kielnet.inference.predict import member_predictions
+from kielnet.compute import Bundle, MemberInfo, member_predictions
 from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
 from kielnet.training.distributed import MemberJob, train_members_on_cluster
 from kielnet.training.quality import attach_quality

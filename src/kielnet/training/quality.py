@@ -25,8 +25,7 @@ import numpy as np
 from kielnet.data.preprocess import Prepared
 from kielnet.data.splits import random_subset
 from kielnet.data.startable import StarTable
-from kielnet.inference.bundle import Bundle
-from kielnet.inference.predict import member_predictions
+from kielnet.compute import Bundle, member_predictions
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
