@@ -99,7 +99,8 @@ def describe_differences(old: dict, new: dict) -> list[str]:
             for what, cols in (("differ", [c for c in sorted(a) if c in b and a[c] != b[c]]),
                                ("new", sorted(set(b) - set(a))), ("gone", sorted(set(a) - set(b)))):
                 if cols:
-                    out.append(f"{name} {', '.join(repr(c) for c in cols)} {what}")
+                    verb = "differs" if what == "differ" and len(cols) == 1 else what
+                    out.append(f"{name} {', '.join(repr(c) for c in cols)} {verb}")
         else:
             out.append(f"{name} differ")
     return out
