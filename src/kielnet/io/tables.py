@@ -34,7 +34,6 @@ converts exactly like the same rows of the whole file.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from astropy.table import Table
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.atomic import atomic_path
 from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_floats, read_error_message,
                                truncation_as_error)
 from kielnet.io.paths import check_readable
@@ -470,18 +470,13 @@ def atomic_write_table(tab: Table, path: str | Path) -> Path:
     path = Path(path)
     fmt = _format_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{''.join(path.suffixes)}")
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "parquet":
             _write_parquet(tab, tmp)
         elif fmt == "fits":
             _write_fits(tab, tmp)
         else:
             tab.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -17,7 +17,6 @@ files and each running member checkpoints every epoch.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
-from kielnet.io.atomic import atomic_write_text
+from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.compute import Bundle, MemberInfo, member_predictions
 from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
 from kielnet.training.distributed import MemberJob, train_members_on_cluster
@@ -126,10 +125,9 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
 
 def _save_member(path: Path, state: dict, info: MemberInfo) -> None:
     """A finished member: weights + provenance in one safetensors file, written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"member_info": json.dumps(info.to_dict())})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"member_info": json.dumps(info.to_dict())})
 
 
 def _load_member(path: Path) -> tuple[dict, MemberInfo]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +24,7 @@ from kielnet.compute import EnsembleRunner
 from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import RunMismatchError
+from kielnet.io.atomic import atomic_path
 from kielnet.models.hybrid import HybridNet
 
 __all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "train_member"]
@@ -130,10 +130,8 @@ def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> 
     meta = dict(state)
     meta["param_groups"] = opt_sd["param_groups"]
     meta["scheduler"] = {k: v for k, v in sched.state_dict().items()}
-    final = path.with_suffix(".safetensors")
-    tmp = path.with_name(f".{final.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
-    os.replace(tmp, final)
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
 
 
 def _load_checkpoint(path: Path, model, opt, sched) -> tuple[dict, dict] | None:
