@@ -47,6 +47,8 @@ class Prepared:
     implausible : (n,) bool — the spectrum failed a plausibility test (a subset of
         ``bad_spectrum``)
     spectrum_issues : (n,) str — the failed plausibility tests, comma-separated
+    raw_features : (n, n_features) float64 or None — the unscaled features
+        (:meth:`Preprocessor.raw_features`), kept so later stages need not recompute them
     """
 
     spectrum: np.ndarray | None
@@ -59,6 +61,7 @@ class Prepared:
     label_out_of_range: np.ndarray | None
     implausible: np.ndarray | None = None
     spectrum_issues: np.ndarray | None = None
+    raw_features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.n_bad_pixels)
@@ -78,7 +81,7 @@ class Prepared:
         return Prepared(sub(self.spectrum), sub(self.spectrum_err), {k: v[idx] for k, v in self.branches.items()},
                         sub(self.targets), self.n_bad_pixels[idx], self.bad_spectrum[idx],
                         self.missing_features[idx], sub(self.label_out_of_range), self.implausible[idx],
-                        self.spectrum_issues[idx])
+                        self.spectrum_issues[idx], sub(self.raw_features))
 
 
 def repair_spectra(flux: np.ndarray, max_bad_fraction: float, mode: str = "interpolate"
@@ -290,7 +293,7 @@ class Preprocessor:
             targets = np.stack([lt.forward(labels[:, j]) for j, lt in enumerate(self.label_transforms)],
                                axis=1).astype(np.float32)
         return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor,
-                        implausible, issues)
+                        implausible, issues, raw)
 
     def branch_input_names(self) -> dict[str, list[str]]:
         """Names of each scalar branch's inputs, in order: its features, then

@@ -65,7 +65,7 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     if bundle.feature_ranges and cfg.features:
         lo = np.array([bundle.feature_ranges[f.name][0] for f in cfg.features])
         hi = np.array([bundle.feature_ranges[f.name][1] for f in cfg.features])
-        raw = bundle.preprocessor.raw_features(table)
+        raw = prep.raw_features if prep.raw_features is not None else bundle.preprocessor.raw_features(table)
         flags |= range_flags(raw, lo, hi).any(axis=1).astype(np.int64) << FLAG_BITS["input_outside_training"]
     # labels of an unusable spectrum are not reported (NaN), so they are never "outside training"
     usable = ~prep.bad_spectrum

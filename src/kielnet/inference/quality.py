@@ -121,7 +121,7 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
             known = name in cat.colnames and name in bundle.label_ranges
             labels[name] = np.asarray(cat[name], float) if known else np.full(len(cat), np.nan)
             ranges[name] = bundle.label_ranges[name] if known else (0.0, 0.0)
-        raw = bundle.preprocessor.raw_features(table)
+        raw = prep.raw_features if prep.raw_features is not None else bundle.preprocessor.raw_features(table)
         g, g_range = _scalar(bundle, raw, "g")
         plx, plx_range = _scalar(bundle, raw, "parallax")
         cat["flag_boundary"] = boundary_flags(labels, ranges, g, plx, g_range, plx_range, unlike)
