@@ -27,9 +27,17 @@ DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP libr
              "scalar columns named as the model's inputs (magnitudes g, bp, rp, j, h, k in mag; "
              "parallax in mas)")
 LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m [dex]. For each label X "
-               "the catalogue holds X, e_X (model-to-model sigma) and sigma_X (total sigma = e_X (+) "
-               "running dispersion of residuals: held-out validation residuals by default, training residuals "
-               "for the gaia_rvs_hybrid preset as in the paper; see config uncertainty.residuals).")
+               "the catalogue holds X, e_X (model-to-model sigma; with noise realisations it includes their "
+               "scatter) and sigma_X, the total sigma of the bundle's sigma model (config 'uncertainty', "
+               "kielnet.quality.sigma): the terms uncertainty.terms add in quadrature - the members' spread, "
+               "the running dispersion of residuals in bins of the label (Gaia-RVS), the network's own "
+               "per-star sigma (model.heteroscedastic) - times, with uncertainty.recalibration, a factor "
+               "per (predicted label, spectrum S/N) cell fitted on out-of-fold training stars so that 68.3% "
+               "of them lie within 1 sigma; never below e_X. A star with missing scalar inputs gets the "
+               "factor fitted with the smallest input group covering them hidden (uncertainty.missing_inputs "
+               "= calibrate), or no labels (flag bit missing_input_unlabelled) when none covers them. The "
+               "xp_hybrid preset uses spread (+) network sigma, recalibrated; the papers' presets use "
+               "spread (+) running dispersion. Each catalogue's header states its model ('sigma model:').")
 
 
 QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "

@@ -82,6 +82,17 @@ class ModelConfig(_Strict):
     channels_last_2d: bool = Field(
         default=True,
         description="run Conv1d as Conv2d with a 1xk kernel in channels_last layout (faster on CPU)")
+    heteroscedastic: bool = Field(
+        default=False,
+        description="the network also outputs log sigma of each label (scaled units): a per-star "
+                    "residual scale learned from the inputs (training.sigma_loss) by a sigma head "
+                    "on the head's last hidden layer")
+    sigma_head: list[int] = Field(default=[64], description="hidden widths of the sigma head")
+    sigma_features: Literal["detached", "shared"] = Field(
+        default="detached",
+        description="'detached': the sigma head sees the head's last hidden layer detached from "
+                    "the graph, so learning sigma never changes the layers the labels use (the "
+                    "labels train exactly as without it); 'shared': its gradients reach them too")
 
 
 class FeatureConfig(_Strict):
@@ -188,6 +199,17 @@ class TrainingConfig(_Strict):
         description="add Gaussian noise of this many times the propagated flux errors to each "
                     "training spectrum at every step (0 = off)")
     threads: int = Field(default=0, ge=0, description="torch threads; 0 = torch default")
+    sigma_loss: Literal["laplace", "nll", "beta_nll"] = Field(
+        default="laplace",
+        description="loss of the log-sigma outputs of a heteroscedastic model: 'laplace' (robust) or "
+                    "'nll' (Gaussian) negative log-likelihood of the detached residual (the means "
+                    "are trained by `loss` alone); 'beta_nll' = joint Gaussian beta-NLL (Seitzer et "
+                    "al. 2022, beta = sigma_beta) that trains the means too")
+    sigma_beta: float = Field(default=0.5, ge=0, le=1)
+    input_dropout: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="probability, per star, step and input group (config.input_groups), that the "
+                    "group is hidden as if missing: members learn to label honestly without it")
 
 
 class EnsembleConfig(_Strict):
@@ -197,6 +219,20 @@ class EnsembleConfig(_Strict):
     n_splits: int = Field(default=2, gt=0)
     members_per_split: int = Field(default=2, gt=0)
     seed: int = 0
+
+
+class RecalibrationConfig(_Strict):
+    """Post-hoc scale of σ fitted on out-of-fold stars only (validation stars of each split,
+    predicted by that split's members): in each cell of ``label_bins`` quantile bins of the
+    predicted label × ``snr_bins`` quantile bins of the star's S/N (``uncertainty.snr``), the
+    factor that makes the fraction with |residual| < σ equal to ``target`` (1σ of a
+    Gaussian by default). ``kind = none`` keeps σ as the terms give it."""
+
+    kind: Literal["none", "binned"] = "binned"
+    label_bins: int = Field(default=8, ge=1)
+    snr_bins: int = Field(default=4, ge=1)
+    min_per_cell: int = Field(default=100, ge=10)
+    target: float = Field(default=0.6827, gt=0, lt=1)
 
 
 class UncertaintyConfig(_Strict):
@@ -218,6 +254,25 @@ class UncertaintyConfig(_Strict):
     min_per_bin: int = Field(default=20, ge=5)
     residuals: Literal["heldout", "training"] = "heldout"
     subtract_internal: bool = True
+    terms: list[Literal["spread", "running", "head"]] = Field(
+        default=["spread", "running"],
+        description="σ terms added in quadrature: the members' spread, the running dispersion "
+                    "in the predicted label, the network's own σ output (model.heteroscedastic); "
+                    "with inference.n_realisations > 1 the noise-realisation scatter is part of "
+                    "the spread (law of total variance)")
+    snr: str = Field(
+        default="spectrum",
+        description="the per-star S/N used by the recalibration: 'spectrum' (median flux / "
+                    "flux error of the spectrum's pixels) or the name of a scalar column (e.g. "
+                    "'g': then brighter = larger value is NOT assumed, bins are quantiles)")
+    recalibration: RecalibrationConfig = RecalibrationConfig(kind="none")
+    missing_inputs: Literal["calibrate", "withhold", "flag"] = Field(
+        default="calibrate",
+        description="stars with missing scalar inputs: 'calibrate' scales σ by a factor fitted on "
+                    "out-of-fold stars with the smallest input group (config.input_groups) that "
+                    "covers the missing columns hidden; stars whose missing columns no group covers "
+                    "get no labels; 'withhold' gives them no labels; 'flag' (before kielnet 0.4) "
+                    "only sets the missing_input flag")
 
 
 class InferenceConfig(_Strict):
@@ -345,6 +400,11 @@ class KielnetConfig(_Strict):
     description: str = ""
     spectrum: SpectrumPrepConfig | None = SpectrumPrepConfig()
     features: list[FeatureConfig] = []
+    input_groups: dict[str, list[str]] = Field(
+        default={}, description="named groups of scalar columns that are missing together (e.g. "
+                                "2MASS: [j, h, k]); used by training.input_dropout and the "
+                                "missing-input σ calibration. Every config also has the implicit "
+                                "group 'all_inputs' of all scalar columns")
     labels: list[LabelConfig] = Field(min_length=1)
     model: ModelConfig
     training: TrainingConfig = TrainingConfig()
@@ -383,6 +443,21 @@ class KielnetConfig(_Strict):
                              "or quality.ensemble_spread.enabled")
         if (self.quality.tsne.reference_size or bf.enabled and bf.training_like == "tsne") and self.spectrum is None:
             raise ValueError("t-SNE training-likeness needs a spectrum branch")
+        cols = set(self.scalar_columns())
+        for g, members in self.input_groups.items():
+            if not members or set(members) - cols:
+                raise ValueError(f"input group '{g}' must list scalar columns the features read "
+                                 f"({sorted(cols)}), got {members}")
+        if "all_inputs" in self.input_groups:
+            raise ValueError("input group name 'all_inputs' is reserved (all scalar columns)")
+        terms = self.uncertainty.terms
+        if "head" in terms and not self.model.heteroscedastic:
+            raise ValueError("uncertainty.terms has 'head' but model.heteroscedastic is false")
+        if len(set(terms)) != len(terms) or not terms:
+            raise ValueError(f"uncertainty.terms must be distinct and non-empty, got {terms}")
+        if self.uncertainty.snr != "spectrum" and self.uncertainty.snr not in cols:
+            raise ValueError(f"uncertainty.snr must be 'spectrum' or a scalar column the features read, "
+                             f"got {self.uncertainty.snr!r}")
         if self.training.weighting.kind == "kde":
             missing = set(self.training.weighting.labels) - set(names)
             if missing:
@@ -392,6 +467,12 @@ class KielnetConfig(_Strict):
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
+
+    def groups(self) -> dict[str, list[str]]:
+        """The input groups, with 'all_inputs' (every scalar column) last; empty without
+        scalar inputs."""
+        cols = self.scalar_columns()
+        return {**self.input_groups, "all_inputs": cols} if cols else {}
 
     def scalar_columns(self) -> list[str]:
         """Star-table scalar columns that the features read."""

@@ -55,7 +55,7 @@ def _inputs(n: int, n_pix: int, widths: dict, seed: int = 1):
 def _old_loop(nets, spec, branches, batch_size):
     """The forward loop kielnet had before kielnet.compute (member_predictions)."""
     n = len(spec)
-    out = np.empty((len(nets), n, nets[0].n_labels), dtype=np.float64)
+    out = np.empty((len(nets), n, nets[0].n_outputs), dtype=np.float64)
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             sl = slice(s, min(s + batch_size, n))

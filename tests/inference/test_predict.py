@@ -30,6 +30,7 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     for name in LABELS:
         expected += [name, f"e_{name}", f"sigma_{name}"]
     expected += ["flag", "status", "n_bad_pixels", "missing_inputs", "spectrum_issues"]
+    expected += ["snr_spectrum"]  # the S/N of the preset's σ recalibration
     expected += ["spread_score"]  # the xp_hybrid preset carries the ensemble-disagreement score
     assert cat.colnames == expected
     for name, unit in [("teff", u.K), ("logg", u.dex), ("fe_h", u.dex), ("alpha_m", u.dex)]:
@@ -43,14 +44,19 @@ def test_catalogue_values(tiny_bundle, clean):
     cat = predict(tiny_bundle, clean)
     nets = tiny_bundle.build_members()
     prep = tiny_bundle.preprocessor.transform(clean, with_labels=False)
-    preds = member_predictions(nets, prep, tiny_bundle.preprocessor.inverse_labels)
-    assert preds.shape == (2, len(clean), 4)
+    head = []
+    preds = member_predictions(nets, prep, tiny_bundle.preprocessor.inverse_labels, head_sigma=head)
+    assert preds.shape == (2, len(clean), 4) and head[0].shape == preds.shape
+    sm = tiny_bundle.sigma_model
+    assert sm.terms == ["spread", "head"]  # the xp_hybrid preset's σ model
+    snr = prep.snr
     for j, name in enumerate(LABELS):
-        np.testing.assert_allclose(np.asarray(cat[name]), preds[:, :, j].mean(axis=0), rtol=1e-12)
-        np.testing.assert_allclose(np.asarray(cat[f"e_{name}"]), preds[:, :, j].std(axis=0, ddof=1), rtol=1e-12)
-        run = tiny_bundle.running_dispersion[name](preds[:, :, j].mean(axis=0))
-        np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]),
-                                   np.hypot(preds[:, :, j].std(axis=0, ddof=1), run), rtol=1e-12)
+        mean, spread = preds[:, :, j].mean(axis=0), preds[:, :, j].std(axis=0, ddof=1)
+        np.testing.assert_allclose(np.asarray(cat[name]), mean, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(cat[f"e_{name}"]), spread, rtol=1e-12)
+        own = np.sqrt(np.mean(head[0][:, :, j] ** 2, axis=0))
+        want = np.hypot(spread, own) * sm.recalibration[name](mean, snr)
+        np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]), np.maximum(want, spread), rtol=1e-12)
     # status spells out the flag
     assert cat["status"].tolist() == status_strings(np.asarray(cat["flag"]), LABELS).tolist()
     assert (np.asarray(cat["n_bad_pixels"]) == 0).all()

@@ -159,3 +159,23 @@ def test_sample_weights(tiny_config):
 def test_member_seeds_are_distinct():
     seeds = {member_seed(b, k, m) for b in range(3) for k in range(4) for m in range(4)}
     assert len(seeds) == 3 * 4 * 4
+
+
+def test_workdir_of_an_older_kielnet_resumes_when_new_fields_keep_their_defaults(table, tiny_config, tmp_path):
+    """A run.json written before config fields existed (here: input groups, σ head, input
+    dropout) compares them at their defaults; a field set away from its default is refused."""
+    wd = tmp_path / "work"
+    train_ensemble(table, tiny_config, workdir=wd, progress=False, log=lambda *_: None)
+    stamp = json.loads((wd / "run.json").read_text())
+    for key in ("heteroscedastic", "sigma_head", "sigma_features"):
+        stamp["config"]["model"].pop(key)
+    for key in ("input_dropout", "sigma_loss", "sigma_beta"):
+        stamp["config"]["training"].pop(key)
+    stamp["config"].pop("input_groups")
+    (wd / "run.json").write_text(json.dumps(stamp))
+    logs = []
+    train_ensemble(table, tiny_config, workdir=wd, progress=False, log=logs.append)
+    assert any("resumed" in line for line in logs)
+    with pytest.raises(InputError, match="input_dropout"):
+        train_ensemble(table, tiny_config.with_overrides(training={"input_dropout": 0.1}), workdir=wd,
+                       progress=False, log=lambda *_: None)

@@ -12,10 +12,10 @@ import it, never the other way round.
 """
 
 from kielnet.compute.ensemble import Bundle, MemberInfo
-from kielnet.compute.forward import (DEFAULT_BATCH_SIZE, EnsembleRunner, member_predictions, resolve_device,
+from kielnet.compute.forward import (DEFAULT_BATCH_SIZE, EnsembleRunner, decode_outputs, member_predictions, resolve_device,
                                      resolve_layout, thread_scope)
 from kielnet.compute.plan import LAYOUTS, PRECISIONS, FusedExecutor, ModuleExecutor, fused_supported
 from kielnet.compute.realisations import realisation_statistics
 
-__all__ = ["Bundle", "MemberInfo", "EnsembleRunner", "member_predictions", "DEFAULT_BATCH_SIZE", "LAYOUTS", "PRECISIONS", "FusedExecutor", "ModuleExecutor",
+__all__ = ["Bundle", "MemberInfo", "EnsembleRunner", "member_predictions", "decode_outputs", "DEFAULT_BATCH_SIZE", "LAYOUTS", "PRECISIONS", "FusedExecutor", "ModuleExecutor",
            "fused_supported", "resolve_device", "resolve_layout", "thread_scope", "realisation_statistics"]

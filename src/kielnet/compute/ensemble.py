@@ -25,7 +25,8 @@ from kielnet.errors import BundleError
 from kielnet.models.hybrid import HybridNet
 
 if TYPE_CHECKING:  # annotations only: the fits are made by inference / quality
-    from kielnet.inference.uncertainty import RunningDispersion
+    from kielnet.quality.sigma import SigmaModel
+    from kielnet.quality.uncertainty import RunningDispersion
     from kielnet.quality.embedding import EmbeddingOOD
     from kielnet.quality.spread import EnsembleSpread
 
@@ -81,6 +82,7 @@ def _content_meta(bundle: "Bundle") -> dict:
         "label_ranges": {k: list(v) for k, v in bundle.label_ranges.items()},
         "feature_ranges": {k: list(v) for k, v in bundle.feature_ranges.items()},
         "ensemble_spread": None if bundle.spread is None else bundle.spread.to_dict(),
+        "sigma_model": None if bundle.sigma_model is None else bundle.sigma_model.to_dict(),
     }
 
 
@@ -179,7 +181,9 @@ def _mismatch_message(where: str, fname: str, bundle: "Bundle", net: HybridNet, 
         elif k.startswith("head."):
             last = f"head.{len(net.head) - 1}."
             if k.startswith(last) and got.shape[0] != exp.shape[0]:
-                setting = f"{len(cfg.labels)} labels (config.labels)"
+                setting = (f"{len(cfg.labels)} labels (config.labels)"
+                           + (", each with a σ output (config.model.heteroscedastic)"
+                              if cfg.model.heteroscedastic else ""))
             else:
                 setting = "config.model.head"
         else:
@@ -245,6 +249,8 @@ class Bundle:
     tsne_reference: np.ndarray | None = None
     #: ensemble-disagreement calibration on the training stars (config.quality.ensemble_spread)
     spread: EnsembleSpread | None = None
+    #: how sigma_X is made and calibrated (kielnet.quality.sigma); None: e_X (+) running dispersion
+    sigma_model: SigmaModel | None = None
     # built networks and what they were built from (see build_members)
     _nets: list | None = field(default=None, init=False, repr=False, compare=False)
     _nets_key: tuple | None = field(default=None, init=False, repr=False, compare=False)

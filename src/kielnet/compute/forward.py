@@ -42,9 +42,9 @@ import torch
 
 from kielnet.compute.plan import LAYOUTS, PRECISIONS, fused_supported, make_executor
 from kielnet.data.preprocess import Prepared
-from kielnet.models.hybrid import HybridNet
+from kielnet.models.hybrid import HybridNet, split_outputs
 
-__all__ = ["EnsembleRunner", "member_predictions", "resolve_device", "resolve_layout", "thread_scope",
+__all__ = ["EnsembleRunner", "member_predictions", "decode_outputs", "resolve_device", "resolve_layout", "thread_scope",
            "DEFAULT_BATCH_SIZE", "PARALLEL"]
 
 #: ways several CPU threads share a prediction (see :class:`EnsembleRunner`)
@@ -192,6 +192,10 @@ class EnsembleRunner:
         self.workers = n_threads if parallel == "inter" else 1
         self.conv_chunk = conv_chunk
         self.n_labels = nets[0].n_labels
+        #: output columns per member: n_labels, or 2 n_labels for heteroscedastic members
+        self.n_outputs = getattr(nets[0], "n_outputs", self.n_labels)
+        if any(getattr(n, "n_outputs", n.n_labels) != self.n_outputs for n in nets):
+            raise ValueError("the ensemble's members have different numbers of outputs")
         exec_threads = 1 if parallel == "inter" else n_threads
         self.executors = [_executor(n, self.layout, precision, self.device, conv_chunk, exec_threads) for n in nets]
 
@@ -210,7 +214,8 @@ class EnsembleRunner:
 
         ``spectrum``: (n, n_pix) or None; ``branches``: branch name → (n, k) arrays;
         ``rows``: if given, only these rows (integer index), gathered batch by batch.
-        Returns ``(preds, embs)``: preds (n_members, n, n_labels) float32; embs a list
+        Returns ``(preds, embs)``: preds (n_members, n, n_outputs) float32 (the scaled
+        labels, then log σ for heteroscedastic members: :func:`kielnet.models.hybrid.split_outputs`); embs a list
         of (n, width) float32 arrays, one per member, if ``embeddings`` else None
         (n = ``len(rows)`` when ``rows`` is given).
         """
@@ -223,7 +228,7 @@ class EnsembleRunner:
         def take(a: np.ndarray, s: int, e: int) -> np.ndarray:
             return a[s:e] if rows is None else a[rows[s:e]]
 
-        preds = np.empty((len(self.nets), n, self.n_labels), dtype=np.float32)
+        preds = np.empty((len(self.nets), n, self.n_outputs), dtype=np.float32)
         parts: dict[int, list[np.ndarray]] = {}  # batch start -> each member's embeddings
 
         def run(s: int, e: int) -> None:
@@ -288,14 +293,30 @@ def _fusion_width(net: HybridNet) -> int:
     return int(getattr(first, "in_features", 0))
 
 
+def decode_outputs(scaled: np.ndarray, n_labels: int, inverse: Callable[[np.ndarray], np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scaled network outputs (…, n_outputs) → ``(labels, sigma)`` in physical units
+    (float64). ``sigma`` (None for a model without σ outputs) is the network's own σ
+    mapped through the label transform as half the width of ``inverse(μ ± σ)`` (exact
+    for a linear scaling, the delta method to first order for log10 labels)."""
+    mean_s, log_s = split_outputs(np.asarray(scaled, dtype=np.float64), n_labels)
+    mean = inverse(mean_s)
+    if log_s is None:
+        return mean, None
+    s = np.exp(log_s)
+    return mean, 0.5 * np.abs(inverse(mean_s + s) - inverse(mean_s - s))
+
+
 def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[[np.ndarray], np.ndarray],
                        batch_size: int = DEFAULT_BATCH_SIZE, embeddings: list | None = None, *,
                        precision: str = "fp32", layout: str = "auto", device: str | None = None,
-                       threads: int | None = None) -> np.ndarray:
+                       threads: int | None = None, head_sigma: list | None = None) -> np.ndarray:
     """Physical-unit predictions of every member: array (n_members, n_stars, n_labels).
 
     ``embeddings``: if a list is given, each member's fusion embeddings (n_stars, width)
     are appended to it, captured in the same forward passes (for the fast OOD score).
+    ``head_sigma``: if a list is given and the members are heteroscedastic, their own σ
+    outputs in physical units, (n_members, n_stars, n_labels), are appended to it.
     ``precision``, ``layout``, ``device`` and ``threads`` select how the networks run
     (:class:`kielnet.compute.EnsembleRunner`; the defaults are the fastest fp32 path).
     """
@@ -304,4 +325,7 @@ def member_predictions(nets: list[HybridNet], prep: Prepared, inverse: Callable[
     scaled, embs = runner.predict(prep.spectrum, prep.branches, embeddings=embeddings is not None)
     if embeddings is not None:
         embeddings.extend(embs)
-    return inverse(scaled.astype(np.float64))
+    mean, sigma = decode_outputs(scaled, runner.n_labels, inverse)
+    if head_sigma is not None and sigma is not None:
+        head_sigma.append(sigma)
+    return mean

@@ -77,10 +77,10 @@ class ModuleExecutor:
             branches = [b.to(self._param_dtype) for b in branches]
         if self._dtype == torch.float32:
             z = self.net.fusion(spectrum, branches)
-            return self.net.head(z), (z if fusion else None)
+            return self.net.head_outputs(z), (z if fusion else None)
         with torch.autocast(device_type=self.device.type, dtype=self._dtype):
             z = self.net.fusion(spectrum, branches)
-            y = self.net.head(z)
+            y = self.net.head_outputs(z)
         return y.float(), (z.float() if fusion else None)
 
 
@@ -276,6 +276,11 @@ class FusedExecutor:
             self.spec_dense = _dense_ops(list(net.spectrum.dense), dt)
         self.branches = {name: _dense_ops(list(net.branches[name].net), dt) for name in self.branch_names}
         self.head = _dense_ops(list(net.head), dt)
+        self.head_hidden = self.head_final = self.sigma = None
+        if net.sigma_head is not None:  # the last hidden layer feeds both the labels and the σ head
+            self.head_hidden = _dense_ops(list(net.head)[:-1], dt)
+            self.head_final = _dense_ops([net.head[-1]], dt)
+            self.sigma = _dense_ops(list(net.sigma_head), dt)
         self.flat_width = net.spectrum.flat_features if net.spectrum is not None else 0
         self.width = int(net.head[0].in_features) if isinstance(net.head[0], nn.Linear) else 0
 
@@ -322,7 +327,11 @@ class FusedExecutor:
             out = _apply_dense(self.branches[name], x.to(self._dtype))
             z[:, col:col + out.shape[1]] = out
             col += out.shape[1]
-        y = _apply_dense(self.head, z)
+        if self.sigma is None:
+            y = _apply_dense(self.head, z)
+        else:
+            hidden = _apply_dense(self.head_hidden, z)
+            y = torch.cat([_apply_dense(self.head_final, hidden), _apply_dense(self.sigma, hidden)], dim=1)
         if self._dtype != torch.float32:
             return y.float(), (z.float() if fusion else None)
         return y, (z if fusion else None)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from kielnet.compute.forward import EnsembleRunner
+from kielnet.compute.forward import EnsembleRunner, decode_outputs
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.spectra import clip_flux_errors
 from kielnet.data.startable import StarTable
@@ -53,7 +53,7 @@ def _stacked_table(table: StarTable, rows: np.ndarray, flux: np.ndarray, scalars
 def realisation_statistics(runner: EnsembleRunner, preprocessor: Preprocessor, table: StarTable,
                            n: int, rng: np.random.Generator, inverse: Callable[[np.ndarray], np.ndarray], *,
                            clip_factor: float = 5.0, block_rows: int = DEFAULT_BLOCK_ROWS,
-                           prefetch: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                           prefetch: bool = True, head_sigma: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per member, the median and variance (ddof=1; zeros for ``n = 1``) over ``n``
     realisations of each star's physical-unit predictions.
 
@@ -63,7 +63,9 @@ def realisation_statistics(runner: EnsembleRunner, preprocessor: Preprocessor, t
     ``prefetch``: draw and preprocess the next block in a background thread while the
     networks run on this one (blocks are still drawn in order, one after the other:
     the same numbers as without). Returns ``(median, variance)``, both
-    (n_members, n_stars, n_labels) float64.
+    (n_members, n_stars, n_labels) float64. ``head_sigma``: if a list is given and the
+    members are heteroscedastic, their σ outputs (median over realisations, physical
+    units) are appended to it as one (n_members, n_stars, n_labels) array.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 realisation, got {n}")
@@ -71,6 +73,7 @@ def realisation_statistics(runner: EnsembleRunner, preprocessor: Preprocessor, t
     n_members = len(runner)
     med = np.empty((n_members, n_stars, runner.n_labels))
     var = np.zeros((n_members, n_stars, runner.n_labels))
+    hsig = np.empty((n_members, n_stars, runner.n_labels)) if runner.n_outputs != runner.n_labels else None
     scalars = list(preprocessor.config.scalar_columns())
     per_block = max(1, int(block_rows) // max(n, 1))
     blocks = [(s, min(s + per_block, n_stars)) for s in range(0, n_stars, per_block)]
@@ -85,14 +88,19 @@ def realisation_statistics(runner: EnsembleRunner, preprocessor: Preprocessor, t
 
     def forward(s: int, e: int, prep) -> None:
         scaled, _ = runner.predict(prep.spectrum, prep.branches)
-        phys = inverse(scaled.astype(np.float64)).reshape(n_members, e - s, n, runner.n_labels)
+        phys, sig = decode_outputs(scaled, runner.n_labels, inverse)
+        phys = phys.reshape(n_members, e - s, n, runner.n_labels)
         med[:, s:e] = np.median(phys, axis=2)
+        if hsig is not None:
+            hsig[:, s:e] = np.median(sig.reshape(n_members, e - s, n, runner.n_labels), axis=2)
         if n > 1:
             var[:, s:e] = phys.var(axis=2, ddof=1)
 
     if not prefetch or len(blocks) < 2:
         for s, e in blocks:
             forward(s, e, prepare(s, e))
+        if head_sigma is not None and hsig is not None:
+            head_sigma.append(hsig)
         return med, var
     # one background thread prepares the blocks in order (the generator is used by it
     # alone), at most one block ahead of the networks
@@ -104,4 +112,6 @@ def realisation_statistics(runner: EnsembleRunner, preprocessor: Preprocessor, t
                 nxt = pool.submit(prepare, *blocks[i + 1])
             forward(s, e, prep)
             del prep
+    if head_sigma is not None and hsig is not None:
+        head_sigma.append(hsig)
     return med, var

@@ -25,7 +25,7 @@ from kielnet.data.plausibility import ColumnRanges, SpectrumPlausibility, placeh
 from kielnet.data.startable import StarTable
 from kielnet.data.transforms import LabelTransform, Scaler
 
-__all__ = ["Prepared", "Preprocessor", "repair_spectra"]
+__all__ = ["Prepared", "Preprocessor", "repair_spectra", "spectrum_snr"]
 
 
 @dataclass
@@ -49,6 +49,10 @@ class Prepared:
     spectrum_issues : (n,) str — the failed plausibility tests, comma-separated
     raw_features : (n, n_features) float64 or None — the unscaled features
         (:meth:`Preprocessor.raw_features`), kept so later stages need not recompute them
+    missing_columns : (n, n_columns) bool or None — which of the config's scalar columns
+        (:meth:`~kielnet.config.KielnetConfig.scalar_columns`, in that order) are missing
+    snr : (n,) float64 or None — the spectrum's S/N (:func:`spectrum_snr`; NaN where it
+        has no flux errors)
     """
 
     spectrum: np.ndarray | None
@@ -62,6 +66,8 @@ class Prepared:
     implausible: np.ndarray | None = None
     spectrum_issues: np.ndarray | None = None
     raw_features: np.ndarray | None = None
+    missing_columns: np.ndarray | None = None
+    snr: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.n_bad_pixels)
@@ -81,7 +87,26 @@ class Prepared:
         return Prepared(sub(self.spectrum), sub(self.spectrum_err), {k: v[idx] for k, v in self.branches.items()},
                         sub(self.targets), self.n_bad_pixels[idx], self.bad_spectrum[idx],
                         self.missing_features[idx], sub(self.label_out_of_range), self.implausible[idx],
-                        self.spectrum_issues[idx], sub(self.raw_features))
+                        self.spectrum_issues[idx], sub(self.raw_features), sub(self.missing_columns),
+                        sub(self.snr))
+
+
+def spectrum_snr(flux: np.ndarray | None, err: np.ndarray | None) -> np.ndarray:
+    """Per-star S/N of a spectrum: the median of |flux| / error over the pixels with a
+    finite flux and a finite, positive error (NaN for a star without such pixels, and
+    for every star when ``flux`` or ``err`` is None). Dimensionless."""
+    if flux is None or err is None:
+        n = 0 if flux is None else len(flux)
+        return np.full(n, np.nan)
+    f = np.asarray(flux, dtype=np.float64)
+    e = np.asarray(err, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(f) & np.isfinite(e) & (e > 0), np.abs(f) / e, np.nan)
+    out = np.full(len(f), np.nan)
+    has = np.isfinite(ratio).any(axis=1) if ratio.ndim == 2 and ratio.shape[1] else np.zeros(len(f), bool)
+    if has.any():
+        out[has] = np.nanmedian(ratio[has], axis=1)
+    return out
 
 
 def repair_spectra(flux: np.ndarray, max_bad_fraction: float, mode: str = "interpolate"
@@ -157,11 +182,13 @@ class Preprocessor:
             out[c] = v
         return out
 
-    def raw_features(self, table: StarTable) -> np.ndarray:
+    def raw_features(self, table: StarTable, *, clean: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Unscaled feature values (n, n_features) in their own units (mag, mas); NaN = missing
-        (a missing column value, a survey placeholder, or a value far outside the training range)."""
+        (a missing column value, a survey placeholder, or a value far outside the training range).
+        ``clean``: the table's :meth:`clean_columns`, if already computed."""
         cols = []
-        clean = self.clean_columns(table) if self.config.features else {}
+        if clean is None:
+            clean = self.clean_columns(table) if self.config.features else {}
         for f in self.config.features:
             vals = [clean[c] for c in f.columns]
             if f.invalid_above is not None:
@@ -269,8 +296,13 @@ class Preprocessor:
                 err[~np.isfinite(table.flux) | ~np.isfinite(err)] = 0.0
                 err[unusable] = 0.0
                 spectrum_err = err.astype(np.float32)
-        raw = self.raw_features(table)
+        clean = self.clean_columns(table) if cfg.features else {}
+        raw = self.raw_features(table, clean=clean)
         missing = ~np.isfinite(raw)
+        cols_all = cfg.scalar_columns()
+        missing_cols = (np.stack([~np.isfinite(clean[c]) for c in cols_all], axis=1) if cols_all
+                        else np.zeros((n, 0), dtype=bool))
+        snr = spectrum_snr(table.flux, table.flux_err) if cfg.spectrum is not None else np.full(n, np.nan)
         scaled = np.zeros_like(raw)
         for j, f in enumerate(cfg.features):
             col = raw[:, j]
@@ -293,7 +325,7 @@ class Preprocessor:
             targets = np.stack([lt.forward(labels[:, j]) for j, lt in enumerate(self.label_transforms)],
                                axis=1).astype(np.float32)
         return Prepared(spectrum, spectrum_err, branches, targets, n_bad, unusable, missing, oor,
-                        implausible, issues, raw)
+                        implausible, issues, raw, missing_cols, snr)
 
     def branch_input_names(self) -> dict[str, list[str]]:
         """Names of each scalar branch's inputs, in order: its features, then
@@ -301,6 +333,33 @@ class Preprocessor:
         feats = {f.name: f for f in self.config.features}
         return {br.name: list(br.features) + [f"missing_{f}" for f in br.features if feats[f].missing_indicator]
                 for br in self.config.model.scalar_branches}
+
+    def masking_plan(self, columns: list[str]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """How hiding the scalar ``columns`` changes the branch inputs: for each branch with
+        an affected feature, ``(branch, value_positions, fill_values, indicator_positions)``
+        — set those inputs to the fill values (what :meth:`transform` gives a missing
+        feature) and those missing indicators to 1. Used by input dropout in training."""
+        cfg = self.config
+        hidden = set(columns)
+        feats = {f.name: f for f in cfg.features}
+        plan = []
+        for br in cfg.model.scalar_branches:
+            vals, fills, inds = [], [], []
+            ind_pos = len(br.features)
+            for i, name in enumerate(br.features):
+                f = feats[name]
+                if set(f.columns) & hidden:
+                    vals.append(i)
+                    fills.append(0.0 if f.missing_value is None
+                                 else float(self.feature_scalers[name].forward(np.array([f.missing_value]))[0]))
+                    if f.missing_indicator:
+                        inds.append(ind_pos)
+                if f.missing_indicator:
+                    ind_pos += 1
+            if vals:
+                plan.append((br.name, np.array(vals, dtype=np.int64), np.array(fills, dtype=np.float32),
+                             np.array(inds, dtype=np.int64)))
+        return plan
 
     def branch_widths(self) -> dict[str, int]:
         """Input width of each scalar branch (features + missing indicators)."""

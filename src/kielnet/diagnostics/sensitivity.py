@@ -183,6 +183,7 @@ def gradient_maps(nets, prepared: Prepared, index=None, *, label_transforms=None
                     brs = [torch.as_tensor(prepared.branches[name][rows], dtype=dtype).requires_grad_(True)
                            for name in branch_names]
                     out = net(spec, brs)
+                    out = out[:, :getattr(net, "n_labels", out.shape[1])]  # not the σ outputs
                     if n_labels is None:
                         n_labels = out.shape[1]
                         if transforms is not None and len(transforms) != n_labels:

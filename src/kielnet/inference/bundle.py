@@ -37,6 +37,9 @@ Every key below is written by :func:`save_bundle` and required by :func:`load_bu
     training_data       summary of the training table
     validation          held-out metrics
     ensemble_spread     EnsembleSpread.to_dict(), or null
+    sigma_model         SigmaModel.to_dict() (kielnet.quality.sigma: σ terms, recalibration,
+                        missing-input factors); optional — bundles without it give
+                        sigma = e_X (+) running dispersion
     quality             {"embedding_ood": file, "tsne_reference": file} (optional entries)
     checksums           {file: sha256} for every file named in ``quality``
 
@@ -86,7 +89,8 @@ from kielnet.config import KielnetConfig
 from kielnet.compute.ensemble import Bundle, MemberInfo, _build_nets, _content_meta, state_dict_digest
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import BundleError
-from kielnet.inference.uncertainty import RunningDispersion
+from kielnet.quality.sigma import SigmaModel
+from kielnet.quality.uncertainty import RunningDispersion
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
@@ -177,6 +181,7 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
             "training_data": bundle.training_data,
             "validation": bundle.validation,
             "ensemble_spread": content["ensemble_spread"],
+            "sigma_model": content["sigma_model"],
             "quality": {},
             "checksums": {},
         }
@@ -394,6 +399,18 @@ def load_bundle(path: str | Path) -> Bundle:
     if sp is not None:
         spread = r.parse("ensemble_spread", EnsembleSpread.from_dict, r.typed(sp, "a JSON object",
                                                                               "ensemble_spread"))
+    sigma_model = None
+    sm = meta.get("sigma_model")
+    if sm is not None:
+        sigma_model = r.parse("sigma_model", SigmaModel.from_dict, r.typed(sm, "a JSON object", "sigma_model"))
+        if sigma_model.labels != labels:
+            raise r.error(f"bundle.json key 'sigma_model.labels' is {sigma_model.labels}, but the config's labels "
+                          f"are {labels}")
+        if sigma_model.columns != config.scalar_columns():
+            raise r.error(f"bundle.json key 'sigma_model.columns' is {sigma_model.columns}, but the config's "
+                          f"scalar columns are {config.scalar_columns()}")
+        if "head" in sigma_model.terms and not config.model.heteroscedastic:
+            raise r.error("bundle.json key 'sigma_model.terms' uses 'head' but config.model.heteroscedastic is false")
     extras = {}
     for key in ("training_data", "validation", "versions"):
         extras[key] = r.typed(meta.get(key, {}), "a JSON object", key)
@@ -482,7 +499,7 @@ def load_bundle(path: str | Path) -> Bundle:
         config=config, preprocessor=pre, members=members, member_info=infos,
         running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
         training_data=extras["training_data"], validation=extras["validation"], versions=extras["versions"],
-        ood=ood, tsne_reference=tsne_ref, spread=spread,
+        ood=ood, tsne_reference=tsne_ref, spread=spread, sigma_model=sigma_model,
     )
 
     # ---- config against tensors

@@ -30,7 +30,8 @@ from kielnet.errors import InputError, UsageError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
-from kielnet.inference.uncertainty import total_sigma
+from kielnet.quality.sigma import star_snr
+from kielnet.quality.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
                                    unlabelled_mask)
@@ -42,12 +43,16 @@ _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
-                               preds: np.ndarray, noise_var: np.ndarray | None = None) -> Table:
+                               preds: np.ndarray, noise_var: np.ndarray | None = None,
+                               head_sigma: np.ndarray | None = None) -> Table:
     """Combine member predictions into the catalogue (see module docstring).
 
     ``preds`` is (n_members, n_stars, n_labels) in physical units; ``noise_var``
     (n_stars, n_labels), if given, is the members' mean variance over noise
-    realisations, added to the member variance in ``e_X`` (law of total variance).
+    realisations, added to the member variance in ``e_X`` (law of total variance);
+    ``head_sigma`` (n_members, n_stars, n_labels), if given, the heteroscedastic
+    members' own σ outputs (physical units). ``sigma_X`` follows the bundle's σ model
+    (:mod:`kielnet.quality.sigma`).
     """
     cfg = bundle.config
     names = cfg.label_names
@@ -78,7 +83,11 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         unphysical = usable & ~failed & ((mean < vlo) | (mean > vhi)).any(axis=1)
     flags |= failed.astype(np.int64) << FLAG_BITS["prediction_failed"]
     flags |= unphysical.astype(np.int64) << FLAG_BITS["label_unphysical"]
-    unlabelled = prep.bad_spectrum | failed | unphysical
+    sm = bundle.sigma_model
+    group_idx = sm.group_index(prep.missing_columns) if sm is not None else None
+    no_missing_sigma = usable & ~failed & sm.withheld(group_idx) if sm is not None else np.zeros(len(table), bool)
+    flags |= no_missing_sigma.astype(np.int64) << FLAG_BITS["missing_input_unlabelled"]
+    unlabelled = prep.bad_spectrum | failed | unphysical | no_missing_sigma
     mean[unlabelled] = np.nan
     spread[unlabelled] = np.nan
     lo = np.array([bundle.label_ranges[n][0] for n in names])
@@ -100,6 +109,10 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     mean[withheld] = np.nan
     spread[withheld] = np.nan
 
+    head = None if head_sigma is None else np.sqrt(np.mean(np.asarray(head_sigma, dtype=np.float64) ** 2, axis=0))
+    snr = None
+    if sm is not None:
+        snr = star_snr(sm.snr, prep.snr, table.scalars, len(table))
     cat = Table()
     cat["id"] = table.ids
     for key, col in table.extra.items():
@@ -110,7 +123,12 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         run = rd(mean[:, j]) if rd is not None else np.zeros(len(table))
         cat[lab.name] = mean[:, j]
         cat[f"e_{lab.name}"] = spread[:, j]
-        cat[f"sigma_{lab.name}"] = total_sigma(spread[:, j], run)
+        if sm is None:
+            cat[f"sigma_{lab.name}"] = total_sigma(spread[:, j], run)
+        else:
+            h = None if head is None else np.where(unlabelled | withheld[:, j], np.nan, head[:, j])
+            base = sm.base(spread[:, j], run, h)
+            cat[f"sigma_{lab.name}"] = sm.sigma(lab.name, base, mean[:, j], snr, group_idx, spread=spread[:, j])
         if noise_var is not None:
             cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | unlabelled, np.nan,
                                                   np.sqrt(noise_var[:, j]))
@@ -119,7 +137,8 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                 cat[c].unit = unit
         cat[lab.name].description = f"{lab.name}: mean of {preds.shape[0]} ensemble members"
         cat[f"e_{lab.name}"].description = f"model-to-model dispersion of {lab.name}"
-        cat[f"sigma_{lab.name}"].description = f"total uncertainty of {lab.name} (e_ + running dispersion)"
+        cat[f"sigma_{lab.name}"].description = (f"total uncertainty of {lab.name} (e_ + running dispersion)"
+                                                if sm is None else f"total uncertainty of {lab.name}: {sm.describe()}")
     cat["flag"] = flags
     cat["status"] = status_strings(flags, names)
     cat["n_bad_pixels"] = prep.n_bad_pixels
@@ -128,6 +147,10 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         else np.full(len(table), "", dtype=str)
     cat["spectrum_issues"] = prep.spectrum_issues.astype(str)
     cat["spectrum_issues"].description = "plausibility tests the spectrum failed (nonpositive, constant, scale, spike)"
+    if sm is not None and sm.recalibration is not None and sm.snr == "spectrum":
+        cat["snr_spectrum"] = snr
+        cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "
+                                           "recalibration uses")
     cat.meta.update(catalogue_meta(bundle))
     return cat
 
@@ -159,15 +182,19 @@ def enforce_status(cat: Table, label_names: list[str]) -> Table:
 def catalogue_meta(bundle: Bundle) -> dict:
     """Header metadata of a catalogue made with ``bundle`` (versions, model, flag bits)."""
     names = bundle.config.label_names
+    sigma = ("sigma_X = e_X (+) running dispersion in X" if bundle.sigma_model is None
+             else bundle.sigma_model.describe())
     return {"KIELNET": bundle.versions.get("kielnet", ""), "MODEL": bundle.config.name,
             "NMEMBERS": len(bundle.members),
-            "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]}
+            "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]
+            + ["sigma model: " + sigma]}
 
 
 def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,
                             rng: np.random.Generator, batch_size: int = DEFAULT_BATCH_SIZE, *,
                             precision: str = "fp32", layout: str = "auto", device: str | None = None,
-                            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            threads: int | None = None, head_sigma: list | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
     """APOGEE Net II §3.2.3: predictions from ``n`` noise realisations of each spectrum.
 
     Errors are clipped at ``clip_factor`` × each star's median error; scalar inputs are
@@ -187,7 +214,7 @@ def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTa
                             threads=threads)
     return realisation_statistics(runner, bundle.preprocessor, table, n, rng, bundle.preprocessor.inverse_labels,
                                   clip_factor=bundle.config.inference.clip_factor,
-                                  block_rows=max(DEFAULT_BLOCK_ROWS, int(batch_size)))
+                                  block_rows=max(DEFAULT_BLOCK_ROWS, int(batch_size)), head_sigma=head_sigma)
 
 
 def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -231,13 +258,17 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
     nets = nets if nets is not None else bundle.build_members()
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
-        med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision)
-        cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0))
+        head: list = []
+        med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision,
+                                           head_sigma=head)
+        cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0),
+                                         head_sigma=head[0] if head else None)
         embeddings, preds = None, med
     else:
         embeddings = [] if bundle.ood is not None else None
+        head = []
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings,
-                                   precision=precision)
-        cat = catalogue_from_predictions(bundle, table, prep, preds)
+                                   precision=precision, head_sigma=head)
+        cat = catalogue_from_predictions(bundle, table, prep, preds, head_sigma=head[0] if head else None)
     cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
     return enforce_status(cat, bundle.config.label_names)

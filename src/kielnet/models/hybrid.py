@@ -15,12 +15,36 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from kielnet.config import ModelConfig, ScalarBranchConfig, SpectrumBranchConfig
 
-__all__ = ["ACTIVATIONS", "HybridNet", "SpectrumBranch", "DenseBranch", "make_activation"]
+__all__ = ["ACTIVATIONS", "HybridNet", "SpectrumBranch", "DenseBranch", "make_activation", "split_outputs",
+           "LOG_SIGMA_RANGE"]
+
+#: bounds of a heteroscedastic model's log σ outputs (scaled units): a smooth lower bound
+#: ``lo + softplus(raw - lo)`` and a clamp at ``hi``: σ in [e^-5, e^3] of the label's scale
+LOG_SIGMA_RANGE = (-5.0, 3.0)
+
+
+def split_outputs(y, n_labels: int):
+    """``(means, log_sigma)`` of network outputs ``y`` (…, n_outputs): the first
+    ``n_labels`` columns, and the bounded log σ (:data:`LOG_SIGMA_RANGE`) of the columns
+    after them (None when the model is not heteroscedastic). Works on torch tensors and
+    numpy arrays."""
+    if y.shape[-1] == n_labels:
+        return y, None
+    if y.shape[-1] != 2 * n_labels:
+        raise ValueError(f"expected {n_labels} or {2 * n_labels} outputs, got {y.shape[-1]}")
+    raw = y[..., n_labels:]
+    lo, hi = LOG_SIGMA_RANGE
+    if hasattr(raw, "clamp"):  # torch: a smooth lower bound (its gradient never vanishes)
+        log_s = (lo + torch.nn.functional.softplus(raw - lo)).clamp(max=hi)
+    else:
+        log_s = np.minimum(lo + np.logaddexp(0.0, np.asarray(raw) - lo), hi)
+    return y[..., :n_labels], log_s
 
 #: Registry of activation functions available to configs.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -145,7 +169,11 @@ class DenseBranch(nn.Module):
 
 
 class HybridNet(nn.Module):
-    """Spectrum branch ⊕ scalar branches → head → ``n_labels`` outputs.
+    """Spectrum branch ⊕ scalar branches → head → ``n_outputs`` outputs.
+
+    ``n_outputs`` is ``n_labels`` (the scaled labels), or ``2 * n_labels`` for a
+    heteroscedastic model (``cfg.heteroscedastic``): the scaled labels, then the natural
+    log of each label's σ in scaled units (:func:`split_outputs`).
 
     Parameters
     ----------
@@ -173,9 +201,21 @@ class HybridNet(nn.Module):
             # APOGEE Net II order: Linear -> Dropout -> activation
             head += [nn.Linear(width, w), nn.Dropout(cfg.head.dropout), make_activation(cfg.head.activation)]
             width = w
+        self.heteroscedastic = bool(cfg.heteroscedastic)
+        self.n_labels = n_labels
+        self.n_outputs = n_labels * (2 if self.heteroscedastic else 1)
         head.append(nn.Linear(width, n_labels))
         self.head = nn.Sequential(*head)
-        self.n_labels = n_labels
+        #: the σ head (heteroscedastic models): dense layers on the head's last hidden layer
+        self.sigma_head: nn.Sequential | None = None
+        self.sigma_detached = cfg.sigma_features == "detached"
+        if self.heteroscedastic:
+            layers: list[nn.Module] = []
+            for w in cfg.sigma_head:
+                layers += [nn.Linear(width, w), make_activation(cfg.head.activation)]
+                width = w
+            layers.append(nn.Linear(width, n_labels))
+            self.sigma_head = nn.Sequential(*layers)
         if cfg.init == "kaiming":
             self._kaiming()
 
@@ -195,9 +235,19 @@ class HybridNet(nn.Module):
         parts.extend(self.branches[name](x) for name, x in zip(self.branch_names, branches))
         return torch.cat(parts, dim=1)
 
+    def head_outputs(self, z: torch.Tensor) -> torch.Tensor:
+        """The outputs (batch, n_outputs) from the fusion vector ``z``: the labels, and for a
+        heteroscedastic model the σ head's raw outputs after them (:func:`split_outputs`)."""
+        if self.sigma_head is None:
+            return self.head(z)
+        hidden = self.head[:-1](z)
+        labels = self.head[-1](hidden)
+        raw = self.sigma_head(hidden.detach() if self.sigma_detached else hidden)
+        return torch.cat([labels, raw], dim=1)
+
     def forward(self, spectrum: torch.Tensor | None, branches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """``spectrum``: (batch, n_pix); ``branches``: tensors in ``branch_names`` order."""
-        return self.head(self.fusion(spectrum, branches))
+        return self.head_outputs(self.fusion(spectrum, branches))
 
     @property
     def conv_layout(self) -> str:

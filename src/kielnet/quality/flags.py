@@ -11,7 +11,9 @@ bad_spectrum                0      spectrum missing/unusable (too many non-finit
 interpolated_pixels         1      some non-finite pixels were interpolated (count in
                                    ``n_bad_pixels``)
 missing_input               2      a scalar input was missing and imputed with the training
-                                   mean (named in ``missing_inputs``)
+                                   mean (named in ``missing_inputs``); with a σ model the
+                                   star's σ carries the calibrated factor of the input
+                                   group covering it (:mod:`kielnet.quality.sigma`)
 input_outside_training      3      a scalar input lies outside its training range
 label_not_reported          4      a label was withheld by a reporting rule (value is NaN)
 out_of_distribution         5      the fast embedding score (``ood_score``) exceeds 1: the
@@ -31,6 +33,10 @@ prediction_failed           16     a member network produced a non-finite output
 label_unphysical            17     a predicted label lies outside the label's physically
                                    valid range (config ``labels[].valid_range``): the
                                    network extrapolated wildly; labels are NaN
+missing_input_unlabelled    18     scalar inputs are missing and the bundle's σ model
+                                   cannot cover them (``uncertainty.missing_inputs =
+                                   withhold``, or no calibrated input group contains all
+                                   the missing columns); labels are NaN
 ==========================  =====  ==========================================================
 
 Rows whose labels are NaN always carry a flag that says why; a row with status ``ok``
@@ -55,10 +61,12 @@ FLAG_BITS: dict[str, int] = {
     "implausible_spectrum": 7,
     "prediction_failed": 16,
     "label_unphysical": 17,
+    "missing_input_unlabelled": 18,
 }
 LABEL_BIT0 = 8
 #: bits whose stars get no labels (NaN)
-UNLABELLED_BITS = ("bad_spectrum", "implausible_spectrum", "prediction_failed", "label_unphysical")
+UNLABELLED_BITS = ("bad_spectrum", "implausible_spectrum", "prediction_failed", "label_unphysical",
+                   "missing_input_unlabelled")
 
 
 def label_bit(j: int) -> int:
@@ -89,7 +97,7 @@ def describe_flags(label_names: list[str]) -> str:
     docs = {
         "bad_spectrum": "spectrum unusable, labels NaN",
         "interpolated_pixels": "non-finite pixels interpolated (see n_bad_pixels)",
-        "missing_input": "a scalar input was missing, imputed by the training mean",
+        "missing_input": "a scalar input was missing, imputed by the training mean (sigma widened for it)",
         "input_outside_training": "a scalar input outside its training range",
         "label_not_reported": "a label withheld by a reporting rule (NaN)",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
@@ -97,6 +105,7 @@ def describe_flags(label_names: list[str]) -> str:
         "implausible_spectrum": "spectrum cannot be a star for this model (see spectrum_issues), labels NaN",
         "prediction_failed": "a network output or sigma was non-finite, labels NaN",
         "label_unphysical": "a predicted label outside its physically valid range, labels NaN",
+        "missing_input_unlabelled": "scalar inputs missing that the sigma model cannot cover, labels NaN",
     }
     lines = {b: f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()}
     lines.update({label_bit(j): f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the "

@@ -38,19 +38,20 @@ class MemberJob:
 
 
 def _train_task(config: KielnetConfig, prep: Prepared, weights: np.ndarray, job: MemberJob, n_pix: int,
-                widths: dict[str, int]) -> tuple[int, TrainResult]:
+                widths: dict[str, int], preprocessor=None) -> tuple[int, TrainResult]:
     import torch
 
     if not config.training.threads:
         torch.set_num_threads(1)  # one task per worker thread
     res = train_member(config, prep, job.train_rows, job.val_rows, weights, n_pix=n_pix, branch_widths=widths,
-                       seed=job.seed, checkpoint=job.checkpoint, progress=False)
+                       seed=job.seed, checkpoint=job.checkpoint, progress=False, preprocessor=preprocessor)
     return job.index, res
 
 
 def train_members_on_cluster(cluster: Any, jobs: list[MemberJob], config: KielnetConfig, prep: Prepared,
                              weights: np.ndarray, *, n_pix: int, widths: dict[str, int],
-                             on_done: Callable[[MemberJob, TrainResult], None]) -> dict[int, TrainResult]:
+                             on_done: Callable[[MemberJob, TrainResult], None],
+                             preprocessor=None) -> dict[int, TrainResult]:
     """Train ``jobs`` as Dask tasks on ``cluster`` (``"local:N"``, ``"tcp://HOST:PORT"`` or a
     :class:`distributed.Client`); ``on_done`` is called on the driver as each member
     finishes (to log and save it). Returns member index → result."""
@@ -65,7 +66,7 @@ def train_members_on_cluster(cluster: Any, jobs: list[MemberJob], config: Kielne
     with cluster_client(cluster) as client:
         prep_f = client.scatter(prep, broadcast=True)
         w_f = client.scatter(weights, broadcast=True)
-        futures = [client.submit(_train_task, config, prep_f, w_f, job, n_pix, widths, pure=False,
+        futures = [client.submit(_train_task, config, prep_f, w_f, job, n_pix, widths, preprocessor, pure=False,
                                  key=f"kielnet-member-{job.index}-{job.seed}") for job in jobs]
         for fut in as_completed(futures):
             idx, res = fut.result()

@@ -33,7 +33,9 @@ from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.compute import Bundle, MemberInfo, member_predictions
-from kielnet.inference.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.quality.sigma import fit_sigma_model
+from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
 from kielnet.training.distributed import MemberJob, train_members_on_cluster
 from kielnet.training.quality import attach_quality
 from kielnet.training.trainer import build_model, train_member
@@ -83,6 +85,21 @@ def _comparable_config(cfg_dict: dict) -> dict:
     return d
 
 
+def _revalidated(stored: dict | None) -> dict | None:
+    """A comparable config read from an older run.json, re-validated so that config
+    fields added since then (whose defaults keep the old behaviour) compare at their
+    defaults; returned unchanged if it cannot be re-validated."""
+    if not isinstance(stored, dict):
+        return stored
+    try:
+        d = json.loads(json.dumps(stored))
+        d.setdefault("name", "stored")
+        d.setdefault("ensemble", {}).setdefault("n_splits", 1)
+        return _comparable_config(d)
+    except Exception:  # noqa: BLE001 - then it is compared as stored
+        return stored
+
+
 def run_fingerprint(config: KielnetConfig, table: StarTable) -> dict:
     """What determines the members a work directory holds: the comparable config and
     the content of the training table (ids, spectra and errors, the scalar columns the
@@ -113,7 +130,7 @@ def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
                                    "fingerprint of the training data); use --fresh to start afresh",
                                    source=str(wd), field="workdir")
         diffs = [f"training data: {d}" for d in describe_differences(old.get("data", {}), fingerprint["data"])]
-        diffs += [f"config: {d}" for d in dict_differences(old.get("config"), fingerprint["config"])]
+        diffs += [f"config: {d}" for d in dict_differences(_revalidated(old.get("config")), fingerprint["config"])]
         if diffs:
             raise RunMismatchError("the work directory holds a different training run (" + "; ".join(diffs)
                                    + "); use --fresh to discard its checkpoints or choose another work "
@@ -238,9 +255,6 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     if wd is not None:
         _claim_workdir(wd, config, table)
     members, infos = [], []
-    oof_sum = np.zeros((len(table), len(config.labels)))
-    oof_n = np.zeros(len(table))
-    oof_spread_sum = np.zeros((len(table), len(config.labels)))
     n_pix, widths = pre.n_pix or 0, pre.branch_widths()
     n_total = ens.n_splits * ens.members_per_split
     states: dict[int, dict] = {}
@@ -271,53 +285,51 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     if cluster is not None and jobs:
         log(f"training {len(jobs)} members as Dask tasks on {cluster}")
         train_members_on_cluster(cluster, jobs, config, prep, weights, n_pix=n_pix, widths=widths,
-                                 on_done=finished)
+                                 on_done=finished, preprocessor=pre)
     else:
         for job in jobs:
             finished(job, train_member(config, prep, job.train_rows, job.val_rows, weights, n_pix=n_pix,
                                        branch_widths=widths, seed=job.seed, checkpoint=job.checkpoint,
-                                       progress=progress))
+                                       progress=progress, preprocessor=pre))
+    split_nets = []
     for k in range(ens.n_splits):
-        va = rows[heldout[:, k]]
         split_states = []
         for m in range(ens.members_per_split):
             idx = k * ens.members_per_split + m
             members.append(states[idx])
             infos.append(infos_by[idx])
             split_states.append(states[idx])
-        sub = prep.take(va)
-        p = member_predictions(_nets(config, split_states, n_pix, widths), sub, pre.inverse_labels)
-        oof_sum[va] += p.mean(axis=0)
-        oof_spread_sum[va] += p.std(axis=0, ddof=1) if len(split_states) > 1 else 0.0
-        oof_n[va] += 1
-    held = oof_n > 0
-    oof = np.full_like(oof_sum, np.nan)
-    oof[held] = oof_sum[held] / oof_n[held, None]
-    oof_spread = np.full_like(oof_sum, np.nan)
-    oof_spread[held] = oof_spread_sum[held] / oof_n[held, None]
+        split_nets.append(_nets(config, split_states, n_pix, widths))
+    oof = out_of_fold(config, pre, table, prep, rows, heldout, split_nets)
+    if wd is not None:
+        save_out_of_fold(wd / "out_of_fold.parquet", oof, table.ids[oof.rows], config.label_names)
 
     running, validation = {}, {}
     ucfg = config.uncertainty
     if ucfg.residuals == "training":  # the whole ensemble on the stars it trained on (Gaia-RVS §3.4)
         p = member_predictions(_nets(config, members, n_pix, widths), prep.take(rows), pre.inverse_labels)
-        fit_pred = np.full_like(oof, np.nan)
-        fit_spread = np.full_like(oof, np.nan)
-        fit_pred[rows] = p.mean(axis=0)
-        fit_spread[rows] = p.std(axis=0, ddof=1) if len(members) > 1 else 0.0
+        fit_pred = p.mean(axis=0)
+        fit_spread = p.std(axis=0, ddof=1) if len(members) > 1 else np.zeros_like(fit_pred)
+        fit_truth = reference_labels(table, prep, config)[rows]
     else:
-        fit_pred, fit_spread = oof, oof_spread
+        fit_pred, fit_spread, fit_truth = oof.pred, oof.spread, oof.truth
     for j, name in enumerate(config.label_names):
-        truth = np.where(prep.label_out_of_range[:, j], np.nan, table.labels[name])
         running[name] = fit_running_dispersion(
-            fit_pred[:, j], fit_pred[:, j] - truth, n_bins=ucfg.n_bins, degree=ucfg.degree,
+            fit_pred[:, j], fit_pred[:, j] - fit_truth[:, j], n_bins=ucfg.n_bins, degree=ucfg.degree,
             min_per_bin=ucfg.min_per_bin, internal=fit_spread[:, j] if ucfg.subtract_internal else None)
-        resid = oof[:, j] - truth
-        ok = np.isfinite(resid)
-        tot = np.hypot(oof_spread[:, j], running[name](oof[:, j]))
+    sigma_model = fit_sigma_model(config, oof, running)
+    for j, name in enumerate(config.label_names):
+        resid = oof.pred[:, j] - oof.truth[:, j]
+        tot = sigma_model.sigma(name, sigma_model.base(oof.spread[:, j], running[name](oof.pred[:, j]),
+                                                       None if oof.head is None else oof.head[:, j]),
+                                oof.pred[:, j], oof.snr, sigma_model.group_index(oof.missing_columns),
+                                spread=oof.spread[:, j])
+        ok = np.isfinite(resid) & np.isfinite(tot)
         validation[name] = {"n": int(ok.sum()), "bias": float(np.median(resid[ok])) if ok.any() else None,
                             "robust_sigma": robust_sigma(resid[ok]),
                             "coverage_1sigma": float(np.mean(np.abs(resid[ok]) < tot[ok])) if ok.any() else None,
-                            "note": "held-out validation stars, predicted by the members of their split"}
+                            "note": "held-out validation stars, predicted by the members of their split "
+                                    "(the σ model was fitted on these stars)"}
     label_ranges = {}
     for j, name in enumerate(config.label_names):
         v = table.labels[name][rows]
@@ -336,6 +348,6 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     }
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
-                    training_data=training_data, validation=validation)
+                    training_data=training_data, validation=validation, sigma_model=sigma_model)
     return attach_quality(bundle, prep.take(rows), heldout=heldout, log=log)
 

@@ -25,9 +25,10 @@ from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import RunMismatchError
 from kielnet.io.atomic import atomic_path
-from kielnet.models.hybrid import HybridNet
+from kielnet.models.hybrid import HybridNet, split_outputs
 
-__all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "train_member"]
+__all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
+           "InputDropout", "train_member"]
 
 
 @dataclass
@@ -94,6 +95,87 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, 
     return (per * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def sigma_loss(mean: torch.Tensor, log_sigma: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+               kind: str = "laplace", beta: float = 0.5) -> torch.Tensor:
+    """Weighted mean negative log-likelihood of the σ outputs over known labels (scaled units).
+
+    * ``"laplace"``: √2 |r| / σ + log σ, a Laplace likelihood whose standard deviation is
+      σ, with the residual ``r`` of the *detached* means: only the σ outputs (and the
+      layers below them) learn from it; robust to the catastrophic reference labels a
+      survey holds (its gradient grows like |r|, a Gaussian's like r²);
+    * ``"nll"``: ½ (r / σ)² + log σ, Gaussian, detached means;
+    * ``"beta_nll"``: the Gaussian NLL with ``r`` attached, each term weighted by the
+      detached σ^(2β) (Seitzer et al. 2022), which trains the means as well.
+    """
+    mask = torch.isfinite(target)
+    t = torch.where(mask, target, torch.zeros_like(target))
+    r = (mean if kind == "beta_nll" else mean.detach()) - t
+    if kind == "laplace":
+        per = math.sqrt(2.0) * r.abs() * torch.exp(-log_sigma) + log_sigma
+    else:
+        per = 0.5 * (r * torch.exp(-log_sigma)).pow(2) + log_sigma
+    if kind == "beta_nll":
+        per = per * torch.exp(2.0 * beta * log_sigma).detach()
+    w = weight[:, None] * mask
+    return (per * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def member_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, cfg: TrainingConfig
+                ) -> torch.Tensor:
+    """The training loss of one batch: :func:`masked_loss` of the means (``cfg.loss``)
+    plus, for a heteroscedastic network, :func:`sigma_loss` of its σ outputs; with
+    ``sigma_loss = beta_nll`` the β-NLL alone trains means and σ."""
+    mean, log_s = split_outputs(pred, target.shape[1])
+    if log_s is None:
+        return masked_loss(mean, target, weight, cfg.loss)
+    nll = sigma_loss(mean, log_s, target, weight, cfg.sigma_loss, cfg.sigma_beta)
+    if cfg.sigma_loss == "beta_nll":
+        return nll
+    return masked_loss(mean, target, weight, cfg.loss) + nll
+
+
+class InputDropout:
+    """Hide whole input groups at random during training (``training.input_dropout``):
+    for each star of a batch and each group of ``config.groups()``, with probability
+    ``p``, the group's features take the value a missing feature gets and their missing
+    indicators are set — so that members learn to label a star honestly without them."""
+
+    def __init__(self, p: float, plans: list[list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]]) -> None:
+        self.p = float(p)
+        self.plans = plans
+
+    @classmethod
+    def from_config(cls, config: KielnetConfig, preprocessor, branch_names: list[str]) -> "InputDropout | None":
+        p = config.training.input_dropout
+        if p <= 0 or not config.features:
+            return None
+        plans = []
+        for cols in config.groups().values():
+            plan = []
+            for br, vals, fills, inds in preprocessor.masking_plan(cols):
+                plan.append((branch_names.index(br), torch.from_numpy(vals), torch.from_numpy(fills),
+                             torch.from_numpy(inds)))
+            if plan:
+                plans.append(plan)
+        return cls(p, plans) if plans else None
+
+    def __call__(self, branches: list[torch.Tensor], generator: torch.Generator | None = None) -> None:
+        """Apply in place to one batch's branch tensors."""
+        if not branches:
+            return
+        n = branches[0].shape[0]
+        for plan in self.plans:
+            hit = torch.rand(n, generator=generator) < self.p
+            if not bool(hit.any()):
+                continue
+            rows = hit.nonzero().squeeze(1)
+            for b, vals, fills, inds in plan:
+                x = branches[b]
+                x[rows[:, None], vals[None, :]] = fills
+                if len(inds):
+                    x[rows[:, None], inds[None, :]] = 1.0
+
+
 def _make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     opts = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
             "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
@@ -110,8 +192,8 @@ def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.nda
     pred, _ = EnsembleRunner([model], batch_size=batch).predict(prep.spectrum, prep.branches, rows=idx)
     tgt = torch.from_numpy(prep.targets[idx]).double()
     w = torch.from_numpy(np.asarray(weights[idx], dtype=np.float32)).double()
-    with torch.no_grad():
-        loss = masked_loss(torch.from_numpy(pred[0]).double(), tgt, w, kind)
+    with torch.no_grad():  # early stopping judges the means (σ outputs are recalibrated out of fold)
+        loss = masked_loss(torch.from_numpy(pred[0][:, :tgt.shape[1]]).double(), tgt, w, kind)
     return float(loss)
 
 
@@ -161,7 +243,7 @@ def _load_checkpoint(path: Path, model, opt, sched) -> tuple[dict, dict] | None:
 def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, val_idx: np.ndarray,
                  weights: np.ndarray, *, n_pix: int, branch_widths: dict[str, int], seed: int,
                  checkpoint: Path | None = None, progress: bool = True,
-                 on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                 on_epoch: Callable[[dict], None] | None = None, preprocessor=None) -> TrainResult:
     """Train one network and return its best-validation weights.
 
     Parameters
@@ -174,6 +256,9 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
     checkpoint
         Path stem of the per-epoch checkpoint (``<checkpoint>.safetensors``, state in
         its metadata); if it exists, training resumes from it.
+    preprocessor
+        The fitted :class:`~kielnet.data.preprocess.Preprocessor` of ``prep``; needed for
+        ``training.input_dropout`` (which inputs a hidden group changes).
     """
     tcfg = config.training
     if tcfg.threads:
@@ -201,6 +286,11 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
     # tensor (no per-step conversion to a Python float)
     data = _TrainTensors(prep, w_all, model.branch_names)
     augment = float(tcfg.noise_augmentation) if prep.spectrum_err is not None else 0.0
+    dropout = None
+    if tcfg.input_dropout > 0:
+        if preprocessor is None:
+            raise ValueError("training.input_dropout needs the preprocessor (train_member(preprocessor=...))")
+        dropout = InputDropout.from_config(config, preprocessor, model.branch_names)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -220,8 +310,10 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
                 if augment != 1.0:
                     noise.mul_(augment)
                 spec.add_(noise.mul_(data.spectrum_err.index_select(0, b)))
+            if dropout is not None:
+                dropout(br)
             pred = model(spec, br)
-            loss = masked_loss(pred, tgt, wb, tcfg.loss)
+            loss = member_loss(pred, tgt, wb, tcfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
