@@ -108,6 +108,60 @@ def _load_cfg(args):
     return cfg
 
 
+def _load_selection(args):
+    if not getattr(args, "select", None):
+        return None
+    from kielnet.data.selection import load_selection
+
+    return load_selection(Path(args.select))
+
+
+def cmd_tune(args) -> int:
+    from kielnet.io import read_stars
+    from kielnet.io.outputs import check_output_dir, check_output_file
+    from kielnet.training.tuning import run_study, write_best_preset
+
+    if args.cluster:
+        from kielnet.cluster import check_cluster
+
+        check_cluster(args.cluster)
+    workdir = Path(args.workdir)
+    check_output_dir(workdir, inputs=[args.data], what="work directory")
+    check_output_file(args.out, inputs=[args.data], what="preset file", table=False)
+    cfg = _load_cfg(args)
+    table = read_stars(args.data)
+    selection = _load_selection(args)
+    if selection is not None:
+        from kielnet.data.selection import select_stars
+
+        table, report = select_stars(table, selection)
+        print(f"selection '{selection.name}':\n{report}")
+    if args.fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    res = run_study(table, cfg, workdir, n_trials=args.trials, cluster=args.cluster)
+    write_best_preset(res, cfg, args.out, data_source=table.source)
+    print(f"best trial {res.best_trial}: score {res.best_value:.4f} ({res.n_complete} complete, {res.n_pruned} "
+          f"pruned, {res.n_failed} failed); preset written to {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from kielnet.pretrained import available, model_card
+
+    models = available()
+    if not models:
+        print("no pretrained model ships with this installation")
+        return 0
+    for name, path in models.items():
+        card = model_card(name)
+        summary = next((ln.strip() for ln in card.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
+        print(f"{name}: {summary} [{size:.1f} MB, {path}]")
+        if args.card:
+            print(card)
+    return 0
+
+
 def cmd_train(args) -> int:
     from kielnet.inference.bundle import save_bundle
     from kielnet.io import read_stars
@@ -127,7 +181,9 @@ def cmd_train(args) -> int:
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
-    bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet, cluster=args.cluster)
+    selection = _load_selection(args)
+    bundle = train_ensemble(table, cfg, workdir=workdir, progress=not args.quiet, cluster=args.cluster,
+                            selection=selection)
     save_bundle(bundle, args.out)
     print(f"bundle with {len(bundle.members)} members written to {args.out}")
     from kielnet.diagnostics.metrics import metrics_table
@@ -438,8 +494,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the ensemble members as Dask tasks: on N local worker processes, or on a "
                         "running Dask scheduler (workers must see the work directory); same bundle as "
                         "serial training for the same seeds and training.threads")
+    t.add_argument("--select", metavar="FILE",
+                   help="YAML selection of training stars (kielnet.data.selection: cuts on the scalar inputs, "
+                        "labels, <label>_err and pass-through columns); per-cut counts are printed and kept in "
+                        "the bundle")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    tu = sub.add_parser("tune", formatter_class=fmt, help="search hyper-parameters with Optuna",
+                        description="Search the config's tuning.space with Optuna (TPE, median pruning): each "
+                                    "trial trains one network on the stars' own train/validation split and is "
+                                    "scored by the mean robust sigma of its scaled validation residuals. The "
+                                    "study is kept in WORKDIR/study.journal: rerun to resume (an interrupted "
+                                    "trial is retried). The best trial is written as a preset file with its "
+                                    "provenance, usable as --config.")
+    tu.add_argument("--data", required=True, help="labelled training stars (never the stars you test on)")
+    tu.add_argument("--config", default="xp_hybrid", help="preset or YAML with a tuning.space (default xp_hybrid)")
+    tu.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value (repeatable)")
+    tu.add_argument("--workdir", required=True, help="study directory (resumable)")
+    tu.add_argument("--out", required=True, help="preset YAML file for the best trial")
+    tu.add_argument("--trials", type=_int_at_least(1), help="finished trials to reach (default tuning.n_trials)")
+    tu.add_argument("--select", metavar="FILE", help="YAML selection of the stars (as for train)")
+    tu.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", help="run trials as Dask tasks")
+    tu.add_argument("--fresh", action="store_true", help="discard the study in the work directory first")
+    tu.set_defaults(func=cmd_tune)
+
+    mo = sub.add_parser("models", help="list the pretrained models shipped with kielnet (usable as --bundle NAME)")
+    mo.add_argument("--card", action="store_true", help="print each model card")
+    mo.set_defaults(func=cmd_models)
 
     pr = sub.add_parser("predict", formatter_class=fmt, help="label stars with a bundle",
                         description="Label every input star with a bundle. Output: one row per input star, "
@@ -455,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "compute when its size is known, else at the first chunk beyond the limit, "
                                     "keeping the finished parts). At the end kielnet prints the rows, the wall "
                                     "time, stars/s and the rows per status name (ok, implausible_spectrum, ...).")
-    pr.add_argument("--bundle", required=True, help="model bundle directory")
+    pr.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     pr.add_argument("--data", required=True, help=DATA_HELP)
     pr.add_argument("--out", required=True,
                     help=f"catalogue file: .parquet, .csv or .ecsv (any size), or .fits (at most "
@@ -492,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(median residual), robust sigma (1.4826 MAD), RMS and the fraction of "
                                    "stars with |residual| < sigma_X. Residual = predicted - reference, in the "
                                    "label's unit (Teff in K).")
-    e.add_argument("--bundle", required=True, help="model bundle directory")
+    e.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     e.add_argument("--data", required=True, help=DATA_HELP + "; must include reference labels")
     e.add_argument("--out", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_evaluate)
@@ -540,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "OUT/sensitivity.npz (arrays pixel, pixel_members, branch__NAME, ...), "
                                     "OUT/sensitivity_spectrum.png (Fig. 9 style, wavelength in Angstrom) and "
                                     "OUT/sensitivity_BRANCH.png (Fig. 10 style).")
-    se.add_argument("--bundle", required=True, help="model bundle directory")
+    se.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     se.add_argument("--data", required=True, help=DATA_HELP)
     se.add_argument("--metadata", action="append", default=[], help="scalar inputs joined by id (repeatable)")
     se.add_argument("--select", nargs=3, action="append", metavar=("LABEL", "LO", "HI"),
@@ -558,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "bundle", None):  # a shipped model's name stands for its directory
+        from kielnet.pretrained import resolve_bundle
+
+        args.bundle = str(resolve_bundle(args.bundle))
     try:
         return args.func(args)
     except KielnetError as exc:

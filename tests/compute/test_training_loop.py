@@ -73,5 +73,5 @@ def test_validation_loss_equals_a_per_batch_module_evaluation(setup):
             n_eff = float((wb[:, None] * torch.isfinite(tgt)).sum())
             tot += float(masked_loss(pred, tgt, wb, "huber")) * n_eff
             norm += n_eff
-    assert _evaluate(model, prep, va, w, "huber") == pytest.approx(tot / norm, rel=1e-5)
-    assert _evaluate(model, prep, va[:0], w, "huber") == 0.0
+    assert _evaluate(model, prep, va, w, "huber")[0] == pytest.approx(tot / norm, rel=1e-5)
+    assert _evaluate(model, prep, va[:0], w, "huber") == (0.0, 0.0)

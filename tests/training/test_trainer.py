@@ -85,7 +85,7 @@ def test_training_reduces_the_validation_loss(tiny_config, setup):
     net = build_model(cfg, kw["n_pix"], kw["branch_widths"], 0)
     net.load_state_dict(res.state_dict)
     from kielnet.training.trainer import _evaluate
-    assert _evaluate(net, prep, va, w.astype(np.float32), "mse") == pytest.approx(res.best_val_loss, rel=1e-5)
+    assert _evaluate(net, prep, va, w.astype(np.float32), "mse")[0] == pytest.approx(res.best_val_loss, rel=1e-5)
 
 
 def test_early_stopping_respects_patience(tiny_config, setup):

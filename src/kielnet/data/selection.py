@@ -57,7 +57,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kielnet.errors import ConfigError, InputError
 
-__all__ = ["Condition", "Cut", "Selection", "CutCount", "SelectionReport", "load_selection",
+__all__ = ["Condition", "Cut", "Selection", "CutCount", "SelectionReport", "load_selection", "star_columns",
+           "select_stars",
            "GAIA_RVS_SAMPLE_CUTS", "GAIA_RVS_TRAINING_CUTS"]
 
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
@@ -283,6 +284,11 @@ class SelectionReport:
                      names=("cut", "removed", "removed_alone", "missing", "remaining"),
                      dtype=(str, np.int64, np.int64, np.int64, np.int64))
 
+    def to_dict(self) -> dict:
+        """Plain-data form (for bundles and logs)."""
+        return {"n_input": self.n_input, "n_selected": self.n_selected,
+                "cuts": [dict(c.__dict__) for c in self.cuts]}
+
     def __str__(self) -> str:
         width = max([len(c.name) for c in self.cuts] + [3])
         lines = [f"{'cut':<{width}}  {'removed':>9}  {'alone':>9}  {'missing':>9}  {'remaining':>9}",
@@ -361,6 +367,26 @@ class Selection(_Strict):
             counts.append(CutCount(cut.name, removed, int(np.count_nonzero(~passed)),
                                    int(np.count_nonzero(missing)), int(np.count_nonzero(keep))))
         return keep, SelectionReport(n, int(np.count_nonzero(keep)), counts)
+
+
+def star_columns(table) -> Table:
+    """The per-star columns of a :class:`~kielnet.data.startable.StarTable` as an astropy
+    Table for cuts: ``id``, the scalar inputs, the labels, their errors as ``<label>_err``
+    and the pass-through columns (no spectra)."""
+    cols = {"id": np.asarray(table.ids)}
+    cols.update({k: np.asarray(v) for k, v in table.scalars.items()})
+    cols.update({k: np.asarray(v) for k, v in table.labels.items()})
+    cols.update({f"{k}_err": np.asarray(v) for k, v in (table.label_errs or {}).items()})
+    for k, v in table.extra.items():
+        cols.setdefault(k, np.asarray(v))
+    return Table(cols, meta={"source": table.source})
+
+
+def select_stars(table, selection: "Selection"):
+    """Apply ``selection`` to a StarTable's per-star columns (:func:`star_columns`):
+    ``(selected StarTable, SelectionReport)``."""
+    mask, report = selection.apply(star_columns(table), source=table.source)
+    return table.take(mask), report
 
 
 def load_selection(spec: str | Path | Mapping[str, Any]) -> Selection:

@@ -342,12 +342,16 @@ def _check_preprocessing(r: _Reader, config: KielnetConfig, pre: Preprocessor) -
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle directory written by :func:`save_bundle`.
+    """Read and verify a bundle directory written by :func:`save_bundle`, or a shipped
+    pretrained model by name (:mod:`kielnet.pretrained`, e.g. ``"xp-apogee-dr17"``).
 
     Raises :class:`~kielnet.errors.BundleError` (naming the bundle and the file or key)
     for anything missing, corrupt or inconsistent; see the module docstring. A
     format-1 bundle (no checksums) loads with a :class:`UserWarning`.
     """
+    from kielnet.pretrained import resolve_bundle
+
+    path = resolve_bundle(path)
     path = Path(path)
     js = path / "bundle.json"
     if not js.is_file():

