@@ -194,3 +194,21 @@ def test_html_page_in_headless_chromium(tmp_path):
     assert m_ok and m_bad, f"chromium gave no DOM (rc {res.returncode}): {res.stderr[-2000:]}"
     assert int(m_bad.group(1)) == 0
     assert int(m_ok.group(1)) == len(rep.figures) == len(re.findall(r"<img ", page))
+
+
+def test_report_on_real_holdout(tiny_holdout, tmp_path):
+    """What ``kielnet demo`` writes: the held-out XP-library stars against their APOGEE labels,
+    with the bundle's gradient maps."""
+    from kielnet.diagnostics.report import reference_table
+
+    res = tiny_holdout
+    rep = make_report(res.catalogue, tmp_path / "rep", references=[reference_table(res.test)],
+                      reference_names=["APOGEE DR17"], bundle=res.bundle, stars=res.test, progress=False,
+                      max_gradient_stars=100, log=lambda *_: None)
+    assert rep.counts["references"]["APOGEE DR17"]["matched"] == len(res.test)
+    assert {"kiel", "residuals_APOGEE_DR17", "calibration_APOGEE_DR17", "correlation", "flags",
+            "gradient_spectrum"} <= set(rep.figures)
+    comp = rep.tables["comparison_APOGEE_DR17"]
+    row = comp[(comp["label"] == "teff") & (comp["regime"] == "all")][0]
+    ok = np.asarray(res.catalogue["status"]) == "ok"
+    assert row["n"] == int((ok & np.isfinite(res.test.labels["teff"])).sum())

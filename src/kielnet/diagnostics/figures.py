@@ -32,7 +32,12 @@ __all__ = ["save_png", "snr_bins", "kiel_by_snr", "residual_density", "sigma_vs_
 TEX = {"teff": r"$T_{\rm eff}$", "logg": r"$\log g$", "fe_h": "[Fe/H]", "m_h": "[M/H]", "alpha_m": r"[$\alpha$/M]"}
 #: S/N bins of Gaia-RVS Fig. 11
 RVS_SNR_EDGES = (15.0, 25.0, 35.0, 75.0, np.inf)
-GRID = 70  # hexagons across an axis
+GRID = 70  # hexagons across an axis, at most
+
+
+def _grid(n: int) -> int:
+    """Hexagons across an axis for ``n`` stars: fewer for small samples, :data:`GRID` from ~10^4."""
+    return int(np.clip(np.sqrt(max(n, 1)) / 1.5, 20, GRID))
 
 
 def _name(label: str, units: dict[str, str] | None = None) -> str:
@@ -93,7 +98,7 @@ def kiel_by_snr(teff, logg, metal, path: str | Path, *, snr=None, metal_name: st
     bins = snr_bins(snr, snr_edges) if snr is not None else []
     bins = [(n, b) for n, b in bins if (b & pos).any()] or [("all S/N", np.ones(t.size, bool))]
     n = len(bins)
-    fig = Figure(figsize=(4.2 * n + 1.2, 4.4), dpi=110)
+    fig = Figure(layout="constrained", figsize=(4.2 * n + 1.2, 4.4), dpi=110)
     axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
     extent = None
     if pos.any():
@@ -106,10 +111,10 @@ def kiel_by_snr(teff, logg, metal, path: str | Path, *, snr=None, metal_name: st
         grey = b & pos & ~np.isfinite(m)
         col = b & pos & np.isfinite(m)
         if grey.any():
-            ax.hexbin(t[grey], g[grey], gridsize=GRID, cmap="Greys", bins="log", mincnt=1, extent=extent,
+            ax.hexbin(t[grey], g[grey], gridsize=_grid(int((pos & b).sum())), cmap="Greys", bins="log", mincnt=1, extent=extent,
                       alpha=0.6, linewidths=0)
         if col.any():
-            coll = ax.hexbin(t[col], g[col], C=m[col], reduce_C_function=np.median, gridsize=GRID,
+            coll = ax.hexbin(t[col], g[col], C=m[col], reduce_C_function=np.median, gridsize=_grid(int((pos & b).sum())),
                              cmap="viridis", vmin=-2.0, vmax=0.5, mincnt=1, extent=extent, linewidths=0)
         if not (grey.any() or col.any()):
             _empty(ax)
@@ -145,7 +150,7 @@ def residual_density(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], pa
     reference) against the reference label, the running median and 16–84 % band, and
     bias (median), robust σ (1.4826 MAD) and n in the panel. Units as the labels'."""
     names = [n for n in pred if n in ref]
-    fig = Figure(figsize=(4.3 * max(len(names), 1), 4.0), dpi=110)
+    fig = Figure(layout="constrained", figsize=(4.3 * max(len(names), 1), 4.0), dpi=110)
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
     for ax, name in zip(axes, names):
         x, y = _f(ref[name]), _f(pred[name])
@@ -161,7 +166,7 @@ def residual_density(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], pa
         xlo, xhi = np.percentile(x[ok], [0.2, 99.8])
         if xlo == xhi:
             xlo, xhi = xlo - 1, xhi + 1
-        hb = ax.hexbin(x[ok], np.clip(r, -lim, lim), gridsize=GRID, bins="log", mincnt=1, cmap="magma_r",
+        hb = ax.hexbin(x[ok], np.clip(r, -lim, lim), gridsize=_grid(int(ok.sum())), bins="log", mincnt=1, cmap="magma_r",
                        extent=(xlo, xhi, -lim, lim), linewidths=0)
         run = _running(x[ok], r)
         if run is not None:
@@ -171,7 +176,7 @@ def residual_density(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], pa
         m = label_metrics(y, x)
         ax.text(0.03, 0.96, f"bias {m['bias']:.3g}\nσ {m['robust_sigma']:.3g}\nn {m['n']}", transform=ax.transAxes,
                 va="top", fontsize=8, bbox=dict(boxstyle="round", fc="white", alpha=0.8))
-        fig.colorbar(hb, ax=ax, label="stars")
+        fig.colorbar(hb, ax=ax, label="stars", shrink=0.8)
     if not names:
         _empty(axes[0], "no reference labels")
     fig.suptitle(f"residuals against {ref_name} labels (σ: 1.4826 MAD)", fontsize=10)
@@ -183,7 +188,7 @@ def sigma_vs_label(values: dict[str, np.ndarray], sigma: dict[str, np.ndarray], 
     """Gaia-RVS Figs. 8 / 13: per label, the density of its uncertainty (``sigma_X``, same
     unit as the label) against the label, with the running median."""
     names = [n for n in values if n in sigma]
-    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.8), dpi=110)
+    fig = Figure(layout="constrained", figsize=(4.2 * max(len(names), 1), 3.8), dpi=110)
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
     for ax, name in zip(axes, names):
         x, s = _f(values[name]), _f(sigma[name])
@@ -193,7 +198,7 @@ def sigma_vs_label(values: dict[str, np.ndarray], sigma: dict[str, np.ndarray], 
         if not ok.any():
             _empty(ax)
             continue
-        ax.hexbin(x[ok], s[ok], gridsize=GRID, bins="log", mincnt=1, cmap="Blues", yscale="log", linewidths=0)
+        ax.hexbin(x[ok], s[ok], gridsize=_grid(int(ok.sum())), bins="log", mincnt=1, cmap="viridis", yscale="log", linewidths=0)
         run = _running(x[ok], s[ok])
         if run is not None:
             ax.plot(run[0], run[2], color="C3", lw=1.2, label="median")
@@ -207,7 +212,7 @@ def sigma_vs_snr(sigma: dict[str, np.ndarray], snr, path: str | Path, *, units: 
     (log–log), with the running median."""
     s_n = _f(snr)
     names = list(sigma)
-    fig = Figure(figsize=(4.2 * max(len(names), 1), 3.8), dpi=110)
+    fig = Figure(layout="constrained", figsize=(4.2 * max(len(names), 1), 3.8), dpi=110)
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
     for ax, name in zip(axes, names):
         s = _f(sigma[name])
@@ -217,7 +222,7 @@ def sigma_vs_snr(sigma: dict[str, np.ndarray], snr, path: str | Path, *, units: 
         if not ok.any():
             _empty(ax)
             continue
-        ax.hexbin(s_n[ok], s[ok], gridsize=GRID, bins="log", mincnt=1, cmap="Blues", xscale="log", yscale="log",
+        ax.hexbin(s_n[ok], s[ok], gridsize=_grid(int(ok.sum())), bins="log", mincnt=1, cmap="viridis", xscale="log", yscale="log",
                   linewidths=0)
         run = _running(s_n[ok], s[ok])
         if run is not None:
@@ -231,7 +236,7 @@ def calibration_figure(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], 
     against k, overall and per S/N quartile, with the Gaussian expectation; bottom, the
     1σ and 2σ coverage in each S/N quartile (targets 0.683 and 0.954)."""
     names = [n for n in pred if n in ref and n in sigma]
-    fig = Figure(figsize=(4.0 * max(len(names), 1), 6.6), dpi=110)
+    fig = Figure(layout="constrained", figsize=(4.0 * max(len(names), 1), 6.6), dpi=110)
     axes = fig.subplots(2, max(len(names), 1), squeeze=False)
     ks = np.array(CURVE_K)
     kk = np.linspace(0, max(ks), 60)
@@ -304,7 +309,7 @@ def correlation_matrix(columns: dict[str, np.ndarray], path: str | Path, *, meth
                 if x.std() > 0 and y.std() > 0:
                     corr[a, b] = corr[b, a] = float(np.corrcoef(x, y)[0, 1])
     size = max(4.5, 0.45 * k + 2)
-    fig = Figure(figsize=(size + 1, size), dpi=110)
+    fig = Figure(layout="constrained", figsize=(size + 1, size), dpi=110)
     ax = fig.subplots()
     im = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(k)); ax.set_xticklabels(names, rotation=90, fontsize=7)
@@ -323,7 +328,7 @@ def correlation_matrix(columns: dict[str, np.ndarray], path: str | Path, *, meth
 def _plane(ax, x: np.ndarray, y: np.ndarray, extent) -> int:
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum():
-        ax.hexbin(x[ok], y[ok], gridsize=40, bins="log", mincnt=1, cmap="viridis", extent=extent, linewidths=0)
+        ax.hexbin(x[ok], y[ok], gridsize=max(12, _grid(int(ok.sum())) // 2), bins="log", mincnt=1, cmap="viridis", extent=extent, linewidths=0)
     else:
         _empty(ax, "no stars")
     return int(ok.sum())
@@ -349,7 +354,7 @@ def alpha_vs_metal_kiel_bins(teff, logg, metal, alpha, path: str | Path, *, meta
     n = max(len(keys_sorted), 1)
     ncol = min(4, n)
     nrow = -(-n // ncol)
-    fig = Figure(figsize=(3.3 * ncol, 2.9 * nrow + 0.5), dpi=110)
+    fig = Figure(layout="constrained", figsize=(3.3 * ncol, 2.9 * nrow + 0.5), dpi=110)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel())
     extent = None
     if ok.sum() > 1:
@@ -382,7 +387,7 @@ def alpha_vs_metal_rz(r_kpc, z_kpc, metal, alpha, path: str | Path, *, metal_nam
     r, z, m, a = _f(r_kpc), np.abs(_f(z_kpc)), _f(metal), _f(alpha)
     ok = np.isfinite(r) & np.isfinite(z) & np.isfinite(m) & np.isfinite(a)
     nr, nz = len(r_edges) - 1, len(z_edges) - 1
-    fig = Figure(figsize=(2.6 * nr, 2.3 * nz + 0.6), dpi=110)
+    fig = Figure(layout="constrained", figsize=(2.6 * nr, 2.3 * nz + 0.6), dpi=110)
     axes = fig.subplots(nz, nr, sharex=True, sharey=True, squeeze=False)
     extent = None
     if ok.sum() > 1:
@@ -408,7 +413,7 @@ def flag_statistics(bit_counts: dict[str, int], status_counts: dict[str, int], n
                     path: str | Path, *, max_status: int = 15) -> Path:
     """Rows per flag bit (left) and per ``status`` value (right, the most frequent
     ``max_status``), as horizontal bars with counts and percentages of ``n_rows``."""
-    fig = Figure(figsize=(12, max(3.0, 0.32 * max(len(bit_counts), min(len(status_counts), max_status)) + 1.2)),
+    fig = Figure(layout="constrained", figsize=(12, max(3.0, 0.32 * max(len(bit_counts), min(len(status_counts), max_status)) + 1.2)),
                  dpi=110)
     ax1, ax2 = fig.subplots(1, 2)
     for ax, counts, title in ((ax1, bit_counts, "rows with each flag bit set"),
@@ -436,7 +441,7 @@ def seismic_comparison(logg_pred, logg_seismic, path: str | Path, *, teff=None) 
     bias and robust σ of the difference; coloured by Teff (K) when given."""
     x, y = _f(logg_seismic), _f(logg_pred)
     ok = np.isfinite(x) & np.isfinite(y)
-    fig = Figure(figsize=(5.2, 4.6), dpi=110)
+    fig = Figure(layout="constrained", figsize=(5.2, 4.6), dpi=110)
     ax = fig.subplots()
     if ok.any():
         c = None if teff is None else _f(teff)[ok]
@@ -445,7 +450,7 @@ def seismic_comparison(logg_pred, logg_seismic, path: str | Path, *, teff=None) 
                            linewidths=0)
             fig.colorbar(hb, ax=ax, label=r"median $T_{\rm eff}$ [K]")
         else:
-            hb = ax.hexbin(x[ok], y[ok], gridsize=40, bins="log", mincnt=1, cmap="Blues", linewidths=0)
+            hb = ax.hexbin(x[ok], y[ok], gridsize=40, bins="log", mincnt=1, cmap="viridis", linewidths=0)
         lo, hi = np.percentile(np.r_[x[ok], y[ok]], [0.5, 99.5])
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
         m = label_metrics(y, x)
@@ -463,7 +468,7 @@ def cluster_comparison(stats, path: str | Path, *, label: str = "fe_h", referenc
     :func:`kielnet.diagnostics.external.cluster_metallicity`, most populated first), with
     reference values (e.g. literature [Fe/H]) as crosses when given."""
     rows = sorted(range(len(stats)), key=lambda i: -int(stats["n"][i]))[:max_clusters]
-    fig = Figure(figsize=(max(5, 0.32 * len(rows) + 2), 4.2), dpi=110)
+    fig = Figure(layout="constrained", figsize=(max(5, 0.32 * len(rows) + 2), 4.2), dpi=110)
     ax = fig.subplots()
     if rows:
         x = np.arange(len(rows))

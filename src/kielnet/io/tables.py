@@ -505,7 +505,9 @@ def _write_fits(tab: Table, path: Path) -> None:
         if unit is not None and unit.to_string(format="generic") in _NON_FITS_UNITS:
             odd[name] = unit.to_string(format="generic")
             tab[name].unit = None
-    tab.write(path, format="fits", overwrite=True)  # astropy's writer: descriptions in its YAML comments
+    with warnings.catch_warnings():  # long metadata keys (kielnet_roles) become HIERARCH cards, as intended
+        warnings.filterwarnings("ignore", message=".*HIERARCH card will be created", category=fits.verify.VerifyWarning)
+        tab.write(path, format="fits", overwrite=True)  # astropy's writer: descriptions in its YAML comments
     with fits.open(path, mode="update") as hdul:
         header = hdul[1].header
         for i, name in enumerate(tab.colnames, start=1):
