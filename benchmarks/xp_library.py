@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         **provenance(commit, dirty),
     }
     write_result(out, args.out)
+    from kielnet.diagnostics.report import make_report, reference_table  # the test stars' report (issue 13)
+    make_report(res.catalogue, Path(__file__).parent / "results" / "report_xp_library", bundle=res.bundle,
+                references=[reference_table(res.test)], reference_names=["APOGEE DR17"], stars=res.test,
+                title="kielnet XP-library benchmark: held-out test stars", progress=False)
     print(json.dumps(checks, indent=1))
     return 0
 

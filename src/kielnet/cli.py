@@ -1,4 +1,4 @@
-"""Command-line interface: ``kielnet train | predict | evaluate | demo | presets``.
+"""Command-line interface: ``kielnet train | predict | evaluate | demo | report | presets``.
 
 Every sub-command's ``--help`` lists its inputs, outputs and units. Errors in user
 input are printed as one line naming the file, field and star, with exit code 2.
@@ -379,6 +379,35 @@ def cmd_demo(args) -> int:
     print(f"\ntrained {len(res.bundle.members)} members in {res.train_seconds:.0f} s; "
           f"total {time.time() - t0:.0f} s")
     print(f"catalogue: {cat_path} (+ .fits); plots: {kiel}, {resid}; bundle: {out / 'bundle'}")
+    from kielnet.diagnostics.report import make_report, reference_table
+
+    rep = make_report(res.catalogue, out / "report", references=[reference_table(res.test)],
+                      reference_names=["APOGEE DR17"], bundle=res.bundle, stars=res.test,
+                      title="kielnet demo: held-out XP-library stars", progress=not args.quiet)
+    print(f"report: {rep.html}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from kielnet.diagnostics.report import make_report
+    from kielnet.io.outputs import check_output_dir
+
+    import astropy.units as u
+
+    inputs = [args.catalogue, *args.reference, *([args.bundle] if args.bundle else []),
+              *([args.data] if args.data else [])]
+    out = check_output_dir(args.out, inputs=inputs, what="report directory")
+    stars = None
+    if args.data:
+        from kielnet.io import read_stars
+
+        stars = _with_metadata(read_stars(args.data), args.metadata)
+    rep = make_report(args.catalogue, out, references=args.reference, bundle=args.bundle, stars=stars,
+                      match_by=args.match_by, radius=args.radius * u.arcsec, accept=args.accept,
+                      progress=not args.quiet, max_gradient_stars=args.max_stars)
+    for note in rep.notes:
+        print(f"note: {note}")
+    print(f"report: {rep.html} ({len(rep.figures)} figures)")
     return 0
 
 
@@ -584,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a small ensemble on the APOGEE DR17 x Gaia XP library "
                                    "(stars with crc32(apogee_id) % 5 != 0), predict the held-out fifth and "
                                    "write into OUT: catalogue.parquet / catalogue.fits, kiel_diagram.png "
-                                   "(log g vs Teff coloured by [Fe/H]), residuals.png, metrics.json and "
-                                   "the model bundle. Rerunning resumes from OUT/work.\n" + LABELS_HELP)
+                                   "(log g vs Teff coloured by [Fe/H]), residuals.png, metrics.json, "
+                                   "the model bundle and the validation report (OUT/report/report.html, "
+                                   "see 'kielnet report'). Rerunning resumes from OUT/work.\n" + LABELS_HELP)
     d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
     d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
     d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
@@ -632,6 +662,39 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-stars", type=_positive_int, default=2000, help="at most this many stars (default 2000)")
     se.add_argument("--out", required=True, help="output directory")
     se.set_defaults(func=cmd_sensitivity)
+
+    rp = sub.add_parser("report", formatter_class=fmt, help="validation figures and one HTML page for a catalogue",
+                        description="The papers' validation figures for a kielnet catalogue, as PNGs and one "
+                                    "self-contained HTML page (OUT/report.html, figures embedded): Kiel diagrams "
+                                    "coloured by metallicity in S/N bins (Gaia-RVS Fig. 11), residual densities with "
+                                    "bias and sigma against each reference (Fig. 7), sigma against label and S/N "
+                                    "(Figs. 8, 13, 16), calibration curves and coverage per S/N bin, the correlation "
+                                    "matrix (Fig. 5), [alpha/M] vs [M/H] in Teff-log g cells (Fig. 14), gradient maps "
+                                    "with --bundle and --data (Figs. 9-10), flag and status statistics; with reference "
+                                    "columns numax [uHz], cluster, ra/dec [deg] + parallax [mas]: asteroseismic log g, "
+                                    "[Fe/H] per open cluster and [alpha/M]-[M/H] in Galactocentric R-Z bins (Fig. 24). "
+                                    "Only rows with status ok are drawn (labels withheld or flagged are counted, never "
+                                    "drawn). Tables: OUT/comparison_REF.ecsv (bias, robust sigma, RMS, 1/2-sigma "
+                                    "coverage per label and regime; residual = catalogue - reference; Teff in K, "
+                                    "others dex) and OUT/report.json (counts).")
+    rp.add_argument("catalogue", help="kielnet catalogue (.parquet read in row batches, .fits, .csv, .ecsv)")
+    rp.add_argument("--reference", action="append", default=[], metavar="TABLE",
+                    help="reference catalogue with labels (teff [K], logg, fe_h / m_h, alpha_m [dex]; APOGEE-style "
+                         "upper-case names too), matched by id (source_id / gaia_source_id / apogee_id / id) or by "
+                         "position (ra, dec); repeatable")
+    rp.add_argument("--match-by", choices=("auto", "id", "position"), default="auto",
+                    help="cross-match by identifier, by sky position, or auto (id when one matches, else position)")
+    rp.add_argument("--radius", type=float, default=1.0, help="position match radius in arcsec (default 1)")
+    rp.add_argument("--bundle", help="model bundle: gradient maps of the stars in --data")
+    rp.add_argument("--data", help="input stars for the gradient maps (with --bundle); " + DATA_HELP)
+    rp.add_argument("--metadata", action="append", default=[], help="scalar inputs joined onto --data by id")
+    rp.add_argument("--max-stars", type=_positive_int, default=500, help="stars averaged in the gradient maps")
+    rp.add_argument("--accept", action="append", default=[], metavar="FLAG",
+                    help="also draw rows whose only flags are these bit names (e.g. interpolated_pixels, "
+                         "label_not_reported); bits that withhold labels are never drawn")
+    rp.add_argument("--out", required=True, help="output directory")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(func=cmd_report)
 
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=cmd_presets)

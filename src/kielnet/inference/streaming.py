@@ -558,6 +558,7 @@ def concat_parquet(files: list[Path], output: Path, meta: dict | None = None, ch
     md = {b"kielnet_columns": first.get(b"kielnet_columns", b"{}"),
           b"kielnet_meta": (first.get(b"kielnet_meta", b"{}") if meta is None
                             else json.dumps(dict(meta), default=str).encode())}
+    md.update(_astropy_metadata(pa.schema([unified.field(n) for n in names]).with_metadata(md), schemas, files))
     schema = pa.schema([unified.field(n) for n in names]).with_metadata(md)
     rows = 0
     with atomic_path(output) as tmp:
@@ -575,6 +576,33 @@ def concat_parquet(files: list[Path], output: Path, meta: dict | None = None, ch
         if pq.read_metadata(tmp).num_rows != rows:
             raise KielnetError(f"{output}: the Parquet file does not hold the {rows} rows written")
     return rows
+
+
+def _astropy_metadata(schema, schemas: list, files: list[Path]) -> dict:
+    """astropy's Parquet header (:func:`kielnet.io.tables.astropy_parquet_metadata`) for the
+    concatenation of ``files``: column types, units and descriptions from ``schema``, the
+    length of each text column the longest over the files (their ``table::len::`` entries,
+    else measured by reading that column)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from kielnet.io.tables import arrow_to_table, astropy_parquet_metadata
+
+    empty = arrow_to_table(schema.empty_table(), source=str(files[0]))
+    lengths: dict[str, int] = {}
+    for name in empty.colnames:
+        if empty[name].dtype.kind not in "US":
+            continue
+        key = f"table::len::{name}".encode()
+        n = 0
+        for f, sch in zip(files, schemas):
+            got = (sch.metadata or {}).get(key)
+            if got is None:
+                col = pq.read_table(f, columns=[name]).column(0)
+                got = pc.max(pc.utf8_length(col)).as_py() if len(col) else 0
+            n = max(n, int(got or 0))
+        lengths[name] = n
+    return astropy_parquet_metadata(empty, lengths)
 
 
 def _write_parquet_parts(files: list[Path], summaries: list[dict], output: Path, meta: dict) -> int:

@@ -53,7 +53,8 @@ from kielnet.io.paths import check_readable
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
            "KNOWN_LABELS", "atomic_write_table", "read_catalogue", "ColumnPlan", "column_plan",
-           "build_startable", "arrow_to_table", "TABLE_SUFFIXES", "table_format", "fits_table_rows"]
+           "build_startable", "arrow_to_table", "TABLE_SUFFIXES", "table_format", "fits_table_rows",
+           "astropy_parquet_metadata"]
 
 KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
 _ID_CANDIDATES = ("id", "source_id", "apogee_id", "star_id")
@@ -480,30 +481,78 @@ def atomic_write_table(tab: Table, path: str | Path) -> Path:
     return path
 
 
+#: units a FITS header cannot carry (FITS standard §4.3): written without TUNITn, the unit
+#: named in TCOMMn instead (``"[dex] <description>"``) and restored by :func:`read_catalogue`
+_NON_FITS_UNITS = ("dex",)
+_TCOMM_UNIT = re.compile(r"^\[(?P<unit>[^\]]+)\](\s|$)")
+
+
 def _write_fits(tab: Table, path: Path) -> None:
-    """FITS binary table; units FITS cannot express natively (dex) go into TUNITn as text."""
+    """FITS binary table that opens without warnings in astropy, TOPCAT and fitsio.
+
+    Units FITS can express go into TUNITn; ``dex`` (not a FITS unit) is left out of
+    TUNITn and stated in TCOMMn (``"[dex] description"``, the HEASARC column-comment
+    convention TOPCAT shows as the column description). Descriptions also go into
+    TCOMMn (up to 68 characters) and, in full, into astropy's serialized column
+    metadata (so :meth:`astropy.table.Table.read` restores them).
+    """
     from astropy.io import fits
 
     tab = tab.copy(copy_data=False)
     odd = {}
     for name in tab.colnames:
         unit = tab[name].unit
-        if unit is not None and unit.to_string(format="generic") == "dex":
-            odd[name] = "dex"
+        if unit is not None and unit.to_string(format="generic") in _NON_FITS_UNITS:
+            odd[name] = unit.to_string(format="generic")
             tab[name].unit = None
-    hdu = fits.table_to_hdu(tab)
-    for i, name in enumerate(tab.colnames, start=1):
-        if name in odd:
-            hdu.header[f"TUNIT{i}"] = odd[name]
-        desc = getattr(tab[name], "description", None)
-        if desc:
-            hdu.header.comments[f"TTYPE{i}"] = str(desc)[:47]
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+    with warnings.catch_warnings():  # long metadata keys (kielnet_roles) become HIERARCH cards, as intended
+        warnings.filterwarnings("ignore", message=".*HIERARCH card will be created", category=fits.verify.VerifyWarning)
+        tab.write(path, format="fits", overwrite=True)  # astropy's writer: descriptions in its YAML comments
+    with fits.open(path, mode="update") as hdul:
+        header = hdul[1].header
+        for i, name in enumerate(tab.colnames, start=1):
+            desc = getattr(tab[name], "description", None) or ""
+            text = ((f"[{odd[name]}] " if name in odd else "") + str(desc)).strip()
+            if text:
+                header.set(f"TCOMM{i}", text[:68], after=f"TTYPE{i}")
+            if desc:
+                header.comments[f"TTYPE{i}"] = str(desc)[:47]
+
+
+def _plain_meta(meta: dict) -> dict:
+    """Table metadata as plain JSON types (what YAML and JSON both can hold)."""
+    return json.loads(json.dumps(dict(meta), default=str))
+
+
+def astropy_parquet_metadata(tab: Table, str_lengths: dict[str, int] | None = None) -> dict[bytes, bytes]:
+    """The schema metadata astropy's own Parquet reader (:func:`astropy.io.misc.parquet.read_table_parquet`,
+    i.e. ``Table.read(path)``) uses: ``table_meta_yaml`` (column dtypes, units, descriptions and the
+    table metadata, as astropy's writer makes it) and ``table::len::NAME`` for each text column
+    (its longest value in characters: ``str_lengths`` or measured in ``tab``); without the
+    latter astropy warns on every text column."""
+    from astropy.table import meta as table_meta
+
+    plain = Table(tab, copy=False)
+    plain.meta = _plain_meta(tab.meta)
+    yaml = "\n".join(table_meta.get_yaml_from_table(plain))
+    md = {b"table_meta_yaml": yaml.encode()}
+    for name in tab.colnames:
+        kind = np.asarray(tab[name]).dtype.kind
+        if kind in "US":
+            if str_lengths is not None and name in str_lengths:
+                n = int(str_lengths[name])
+            else:
+                data = np.asarray(tab[name]).astype(str)
+                n = int(np.char.str_len(data).max()) if data.size else 0
+            md[f"table::len::{name}".encode()] = str(max(n, 1)).encode()
+    return md
 
 
 def _write_parquet(tab: Table, path: Path) -> None:
     """Parquet via pyarrow (array columns as fixed-size lists); units, descriptions and
-    table metadata are kept in the schema metadata as JSON."""
+    table metadata are kept in the schema metadata as JSON (``kielnet_columns``,
+    ``kielnet_meta``) and as astropy's own YAML header (:func:`astropy_parquet_metadata`),
+    so ``Table.read(path)`` restores them too (astropy's Parquet reader needs pandas)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -528,7 +577,8 @@ def _write_parquet(tab: Table, path: Path) -> None:
         colmeta[name] = {"unit": None if col.unit is None else col.unit.to_string(),
                          "description": getattr(col, "description", None)}
     meta = {b"kielnet_columns": json.dumps(colmeta).encode(),
-            b"kielnet_meta": json.dumps(dict(tab.meta), default=str).encode()}
+            b"kielnet_meta": json.dumps(dict(tab.meta), default=str).encode(),
+            **astropy_parquet_metadata(tab)}
     pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta)), path)
 
 
@@ -665,7 +715,7 @@ def read_catalogue(path: str | Path) -> Table:
     if fmt == "parquet":
         return _read_parquet(path)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", u.UnitsWarning)  # 'dex' is not a FITS-standard unit
+        warnings.simplefilter("ignore", u.UnitsWarning)  # 'dex' in TUNITn of files written by older kielnets
         tab = Table.read(path, format=fmt)
     for name in tab.colnames:  # FITS units outside the standard (dex) come back unrecognised
         unit = tab[name].unit
@@ -673,7 +723,28 @@ def read_catalogue(path: str | Path) -> Table:
             parsed = u.Unit(unit.to_string(), parse_strict="silent")
             if not isinstance(parsed, u.UnrecognizedUnit):
                 tab[name].unit = parsed
+    if fmt == "fits":
+        _units_from_tcomm(path, tab)
     return tab
+
+
+def _units_from_tcomm(path: Path, tab: Table) -> None:
+    """Units a FITS file states in TCOMMn (``"[dex] ..."``, :func:`_write_fits`) onto the columns
+    that have none; the TCOMMn cards astropy left in the table metadata are removed."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            header = next(h.header for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU)))
+    except Exception:  # noqa: BLE001 - the table was read; units stay as they are
+        return
+    for i, name in enumerate(tab.colnames, start=1):
+        tab.meta.pop(f"TCOMM{i}", None)
+        m = _TCOMM_UNIT.match(str(header.get(f"TCOMM{i}", "")))
+        if m and tab[name].unit is None:
+            parsed = u.Unit(m["unit"], parse_strict="silent")
+            if not isinstance(parsed, u.UnrecognizedUnit):
+                tab[name].unit = parsed
 
 
 def write_table(st: StarTable, path: str | Path) -> Path:
