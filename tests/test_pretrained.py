@@ -54,3 +54,43 @@ def test_cli_models_and_predict_by_name(xp_subset_path, tmp_path, capsys):
     assert rc == 0
     cat = pq.read_table(tmp_path / "c.parquet").to_pydict()
     assert len(cat["id"]) == 1000 and (np.asarray(cat["status"]) == "ok").mean() > 0.8
+
+
+def test_archive_xp_file_gives_the_labels_of_the_library_representation(shared_data, tmp_path):
+    """A Gaia-archive XP continuous file labelled in one command (kielnet's GaiaXPy path +
+    a photometry table joined by source_id) gives the labels of the same stars built by
+    hand the way the XP library was (GaiaXPy calibrate at its default 336-1020 nm
+    sampling, divided by the median flux) and labelled from memory."""
+    gaiaxpy = pytest.importorskip("gaiaxpy")
+    from astropy.table import Table
+
+    from kielnet.data.startable import StarTable
+    from kielnet.io.gaia_xp import read_xp_continuous, to_gaiaxpy_frame
+
+    raw = shared_data / "gaia_xp" / "XP_CONTINUOUS_RAW.csv"
+    st = read_xp_continuous(raw)
+    sid = np.asarray(st.extra["source_id"], dtype=np.int64)
+    n = len(sid)
+    phot = {"g": np.linspace(13.0, 15.0, n), "bp": np.linspace(13.4, 15.5, n), "rp": np.linspace(12.4, 14.3, n),
+            "j": np.linspace(11.5, 13.3, n), "h": np.linspace(11.0, 12.8, n), "k": np.linspace(10.9, 12.7, n)}
+    meta = tmp_path / "phot.csv"
+    Table({"source_id": sid, **phot}).write(meta, format="ascii.csv")
+    out = tmp_path / "labels.parquet"
+    assert main(["predict", "--bundle", NAME, "--data", str(raw), "--metadata", str(meta), "--out", str(out)]) == 0
+    got = pq.read_table(out).to_pydict()
+
+    frame, _ = to_gaiaxpy_frame(st)
+    cal, sampling = gaiaxpy.calibrate(frame, save_file=False)
+    flux = np.vstack([np.asarray(v, float) for v in cal["flux"]])
+    err = np.vstack([np.asarray(v, float) for v in cal["flux_error"]])
+    med = np.median(flux, axis=1, keepdims=True)
+    by_hand = StarTable(ids=st.ids, flux=flux / med, flux_err=err / med, wavelength=np.asarray(sampling, float),
+                        scalars=phot, extra={"source_id": sid}, meta={"source": "by hand"})
+    want = predict(load_bundle(NAME), by_hand)
+    assert [int(s) for s in got["source_id"]] == sid.tolist()
+    for name in ("teff", "logg", "fe_h", "alpha_m"):
+        a, b = np.asarray(got[name], float), np.asarray(want[name], float)
+        s = np.asarray(want[f"sigma_{name}"], float)
+        ok = np.isfinite(b)
+        assert ok.any() and np.array_equal(np.isfinite(a), ok)
+        assert np.all(np.abs(a[ok] - b[ok]) < 0.01 * s[ok]), name

@@ -262,9 +262,9 @@ class SigmaModel:
                 if sel.any():
                     fac[sel] = self.missing.get(name, {}).get(label, np.nan)
             s = s * fac
-        if spread is not None:
-            s = np.fmax(s, np.asarray(spread, dtype=float)) if self.recalibration is not None else s
-            s = np.where(np.isfinite(base), s, np.nan)
+        if spread is not None and self.recalibration is not None:
+            with np.errstate(invalid="ignore"):
+                s = np.maximum(s, np.asarray(spread, dtype=float))  # NaN stays NaN
         return s
 
     def describe(self) -> str:
