@@ -207,12 +207,22 @@ def _with_metadata(table, metadata):
     return table
 
 
-def _open_source(data, metadata):
+def _open_source(data, metadata, *, sampled_xp: bool = False):
     """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
     metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
     metadata joined per batch) where this kielnet has it, else the whole input read
-    into memory (:func:`_with_metadata`)."""
+    into memory (:func:`_with_metadata`). ``sampled_xp``: the model reads sampled
+    spectra, so a Gaia XP continuous file is converted with GaiaXPy to the XP library's
+    representation (336-1020 nm, divided by the median flux) first."""
     import kielnet.io as kio
+
+    if sampled_xp and Path(data).is_file() and kio.get_reader(data).name == "gaia-xp":
+        from kielnet.data.source import TableSource
+        from kielnet.io.gaia_xp import xp_sampled_spectra
+
+        table = _with_metadata(xp_sampled_spectra(data), metadata)
+        print(f"{len(table)} XP continuous spectra converted to sampled spectra with GaiaXPy")
+        return TableSource(table, spec=str(data)), True
 
     open_stars = getattr(kio, "open_stars", None)
     if open_stars is not None:
@@ -298,7 +308,7 @@ def cmd_predict(args) -> int:
     if args.table2 and not bundle.config.quality.boundary_flag.enabled:
         raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
                            "(e.g. the gaia_rvs_hybrid preset)")
-    source, printed = _open_source(args.data, args.metadata)
+    source, printed = _open_source(args.data, args.metadata, sampled_xp=bundle.config.spectrum is not None)
     n_rows = source.n_rows
     if (args.table2 and n_rows is not None and n_rows > streaming.IN_MEMORY_ROW_LIMIT
             and not (_table2_is_parquet(args.table2) and _table2_is_parquet(args.out))):
