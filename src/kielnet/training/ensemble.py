@@ -110,32 +110,36 @@ def run_fingerprint(config: KielnetConfig, table: StarTable) -> dict:
                                       extra=False)}
 
 
-def _claim_workdir(wd: Path, config: KielnetConfig, table: StarTable) -> None:
-    """Create ``wd`` or check that it belongs to this very run (same config and the same
-    training data, by content), so that resuming never mixes members of different runs.
-    Raises :class:`RunMismatchError` naming what differs."""
-    fingerprint = run_fingerprint(config, table)
+def claim_workdir(wd: Path, fingerprint: dict, *, what: str = "training run", revalidate=None) -> None:
+    """Create ``wd`` with ``run.json`` = ``fingerprint`` (a dict with ``format``, ``config``
+    and ``data``), or check that ``wd`` belongs to this very run (same format, config
+    and data content), so that resuming never mixes different runs. Raises
+    :class:`RunMismatchError` naming what differs. ``revalidate`` maps the stored config
+    before comparing (default: training's comparable config at today's defaults). Used
+    by training and by tuning."""
+    revalidate = _revalidated if revalidate is None else revalidate
     stamp = wd / "run.json"
     if wd.is_dir() and any(wd.iterdir()):
         if not stamp.is_file():
             raise RunMismatchError("the work directory holds files but no run.json: it was not written by "
-                                   "this version of kielnet's training; use --fresh to start afresh or "
-                                   "choose another work directory", source=str(wd), field="workdir")
+                                   "this version of kielnet; use --fresh to start afresh or choose another "
+                                   "work directory", source=str(wd), field="workdir")
         try:
             old = json.loads(stamp.read_text())
         except (OSError, ValueError) as exc:
             raise RunMismatchError(f"run.json is unreadable ({exc}); use --fresh to start afresh",
                                    source=str(wd), field="workdir") from exc
-        if not isinstance(old, dict) or old.get("format") != WORKDIR_FORMAT:
+        if not isinstance(old, dict) or old.get("format") != fingerprint["format"]:
             raise RunMismatchError("the work directory was written by an older kielnet (no content "
-                                   "fingerprint of the training data); use --fresh to start afresh",
+                                   "fingerprint of the data); use --fresh to start afresh",
                                    source=str(wd), field="workdir")
         diffs = [f"training data: {d}" for d in describe_differences(old.get("data", {}), fingerprint["data"])]
-        diffs += [f"config: {d}" for d in dict_differences(_revalidated(old.get("config")), fingerprint["config"])]
+        diffs += [f"config: {d}" for d in dict_differences(revalidate(old.get("config")), fingerprint["config"])]
         if diffs:
-            raise RunMismatchError("the work directory holds a different training run (" + "; ".join(diffs)
+            raise RunMismatchError(f"the work directory holds a different {what} (" + "; ".join(diffs)
                                    + "); use --fresh to discard its checkpoints or choose another work "
-                                   "directory", source=str(wd), field="workdir")
+                                   "directory",
+                                   source=str(wd), field="workdir")
         return
     wd.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps(fingerprint, indent=1))
@@ -265,7 +269,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     weights = sample_weights(config, prep.targets, rows)
     wd = Path(workdir) if workdir is not None else None
     if wd is not None:
-        _claim_workdir(wd, config, table)
+        claim_workdir(wd, run_fingerprint(config, table))
     members, infos = [], []
     n_pix, widths = pre.n_pix or 0, pre.branch_widths()
     n_total = ens.n_splits * ens.members_per_split

@@ -26,6 +26,7 @@ from kielnet.data.preprocess import Prepared
 from kielnet.errors import RunMismatchError
 from kielnet.io.atomic import atomic_path
 from kielnet.models.hybrid import HybridNet, split_outputs
+from kielnet.quality.uncertainty import robust_sigma
 
 __all__ = ["TrainResult", "build_model", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
            "InputDropout", "train_member"]
@@ -201,17 +202,15 @@ def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.nda
 
 
 def robust_score(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean over labels of 1.4826 × MAD of ``pred − target`` (scaled units; NaN targets
-    skipped; inf if a prediction is not finite)."""
-    r = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    """Mean over labels of the robust σ (:func:`kielnet.quality.uncertainty.robust_sigma`)
+    of ``pred − target`` (scaled units; NaN targets skipped; inf if a prediction is not
+    finite or no label has a residual)."""
     if not np.isfinite(pred).all():
         return float("inf")
-    out = []
-    for j in range(r.shape[1]):
-        v = r[:, j][np.isfinite(r[:, j])]
-        if v.size:
-            out.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
-    return float(np.mean(out)) if out else float("inf")
+    r = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    per = [robust_sigma(r[:, j]) for j in range(r.shape[1])]
+    per = [v for v in per if np.isfinite(v)]
+    return float(np.mean(per)) if per else float("inf")
 
 
 # ---------------------------------------------------------------- checkpoints

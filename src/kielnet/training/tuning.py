@@ -36,13 +36,13 @@ import numpy as np
 import yaml
 
 from kielnet.config import KielnetConfig, SearchParam
-from kielnet.data.fingerprint import dict_differences, describe_differences, table_fingerprint
+from kielnet.data.fingerprint import table_fingerprint
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
-from kielnet.errors import ConfigError, InputError, RunMismatchError
+from kielnet.errors import ConfigError, InputError
 from kielnet.io.atomic import atomic_write_text
-from kielnet.training.ensemble import MIN_TRAINING_STARS, sample_weights
+from kielnet.training.ensemble import MIN_TRAINING_STARS, claim_workdir, sample_weights
 from kielnet.training.trainer import train_member
 
 __all__ = ["TuneResult", "apply_params", "run_study", "write_best_preset", "STUDY_FILE"]
@@ -123,24 +123,15 @@ def _study(workdir: Path, config: KielnetConfig, offset: int = 0):
 
 
 def _claim(workdir: Path, config: KielnetConfig, table: StarTable) -> None:
-    """Create the work directory or check it holds this very search (config + data)."""
-    stamp = {"format": 1, "config": config.model_dump(mode="json"),
-             "data": table_fingerprint(table, scalars=config.scalar_columns(), labels=config.label_names,
-                                       extra=False)}
-    stamp["config"].pop("provenance", None)
-    stamp["config"]["tuning"].pop("n_trials", None)  # a study may be extended
-    f = workdir / "run.json"
-    if f.is_file():
-        old = json.loads(f.read_text())
-        diffs = [f"data: {d}" for d in describe_differences(old.get("data", {}), stamp["data"])]
-        diffs += [f"config: {d}" for d in dict_differences(old.get("config"), stamp["config"])]
-        if diffs:
-            raise RunMismatchError("the work directory holds a different tuning study (" + "; ".join(diffs)
-                                   + "); use --fresh or another work directory", source=str(workdir),
-                                   field="workdir")
-        return
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(f, json.dumps(stamp, indent=1))
+    """Create the work directory or check it holds this very search (config + data);
+    the same check as training's work directories (:func:`kielnet.training.ensemble.claim_workdir`)."""
+    cfg = config.model_dump(mode="json")
+    cfg.pop("provenance", None)
+    cfg["tuning"].pop("n_trials", None)  # a study may be extended
+    claim_workdir(workdir, {"format": 1, "config": cfg,
+                            "data": table_fingerprint(table, scalars=config.scalar_columns(),
+                                                      labels=config.label_names, extra=False)},
+                  what="tuning study", revalidate=lambda stored: stored)
 
 
 def _objective_factory(config: KielnetConfig, table: StarTable, log):
