@@ -191,7 +191,16 @@ class TrainingConfig(_Strict):
     lr_patience: int = Field(default=4, gt=0)
     lr_factor: float = Field(default=0.5, gt=0, lt=1)
     min_lr: float = Field(default=1e-6, ge=0)
+    schedule: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description="learning-rate schedule: 'plateau' = ReduceLROnPlateau on the validation loss "
+                    "(lr_patience, lr_factor); 'cosine' = linear warm-up over warmup_epochs, then a "
+                    "cosine decay per epoch from lr to min_lr at max_epochs")
+    warmup_epochs: int = Field(default=0, ge=0, description="epochs of linear warm-up ('cosine' schedule)")
     loss: Literal["mse", "huber", "l1"] = "mse"
+    huber_delta: float = Field(default=1.0, gt=0,
+                               description="'huber' loss: residual (scaled label units, i.e. label standard "
+                                           "deviations) where the loss turns from quadratic to linear")
     weighting: WeightingConfig = WeightingConfig()
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
     noise_augmentation: float = Field(

@@ -49,15 +49,18 @@ def catalogue_metrics(cat: Table, truth: StarTable, labels: list[str]) -> dict:
 
 
 def run_holdout(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None,
-                bundle_dir: str | Path | None = None, progress: bool = True, log=print) -> HoldoutResult:
+                bundle_dir: str | Path | None = None, progress: bool = True, log=print,
+                selection=None) -> HoldoutResult:
     """Train ``config`` on the crc32 training part of ``table``, predict the test part.
 
-    Returns the bundle, the test catalogue and per-label test metrics.
+    ``selection`` (a :class:`kielnet.data.selection.Selection`) cleans the *training*
+    stars only; every test star is predicted and scored. Returns the bundle, the test
+    catalogue and per-label test metrics.
     """
     train, test = holdout_split(table)
     log(f"{len(table)} stars: {len(train)} for training, {len(test)} held out (crc32(id) % 5 == 0)")
     t0 = time.time()
-    bundle = train_ensemble(train, config, workdir=workdir, progress=progress, log=log)
+    bundle = train_ensemble(train, config, workdir=workdir, progress=progress, log=log, selection=selection)
     t_train = time.time() - t0
     if bundle_dir is not None:
         save_bundle(bundle, bundle_dir)

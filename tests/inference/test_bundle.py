@@ -126,3 +126,38 @@ def test_channels_last_bundle_round_trip(make_table, tiny_config, tmp_path):
     _assert_same_catalogue(predict(bundle, new), predict(loaded, new))
     # the member weights carry the 2-D conv layout
     assert any(v.ndim == 4 for v in loaded.members[0].values())
+
+
+def test_half_precision_storage_halves_the_files_and_loads_as_float32(tiny_holdout, tmp_path):
+    import torch
+
+    from kielnet.inference.bundle import HALF_MAX_REL_ERROR, storage_tensor
+
+    full = tiny_holdout.bundle_dir
+    half = save_bundle(load_bundle(full), tmp_path / "half", weights_dtype="float16")
+    size = lambda d: sum(f.stat().st_size for f in d.glob("member_*.safetensors"))  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    meta = json.loads((half / "bundle.json").read_text())
+    assert all(m["storage"] == "float16" for m in meta["members"])
+    with safe_open(str(half / meta["members"][0]["file"]), framework="pt") as fh:
+        dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}
+    assert torch.float16 in dtypes
+    loaded = load_bundle(half)
+    assert all(t.dtype != torch.float16 for sd in loaded.members for t in sd.values())
+    # the labels move by a small fraction of their sigma, and every star keeps its status
+    test = tiny_holdout.test
+    a, b = predict(load_bundle(full), test), predict(loaded, test)
+    assert a["status"].tolist() == b["status"].tolist()
+    for n in tiny_holdout.bundle.config.label_names:
+        d = np.abs(np.asarray(a[n], float) - np.asarray(b[n], float)) / np.asarray(a[f"sigma_{n}"], float)
+        assert np.nanmax(d) < 0.05
+    # a tensor half precision cannot hold to 1e-3 stays float32; integers are untouched
+    tiny = torch.tensor([1.0, 1e-9, 3e-8])           # a tiny value would be flushed to 0: relative error 1
+    assert storage_tensor(torch.tensor([7e4, 1.0]), "float16").dtype == torch.float32   # overflows half
+    assert storage_tensor(torch.tensor([1e-6, 2e-6]), "float16").dtype == torch.float32  # subnormal in half
+    assert storage_tensor(tiny, "float16").dtype == torch.float16  # absolute error 3e-8 << 1e-3 of max
+    assert storage_tensor(torch.tensor([3], dtype=torch.int64), "float16").dtype == torch.int64
+    x = torch.linspace(-2, 2, 101)
+    assert float((storage_tensor(x, "float16").float() - x).abs().max()) <= HALF_MAX_REL_ERROR * 2
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_bundle(loaded, tmp_path / "x", weights_dtype="int8")

@@ -20,6 +20,8 @@ def test_masked_loss_ignores_nan_targets_hand_example():
     assert masked_loss(pred, target, torch.ones(2), "l1").item() == pytest.approx((1 + 4) / 2)
     # huber with delta 1: 0.5*1^2 for |r|=1, 4-0.5 for |r|=4
     assert masked_loss(pred, target, torch.ones(2), "huber").item() == pytest.approx((0.5 + 3.5) / 2)
+    # delta 0.5: |r| = 1 and 4 are both linear, 0.5 * (|r| - 0.25)
+    assert masked_loss(pred, target, torch.ones(2), "huber", 0.5).item() == pytest.approx((0.375 + 1.875) / 2)
 
 
 def test_star_missing_one_label_still_trains_the_others():
@@ -101,11 +103,37 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_interrupted_training_resumes_to_identical_weights(tiny_config, setup, tmp_path, channels_last):
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    from kielnet.config import TrainingConfig
+    from kielnet.training.trainer import lr_factor
+
+    cfg = TrainingConfig(schedule="cosine", lr=1e-3, min_lr=1e-5, max_epochs=12, warmup_epochs=2)
+    f = [lr_factor(e, cfg) for e in range(12)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)        # linear warm-up
+    assert f[2] == pytest.approx(1.0)                                      # the decay starts at lr
+    assert all(a > b for a, b in zip(f[2:], f[3:]))                        # then falls every epoch
+    assert f[-1] == pytest.approx(0.01)                                    # to min_lr at the last epoch
+    assert f[7] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 5 / 9)))
+
+
+def test_cosine_schedule_sets_each_epochs_learning_rate(tiny_config, setup):
+    prep, tr, va, w, kw = setup
+    from kielnet.training.trainer import lr_factor
+
+    cfg = tiny_config.with_overrides(training={"max_epochs": 5, "schedule": "cosine", "warmup_epochs": 1,
+                                               "lr": 2e-3, "min_lr": 1e-5, "patience": 10})
+    res = train_member(cfg, prep, tr, va, w, seed=2, **kw)
+    # history records the lr after each epoch's step, i.e. the next epoch's
+    got = [h["lr"] for h in res.history[:-1]]
+    want = [2e-3 * lr_factor(e + 1, cfg.training) for e in range(4)]
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("channels_last,schedule", [(False, "plateau"), (True, "plateau"), (False, "cosine")])
+def test_interrupted_training_resumes_to_identical_weights(tiny_config, setup, tmp_path, channels_last, schedule):
     prep, tr, va, w, kw = setup
     cfg = tiny_config.with_overrides(
-        training={"max_epochs": 4, "lr_patience": 1},
+        training={"max_epochs": 4, "lr_patience": 1, "schedule": schedule, "warmup_epochs": 1},
         model={"channels_last_2d": channels_last})
     straight = train_member(cfg, prep, tr, va, w, seed=3, **kw)
 

@@ -30,7 +30,9 @@ Every key below is written by :func:`save_bundle` and required by :func:`load_bu
     preprocessing       Preprocessor.to_dict(): n_pix, pixel_mean, pixel_std, ...
     members             [{split, seed, best_epoch, best_val_loss, n_train, n_val,
                           file: "member_000.safetensors",
-                          sha256: "<64 hex digits of the file's SHA-256>"}, ...]
+                          sha256: "<64 hex digits of the file's SHA-256>",
+                          storage: "float16" (optional: tensors stored in half
+                          precision where lossless to 1e-3, loaded as float32)}, ...]
     running_dispersion  {label: RunningDispersion.to_dict()}, one per config label
     label_ranges        {label: [lo, hi]}, one per config label
     feature_ranges      {feature: [lo, hi]}, one per config feature (or empty)
@@ -143,13 +145,42 @@ def _check_members_distinct(digests: list[str], names: list[str], where: str) ->
         seen[d] = i
 
 
-def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+#: largest relative error (max |x − half(x)| / max |x|, per tensor) at which
+#: ``save_bundle(weights_dtype="float16")`` stores a tensor in half precision
+HALF_MAX_REL_ERROR = 1e-3
+
+
+def storage_tensor(t: torch.Tensor, weights_dtype: str) -> torch.Tensor:
+    """``t`` as stored in a bundle of ``weights_dtype``: ``float16`` halves a floating
+    tensor when that loses at most :data:`HALF_MAX_REL_ERROR` of its largest value (and
+    keeps it finite); anything else (integer buffers, tensors with a range half precision
+    cannot hold, such as tiny batch-norm variances) is stored unchanged."""
+    t = t.detach().contiguous()
+    if weights_dtype == "float32" or not t.is_floating_point() or t.numel() == 0:
+        return t
+    h = t.to(torch.float16)
+    scale = float(t.abs().max())
+    if not bool(torch.isfinite(h).all()):
+        return t
+    err = float((h.to(t.dtype) - t).abs().max())
+    return h if err <= HALF_MAX_REL_ERROR * max(scale, 1e-30) else t
+
+
+def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float32") -> Path:
     """Write ``bundle`` to directory ``path`` atomically (temp dir + rename).
 
     ``bundle.json`` records the SHA-256 of every weight file written (see the module
     docstring). A :class:`BundleError` (and nothing written) for a bundle without
     members, with as many provenance entries as members, or with duplicated members.
+
+    ``weights_dtype="float16"`` stores each member's tensors in half precision where
+    :func:`storage_tensor` allows it (about half the size); :func:`load_bundle` casts
+    them back to float32, so the networks always run in the precision they were trained
+    in. Check the catalogue change before shipping such a bundle
+    (``benchmarks/package_pretrained.py`` does).
     """
+    if weights_dtype not in ("float32", "float16"):
+        raise ValueError(f"weights_dtype must be 'float32' or 'float16', not {weights_dtype!r}")
     path = Path(path)
     where = f"cannot save bundle {path}"
     if not bundle.members:
@@ -165,9 +196,12 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
         entries = []
         for i, (sd, info) in enumerate(zip(bundle.members, bundle.member_info)):
             name = f"member_{i:03d}.safetensors"
-            save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(tmp / name),
+            save_file({k: storage_tensor(v, weights_dtype) for k, v in sd.items()}, str(tmp / name),
                       metadata={"kielnet": __version__, "member": str(i)})
-            entries.append(dict(info.to_dict(), file=name, sha256=_sha256_file(tmp / name)))
+            entry = dict(info.to_dict(), file=name, sha256=_sha256_file(tmp / name))
+            if weights_dtype != "float32":
+                entry["storage"] = weights_dtype
+            entries.append(entry)
         content = _content_meta(bundle)
         meta = {
             "format": BUNDLE_FORMAT,
@@ -472,6 +506,8 @@ def load_bundle(path: str | Path) -> Bundle:
         for k, t in sd.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise r.error(f"{f.name}: parameter '{k}' holds non-finite values (corrupt weights)")
+        # half-precision storage (save_bundle(weights_dtype="float16")) runs in float32
+        sd = {k: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for k, t in sd.items()}
         members.append(sd)
     _check_members_distinct([state_dict_digest(sd) for sd in members], [f.name for f in files], r.where)
 

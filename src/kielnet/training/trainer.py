@@ -1,4 +1,4 @@
-"""Training of one network: masked, weighted loss; early stopping; ReduceLROnPlateau;
+"""Training of one network: masked, weighted loss; early stopping; ReduceLROnPlateau or cosine schedule;
 per-epoch checkpoints so that an interrupted run resumes where it stopped.
 
 Determinism: the model initialisation, every epoch's shuffling and every epoch's
@@ -77,11 +77,13 @@ class _TrainTensors:
                 self.weights.index_select(0, idx))
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
+                delta: float = 1.0) -> torch.Tensor:
     """Weighted mean of the per-label loss over known labels (NaN targets are skipped).
 
     ``weight`` is per star; each (star, label) pair with a finite target counts with
-    that star's weight, so a star missing one label still trains the others.
+    that star's weight, so a star missing one label still trains the others. ``delta``
+    is the Huber loss's quadratic-to-linear switch, in scaled label units.
     """
     mask = torch.isfinite(target)
     t = torch.where(mask, target, torch.zeros_like(target))
@@ -91,7 +93,7 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, 
     elif kind == "l1":
         per = diff.abs()
     else:
-        per = nn.functional.huber_loss(pred, t, reduction="none", delta=1.0)
+        per = nn.functional.huber_loss(pred, t, reduction="none", delta=delta)
     w = weight[:, None] * mask
     return (per * w).sum() / w.sum().clamp_min(1e-12)
 
@@ -128,11 +130,11 @@ def member_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, 
     ``sigma_loss = beta_nll`` the β-NLL alone trains means and σ."""
     mean, log_s = split_outputs(pred, target.shape[1])
     if log_s is None:
-        return masked_loss(mean, target, weight, cfg.loss)
+        return masked_loss(mean, target, weight, cfg.loss, cfg.huber_delta)
     nll = sigma_loss(mean, log_s, target, weight, cfg.sigma_loss, cfg.sigma_beta)
     if cfg.sigma_loss == "beta_nll":
         return nll
-    return masked_loss(mean, target, weight, cfg.loss) + nll
+    return masked_loss(mean, target, weight, cfg.loss, cfg.huber_delta) + nll
 
 
 class InputDropout:
@@ -183,8 +185,28 @@ def _make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
     return opts[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(epoch: int, cfg: TrainingConfig) -> float:
+    """The 'cosine' schedule's learning-rate multiplier for 0-based ``epoch``: linear warm-up
+    to 1 over ``warmup_epochs``, then a half cosine down to ``min_lr / lr`` at the last epoch."""
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / cfg.warmup_epochs
+    floor = min(1.0, cfg.min_lr / cfg.lr)
+    span = max(1, cfg.max_epochs - cfg.warmup_epochs - 1)
+    t = min(1.0, (epoch - cfg.warmup_epochs) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig):
+    """The learning-rate scheduler of ``cfg.schedule`` (stepped once per epoch; 'plateau'
+    with the validation loss). Its state is plain numbers, kept in the checkpoint."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                      min_lr=cfg.min_lr)
+
+
 def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
-              kind: str, batch: int = 512) -> tuple[float, float]:
+              kind: str, batch: int = 512, delta: float = 1.0) -> tuple[float, float]:
     """Weighted validation loss of ``model`` on rows ``idx`` (eval mode; the batched
     inference path of :class:`kielnet.compute.EnsembleRunner`, accumulated in float64),
     and the mean over labels of the robust σ (1.4826 MAD) of the scaled residuals — a
@@ -197,7 +219,7 @@ def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.nda
     w = torch.from_numpy(np.asarray(weights[idx], dtype=np.float32)).double()
     mean = pred[0][:, :tgt.shape[1]].astype(np.float64)
     with torch.no_grad():  # early stopping judges the means (σ outputs are recalibrated out of fold)
-        loss = masked_loss(torch.from_numpy(mean), tgt, w, kind)
+        loss = masked_loss(torch.from_numpy(mean), tgt, w, kind, delta)
     return float(loss), robust_score(mean, prep.targets[idx])
 
 
@@ -281,8 +303,7 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
         torch.set_num_threads(tcfg.threads)
     model = build_model(config, n_pix, branch_widths, seed)
     opt = _make_optimizer(model, tcfg)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tcfg.lr_factor,
-                                                       patience=tcfg.lr_patience, min_lr=tcfg.min_lr)
+    sched = make_scheduler(opt, tcfg)
     start_epoch, history = 0, []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_val, best_epoch, bad_epochs = math.inf, -1, 0
@@ -335,8 +356,8 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             opt.step()
             run += loss.detach()
             nb += 1
-        val, val_robust = _evaluate(model, prep, val_idx, w_all, tcfg.loss)
-        sched.step(val)
+        val, val_robust = _evaluate(model, prep, val_idx, w_all, tcfg.loss, delta=tcfg.huber_delta)
+        sched.step(val) if tcfg.schedule == "plateau" else sched.step()
         rec = {"epoch": epoch, "train_loss": float(run) / max(nb, 1), "val_loss": val,
                "val_robust": val_robust, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
