@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = apply_params(base, over)
             result = {"overrides": over, "selection": str(selection.relative_to(ROOT)) if selection else None,
-                      **run_variant(name, cfg, train, rows, held, args.seed, wd, selection)}
+                      **run_variant(name, cfg, train, rows, held, args.seed, wd, selection),
+                      "git_commit": commit, "git_dirty_at_start": dirty}
             cache.write_text(json.dumps(result, default=float))
         done[name] = result
         m = result["metrics"]
