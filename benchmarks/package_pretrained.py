@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights-dtype", default="float16", choices=["float32", "float16"],
                     help="storage of the weights (float16: half the size; refused if any test star's label "
                          "moves by 0.05 sigma or more)")
-    ap.add_argument("--select", default=None, help="the benchmark's training selection file, if it used one")
+    ap.add_argument("--select", default=str(ROOT / "benchmarks" / "configs" / "xp_label_quality.yaml"),
+                    help="the benchmark's training selection file ('none' if it used none)")
     args = ap.parse_args(argv)
     result = json.loads(Path(args.result).read_text())
     cfg = load_config(args.config)
@@ -154,10 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the config differs from the one the benchmark result records")
     train, test = holdout_split(read_stars(XP_LIBRARY))
     selection = None
-    if args.select:
+    if args.select and args.select.lower() != "none":
         from kielnet.data.selection import load_selection
 
         selection = load_selection(Path(args.select))
+    used = (result.get("selection") or {}).get("name")
+    if used != (selection.name if selection is not None else None):
+        print(f"error: the benchmark result used selection {used!r}, not {args.select!r}")
+        return 1
     bundle = train_ensemble(train, cfg, workdir=args.workdir, progress=False, selection=selection)
     out = Path(args.out)
     half_change = None
