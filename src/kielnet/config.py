@@ -201,6 +201,11 @@ class TrainingConfig(_Strict):
     huber_delta: float = Field(default=1.0, gt=0,
                                description="'huber' loss: residual (scaled label units, i.e. label standard "
                                            "deviations) where the loss turns from quadratic to linear")
+    ema_decay: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="exponential moving average of the weights, updated after every optimiser step "
+                    "with this decay (e.g. 0.999); validation, the best epoch and the member's weights "
+                    "are those of the average (torch.optim.swa_utils). 0 = off")
     weighting: WeightingConfig = WeightingConfig()
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
     noise_augmentation: float = Field(

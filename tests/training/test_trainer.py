@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kielnet.data.preprocess import Preprocessor
-from kielnet.training.trainer import build_model, masked_loss, train_member
+from kielnet.errors import RunMismatchError
+from kielnet.training.trainer import build_model, checkpoint_file, masked_loss, train_member
 
 
 # ------------------------------------------------------------------ masked loss
@@ -129,11 +130,35 @@ def test_cosine_schedule_sets_each_epochs_learning_rate(tiny_config, setup):
     assert got == pytest.approx(want, rel=1e-9)
 
 
-@pytest.mark.parametrize("channels_last,schedule", [(False, "plateau"), (True, "plateau"), (False, "cosine")])
-def test_interrupted_training_resumes_to_identical_weights(tiny_config, setup, tmp_path, channels_last, schedule):
+def test_weight_average_is_what_validation_judges_and_returns(tiny_config, setup):
+    prep, tr, va, w, kw = setup
+    from kielnet.training.trainer import _evaluate
+
+    cfg = tiny_config.with_overrides(training={"max_epochs": 3, "patience": 10})
+    raw = train_member(cfg, prep, tr, va, w, seed=4, **kw)
+    # a decay of ~0 averages nothing: the average is the last step's weights
+    near0 = train_member(cfg.with_overrides(training={"ema_decay": 1e-12}), prep, tr, va, w, seed=4, **kw)
+    assert near0.best_epoch == raw.best_epoch
+    for k in raw.state_dict:
+        assert torch.allclose(near0.state_dict[k], raw.state_dict[k], atol=1e-6)
+    avg = train_member(cfg.with_overrides(training={"ema_decay": 0.9}), prep, tr, va, w, seed=4, **kw)
+    assert not _same_weights(avg.state_dict, raw.state_dict)
+    # the returned weights are the average whose validation loss was recorded as best
+    net = build_model(cfg, kw["n_pix"], kw["branch_widths"], 0)
+    net.load_state_dict(avg.state_dict)
+    got = _evaluate(net, prep, va, w.astype(np.float32), cfg.training.loss, delta=cfg.training.huber_delta)[0]
+    assert got == pytest.approx(avg.best_val_loss, rel=1e-5)
+    # the raw trajectory is the same (the average does not feed back into training)
+    assert [h["train_loss"] for h in avg.history] == pytest.approx([h["train_loss"] for h in raw.history])
+
+
+@pytest.mark.parametrize("channels_last,schedule,ema", [(False, "plateau", 0.0), (True, "plateau", 0.0),
+                                                        (False, "cosine", 0.0), (False, "cosine", 0.9)])
+def test_interrupted_training_resumes_to_identical_weights(tiny_config, setup, tmp_path, channels_last, schedule,
+                                                           ema):
     prep, tr, va, w, kw = setup
     cfg = tiny_config.with_overrides(
-        training={"max_epochs": 4, "lr_patience": 1, "schedule": schedule, "warmup_epochs": 1},
+        training={"max_epochs": 4, "lr_patience": 1, "schedule": schedule, "warmup_epochs": 1, "ema_decay": ema},
         model={"channels_last_2d": channels_last})
     straight = train_member(cfg, prep, tr, va, w, seed=3, **kw)
 
@@ -168,3 +193,35 @@ def test_continue_checkpoint_with_larger_max_epochs(tiny_config, setup, tmp_path
     cont = train_member(cfg4, prep, tr, va, w, seed=3, checkpoint=ckpt, **kw)
     assert len(cont.history) == 4
     assert _same_weights(cont.state_dict, straight.state_dict)
+
+
+def test_checkpoint_stems_with_dots_keep_separate_files(tiny_config, setup, tmp_path):
+    # `noise_0.25` and `noise_0` once shared `noise_0.safetensors`: the second run silently
+    # "resumed" the first one's finished training and returned its weights
+    prep, tr, va, w, kw = setup
+    cfg = tiny_config.with_overrides(training={"max_epochs": 2})
+    a = train_member(cfg.with_overrides(training={"noise_augmentation": 0.25}), prep, tr, va, w, seed=3,
+                     checkpoint=tmp_path / "noise_0.25", **kw)
+    b = train_member(cfg.with_overrides(training={"noise_augmentation": 0.0}), prep, tr, va, w, seed=3,
+                     checkpoint=tmp_path / "noise_0", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise_0.25.safetensors", "noise_0.safetensors"]
+    assert not _same_weights(a.state_dict, b.state_dict)
+    assert checkpoint_file(tmp_path / "noise_0.25") == tmp_path / "noise_0.25.safetensors"
+
+
+@pytest.mark.parametrize("change", ["config", "seed", "rows"])
+def test_checkpoint_of_another_run_is_refused_not_resumed(tiny_config, setup, tmp_path, change):
+    prep, tr, va, w, kw = setup
+    cfg = tiny_config.with_overrides(training={"max_epochs": 2})
+    ckpt = tmp_path / "ckpt"
+    train_member(cfg, prep, tr, va, w, seed=3, checkpoint=ckpt, **kw)
+    other = {"config": dict(config=cfg.with_overrides(training={"lr": cfg.training.lr * 2}), train_idx=tr, seed=3),
+             "seed": dict(config=cfg, train_idx=tr, seed=4),
+             "rows": dict(config=cfg, train_idx=tr[:-1], seed=3)}[change]
+    with pytest.raises(RunMismatchError, match="different training run") as err:
+        train_member(other["config"], prep, other["train_idx"], va, w, seed=other["seed"], checkpoint=ckpt, **kw)
+    assert "ckpt.safetensors" in str(err.value)
+    # a larger max_epochs is the same run, continued
+    cont = train_member(cfg.with_overrides(training={"max_epochs": 3}), prep, tr, va, w, seed=3, checkpoint=ckpt,
+                        **kw)
+    assert len(cont.history) == 3

@@ -8,6 +8,7 @@ same path as an uninterrupted one and the same seed gives the same weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from kielnet.models.hybrid import HybridNet, split_outputs
 from kielnet.quality.uncertainty import robust_sigma
 
 __all__ = ["TrainResult", "build_model", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
-           "InputDropout", "train_member"]
+           "InputDropout", "make_ema", "checkpoint_file", "member_fingerprint", "train_member"]
 
 
 @dataclass
@@ -205,6 +206,17 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig):
                                                       min_lr=cfg.min_lr)
 
 
+def make_ema(model: nn.Module, cfg: TrainingConfig):
+    """The exponential moving average of ``model``'s weights (and buffers) with decay
+    ``cfg.ema_decay`` per optimiser step (:class:`torch.optim.swa_utils.AveragedModel`),
+    or None when ``ema_decay`` is 0."""
+    if cfg.ema_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+
 def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
               kind: str, batch: int = 512, delta: float = 1.0) -> tuple[float, float]:
     """Weighted validation loss of ``model`` on rows ``idx`` (eval mode; the batched
@@ -236,11 +248,39 @@ def robust_score(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> None:
-    """One file per member (``<path>.safetensors``): weights, best weights, optimiser
-    tensors, and the JSON state in the file's metadata, replaced atomically — a kill at
-    any moment leaves either the previous epoch's checkpoint or this one."""
+def checkpoint_file(stem: Path) -> Path:
+    """The file of the checkpoint with path stem ``stem``: ``<stem>.safetensors``.
+
+    The suffix is appended, never substituted, so that stems with a dot in their name
+    (``noise_0.25``, ``noise_0.5``) keep distinct files."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ".safetensors")
+
+
+def member_fingerprint(config: KielnetConfig, train_idx: np.ndarray, val_idx: np.ndarray, n_pix: int,
+                       branch_widths: dict[str, int], seed: int) -> str:
+    """SHA-256 of everything that decides one member's training path except its length.
+
+    The model and training sections of the config (``max_epochs`` and ``patience`` left
+    out: a finished run may be continued with a larger ``max_epochs``), the seed, the
+    input widths and the training / validation rows. A checkpoint written under another
+    fingerprint is refused instead of being resumed as if it were this run."""
+    tcfg = config.training.model_dump(mode="json", exclude={"max_epochs", "patience", "threads"})
+    payload = {"model": config.model.model_dump(mode="json"), "training": tcfg, "seed": int(seed),
+               "n_pix": int(n_pix), "branch_widths": {k: int(v) for k, v in sorted(branch_widths.items())},
+               "train": hashlib.sha256(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes()).hexdigest(),
+               "val": hashlib.sha256(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict, ema=None) -> None:
+    """One file per member (``<path>.safetensors``): weights, best weights, the weights'
+    moving average (``training.ema_decay``), optimiser tensors, and the JSON state in the
+    file's metadata, replaced atomically — a kill at any moment leaves either the previous
+    epoch's checkpoint or this one."""
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
     tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
     opt_sd = opt.state_dict()
     for pid, st in opt_sd["state"].items():
@@ -250,19 +290,32 @@ def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict) -> 
     meta = dict(state)
     meta["param_groups"] = opt_sd["param_groups"]
     meta["scheduler"] = {k: v for k, v in sched.state_dict().items()}
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+    with atomic_path(checkpoint_file(path)) as tmp:
         save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
 
 
-def _load_checkpoint(path: Path, model, opt, sched) -> tuple[dict, dict] | None:
-    st_path = path.with_suffix(".safetensors")
+def _load_checkpoint(path: Path, model, opt, sched, ema=None, fingerprint: str | None = None
+                     ) -> tuple[dict, dict] | None:
+    st_path = checkpoint_file(path)
     if not st_path.is_file():
         return None
     try:
         with safe_open(str(st_path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {})["checkpoint"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never half-used
+        raise RunMismatchError(f"checkpoint is unreadable ({type(exc).__name__}: {exc}); use --fresh to start "
+                               "afresh", source=str(st_path)) from exc
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise RunMismatchError("checkpoint was written by a different training run (config, seed, inputs or "
+                               "training/validation rows differ"
+                               + ("" if "fingerprint" in meta else ", or by an older kielnet")
+                               + "); use --fresh to start afresh or choose another checkpoint path",
+                               source=str(st_path), field="fingerprint")
+    try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         opt_state: dict = {}
         for k, v in tensors.items():
@@ -293,7 +346,9 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
         Per-row loss weights (mean 1 over the training rows, e.g. KDE weights).
     checkpoint
         Path stem of the per-epoch checkpoint (``<checkpoint>.safetensors``, state in
-        its metadata); if it exists, training resumes from it.
+        its metadata); if it exists, training resumes from it. A checkpoint of another
+        run (:func:`member_fingerprint` differs) raises
+        :class:`~kielnet.errors.RunMismatchError`.
     preprocessor
         The fitted :class:`~kielnet.data.preprocess.Preprocessor` of ``prep``; needed for
         ``training.input_dropout`` (which inputs a hidden group changes).
@@ -304,12 +359,14 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
     model = build_model(config, n_pix, branch_widths, seed)
     opt = _make_optimizer(model, tcfg)
     sched = make_scheduler(opt, tcfg)
+    ema = make_ema(model, tcfg)
     start_epoch, history = 0, []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_val, best_epoch, bad_epochs = math.inf, -1, 0
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        loaded = _load_checkpoint(checkpoint, model, opt, sched)
+        fingerprint = member_fingerprint(config, train_idx, val_idx, n_pix, branch_widths, seed)
+        loaded = _load_checkpoint(checkpoint, model, opt, sched, ema, fingerprint)
         if loaded is not None:
             meta, best_state = loaded
             start_epoch, history = meta["epoch"] + 1, meta["history"]
@@ -354,16 +411,19 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             run += loss.detach()
             nb += 1
-        val, val_robust = _evaluate(model, prep, val_idx, w_all, tcfg.loss, delta=tcfg.huber_delta)
+        judged = model if ema is None else ema.module  # the weights this epoch would ship
+        val, val_robust = _evaluate(judged, prep, val_idx, w_all, tcfg.loss, delta=tcfg.huber_delta)
         sched.step(val) if tcfg.schedule == "plateau" else sched.step()
         rec = {"epoch": epoch, "train_loss": float(run) / max(nb, 1), "val_loss": val,
                "val_robust": val_robust, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
         if val < best_val:
             best_val, best_epoch, bad_epochs = val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         else:
             bad_epochs += 1
         stopped = bad_epochs >= tcfg.patience
@@ -372,7 +432,8 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             # by resuming with a larger max_epochs
             _save_checkpoint(checkpoint, model, best_state, opt, sched,
                              {"epoch": epoch, "history": history, "best_val": best_val,
-                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "early_stopped": stopped})
+                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "early_stopped": stopped,
+                              "fingerprint": fingerprint}, ema)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{rec['train_loss']:.4f}", val=f"{val:.4f}", lr=f"{rec['lr']:.1e}")
