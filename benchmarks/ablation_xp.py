@@ -75,6 +75,8 @@ VARIANTS: dict[str, tuple[dict, Path | None]] = {
     "preset+spectrum_dense_512": ({**E1DC, "model.spectrum.dense": [512]}, CLEANING),
     "preset+lr_2e-3": ({**E1DC, "training.lr": 2e-3}, CLEANING),
     "preset+wide_conv": ({**E1DC, "model.spectrum.conv": WIDE_CONV}, CLEANING),
+    # on top of the preset since ecac108 (noise 0.5): what the shipped model's [Fe/H] might still gain
+    "preset_ecac108+wide_conv": ({"training.noise_augmentation": 0.5, "model.spectrum.conv": WIDE_CONV}, CLEANING),
 }
 
 
