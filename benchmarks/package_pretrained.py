@@ -71,6 +71,15 @@ def half_precision_change(full, half, stars) -> tuple[float, list[dict]]:
     return worst, flips
 
 
+def flips_text(flips: list[dict] | None) -> str:
+    """The model card's words for the stars whose status half precision changes ("" if none)."""
+    if not flips:
+        return ""
+    stars = [f"{f['id']} {f['status'][0]} -> {f['status'][1]} ("
+             + ", ".join(f"{k} {x:.4f} -> {y:.4f}" for k, (x, y) in f["scores"].items()) + ")" for f in flips]
+    return f"; {len(flips)} star(s) on a flag threshold change status: " + "; ".join(stars)
+
+
 def selection_lines(sel: dict | None) -> list[str]:
     """The training-label cleaning of the bundle (``training_data.selection``), a line per cut."""
     if not sel:
@@ -145,11 +154,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
               f"- bundle: {len(bundle.members)} members, safetensors, stored as {storage}"
               + ("" if half_change is None else
                  f" (loaded as float32; largest catalogue change against the float32 weights on the 8,017 "
-                 f"test stars: {half_change:.4f} sigma"
-                 + (f"; {len(flips)} star(s) on a flag threshold change status: "
-                    + "; ".join(f"{f['id']} {f['status'][0]} -> {f['status'][1]} ("
-                                + ", ".join(f"{k} {x:.4f} -> {y:.4f}" for k, (x, y) in f["scores"].items()) + ")"
-                                for f in flips) if flips else "") + ")")
+                 f"test stars: {half_change:.4f} sigma{flips_text(flips)})")
               + f", {size_mb:.1f} MB in all.",
               f"- reference_subset1000.parquet: the catalogue of the 1,000-star subset, SHA-256 {ref_sha}.",
               "",

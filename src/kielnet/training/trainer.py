@@ -23,6 +23,7 @@ from torch import nn
 
 from kielnet.compute import EnsembleRunner
 from kielnet.config import KielnetConfig, TrainingConfig
+from kielnet.data.fingerprint import array_digest
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import RunMismatchError
 from kielnet.io.atomic import atomic_path
@@ -261,15 +262,16 @@ def member_fingerprint(config: KielnetConfig, train_idx: np.ndarray, val_idx: np
                        branch_widths: dict[str, int], seed: int) -> str:
     """SHA-256 of everything that decides one member's training path except its length.
 
-    The model and training sections of the config (``max_epochs`` and ``patience`` left
-    out: a finished run may be continued with a larger ``max_epochs``), the seed, the
+    The model and training sections of the config (``max_epochs``, ``patience`` and
+    ``threads`` left out: a finished run may be continued with a larger ``max_epochs``,
+    and the thread count is a property of the machine, not of the run), the seed, the
     input widths and the training / validation rows. A checkpoint written under another
     fingerprint is refused instead of being resumed as if it were this run."""
     tcfg = config.training.model_dump(mode="json", exclude={"max_epochs", "patience", "threads"})
     payload = {"model": config.model.model_dump(mode="json"), "training": tcfg, "seed": int(seed),
                "n_pix": int(n_pix), "branch_widths": {k: int(v) for k, v in sorted(branch_widths.items())},
-               "train": hashlib.sha256(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes()).hexdigest(),
-               "val": hashlib.sha256(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes()).hexdigest()}
+               "train": array_digest(np.asarray(train_idx, dtype=np.int64)),
+               "val": array_digest(np.asarray(val_idx, dtype=np.int64))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
