@@ -42,7 +42,10 @@ def test_loads_by_name_and_reproduces_its_reference_catalogue(xp_subset):
     for c in ref_meta["columns"]:
         if c in ("id", "status"):
             continue
-        np.testing.assert_allclose(np.asarray(cat[c], float), np.asarray(ref[c], float), rtol=2e-5, atol=1e-6,
+        # float32 labels carry ~6e-8 of their size (3e-4 K at 5,000 K): a spread (e_*), a
+        # difference of such labels, differs by that much in absolute terms between CPUs
+        atol = 2e-3 if c.endswith("teff") else 2e-6
+        np.testing.assert_allclose(np.asarray(cat[c], float), np.asarray(ref[c], float), rtol=2e-5, atol=atol,
                                    err_msg=c)
 
 

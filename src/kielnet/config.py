@@ -240,13 +240,28 @@ class RecalibrationConfig(_Strict):
     predicted by that split's members): in each cell of ``label_bins`` quantile bins of the
     predicted label × ``snr_bins`` quantile bins of the star's S/N (``uncertainty.snr``), the
     factor that makes the fraction with |residual| < σ equal to ``target`` (1σ of a
-    Gaussian by default). ``kind = none`` keeps σ as the terms give it."""
+    Gaussian by default). ``kind = none`` keeps σ as the terms give it.
+
+    ``tails``: extra label-bin edges at these quantiles q and 1 − q of the predicted
+    label (each q < 0.5 / ``label_bins``), so that the rare ends of a label (hot stars,
+    very metal-poor stars) get their own factor instead of sharing the outermost
+    equal-count bin with a much larger, better-predicted population."""
 
     kind: Literal["none", "binned"] = "binned"
     label_bins: int = Field(default=8, ge=1)
+    tails: list[float] = Field(default_factory=list)
     snr_bins: int = Field(default=4, ge=1)
     min_per_cell: int = Field(default=100, ge=10)
     target: float = Field(default=0.6827, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_tails(self) -> "RecalibrationConfig":
+        outer = 1.0 / self.label_bins
+        for q in self.tails:
+            if not 0.0 < q < outer:
+                raise ValueError(f"uncertainty.recalibration.tails: {q} must lie in (0, 1/label_bins = "
+                                 f"{outer:.4g}) so that it splits the outermost bins")
+        return self
 
 
 class UncertaintyConfig(_Strict):

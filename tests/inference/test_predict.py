@@ -72,7 +72,9 @@ def test_input_order_is_preserved(tiny_bundle, clean):
     shuffled = predict(tiny_bundle, clean.take(perm), batch_size=7)
     assert shuffled["id"].tolist() == clean.ids[perm].tolist()
     for name in LABELS:
-        np.testing.assert_allclose(np.asarray(shuffled[name]), np.asarray(ref[name])[perm], rtol=1e-5)
+        # float32 sums differ in the last bits with the batch size: a label near 0 dex
+        # needs an absolute tolerance (1e-6 dex or K is far below any catalogue precision)
+        np.testing.assert_allclose(np.asarray(shuffled[name]), np.asarray(ref[name])[perm], rtol=1e-5, atol=1e-6)
 
 
 def test_duplicate_stars_give_duplicate_rows(tiny_bundle, clean):

@@ -117,6 +117,33 @@ def test_binned_scale_round_trip_and_validation():
         BinnedScale.from_dict(bad)
 
 
+def test_tail_bins_give_the_rare_end_of_a_label_its_own_factor():
+    """A rare population (4 % of stars, like the hot stars of the XP library) with 5x the
+    scatter: sharing the top equal-count bin it is badly under-covered; a tail edge fixes it."""
+    rng = np.random.default_rng(5)
+    n = 40_000
+    x = rng.uniform(0, 1, n)
+    x[: n // 25] = rng.uniform(1.5, 3.0, n // 25)   # the rare tail, beyond everyone else
+    true = np.where(x > 1.0, 5.0, 1.0)
+    r = rng.normal(0, 1, n) * true
+    tail = x > 1.0
+    plain = fit_binned_scale(x, None, np.abs(r), label_bins=8, snr_bins=1, min_per_cell=100)
+    tailed = fit_binned_scale(x, None, np.abs(r), label_bins=8, snr_bins=1, min_per_cell=100,
+                              tails=[0.04, 0.02])
+    assert len(tailed.label_edges) == len(plain.label_edges) + 4
+    cov = lambda fit, m: np.mean(np.abs(r[m]) < fit(x[m]))  # noqa: E731
+    assert cov(plain, tail) < 0.55                               # the top bin's factor is too small
+    assert cov(tailed, tail) == pytest.approx(GAUSSIAN_1SIGMA, abs=0.04)
+    assert cov(tailed, ~tail) == pytest.approx(GAUSSIAN_1SIGMA, abs=0.02)
+
+
+def test_tails_must_split_the_outermost_bins():
+    from kielnet.config import RecalibrationConfig
+    assert RecalibrationConfig(label_bins=8, tails=[0.05, 0.02]).tails == [0.05, 0.02]
+    with pytest.raises(ValueError, match="tails"):
+        RecalibrationConfig(label_bins=8, tails=[0.2])
+
+
 def test_small_cells_fall_back_to_their_label_bin():
     x, snr, r, _ = _cells(3000)
     fit = fit_binned_scale(x, snr, np.abs(r), label_bins=2, snr_bins=4, min_per_cell=10_000)

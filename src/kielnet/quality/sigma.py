@@ -28,6 +28,7 @@ median |flux| / error (:func:`kielnet.data.preprocess.spectrum_snr`) or a scalar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,11 +78,14 @@ def _bin_index(inner: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.searchsorted(inner, v, side="right")
 
 
-def _quantile_edges(v: np.ndarray, n: int) -> np.ndarray:
-    """Inner edges of ``n`` equal-count bins of ``v`` (duplicates dropped)."""
-    if n <= 1 or v.size == 0:
+def _quantile_edges(v: np.ndarray, n: int, tails: Sequence[float] = ()) -> np.ndarray:
+    """Inner edges of ``n`` equal-count bins of ``v``, plus edges at the quantiles q and
+    1 − q of each q in ``tails`` (duplicates dropped)."""
+    qs = list(np.linspace(0, 1, n + 1)[1:-1]) if n > 1 else []
+    qs += [q for t in tails for q in (t, 1.0 - t)]
+    if not qs or v.size == 0:
         return np.zeros(0)
-    return np.unique(np.quantile(v, np.linspace(0, 1, n + 1)[1:-1]))
+    return np.unique(np.quantile(v, qs))
 
 
 @dataclass
@@ -132,12 +136,13 @@ class BinnedScale:
 
 
 def fit_binned_scale(x: np.ndarray, snr: np.ndarray | None, ratio: np.ndarray, *, label_bins: int = 8,
-                     snr_bins: int = 4, min_per_cell: int = 100, target: float = GAUSSIAN_1SIGMA
-                     ) -> BinnedScale:
+                     snr_bins: int = 4, min_per_cell: int = 100, target: float = GAUSSIAN_1SIGMA,
+                     tails: Sequence[float] = ()) -> BinnedScale:
     """Fit a :class:`BinnedScale` so that in each cell the fraction of ``ratio`` = |r| / σ
-    below the factor is ``target``. Bins are quantiles of the fitting stars' ``x`` and
-    log10 ``snr``; a cell with fewer than ``min_per_cell`` stars takes its label bin's
-    factor, a label bin with fewer stars the overall one."""
+    below the factor is ``target``. Bins are quantiles of the fitting stars' ``x`` (plus
+    edges at the ``tails`` quantiles q and 1 − q) and log10 ``snr``; a cell with fewer
+    than ``min_per_cell`` stars takes its label bin's factor, a label bin with fewer stars
+    the overall one."""
     x = np.asarray(x, dtype=float)
     ratio = np.asarray(ratio, dtype=float)
     ok = np.isfinite(x) & np.isfinite(ratio)
@@ -146,7 +151,7 @@ def fit_binned_scale(x: np.ndarray, snr: np.ndarray | None, ratio: np.ndarray, *
     with np.errstate(divide="ignore", invalid="ignore"):
         ls = np.full(len(x), np.nan) if snr is None else np.log10(np.asarray(snr, dtype=float))
     overall = coverage_factor(ratio[ok], target)
-    l_edges = _quantile_edges(x[ok], label_bins)
+    l_edges = _quantile_edges(x[ok], label_bins, tails)
     has = ok & np.isfinite(ls)
     s_edges = _quantile_edges(ls[has], snr_bins) if has.sum() >= 2 * min_per_cell else np.zeros(0)
     li = _bin_index(l_edges, x)
@@ -349,7 +354,8 @@ def fit_sigma_model(config, oof: OutOfFold, running: dict | None) -> SigmaModel:
                 ratio = np.abs(oof.pred[:, j] - oof.truth[:, j]) / b
             ratio[~oof.complete] = np.nan
             rec[name] = fit_binned_scale(oof.pred[:, j], snr, ratio, label_bins=rc.label_bins,
-                                         snr_bins=rc.snr_bins, min_per_cell=rc.min_per_cell, target=target)
+                                         snr_bins=rc.snr_bins, min_per_cell=rc.min_per_cell, target=target,
+                                         tails=rc.tails)
         model.recalibration = rec
     cov = {}
     for j, name in enumerate(names):
