@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kielnet.config import load_config
+from kielnet.diagnostics.metrics import label_metrics
 from kielnet.inference.bundle import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import XP_LIBRARY, read_stars, load_xp_library
@@ -93,8 +94,39 @@ def selection_lines(sel: dict | None) -> list[str]:
     return lines
 
 
+def limitation_lines(cat, test) -> list[str]:
+    """The model card's known limitations, measured on the test fifth's catalogue ``cat``
+    (of the shipped weights) against the APOGEE labels of ``test``: the hot stars, and the
+    stars marked ``ok`` that lie beyond 3 sigma (1 in 370 for Gaussian errors)."""
+    names = [c[6:] for c in cat.colnames if c.startswith("sigma_")]
+    ok = np.asarray(cat["status"]).astype(str) == "ok"
+    teff, truth = np.asarray(cat["teff"], float), test.labels["teff"]
+    hot = truth > 10_000
+    m = label_metrics(teff[hot], truth[hot], np.asarray(cat["sigma_teff"], float)[hot])
+    beyond = {}
+    for n in names:
+        r = np.abs(np.asarray(cat[n], float) - test.labels[n])
+        s = np.asarray(cat[f"sigma_{n}"], float)
+        v = ok & np.isfinite(r) & np.isfinite(s)
+        beyond[n] = (int((r[v] > 3 * s[v]).sum()), int(v.sum()))
+    hot_ok_out = int((hot & ok & (np.abs(teff - truth) > 3 * np.asarray(cat["sigma_teff"], float))).sum())
+    return [
+        f"- Hot stars: of the {int(hot.sum())} test stars with APOGEE Teff > 10,000 K, "
+        f"{int((hot & (teff < 9000)).sum())} are predicted below 9,000 K (bias {m['bias']:.0f} K, robust sigma "
+        f"{m['robust_sigma']:.0f} K, 1 sigma coverage {m['coverage_1sigma']:.2f}); {int((hot & ~ok).sum())} are "
+        f"flagged (status not ok), but {hot_ok_out} of the {int((hot & ok).sum())} marked ok lie beyond 3 sigma: "
+        "the inputs of these stars resemble cooler stars' (nothing internal to the ensemble flags them), so "
+        "treat ok labels above ~8,000 K with care.",
+        "- Tails: stars marked ok beyond 3 sigma of their APOGEE label (Gaussian: 0.27 %): "
+        + ", ".join(f"{n} {k}/{n_} ({100 * k / n_:.1f} %)" for n, (k, n_) in beyond.items())
+        + "; sigma is calibrated to 1 sigma (68.3 %), so a 2 sigma interval holds fewer than 95 % "
+        "(see the table above).",
+    ]
+
+
 def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str = "float32",
-               half_change: float | None = None, flips: list[dict] | None = None) -> str:
+               half_change: float | None = None, flips: list[dict] | None = None,
+               limitations: list[str] | None = None) -> str:
     cfg = bundle.config
     m, cal = result["kielnet"], result.get("calibration", {})
     lines = [f"# {NAME}",
@@ -144,6 +176,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
               "## Uncertainties",
               bundle.sigma_model.describe() if bundle.sigma_model is not None else "e_X (+) running dispersion",
               "",
+              *(["## Known limitations (test fifth, shipped weights)", *limitations, ""] if limitations else []),
               "## Use",
               "```",
               f"kielnet predict --bundle {NAME} --data stars.parquet --out labels.parquet",
@@ -211,13 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         save_bundle(bundle, out)
     bundle = load_bundle(out)
+    limitations = limitation_lines(predict(bundle, test), test)
     cat = predict(bundle, load_xp_library(SUBSET))
     ref = cat[reference_columns(cat)]
     ref_path = out / "reference_subset1000.parquet"
     atomic_write_table(ref, ref_path)
     sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
-    (out / "MODEL_CARD.md").write_text(model_card(bundle, result, sha, size, args.weights_dtype, half_change, flips))
+    (out / "MODEL_CARD.md").write_text(model_card(bundle, result, sha, size, args.weights_dtype, half_change, flips,
+                                                     limitations))
     (out / "reference.json").write_text(json.dumps({"file": ref_path.name, "sha256": sha,
                                                      "data": "xp_library/" + SUBSET.name,
                                                      "columns": reference_columns(cat)}, indent=1))

@@ -24,7 +24,7 @@ def test_the_model_ships_and_is_small():
     assert size <= 25e6, size
     card = model_card(NAME)
     for needle in ("Training data", "Label ranges", "Input ranges", "Held-out test metrics", "coverage",
-                   "Licence", "cite", "sigma"):
+                   "Licence", "cite", "sigma", "Known limitations", "Hot stars"):
         assert needle.lower() in card.lower(), needle
     assert resolve_bundle(NAME) == path and resolve_bundle("no/such/dir").name == "dir"
     assert path.parent == MODELS_DIR
