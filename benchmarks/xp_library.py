@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="xp_hybrid", help="preset or YAML (default: the demo's xp_hybrid)")
     ap.add_argument("--splits", type=int, default=None, help="override ensemble.n_splits")
     ap.add_argument("--members", type=int, default=None, help="override ensemble.members_per_split")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="override ensemble.seed (members' initialisation, shuffling and splits): repeat the "
+                         "benchmark with another seed to size its seed-to-seed scatter")
     ap.add_argument("--data", default=XP_LIBRARY, help="input stars (default: the embedded XP library)")
     ap.add_argument("--out", default=str(RESULTS / "xp_library.json"))
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"))
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         ens["n_splits"] = args.splits
     if args.members:
         ens["members_per_split"] = args.members
+    if args.seed is not None:
+        ens["seed"] = args.seed
     if ens:
         cfg = cfg.with_overrides(ensemble=ens)
     table = read_stars(args.data)
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     out["history"] = run_history(previous, out)
     write_result(out, args.out)
     from kielnet.diagnostics.report import make_report, reference_table  # the test stars' report (issue 13)
-    make_report(res.catalogue, Path(__file__).parent / "results" / "report_xp_library", bundle=res.bundle,
+    make_report(res.catalogue, out_path.parent / f"report_{out_path.stem}", bundle=res.bundle,
                 references=[reference_table(res.test)], reference_names=["APOGEE DR17"], stars=res.test,
                 title="kielnet XP-library benchmark: held-out test stars", progress=False)
     print(json.dumps(checks, indent=1))
