@@ -19,6 +19,21 @@ Uncertainties (issue 11), all on the test stars, none of which any fit sees:
 * ``missing_inputs``: the test stars again with each input group hidden (all
   photometry; 2MASS; Gaia BP/RP): robust σ and 1σ coverage per label.
 
+Issue 20 (is every usable label right within its σ?), measured on every seed's test catalogue:
+
+* ``tails``: per label, the fraction of test rows whose label is usable (reported, no flag
+  but ``label_not_reported``), and of those with an APOGEE label the fractions beyond 3σ
+  and 5σ, on the cleaner half (APOGEE label error below its median) and for APOGEE
+  Teff > 10,000 K; ``flags``: each flag's rate and false-flag rate;
+* ``support``: labels withheld for lack of reference values near the star
+  (``quality.neighbours``), and reported outside their support (must be 0);
+* ``seeds``: the whole benchmark for each ensemble seed (``--seeds``, default 0,1,2); the
+  headline is their mean, with the spread;
+* ``selection``: how the configuration was chosen — on out-of-fold training stars only
+  (validation robust σ of the candidate configurations; the neighbour-model settings
+  compared on the first seed's out-of-fold stars) — and how many times the test fifth
+  has been scored.
+
 ``history`` records what each change bought: every run of this benchmark so far (carried
 over from the previous result file), with the config paths and training selection that
 changed from the run before, the ensemble size, training time and test robust σ per label.
@@ -26,12 +41,13 @@ Targets (issue 12): Teff ≤ 60 K, log g ≤ 0.14, [Fe/H] ≤ 0.085, [α/M] ≤ 
 
 Run (from the repository root, after the README's set-up)::
 
-    python benchmarks/xp_library.py [--select none]
+    python benchmarks/xp_library.py [--seeds 0,1,2] [--select none]
 
 The training stars are cleaned by ``benchmarks/configs/xp_label_quality.yaml`` (APOGEE
 label errors, XP S/N; every test star is still predicted and scored).
 
-Rerunning resumes the ensemble from ``benchmarks/.work/xp_library`` (git-ignored).
+Rerunning resumes the ensembles from ``benchmarks/.work/xp_library`` (seed 0) and
+``benchmarks/.work/xp_library_seed<N>`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -225,33 +241,171 @@ def missing_input_metrics(bundle, cfg, test: StarTable) -> dict:
     return out
 
 
+#: issue-20 targets: usable labels right within their σ
+TAIL_TARGETS = {"ok_beyond_3sigma": 0.01, "ok_beyond_5sigma": 0.001, "rows_ok_fraction": 0.85,
+                "hot_ok_beyond_3sigma": 0.05, "cov1_band": 0.05, "cov2_band": 0.03,
+                "seed_mean_robust_sigma": {"teff": 58.5, "logg": 0.142, "fe_h": 0.086, "alpha_m": 0.0275}}
+#: flag bits whose rates and false-flag rates are reported
+FLAG_REPORT = ["likely_outlier", "ensemble_disagreement", "label_not_reported", "missing_input",
+               "input_outside_training", "outside_training_teff", "outside_training_logg", "outside_training_fe_h",
+               "outside_training_alpha_m"]
+#: configurations compared on out-of-fold (validation) stars before the test fifth was scored:
+#: result files at these commits hold each candidate's out-of-fold robust σ (``validation_heldout``)
+CANDIDATES = {"ecac108: val_fraction 0.2, 70 epochs, no tail bins": "739a9ed:benchmarks/results/xp_library.json"}
+#: neighbour-model settings compared on the first seed's out-of-fold stars (``quality.neighbours``)
+NEIGHBOUR_VARIANTS = {
+    "1sigma, no outlier flag": {"fit_to": "1sigma", "outlier_budget": 0.0},
+    "1and2sigma, no outlier flag": {"fit_to": "1and2sigma", "outlier_budget": 0.0},
+    "1and2sigma, outlier budget 0.01": {"fit_to": "1and2sigma", "outlier_budget": 0.01},
+    "1and2sigma, outlier budget 0.03": {"fit_to": "1and2sigma", "outlier_budget": 0.03},
+    "1and2sigma, min_support 0.3": {"fit_to": "1and2sigma", "outlier_budget": 0.01, "min_support": 0.3},
+}
+#: result files whose runs scored the XP test fifth before this one (besides this file's history)
+OTHER_SCORINGS = ("xp_library_seed1.json", "xp_library_2x2.json", "xp_seed_ensemble.json")
+
+
+def _fflag_bits(names: list[str]) -> list[str]:
+    return [b for b in FLAG_REPORT if not b.startswith("outside_training_") or b[len("outside_training_"):] in names]
+
+
+def seed_summary(res, cfg, masks: dict) -> dict:
+    """Everything issue 20 asks for one seed's test catalogue (and its out-of-fold fits)."""
+    from kielnet.diagnostics.metrics import flag_metrics, support_metrics, tail_metrics
+
+    names = cfg.label_names
+    cat, test = res.catalogue, res.test
+    flags = flag_metrics(cat, test.labels, names, _fflag_bits(names))
+    nb = res.bundle.neighbours
+    cal = {}
+    for n in names:
+        rep = calibration_report(np.asarray(cat[n], float), test.labels[n], np.asarray(cat[f"sigma_{n}"], float),
+                                 snr=test.scalars["snr"], g=test.scalars["g"], regimes=masks)
+        cal[n] = {"overall": rep["overall"], "worst_bin": worst_bin(rep)}
+    return {"seed": res.bundle.config.ensemble.seed, "kielnet": res.metrics,
+            "tails": tail_metrics(cat, test.labels, names, label_errs=test.label_errs, hot=test.labels["teff"] > 10000),
+            "support": {"rule": None if nb is None else nb.describe(),
+                        "labels": support_metrics(cat, test.labels, names,
+                                                  min_support=None if nb is None else nb.min_support)},
+            "flags": flags, "calibration": cal,
+            "out_of_fold": {"validation": res.bundle.validation,
+                            "neighbours": None if nb is None else nb.report},
+            "train_seconds": round(res.train_seconds, 1), "n_members": len(res.bundle.members)}
+
+
+def seed_statistics(per_seed: list[dict], names: list[str]) -> dict:
+    """Mean and spread (sample std) over seeds of the robust σ, coverage and tails."""
+    out: dict = {"n": len(per_seed), "seeds": [p["seed"] for p in per_seed]}
+    for key, get in (("robust_sigma", lambda p, n: p["kielnet"][n]["robust_sigma"]),
+                     ("coverage_1sigma", lambda p, n: p["kielnet"][n]["coverage_1sigma"]),
+                     ("ok_beyond_3sigma", lambda p, n: p["tails"][n]["ok_beyond_3sigma"]),
+                     ("ok_beyond_5sigma", lambda p, n: p["tails"][n]["ok_beyond_5sigma"]),
+                     ("hot_ok_beyond_3sigma", lambda p, n: p["tails"][n].get("hot_ok_beyond_3sigma"))):
+        out[key] = {}
+        for n in names:
+            vals = [get(p, n) for p in per_seed]
+            vals = [v for v in vals if v is not None]
+            out[key][n] = {"values": vals, "mean": float(np.mean(vals)) if vals else None,
+                           "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
+    vals = [p["tails"]["rows_ok_fraction"] for p in per_seed]
+    out["rows_ok_fraction"] = {"values": vals, "mean": float(np.mean(vals))}
+    return out
+
+
+def _git_json(spec: str) -> dict | None:
+    import subprocess
+
+    try:
+        return json.loads(subprocess.check_output(["git", "show", spec], cwd=ROOT, text=True,
+                                                  stderr=subprocess.DEVNULL))
+    except Exception:  # noqa: BLE001 - a shallow clone lacks the commit
+        return None
+
+
+def selection_record(per_seed: list[dict], names: list[str], previous: dict | None, neighbour_variants: dict) -> dict:
+    """How the configuration was chosen (validation stars only) and how often the test
+    fifth has been scored."""
+    def score(v: dict, ref: dict) -> float:  # mean over labels of robust σ relative to the reference
+        return float(np.mean([v[n]["robust_sigma"] / ref[n]["robust_sigma"] for n in names]))
+
+    current = {n: {"robust_sigma": float(np.mean([p["out_of_fold"]["validation"][n]["robust_sigma"]
+                                                   for p in per_seed]))} for n in names}
+    cands = {"this preset (mean over seeds)": current}
+    for name, spec in CANDIDATES.items():
+        d = _git_json(spec)
+        if d is not None and d.get("validation_heldout"):
+            cands[name] = {n: {"robust_sigma": d["validation_heldout"][n]["robust_sigma"]} for n in names}
+    ref = cands[next(iter(cands))]
+    validation = {k: {"robust_sigma": {n: v[n]["robust_sigma"] for n in names}, "relative_score": score(v, ref)}
+                  for k, v in cands.items()}
+    history = (previous or {}).get("history", [])
+    others = [f for f in OTHER_SCORINGS if (RESULTS / f).is_file()]
+    before = len(history) + len(others)
+    return {
+        "rule": "configurations, epochs, sigma models and flag thresholds are chosen on out-of-fold training stars "
+                "(each split's validation stars, predicted by that split's members) or by cross-validation on the "
+                "training part only; the test fifth (crc32(apogee_id) % 5 == 0) is scored once per released "
+                "configuration, on every seed",
+        "validation_robust_sigma": validation,
+        "chosen": min(validation, key=lambda k: validation[k]["relative_score"]),
+        "neighbour_settings_out_of_fold": neighbour_variants,
+        "test_fifth_scorings": {"before_this_run": before, "this_run": 1, "total": before + 1,
+                                "counted_from": ["history of this file"] + others,
+                                "note": "each entry is one configuration scored on the test fifth (a seed repeat of "
+                                        "the same configuration counts once more)"},
+    }
+
+
+def neighbour_variants(bundle, workdir: Path, cfg) -> dict:
+    """The neighbour-model settings of :data:`NEIGHBOUR_VARIANTS`, each fitted on the first
+    seed's out-of-fold stars and judged on them (each star without itself)."""
+    from kielnet.training.calibrate import fit_neighbours, oof_sigma
+
+    oof_path = workdir / "out_of_fold.parquet"
+    if not oof_path.is_file() or bundle.sigma_model is None:
+        return {}
+    oof, _ = load_out_of_fold(oof_path)
+    sig = oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof)
+    out = {}
+    for name, over in NEIGHBOUR_VARIANTS.items():
+        vcfg = cfg.with_overrides(quality={"neighbours": {**cfg.quality.neighbours.model_dump(), **over}})
+        rep = fit_neighbours(vcfg, bundle.preprocessor, oof, sig).report
+        out[name] = {"settings": over, "flagged_fraction": rep["flagged_fraction"],
+                     "false_flag_rate": rep["false_flag_rate"],
+                     "labels": {n: {k: v for k, v in r.items() if k in ("cov1", "cov2", "beyond_3sigma_kept",
+                                                                      "beyond_5sigma_kept", "withheld_fraction",
+                                                                      "withheld_with_reference",
+                                                                      "reported_without_reference_fraction")}
+                                for n, r in rep["labels"].items()}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="xp_hybrid", help="preset or YAML (default: the demo's xp_hybrid)")
     ap.add_argument("--splits", type=int, default=None, help="override ensemble.n_splits")
     ap.add_argument("--members", type=int, default=None, help="override ensemble.members_per_split")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="override ensemble.seed (members' initialisation, shuffling and splits): repeat the "
-                         "benchmark with another seed to size its seed-to-seed scatter")
+    ap.add_argument("--seeds", default="0,1,2",
+                    help="ensemble seeds (members' initialisation, shuffling and splits), comma-separated: the "
+                         "benchmark trains and scores one ensemble per seed and reports their mean and spread; the "
+                         "first seed's catalogue feeds the detailed sections and the report (default 0,1,2)")
+    ap.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
     ap.add_argument("--data", default=XP_LIBRARY, help="input stars (default: the embedded XP library)")
     ap.add_argument("--out", default=str(RESULTS / "xp_library.json"))
-    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"))
+    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "xp_library"),
+                    help="work directory of seed 0; seed N uses WORKDIR_seedN")
     ap.add_argument("--select", default=str(LABEL_CLEANING),
                     help="selection file applied to the training stars only (kielnet train --select; default "
                          "the label cleaning benchmarks/configs/xp_label_quality.yaml; 'none' for all stars)")
     args = ap.parse_args(argv)
     commit, dirty = git_commit(), git_dirty()  # the code that runs is the code at start
+    seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x.strip()]
 
-    cfg = load_config(args.config)
+    base_cfg = load_config(args.config)
     ens = {}
     if args.splits:
         ens["n_splits"] = args.splits
     if args.members:
         ens["members_per_split"] = args.members
-    if args.seed is not None:
-        ens["seed"] = args.seed
-    if ens:
-        cfg = cfg.with_overrides(ensemble=ens)
     table = read_stars(args.data)
     selection = None
     if args.select and args.select.lower() != "none":
@@ -260,9 +414,20 @@ def main(argv: list[str] | None = None) -> int:
         selection = load_selection(Path(args.select))
     out_path = Path(args.out)
     previous = json.loads(out_path.read_text()) if out_path.is_file() else None
-    res = run_holdout(table, cfg, workdir=args.workdir, progress=False, selection=selection)
-    units = {lab.name: lab.unit for lab in cfg.labels}
-    print(metrics_table(res.metrics, units))
+    units = {lab.name: lab.unit for lab in base_cfg.labels}
+    per_seed, first, first_wd = [], None, None
+    for seed in seeds:
+        cfg_s = base_cfg.with_overrides(ensemble={**ens, "seed": seed})
+        wd = Path(args.workdir) if seed == 0 else Path(f"{args.workdir}_seed{seed}")
+        res = run_holdout(table, cfg_s, workdir=wd, progress=False, selection=selection)
+        print(f"seed {seed}:")
+        print(metrics_table(res.metrics, units))
+        masks_s = regime_masks(res.test.labels, res.test.scalars)
+        per_seed.append(seed_summary(res, cfg_s, masks_s))
+        if first is None:
+            first, first_wd = res, wd
+    res, cfg = first, first.bundle.config
+    names = cfg.label_names
 
     b_pred, b_sig, b_seconds = baseline_gbt(res.bundle, res.train, res.test)
     base = {n: label_metrics(b_pred[n], res.test.labels[n], np.full(len(res.test), b_sig[n]))
@@ -288,12 +453,13 @@ def main(argv: list[str] | None = None) -> int:
                                             snr=res.test.scalars["snr"], g=res.test.scalars["g"], regimes=masks)
         calibration[n]["worst_bin"] = worst_bin(calibration[n])
     t0 = time.time()
-    oof_path = Path(args.workdir) / "out_of_fold.parquet"
+    oof_path = first_wd / "out_of_fold.parquet"
     sigma_models = {}
     if oof_path.is_file():
         oof, _ = load_out_of_fold(oof_path)
         sigma_models = compare_sigma_models(res.bundle, cfg, res.test, oof, masks)
     missing = missing_input_metrics(res.bundle, cfg, res.test)
+    variants = neighbour_variants(res.bundle, first_wd, cfg)
     sigma_seconds = time.time() - t0
 
     checks = {}
@@ -314,9 +480,20 @@ def main(argv: list[str] | None = None) -> int:
                                         "bias_within_250": hot["bias"] is not None and bool(abs(hot["bias"]) <= 250),
                                         "robust_sigma_le_800": hot["robust_sigma"] is not None
                                         and bool(hot["robust_sigma"] <= 800)}
+    stats = seed_statistics(per_seed, names)
+    checks["issue20"] = issue20_checks(per_seed, stats, names)
     out = {
+        "headline": {"definition": f"mean over the {len(seeds)} ensemble seeds {seeds} of the test robust sigma",
+                     "robust_sigma": {n: stats["robust_sigma"][n]["mean"] for n in names},
+                     "robust_sigma_std": {n: stats["robust_sigma"][n]["std"] for n in names}},
         "kielnet": res.metrics,
+        "kielnet_definition": f"the first seed's ensemble ({seeds[0]}): the shipped model's seed",
         "baseline_gbt": base,
+        "seeds": {**stats, "per_seed": per_seed},
+        "tails": per_seed[0]["tails"],
+        "support": per_seed[0]["support"],
+        "flags": per_seed[0]["flags"],
+        "selection_protocol": selection_record(per_seed, names, previous, variants),
         "regimes": regimes,
         "calibration": calibration,
         "sigma_models": sigma_models,
@@ -325,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "sigma_seconds": round(sigma_seconds, 1),
         "train_seconds": round(res.train_seconds, 1),
+        "train_seconds_per_seed": [p["train_seconds"] for p in per_seed],
         "predict_seconds": round(res.predict_seconds, 2),
         "baseline_train_seconds": round(b_seconds, 1),
         "n_train": len(res.train), "n_test": len(res.test),
@@ -349,6 +527,40 @@ def main(argv: list[str] | None = None) -> int:
                 title="kielnet XP-library benchmark: held-out test stars", progress=False)
     print(json.dumps(checks, indent=1))
     return 0
+
+
+def issue20_checks(per_seed: list[dict], stats: dict, names: list[str]) -> dict:
+    """The issue-20 targets, each with its measured value (the first seed's catalogue
+    for tails, coverage and support; the seed mean for the robust σ)."""
+    t = TAIL_TARGETS
+    p0 = per_seed[0]
+    out: dict = {"rows_ok_fraction": {"value": p0["tails"]["rows_ok_fraction"],
+                                      "meets": p0["tails"]["rows_ok_fraction"] >= t["rows_ok_fraction"]}}
+    for n in names:
+        tl, cal = p0["tails"][n], p0["calibration"][n]
+        wb = cal["worst_bin"]
+        hot = tl.get("hot_ok_beyond_3sigma")
+        sup = p0["support"]["labels"][n]
+        mean = stats["robust_sigma"][n]["mean"]
+        out[n] = {
+            "ok_beyond_3sigma": {"value": tl["ok_beyond_3sigma"], "target": t["ok_beyond_3sigma"],
+                                 "meets": tl["ok_beyond_3sigma"] is not None
+                                 and tl["ok_beyond_3sigma"] <= t["ok_beyond_3sigma"]},
+            "ok_beyond_5sigma": {"value": tl["ok_beyond_5sigma"], "target": t["ok_beyond_5sigma"],
+                                 "meets": tl["ok_beyond_5sigma"] is not None
+                                 and tl["ok_beyond_5sigma"] <= t["ok_beyond_5sigma"]},
+            "hot_ok_beyond_3sigma": {"value": hot, "n": tl.get("n_hot_ok"), "target": t["hot_ok_beyond_3sigma"],
+                                     "meets": hot is None or hot <= t["hot_ok_beyond_3sigma"]},
+            "reported_outside_support": {"value": sup.get("n_reported_outside_support"), "meets":
+                                         sup.get("n_reported_outside_support", 0) == 0},
+            "worst_bin_cov1": {**wb, "meets": abs(wb["deviation"]) <= t["cov1_band"]},
+            "cov2": {"value": cal["overall"]["cov2"],
+                     "meets": cal["overall"]["cov2"] is not None and abs(cal["overall"]["cov2"] - 0.9545) <= t["cov2_band"]},
+            "seed_mean_robust_sigma": {"value": mean, "std": stats["robust_sigma"][n]["std"],
+                                       "target": t["seed_mean_robust_sigma"][n],
+                                       "meets": mean <= t["seed_mean_robust_sigma"][n]},
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command-line interface: ``kielnet train | predict | evaluate | demo | report | presets``.
+"""Command-line interface: ``kielnet train | calibrate | tune | predict | evaluate | demo | report | presets``.
 
 Every sub-command's ``--help`` lists its inputs, outputs and units. Errors in user
 input are printed as one line naming the file, field and star, with exit code 2.
@@ -40,6 +40,21 @@ LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m
                "spread (+) running dispersion. Each catalogue's header states its model ('sigma model:').")
 
 
+SUPPORT_HELP = ("Label support, local sigma and outliers (bundles whose config enables quality.neighbours, e.g. "
+                "xp_hybrid and the shipped xp-apogee-dr17): each star's nearest out-of-fold training stars (each "
+                "predicted by members that never trained on it), in predicted labels x spectrum S/N, decide "
+                "(1) whether a label has reference values behind it: support_X is the fraction of the nearest "
+                "k_support (50) that carried a reference X; below min_support (0.5) X is NaN, flag bit "
+                "label_not_reported is set and not_reported names it ('fe_h:support'; 'rule' for a reporting "
+                "rule of the config) - e.g. no [Fe/H] or [alpha/M] for stars hotter than the reference set's "
+                "metallicities reach; the row's other labels are unaffected; (2) sigma_X times the local "
+                "factor: the 68.27% quantile of |residual|/sigma of the nearest k_local (150), so that sigma "
+                "is calibrated for stars like this one; (3) ci95_X, the half-width of the 95% interval (their "
+                "0.95 quantile, wider than 1.96 sigma where residuals have heavy tails); (4) outlier_score, the "
+                "fraction of them wrong by more than 3 local sigma in some label, and flag bit likely_outlier "
+                "above the threshold fitted on the out-of-fold stars (config outlier_budget). A label value is "
+                "good to use when it is finite and the row has no flag but label_not_reported "
+                "(kielnet.quality.flags.usable_mask); status 'ok' means every label is.")
 QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "
                 "ood_score (distance to the nearest training star in the network's embedding / the 99% "
                 "quantile of training nearest-neighbour distances; > 1 sets flag bit out_of_distribution), "
@@ -189,6 +204,36 @@ def cmd_train(args) -> int:
     from kielnet.diagnostics.metrics import metrics_table
 
     print("held-out validation metrics:\n" + metrics_table(bundle.validation))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from kielnet.inference.bundle import load_bundle, save_bundle
+    from kielnet.io import read_stars
+    from kielnet.io.outputs import check_output_dir
+    from kielnet.training.calibrate import recalibrate
+
+    check_output_dir(args.out, inputs=[args.data], what="bundle directory", marker="bundle.json")
+    bundle = load_bundle(args.bundle)
+    cfg = None
+    if args.config or args.set:
+        from kielnet.config import load_config
+
+        cfg = load_config(args.config) if args.config else bundle.config
+        if args.set:
+            cfg = cfg.with_overrides(**_set_overrides(args.set))
+    table = read_stars(args.data)
+    print(f"read {len(table)} stars from {table.source}")
+    bundle = recalibrate(bundle, table, config=cfg, selection=_load_selection(args))
+    save_bundle(bundle, args.out)
+    print(f"recalibrated bundle written to {args.out}")
+    if bundle.neighbours is not None:
+        rep = bundle.neighbours.report
+        print(f"likely_outlier: threshold {rep['outlier_threshold']}, flags {rep['flagged_fraction']:.3f} of the "
+              f"out-of-fold stars (false-flag rate {rep['false_flag_rate']})")
+        for name, r in rep["labels"].items():
+            print(f"  {name}: withheld {r['withheld_fraction']:.3f}, 1-sigma coverage {r['cov1']:.3f}, "
+                  f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}")
     return 0
 
 
@@ -540,6 +585,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
+    ca = sub.add_parser("calibrate", formatter_class=fmt,
+                        help="refit a bundle's out-of-fold calibrations (sigma, label support, flags)",
+                        description="Refit the parts of a bundle fitted on its out-of-fold training stars - the "
+                                    "running dispersion, the sigma model (config 'uncertainty') and the neighbour "
+                                    "model (config 'quality.neighbours': label support, local sigma factors, "
+                                    "ci95_X, the likely_outlier threshold) - without retraining a member. --data "
+                                    "(and --select) must be the table the bundle was trained on: its stars are "
+                                    "split again as in training and each split's validation stars are predicted "
+                                    "by that split's members. --config / --set change the 'uncertainty' and "
+                                    "'quality.neighbours' sections only.")
+    ca.add_argument("--bundle", required=True, help="bundle directory or shipped model name")
+    ca.add_argument("--data", required=True, help="the bundle's training stars: " + DATA_HELP)
+    ca.add_argument("--select", metavar="FILE", help="the selection file the bundle was trained with")
+    ca.add_argument("--config", help="preset or YAML whose uncertainty / quality.neighbours sections to use")
+    ca.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value, e.g. quality.neighbours.min_support=0.6 (repeatable)")
+    ca.add_argument("--out", required=True, help="output bundle directory")
+    ca.set_defaults(func=cmd_calibrate)
+
     tu = sub.add_parser("tune", formatter_class=fmt, help="search hyper-parameters with Optuna",
                         description="Search the config's tuning.space with Optuna (TPE, median pruning): each "
                                     "trial trains one network on the stars' own train/validation split and is "
@@ -567,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Label every input star with a bundle. Output: one row per input star, "
                                     "input order kept: id, pass-through ids, labels, e_/sigma_ columns, "
                                     "flag (bitmask), status, n_bad_pixels, missing_inputs.\n" + LABELS_HELP
-                                    + "\n\nflag bits:\n" + flags_help + "\n\n" + QUALITY_HELP
+                                    + "\n\nflag bits:\n" + flags_help + "\n\n" + SUPPORT_HELP + "\n\n"
+                                    + QUALITY_HELP
                                     + "\n" + describe_boundary_flag()
                                     + "\n\nScale: stars are read, labelled and written CHUNK_SIZE at a time "
                                     "(memory bounded by the chunk size, each chunk a resumable part in "
@@ -683,8 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with --bundle and --data (Figs. 9-10), flag and status statistics; with reference "
                                     "columns numax [uHz], cluster, ra/dec [deg] + parallax [mas]: asteroseismic log g, "
                                     "[Fe/H] per open cluster and [alpha/M]-[M/H] in Galactocentric R-Z bins (Fig. 24). "
-                                    "Only rows with status ok are drawn (labels withheld or flagged are counted, never "
-                                    "drawn). Tables: OUT/comparison_REF.ecsv (bias, robust sigma, RMS, 1/2-sigma "
+                                    "Only rows with status ok, or whose only flag is label_not_reported, are drawn (withheld "
+                                    "labels and flagged rows are counted, never drawn). Tables: OUT/comparison_REF.ecsv (bias, robust sigma, RMS, 1/2-sigma "
                                     "coverage per label and regime; residual = catalogue - reference; Teff in K, "
                                     "others dex) and OUT/report.json (counts).")
     rp.add_argument("catalogue", help="kielnet catalogue (.parquet read in row batches, .fits, .csv, .ecsv)")

@@ -442,9 +442,33 @@ class InputChecksConfig(_Strict):
                                                               "more than this x max(span, 1) are missing")
 
 
+class NeighboursConfig(_Strict):
+    """Label support, local σ calibration, 95 % intervals and the ``likely_outlier`` flag
+    from the out-of-fold training stars nearest each star in predicted labels × S/N
+    (:mod:`kielnet.quality.neighbours`). Fitted on out-of-fold stars when the ensemble
+    is trained (or by ``kielnet calibrate``), stored in the bundle."""
+
+    enabled: bool = False
+    k_support: int = Field(default=50, ge=1, description="nearest stars that decide a label's support")
+    min_support: float = Field(default=0.5, ge=0, le=1,
+                               description="fraction of them that must carry the label for it to be reported")
+    k_local: int = Field(default=150, ge=5, description="nearest stars of the local σ factor and outlier score")
+    min_local: int = Field(default=30, ge=1, description="fewest neighbours with a residual for a local factor")
+    local_calibration: bool = Field(default=True, description="multiply σ by the local factor")
+    fit_to: Literal["1sigma", "1and2sigma"] = Field(
+        default="1sigma", description="local factor: 68.27 % within 1 σ, or the best balance of the 1σ (±0.05) "
+                                      "and 2σ (±0.03) coverage bands (heavy-tailed residuals)")
+    tail: float = Field(default=3.0, gt=0, description="|residual| / local σ that counts as an outlier")
+    outlier_budget: float = Field(default=0.0, ge=0, lt=1,
+                                  description="fraction of out-of-fold stars the likely_outlier flag may take "
+                                              "(its threshold is that quantile of their scores; 0 = no flag)")
+    snr_weight: float = Field(default=1.0, gt=0, description="weight of log S/N against the scaled labels")
+
+
 class QualityConfig(_Strict):
     """Quality machinery carried by a bundle and applied by ``predict``."""
 
+    neighbours: NeighboursConfig = NeighboursConfig()
     embedding_ood: EmbeddingOODConfig = EmbeddingOODConfig()
     ensemble_spread: EnsembleSpreadConfig = EnsembleSpreadConfig()
     tsne: TsneConfig = TsneConfig()

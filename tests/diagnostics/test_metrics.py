@@ -60,3 +60,56 @@ def test_regime_masks_treat_nan_as_outside():
     assert masks["logg_lt_1"].tolist() == [False, False, True]
     assert masks["feh_lt_m1"].tolist() == [False, True, False]
     assert masks["apogee_snr_lt_50"].tolist() == [False, True, False]
+
+
+def _trust_catalogue():
+    """40 rows: label x = truth + residual, σ = 1; rows 0-1 wrong by 4σ and 6σ, row 2 flagged
+    likely_outlier (wrong by 10σ), row 3 has x withheld for lack of support (y still usable)."""
+    from astropy.table import Table
+
+    from kielnet.quality.flags import FLAG_BITS
+
+    n = 40
+    truth = {"x": np.zeros(n), "y": np.zeros(n)}
+    x = np.linspace(-0.9, 0.9, n)
+    x[0], x[1], x[2] = 4.0, 6.0, 10.0
+    flag = np.zeros(n, dtype=np.int64)
+    flag[2] = 1 << FLAG_BITS["likely_outlier"]
+    flag[3] = 1 << FLAG_BITS["label_not_reported"]
+    x[3] = np.nan
+    cat = Table({"x": x, "sigma_x": np.ones(n), "ci95_x": np.full(n, 2.0), "y": np.zeros(n) + 0.1,
+                 "sigma_y": np.ones(n), "flag": flag, "support_x": np.where(np.arange(n) == 3, 0.1, 0.9),
+                 "not_reported": np.where(np.arange(n) == 3, "x:support", "")})
+    return cat, truth
+
+
+def test_tail_metrics_count_usable_rows_only():
+    from kielnet.diagnostics.metrics import tail_metrics
+
+    cat, truth = _trust_catalogue()
+    hot = np.zeros(40, dtype=bool)
+    hot[:5] = True
+    t = tail_metrics(cat, truth, ["x", "y"], hot=hot)
+    # x: rows 2 (flagged) and 3 (withheld) are not usable -> 38 rows, 2 beyond 3σ, 1 beyond 5σ
+    assert t["x"]["n_ok"] == 38 and t["x"]["ok_fraction"] == pytest.approx(38 / 40)
+    assert t["x"]["ok_beyond_3sigma"] == pytest.approx(2 / 38)
+    assert t["x"]["ok_beyond_5sigma"] == pytest.approx(1 / 38)
+    assert t["x"]["ok_outside_ci95"] == pytest.approx(2 / 38)
+    assert t["x"]["hot_ok_beyond_3sigma"] == pytest.approx(2 / 3)  # rows 0, 1, 4 of the hot ones
+    # y is usable on the withheld-x row too: only the flagged row is excluded
+    assert t["y"]["n_ok"] == 39 and t["y"]["ok_beyond_3sigma"] == 0.0
+    assert t["rows_ok_fraction"] == pytest.approx(39 / 40) and t["rows_status_ok_fraction"] == pytest.approx(38 / 40)
+
+
+def test_support_and_flag_metrics():
+    from kielnet.diagnostics.metrics import flag_metrics, support_metrics
+
+    cat, truth = _trust_catalogue()
+    s = support_metrics(cat, truth, ["x"], min_support=0.5)["x"]
+    assert s["n_withheld"] == 1 and s["n_withheld_with_reference"] == 1 and s["n_reported_outside_support"] == 0
+    cat["support_x"][5] = 0.2  # a reported value below the support threshold is counted as a broken rule
+    assert support_metrics(cat, truth, ["x"], min_support=0.5)["x"]["n_reported_outside_support"] == 1
+    f = flag_metrics(cat, truth, ["x", "y"], ["likely_outlier", "outside_training_x"])
+    assert f["likely_outlier"]["n"] == 1 and f["likely_outlier"]["false_flag_rate"] == 0.0
+    assert f["likely_outlier"]["beyond_3sigma_rate_unflagged"] == pytest.approx(2 / 39)
+    assert f["outside_training_x"]["n"] == 0

@@ -72,7 +72,10 @@ def test_drawable_only_ok_rows():
     d = drawable(cat)
     odd = cat.meta["odd_rows"]
     assert not d[:30].any() and not d[odd].any()  # bad spectrum and flagged rows
-    np.testing.assert_array_equal(d, np.asarray(cat["status"]) == "ok")
+    # ok rows, and rows whose only flag is label_not_reported (their other labels are usable)
+    only_withheld = np.asarray(cat["status"]) == "label_not_reported"
+    assert only_withheld.any()
+    np.testing.assert_array_equal(d, (np.asarray(cat["status"]) == "ok") | only_withheld)
     d2 = drawable(cat, accept=("input_outside_training", "bad_spectrum"))  # bad_spectrum can never be accepted
     assert d2[odd].all() and not d2[:30].any()
 
@@ -135,9 +138,10 @@ def test_report_with_nan_and_flagged_rows(tmp_path, suffix):
     assert c["flag_bits"]["bad_spectrum"] == 30
     assert c["flag_bits"]["label_not_reported"] == 40 and c["flag_bits"]["input_outside_training"] == 20
     assert c["labels"]["m_h"]["nan"] == int(np.isnan(cat["m_h"]).sum()) > 40
-    flagged = (status != "ok") & np.isfinite(cat["teff"])
+    usable = (status == "ok") | (status == "label_not_reported")  # only the withheld labels are NaN there
+    flagged = ~usable & np.isfinite(cat["teff"])
     assert c["labels"]["teff"]["finite_but_flagged"] == int(flagged.sum()) >= 20
-    n_ok = int(np.sum(status == "ok"))
+    n_ok = int(np.sum(usable))
     assert c["drawable_rows"] == n_ok and c["labels"]["teff"]["drawn"] == n_ok
     assert c["references"]["APOGEE"]["matched"] == 600
     # the comparison counts only ok rows: the 99999 K rows are not in it (the bias would show them)

@@ -40,10 +40,11 @@ def test_round_trip_gives_identical_predictions(tiny_holdout, tmp_path):
 
 def test_bundle_holds_json_and_safetensors_only(tiny_bundle_dir):
     files = sorted(p.name for p in tiny_bundle_dir.iterdir())
-    assert files == ["bundle.json", "member_000.safetensors", "member_001.safetensors"]
+    assert files == ["bundle.json", "member_000.safetensors", "member_001.safetensors", "neighbours.safetensors"]
     meta = json.loads((tiny_bundle_dir / "bundle.json").read_text())
     assert meta["format"] == BUNDLE_FORMAT
-    assert [m["file"] for m in meta["members"]] == files[1:]
+    assert [m["file"] for m in meta["members"]] == files[1:3]
+    assert meta["quality"] == {"neighbours": "neighbours.safetensors"}  # the preset's neighbour model
     assert set(meta) >= {"config", "preprocessing", "running_dispersion", "label_ranges", "feature_ranges",
                          "versions", "training_data", "validation"}
     assert meta["config"]["name"] == "xp_hybrid"

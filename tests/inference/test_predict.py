@@ -9,6 +9,7 @@ import pytest
 from kielnet.data.startable import StarTable
 from kielnet.inference.predict import member_predictions, predict
 from kielnet.quality.flags import FLAG_BITS, status_strings
+from kielnet.quality.neighbours import positions
 
 LABELS = ["teff", "logg", "fe_h", "alpha_m"]
 
@@ -28,8 +29,9 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     assert cat["source_id"].tolist() == clean.extra["source_id"].tolist()
     expected = ["id", "source_id", "medflux"]
     for name in LABELS:
-        expected += [name, f"e_{name}", f"sigma_{name}"]
-    expected += ["flag", "status", "n_bad_pixels", "missing_inputs", "spectrum_issues"]
+        expected += [name, f"e_{name}", f"sigma_{name}", f"ci95_{name}"]
+    expected += ["flag", "status", "not_reported", "n_bad_pixels", "missing_inputs", "spectrum_issues"]
+    expected += [f"support_{name}" for name in LABELS] + ["outlier_score"]  # the preset's neighbour model
     expected += ["snr_spectrum"]  # the S/N of the preset's σ recalibration
     expected += ["spread_score"]  # the xp_hybrid preset carries the ensemble-disagreement score
     assert cat.colnames == expected
@@ -50,13 +52,17 @@ def test_catalogue_values(tiny_bundle, clean):
     sm = tiny_bundle.sigma_model
     assert sm.terms == ["spread", "head"]  # the xp_hybrid preset's σ model
     snr = prep.snr
+    # the preset's neighbour model: local σ factor of the nearest out-of-fold stars
+    near = tiny_bundle.neighbours.assess(positions(tiny_bundle.preprocessor.forward_labels(preds.mean(axis=0)), snr))
     for j, name in enumerate(LABELS):
         mean, spread = preds[:, :, j].mean(axis=0), preds[:, :, j].std(axis=0, ddof=1)
         np.testing.assert_allclose(np.asarray(cat[name]), mean, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(cat[f"e_{name}"]), spread, rtol=1e-12)
         own = np.sqrt(np.mean(head[0][:, :, j] ** 2, axis=0))
         want = np.hypot(spread, own) * sm.recalibration[name](mean, snr)
-        np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]), np.maximum(want, spread), rtol=1e-12)
+        glob = np.maximum(want, spread)
+        np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]), glob * near.factor[:, j], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(cat[f"ci95_{name}"]), glob * near.q95[:, j], rtol=1e-12)
     # status spells out the flag
     assert cat["status"].tolist() == status_strings(np.asarray(cat["flag"]), LABELS).tolist()
     assert (np.asarray(cat["n_bad_pixels"]) == 0).all()

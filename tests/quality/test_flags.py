@@ -14,7 +14,7 @@ def test_bits_are_distinct_and_label_bits_follow():
     assert FLAG_BITS == {"bad_spectrum": 0, "interpolated_pixels": 1, "missing_input": 2,
                          "input_outside_training": 3, "label_not_reported": 4, "out_of_distribution": 5,
                          "ensemble_disagreement": 6, "implausible_spectrum": 7, "prediction_failed": 16,
-                         "label_unphysical": 17, "missing_input_unlabelled": 18}
+                         "label_unphysical": 17, "missing_input_unlabelled": 18, "likely_outlier": 19}
     assert [label_bit(j) for j in range(4)] == [8, 9, 10, 11]
     names = flag_names(LABELS)
     assert len(names) == len(FLAG_BITS) + 4

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # annotations only: the fits are made by inference / quality
     from kielnet.quality.uncertainty import RunningDispersion
     from kielnet.quality.embedding import EmbeddingOOD
     from kielnet.quality.spread import EnsembleSpread
+    from kielnet.quality.neighbours import NeighbourModel
 
 __all__ = ["Bundle", "MemberInfo", "state_dict_digest", "build_nets"]
 
@@ -83,6 +84,7 @@ def _content_meta(bundle: "Bundle") -> dict:
         "feature_ranges": {k: list(v) for k, v in bundle.feature_ranges.items()},
         "ensemble_spread": None if bundle.spread is None else bundle.spread.to_dict(),
         "sigma_model": None if bundle.sigma_model is None else bundle.sigma_model.to_dict(),
+        "neighbours": None if bundle.neighbours is None else bundle.neighbours._meta(),
     }
 
 
@@ -251,6 +253,8 @@ class Bundle:
     spread: EnsembleSpread | None = None
     #: how sigma_X is made and calibrated (kielnet.quality.sigma); None: e_X (+) running dispersion
     sigma_model: SigmaModel | None = None
+    #: label support, local σ factor, 95 % intervals, outlier score (config.quality.neighbours)
+    neighbours: NeighbourModel | None = None
     # built networks and what they were built from (see build_members)
     _nets: list | None = field(default=None, init=False, repr=False, compare=False)
     _nets_key: tuple | None = field(default=None, init=False, repr=False, compare=False)
@@ -311,6 +315,8 @@ class Bundle:
             "members": [state_dict_digest(sd) for sd in self.members],
             "embedding_ood": None, "tsne_reference": None,
         }
+        if self.neighbours is not None:
+            parts["neighbours"] = {k: array_digest(v) for k, v in self.neighbours.arrays().items()}
         if self.ood is not None:
             parts["embedding_ood"] = {"meta": _canonical_json(self.ood._meta()),
                                       "references": [array_digest(np.asarray(r, dtype=np.float32))

@@ -133,3 +133,120 @@ def worst_bin(report: dict, *, target: float = 0.6827, min_n: int = 100) -> dict
         if v["n"] >= min_n and v["cov1"] is not None and abs(v["cov1"] - target) >= abs(best["deviation"]):
             best = {"bin": name, "n": v["n"], "cov1": v["cov1"], "deviation": v["cov1"] - target}
     return best
+
+
+# ----------------------------------------------------------------------------- trust
+def _col(cat, name: str) -> np.ndarray:
+    return np.asarray(cat[name], dtype=float)
+
+
+def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None = None,
+                 hot: np.ndarray | None = None) -> dict:
+    """Is every usable label right within its σ? Per label, over the catalogue rows whose
+    value is usable (:func:`kielnet.quality.flags.usable_mask`: reported, and no flag but
+    ``label_not_reported``) and whose reference in ``truth`` is finite:
+
+    ``ok_fraction`` (usable rows / all rows), ``n_ok``, ``ok_beyond_3sigma`` and
+    ``ok_beyond_5sigma`` (fractions with |residual| > 3σ / 5σ, σ = ``sigma_X``; a
+    Gaussian gives 0.0027 and 5.7e-7), ``ok_beyond_3sigma_clean`` (the same on stars
+    whose reference error in ``label_errs`` is below its median), ``hot_ok_beyond_3sigma``
+    (on the rows of the ``hot`` mask), ``cov1`` / ``cov2`` and, with ``ci95_X``,
+    ``ok_outside_ci95``. ``rows_ok_fraction``: rows with no flag but ``label_not_reported``."""
+    from kielnet.quality.flags import FLAG_BITS, usable_mask
+
+    flags = np.asarray(cat["flag"], dtype=np.int64)
+    other = flags & ~np.int64(1 << FLAG_BITS["label_not_reported"])
+    out: dict = {"rows": int(len(flags)), "rows_ok_fraction": float(np.mean(other == 0)) if len(flags) else None,
+                 "rows_status_ok_fraction": float(np.mean(flags == 0)) if len(flags) else None,
+                 "definition": "ok = the label is reported and the row has no flag except label_not_reported; "
+                               "fractions of those ok rows with a finite reference label"}
+    for name in names:
+        v, s = _col(cat, name), _col(cat, f"sigma_{name}")
+        t = np.asarray(truth[name], dtype=float)
+        use = usable_mask(flags, v)
+        ok = use & np.isfinite(t) & np.isfinite(s)
+        z = np.abs(v - t) / s
+
+        def frac(mask, k):
+            m = ok & mask
+            return float(np.mean(z[m] > k)) if m.any() else None
+
+        every = np.ones(len(v), dtype=bool)
+        d = {"ok_fraction": float(np.mean(use)), "n_ok": int(ok.sum()),
+             "ok_beyond_3sigma": frac(every, 3.0), "ok_beyond_5sigma": frac(every, 5.0),
+             "cov1": float(np.mean(z[ok] < 1)) if ok.any() else None,
+             "cov2": float(np.mean(z[ok] < 2)) if ok.any() else None}
+        if label_errs is not None and name in label_errs:
+            e = np.asarray(label_errs[name], dtype=float)
+            fin = np.isfinite(e) & np.isfinite(t)
+            if fin.any():
+                clean = fin & (e < np.median(e[fin]))
+                d["ok_beyond_3sigma_clean"] = frac(clean, 3.0)
+                d["ok_beyond_5sigma_clean"] = frac(clean, 5.0)
+        if hot is not None:
+            d["n_hot_ok"] = int((ok & hot).sum())
+            d["hot_ok_beyond_3sigma"] = frac(np.asarray(hot, dtype=bool), 3.0)
+        if f"ci95_{name}" in cat.colnames:
+            c = _col(cat, f"ci95_{name}")
+            m = ok & np.isfinite(c)
+            d["ok_outside_ci95"] = float(np.mean(np.abs(v - t)[m] > c[m])) if m.any() else None
+        out[name] = d
+    return out
+
+
+def support_metrics(cat, truth: dict, names: list[str], *, min_support: float | None = None) -> dict:
+    """Label support on a labelled catalogue, per label: ``n_withheld`` (rows whose
+    ``not_reported`` names the label for lack of support), ``n_reported_outside_support``
+    (reported although ``support_X`` < ``min_support``: the rule broken; must be 0),
+    ``n_withheld_with_reference`` (withheld though the star has a reference value) and
+    ``n_reported_without_reference`` (reported where the star has none, with the reference
+    Teff range of those stars when ``teff`` is in ``truth``)."""
+    reasons = np.asarray(cat["not_reported"]).astype(str) if "not_reported" in cat.colnames else None
+    out: dict = {}
+    for name in names:
+        v = _col(cat, name)
+        t = np.asarray(truth[name], dtype=float)
+        withheld = np.array([f"{name}:support" in r or f"{name}:rule+support" in r for r in reasons]) \
+            if reasons is not None else np.zeros(len(v), dtype=bool)
+        d = {"n_withheld": int(withheld.sum()),
+             "n_withheld_with_reference": int((withheld & np.isfinite(t)).sum())}
+        if f"support_{name}" in cat.colnames and min_support is not None:
+            sup = _col(cat, f"support_{name}")
+            with np.errstate(invalid="ignore"):
+                d["n_reported_outside_support"] = int((np.isfinite(v) & (sup < min_support)).sum())
+        without = np.isfinite(v) & ~np.isfinite(t)
+        d["n_reported_without_reference"] = int(without.sum())
+        if "teff" in truth and without.any():
+            te = np.asarray(truth["teff"], dtype=float)[without]
+            te = te[np.isfinite(te)]
+            if te.size:
+                d["reported_without_reference_teff_range"] = [float(te.min()), float(te.max())]
+        out[name] = d
+    return out
+
+
+def flag_metrics(cat, truth: dict, names: list[str], bits: list[str]) -> dict:
+    """Per flag bit: the fraction of rows it flags and, where the row still has labels
+    and σ, its ``false_flag_rate``: the fraction of flagged rows with every finite
+    reference label within 3σ (flagged although nothing was wrong by that measure)."""
+    from kielnet.quality.flags import flag_names
+
+    bit_of = {v: k for k, v in flag_names(names).items()}  # including outside_training_<label>
+    flags = np.asarray(cat["flag"], dtype=np.int64)
+    beyond = np.zeros(len(flags), dtype=bool)
+    judged = np.zeros(len(flags), dtype=bool)
+    for name in names:
+        z = np.abs(_col(cat, name) - np.asarray(truth[name], dtype=float)) / _col(cat, f"sigma_{name}")
+        fin = np.isfinite(z)
+        judged |= fin
+        beyond |= fin & (z > 3)
+    out = {}
+    for b in bits:
+        f = (flags >> bit_of[b]) & 1 == 1
+        m = f & judged
+        out[b] = {"fraction": float(np.mean(f)) if len(f) else None, "n": int(f.sum()),
+                  "false_flag_rate": float(np.mean(~beyond[m])) if m.any() else None,
+                  "beyond_3sigma_rate_flagged": float(np.mean(beyond[m])) if m.any() else None,
+                  "beyond_3sigma_rate_unflagged": float(np.mean(beyond[~f & judged])) if (~f & judged).any()
+                  else None}
+    return out

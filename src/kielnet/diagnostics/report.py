@@ -7,9 +7,10 @@ progress bar; only 1-D columns), cross-matches it with reference catalogues
 (:mod:`kielnet.diagnostics.external`) and draws the figures of
 :mod:`kielnet.diagnostics.figures`.
 
-What is drawn as a value: a label of a row whose ``status`` is ``ok`` and whose value is
-finite. A label withheld by a reporting rule (NaN, flag ``label_not_reported``) or any
-label of a flagged row is never drawn as a value; such rows are counted in the flag and
+What is drawn as a value: a finite label of a row whose only flag, if any, is
+``label_not_reported`` (the withheld labels are NaN; the row's other labels are as good
+as an ``ok`` row's). A withheld label (a reporting rule, or no label support) or any
+label of a row with another flag is never drawn as a value; such rows are counted in the flag and
 status statistics (and, in the Kiel diagrams, a star whose position is reported but whose
 metallicity is not is drawn in grey). ``accept`` names flag bits whose rows are still drawn
 (e.g. ``("interpolated_pixels",)``); bits that withhold labels can never be accepted.
@@ -136,9 +137,11 @@ def _text(col) -> np.ndarray:
 
 
 def drawable(cat: Table, accept: Iterable[str] = ()) -> np.ndarray:
-    """Rows whose values may be drawn: ``status == "ok"``, or (with ``flag``) whose flag bits
-    are all in ``accept`` (bits that withhold labels are never accepted)."""
-    accept = [a for a in accept if a not in UNLABELLED_BITS]
+    """Rows whose values may be drawn: with ``flag``, rows whose flag bits are all in
+    ``accept`` or ``label_not_reported`` (that bit concerns only the withheld labels, which
+    are NaN and never drawn; :func:`kielnet.quality.flags.usable_mask`); without it,
+    ``status == "ok"``. Bits that withhold labels are never accepted."""
+    accept = [a for a in accept if a not in UNLABELLED_BITS] + ["label_not_reported"]
     n = len(cat)
     if "flag" in cat.colnames:
         flags = np.asarray(np.ma.filled(np.ma.asarray(cat["flag"]), -1)).astype(np.int64)
@@ -146,10 +149,7 @@ def drawable(cat: Table, accept: Iterable[str] = ()) -> np.ndarray:
         for name in accept:
             if name in FLAG_BITS:
                 allowed |= 1 << FLAG_BITS[name]
-        ok = (flags >= 0) & ((flags & ~allowed) == 0)
-        if "status" in cat.colnames and not accept:
-            ok &= _text(cat["status"]) == "ok"
-        return ok
+        return (flags >= 0) & ((flags & ~allowed) == 0)
     if "status" in cat.colnames:
         return _text(cat["status"]) == "ok"
     return np.ones(n, dtype=bool)
@@ -380,7 +380,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
                                            metal_name=metal or "fe_h")
         items.append(("figure", figs["kiel"], f"Kiel diagrams in bins of {snr_name} (Gaia-RVS Fig. 11): hexagons "
                                               f"coloured by the median {metal} of their stars; grey: stars whose "
-                                              f"{metal} is withheld. Only rows with status ok are drawn."))
+                                              f"{metal} is withheld. Only rows with status ok (or only label_not_reported) are drawn."))
     sections.append(("Kiel diagrams", items))
 
     # 2. residuals, calibration, comparison tables
@@ -516,12 +516,12 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
                                             out / "flags_status.png")
     lab_tab = Table(rows=[(n, c["finite"], c["nan"], c["drawn"], c["finite_but_flagged"])
                           for n, c in counts["labels"].items()] or None,
-                    names=("label", "finite", "NaN (withheld / unlabelled)", "drawn (status ok)",
+                    names=("label", "finite", "NaN (withheld / unlabelled)", "drawn (status ok or only label_not_reported)",
                            "finite but flagged (not drawn)"), dtype=(str, int, int, int, int))
     tables["label_counts"] = lab_tab
     sections.append(("Flags and status", [
         ("figure", figs["flags"], "Rows per flag bit and per status."),
-        ("table", lab_tab, f"{len(cat)} rows, {counts['drawable_rows']} drawn (status ok"
+        ("table", lab_tab, f"{len(cat)} rows, {counts['drawable_rows']} drawn (status ok or only label_not_reported"
                            + (f" or only {', '.join(accept)}" if accept else "") + ")."),
     ]))
 

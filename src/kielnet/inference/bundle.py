@@ -12,6 +12,8 @@ A bundle is a directory::
       ...
       embedding_ood.safetensors   optional: reference embeddings of the fast OOD score
       tsne_reference.safetensors  optional: training spectra for t-SNE training-likeness
+      neighbours.safetensors      optional: out-of-fold reference stars of label support,
+                                  local σ factors and the outlier score
 
 The calibration of the ensemble-disagreement score (a few numbers) is stored in
 ``bundle.json`` under ``ensemble_spread``.
@@ -42,7 +44,8 @@ Every key below is written by :func:`save_bundle` and required by :func:`load_bu
     sigma_model         SigmaModel.to_dict() (kielnet.quality.sigma: σ terms, recalibration,
                         missing-input factors); optional — bundles without it give
                         sigma = e_X (+) running dispersion
-    quality             {"embedding_ood": file, "tsne_reference": file} (optional entries)
+    quality             {"embedding_ood": file, "tsne_reference": file, "neighbours": file}
+                        (optional entries)
     checksums           {file: sha256} for every file named in ``quality``
 
 Integrity
@@ -116,7 +119,7 @@ _REQUIRED = {
     2: ("format", "versions", "config", "preprocessing", "members", "running_dispersion", "label_ranges",
         "feature_ranges", "training_data", "validation", "ensemble_spread", "quality", "checksums"),
 }
-_QUALITY_FILES = ("embedding_ood", "tsne_reference")
+_QUALITY_FILES = ("embedding_ood", "tsne_reference", "neighbours")
 
 
 def _sha256_file(path: Path) -> str:
@@ -228,6 +231,9 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
             save_np({"spectra": np.ascontiguousarray(bundle.tsne_reference, dtype=np.float32)},
                     str(tmp / "tsne_reference.safetensors"))
             meta["quality"]["tsne_reference"] = "tsne_reference.safetensors"
+        if bundle.neighbours is not None:
+            bundle.neighbours.save(tmp / "neighbours.safetensors")
+            meta["quality"]["neighbours"] = "neighbours.safetensors"
         for name in meta["quality"].values():
             meta["checksums"][name] = _sha256_file(tmp / name)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, allow_nan=True))
@@ -535,8 +541,20 @@ def load_bundle(path: str | Path) -> Bundle:
             raise r.error(f"{f.name}: reference spectra of shape {tsne_ref.shape} do not have "
                           f"preprocessing.n_pix = {pre.n_pix} pixels")
 
+    neighbours = None
+    if "neighbours" in qfiles:
+        from kielnet.quality.neighbours import NeighbourModel
+
+        f = qfiles["neighbours"]
+        try:
+            neighbours = NeighbourModel.load(f)
+        except Exception as exc:
+            raise r.error(f"{f.name}: not a readable neighbours file ({type(exc).__name__}: {exc})") from exc
+        if neighbours.label_names != labels:
+            raise r.error(f"{f.name} was fitted for labels {neighbours.label_names}, the config has {labels}")
+
     bundle = Bundle(
-        config=config, preprocessor=pre, members=members, member_info=infos,
+        config=config, preprocessor=pre, members=members, member_info=infos, neighbours=neighbours,
         running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
         training_data=extras["training_data"], validation=extras["validation"], versions=extras["versions"],
         ood=ood, tsne_reference=tsne_ref, spread=spread, sigma_model=sigma_model,

@@ -30,6 +30,7 @@ from kielnet.errors import InputError, UsageError
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
+from kielnet.quality.neighbours import positions
 from kielnet.quality.sigma import star_snr
 from kielnet.quality.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
@@ -37,7 +38,7 @@ from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_f
                                    unlabelled_mask)
 
 __all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions",
-           "catalogue_meta", "enforce_status"]
+           "catalogue_meta", "enforce_status", "not_reported_reasons"]
 
 _UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
 
@@ -95,7 +96,13 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     outside = range_flags(mean, lo, hi)
     for j in range(len(names)):
         flags |= outside[:, j].astype(np.int64) << label_bit(j)
-    withheld = np.zeros_like(mean, dtype=bool)
+    snr = None
+    if sm is not None:
+        snr = star_snr(sm.snr, prep.snr, table.scalars, len(table))
+    nb, near = bundle.neighbours, None
+    if nb is not None:
+        near = nb.assess(positions(bundle.preprocessor.forward_labels(mean), prep.snr if snr is None else snr))
+    by_rule = np.zeros_like(mean, dtype=bool)
     for rule in cfg.reporting:
         when = mean[:, names.index(rule.when)]
         with np.errstate(invalid="ignore"):
@@ -104,15 +111,16 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                 hit |= when > rule.above
             if rule.below is not None:
                 hit |= when < rule.below
-        withheld[:, names.index(rule.label)] |= hit
+        by_rule[:, names.index(rule.label)] |= hit
+    no_support = np.zeros_like(mean, dtype=bool) if near is None else nb.withheld(near)
+    withheld = by_rule | no_support
     flags |= withheld.any(axis=1).astype(np.int64) << FLAG_BITS["label_not_reported"]
+    if near is not None:
+        flags |= (~unlabelled & nb.outliers(near)).astype(np.int64) << FLAG_BITS["likely_outlier"]
     mean[withheld] = np.nan
     spread[withheld] = np.nan
 
     head = None if head_sigma is None else np.sqrt(np.mean(np.asarray(head_sigma, dtype=np.float64) ** 2, axis=0))
-    snr = None
-    if sm is not None:
-        snr = star_snr(sm.snr, prep.snr, table.scalars, len(table))
     cat = Table()
     cat["id"] = table.ids
     for key, col in table.extra.items():
@@ -129,6 +137,15 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
             h = None if head is None else np.where(unlabelled | withheld[:, j], np.nan, head[:, j])
             base = sm.base(spread[:, j], run, h)
             cat[f"sigma_{lab.name}"] = sm.sigma(lab.name, base, mean[:, j], snr, group_idx, spread=spread[:, j])
+        if near is not None:
+            s_glob = np.asarray(cat[f"sigma_{lab.name}"], dtype=np.float64)
+            cat[f"sigma_{lab.name}"] = s_glob * near.factor[:, j]
+            q95 = np.where(np.isfinite(near.q95[:, j]), near.q95[:, j], 1.959963984540054 * near.factor[:, j])
+            cat[f"ci95_{lab.name}"] = np.where(np.isnan(mean[:, j]), np.nan, s_glob * q95)
+            cat[f"ci95_{lab.name}"].description = (f"half-width of the 95 % interval of {lab.name} (the "
+                                                   "out-of-fold neighbours' 0.95 quantile of |residual|/sigma)")
+            if unit is not None:
+                cat[f"ci95_{lab.name}"].unit = unit
         if noise_var is not None:
             cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | unlabelled, np.nan,
                                                   np.sqrt(noise_var[:, j]))
@@ -141,18 +158,41 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                                                 if sm is None else f"total uncertainty of {lab.name}: {sm.describe()}")
     cat["flag"] = flags
     cat["status"] = status_strings(flags, names)
+    cat["not_reported"] = not_reported_reasons(names, by_rule & ~unlabelled[:, None],
+                                               no_support & ~unlabelled[:, None])
+    cat["not_reported"].description = "labels withheld and why: rule (a reporting rule), support (no reference " \
+                                      "values near the star)"
     cat["n_bad_pixels"] = prep.n_bad_pixels
     feat_names = np.array([f.name for f in cfg.features])
     cat["missing_inputs"] = [",".join(feat_names[m]) for m in prep.missing_features] if len(feat_names) \
         else np.full(len(table), "", dtype=str)
     cat["spectrum_issues"] = prep.spectrum_issues.astype(str)
     cat["spectrum_issues"].description = "plausibility tests the spectrum failed (nonpositive, constant, scale, spike)"
+    if near is not None:
+        for j, name in enumerate(names):
+            cat[f"support_{name}"] = near.support[:, j]
+            cat[f"support_{name}"].description = (f"fraction of the {nb.k_support} nearest out-of-fold training "
+                                                  f"stars with a reference {name} (< {nb.min_support:g}: withheld)")
+        cat["outlier_score"] = np.where(unlabelled, np.nan, near.outlier_score)
+        cat["outlier_score"].description = (f"fraction of the {nb.k_local} nearest out-of-fold training stars "
+                                            f"wrong by > {nb.tail:g} local sigma (> {nb.outlier_threshold:.3g}: "
+                                            "likely_outlier)")
     if sm is not None and sm.recalibration is not None and sm.snr == "spectrum":
         cat["snr_spectrum"] = snr
         cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "
                                            "recalibration uses")
     cat.meta.update(catalogue_meta(bundle))
     return cat
+
+
+def not_reported_reasons(names: list[str], by_rule: np.ndarray, no_support: np.ndarray) -> np.ndarray:
+    """Per star, the withheld labels and why, e.g. ``"fe_h:support,alpha_m:support"``
+    (empty string where every label is reported)."""
+    codes = by_rule.astype(np.int64) + 2 * no_support.astype(np.int64)  # 1 rule, 2 support, 3 both
+    keys, inverse = np.unique(codes, axis=0, return_inverse=True)
+    words = {1: "rule", 2: "support", 3: "rule+support"}
+    text = [",".join(f"{n}:{words[int(c)]}" for n, c in zip(names, row) if c) for row in keys]
+    return np.asarray(text, dtype=str)[inverse.reshape(-1)] if len(keys) else np.zeros(0, dtype=str)
 
 
 def enforce_status(cat: Table, label_names: list[str]) -> Table:
@@ -171,7 +211,7 @@ def enforce_status(cat: Table, label_names: list[str]) -> Table:
                                            | (np.isnan(values).any(axis=1) & ~withheld))
         flags[broken] |= 1 << FLAG_BITS["prediction_failed"]
         blank = unlabelled_mask(flags)
-        for c in cols:
+        for c in cols + [f"ci95_{n}" for n in label_names if f"ci95_{n}" in cat.colnames]:
             if blank.any():
                 cat[c][blank] = np.nan
     cat["flag"] = flags
@@ -187,7 +227,8 @@ def catalogue_meta(bundle: Bundle) -> dict:
     return {"KIELNET": bundle.versions.get("kielnet", ""), "MODEL": bundle.config.name,
             "NMEMBERS": len(bundle.members),
             "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]
-            + ["sigma model: " + sigma]}
+            + ["sigma model: " + sigma]
+            + ([] if bundle.neighbours is None else ["neighbour model: " + bundle.neighbours.describe()])}
 
 
 def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,

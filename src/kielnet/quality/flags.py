@@ -15,7 +15,11 @@ missing_input               2      a scalar input was missing and imputed with t
                                    star's σ carries the calibrated factor of the input
                                    group covering it (:mod:`kielnet.quality.sigma`)
 input_outside_training      3      a scalar input lies outside its training range
-label_not_reported          4      a label was withheld by a reporting rule (value is NaN)
+label_not_reported          4      a label was withheld (value NaN; which and why in
+                                   ``not_reported``): a reporting rule, or no reference
+                                   values for it near the star (label support,
+                                   :mod:`kielnet.quality.neighbours`). The row's other
+                                   labels are unaffected (:func:`usable_mask`)
 out_of_distribution         5      the fast embedding score (``ood_score``) exceeds 1: the
                                    star is farther from the training stars than 99 % of
                                    them are from each other (bundles with embedding_ood)
@@ -37,6 +41,10 @@ missing_input_unlabelled    18     scalar inputs are missing and the bundle's σ
                                    cannot cover them (``uncertainty.missing_inputs =
                                    withhold``, or no calibrated input group contains all
                                    the missing columns); labels are NaN
+likely_outlier              19     the out-of-fold training stars nearest this one are
+                                   wrong by more than 3 local σ unusually often
+                                   (``outlier_score`` above the threshold fitted on them,
+                                   :mod:`kielnet.quality.neighbours`)
 ==========================  =====  ==========================================================
 
 Rows whose labels are NaN always carry a flag that says why; a row with status ``ok``
@@ -48,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FLAG_BITS", "UNLABELLED_BITS", "label_bit", "flag_names", "status_strings", "describe_flags",
-           "range_flags", "unlabelled_mask"]
+           "range_flags", "unlabelled_mask", "usable_mask"]
 
 FLAG_BITS: dict[str, int] = {
     "bad_spectrum": 0,
@@ -62,6 +70,7 @@ FLAG_BITS: dict[str, int] = {
     "prediction_failed": 16,
     "label_unphysical": 17,
     "missing_input_unlabelled": 18,
+    "likely_outlier": 19,
 }
 LABEL_BIT0 = 8
 #: bits whose stars get no labels (NaN)
@@ -99,13 +108,14 @@ def describe_flags(label_names: list[str]) -> str:
         "interpolated_pixels": "non-finite pixels interpolated (see n_bad_pixels)",
         "missing_input": "a scalar input was missing, imputed by the training mean (sigma widened for it)",
         "input_outside_training": "a scalar input outside its training range",
-        "label_not_reported": "a label withheld by a reporting rule (NaN)",
+        "label_not_reported": "a label withheld (NaN; see not_reported): a reporting rule or no label support",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
         "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars",
         "implausible_spectrum": "spectrum cannot be a star for this model (see spectrum_issues), labels NaN",
         "prediction_failed": "a network output or sigma was non-finite, labels NaN",
         "label_unphysical": "a predicted label outside its physically valid range, labels NaN",
         "missing_input_unlabelled": "scalar inputs missing that the sigma model cannot cover, labels NaN",
+        "likely_outlier": "stars like this one (out-of-fold neighbours) are often wrong by > 3 sigma",
     }
     lines = {b: f"bit {b}: {n} - {docs[n]}" for n, b in FLAG_BITS.items()}
     lines.update({label_bit(j): f"bit {label_bit(j)}: outside_training_{n} - predicted {n} outside the "
@@ -125,3 +135,12 @@ def range_flags(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     v = np.asarray(values, dtype=float)
     with np.errstate(invalid="ignore"):
         return ~np.isnan(v) & ((v < lo) | (v > hi))
+
+
+def usable_mask(flags: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """True where a label value is good to use: it is reported (finite) and the row has
+    no flag other than ``label_not_reported`` (which concerns only the labels it
+    withheld, NaN in the catalogue). ``status == "ok"`` is the same test for all labels
+    at once."""
+    other = np.asarray(flags, dtype=np.int64) & ~np.int64(1 << FLAG_BITS["label_not_reported"])
+    return (other == 0) & np.isfinite(np.asarray(values, dtype=float))

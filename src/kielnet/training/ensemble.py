@@ -27,15 +27,13 @@ from safetensors.torch import save_file
 from kielnet.config import KielnetConfig
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.fingerprint import describe_differences, dict_differences, table_fingerprint
-from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
 from kielnet.io.atomic import atomic_path, atomic_write_text
-from kielnet.compute import Bundle, MemberInfo, member_predictions
-from kielnet.quality.sigma import fit_sigma_model
-from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
-from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
+from kielnet.compute import Bundle, MemberInfo
+from kielnet.training.calibrate import calibrate, training_rows
+from kielnet.training.out_of_fold import out_of_fold, save_out_of_fold
 from kielnet.training.distributed import MemberJob, train_members_on_cluster
 from kielnet.training.quality import attach_quality
 from kielnet.training.trainer import build_model, train_member
@@ -252,19 +250,9 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         check_cluster(cluster)
     _check_training_table(table, config)
     pre = Preprocessor(config).fit(table)
-    prep = pre.transform(table)
-    if prep.label_out_of_range is not None and prep.label_out_of_range.any():
-        bad = prep.label_out_of_range.sum(axis=0)
-        log("reference labels outside their valid range (treated as missing): " +
-            ", ".join(f"{n}={int(c)}" for n, c in zip(config.label_names, bad) if c))
-    usable = ~prep.bad_spectrum & np.isfinite(prep.targets).any(axis=1)
-    if (~usable).any():
-        n_impl = int(prep.implausible.sum())
-        log(f"{int((~usable).sum())} stars have an unusable spectrum or no valid label and are not trained on"
-            + (f" ({n_impl} with a physically implausible spectrum)" if n_impl else ""))
-    rows = np.flatnonzero(usable)
+    plan = training_rows(table, config, pre, log=log)
+    prep, rows, heldout = plan.prep, plan.rows, plan.heldout
     ens = config.ensemble
-    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
     warnings_ = _check_sample_size(len(rows), heldout, config, table, log)
     weights = sample_weights(config, prep.targets, rows)
     wd = Path(workdir) if workdir is not None else None
@@ -320,32 +308,9 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     if wd is not None:
         save_out_of_fold(wd / "out_of_fold.parquet", oof, table.ids[oof.rows], config.label_names)
 
-    running, validation = {}, {}
-    ucfg = config.uncertainty
-    if ucfg.residuals == "training":  # the whole ensemble on the stars it trained on (Gaia-RVS §3.4)
-        p = member_predictions(_nets(config, members, n_pix, widths), prep.take(rows), pre.inverse_labels)
-        fit_pred = p.mean(axis=0)
-        fit_spread = p.std(axis=0, ddof=1) if len(members) > 1 else np.zeros_like(fit_pred)
-        fit_truth = reference_labels(table, prep, config)[rows]
-    else:
-        fit_pred, fit_spread, fit_truth = oof.pred, oof.spread, oof.truth
-    for j, name in enumerate(config.label_names):
-        running[name] = fit_running_dispersion(
-            fit_pred[:, j], fit_pred[:, j] - fit_truth[:, j], n_bins=ucfg.n_bins, degree=ucfg.degree,
-            min_per_bin=ucfg.min_per_bin, internal=fit_spread[:, j] if ucfg.subtract_internal else None)
-    sigma_model = fit_sigma_model(config, oof, running)
-    for j, name in enumerate(config.label_names):
-        resid = oof.pred[:, j] - oof.truth[:, j]
-        tot = sigma_model.sigma(name, sigma_model.base(oof.spread[:, j], running[name](oof.pred[:, j]),
-                                                       None if oof.head is None else oof.head[:, j]),
-                                oof.pred[:, j], oof.snr, sigma_model.group_index(oof.missing_columns),
-                                spread=oof.spread[:, j])
-        ok = np.isfinite(resid) & np.isfinite(tot)
-        validation[name] = {"n": int(ok.sum()), "bias": float(np.median(resid[ok])) if ok.any() else None,
-                            "robust_sigma": robust_sigma(resid[ok]),
-                            "coverage_1sigma": float(np.mean(np.abs(resid[ok]) < tot[ok])) if ok.any() else None,
-                            "note": "held-out validation stars, predicted by the members of their split "
-                                    "(the σ model was fitted on these stars)"}
+    cal = calibrate(config, pre, table, plan, oof, members, _nets(config, members, n_pix, widths)
+                    if config.uncertainty.residuals == "training" else None)
+    running, sigma_model, validation = cal.running, cal.sigma_model, cal.validation
     label_ranges = {}
     for j, name in enumerate(config.label_names):
         v = table.labels[name][rows]
@@ -366,6 +331,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         training_data["selection"] = selection_report
     bundle = Bundle(config=config, preprocessor=pre, members=members, member_info=infos,
                     running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
-                    training_data=training_data, validation=validation, sigma_model=sigma_model)
+                    training_data=training_data, validation=validation, sigma_model=sigma_model,
+                    neighbours=cal.neighbours)
     return attach_quality(bundle, prep.take(rows), heldout=heldout, log=log)
 

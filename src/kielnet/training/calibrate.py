@@ -1,0 +1,188 @@
+"""The fits made on a trained ensemble's *out-of-fold* training stars, and refitting
+them on an existing bundle.
+
+After the members are trained, every split's validation stars are predicted by that
+split's members (:mod:`kielnet.training.out_of_fold`). On those stars only — never on
+stars a benchmark tests on — :func:`calibrate` fits
+
+* the running dispersion of each label (:mod:`kielnet.quality.uncertainty`);
+* the σ model (:mod:`kielnet.quality.sigma`);
+* the neighbour model (``config.quality.neighbours``, :mod:`kielnet.quality.neighbours`):
+  label support, local σ factors, 95 % intervals and the ``likely_outlier`` threshold;
+
+and reports the held-out validation metrics.
+
+:func:`recalibrate` does the same for an existing bundle: given the table it was trained
+on (and the same selection), it rebuilds the splits from the bundle's config and the
+members' ``split`` provenance, predicts the out-of-fold stars again and refits these
+parts — e.g. after changing ``uncertainty`` or ``quality.neighbours`` in the config —
+without retraining any member (``kielnet calibrate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kielnet.compute import Bundle, member_predictions
+from kielnet.config import KielnetConfig
+from kielnet.data.preprocess import Prepared, Preprocessor
+from kielnet.data.splits import ensemble_heldout
+from kielnet.data.startable import StarTable
+from kielnet.errors import InputError
+from kielnet.quality.neighbours import NeighbourModel
+from kielnet.quality.sigma import OutOfFold, SigmaModel, fit_sigma_model
+from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.training.out_of_fold import out_of_fold, reference_labels
+
+__all__ = ["TrainingRows", "training_rows", "Calibration", "calibrate", "oof_sigma", "fit_neighbours",
+           "recalibrate"]
+
+
+@dataclass
+class TrainingRows:
+    """The stars an ensemble trains on: the prepared table, the usable rows (a usable
+    spectrum and at least one valid label) and each split's validation side
+    (``heldout``, (len(rows), n_splits))."""
+
+    prep: Prepared
+    rows: np.ndarray
+    heldout: np.ndarray
+
+
+def training_rows(table: StarTable, config: KielnetConfig, pre: Preprocessor, log=print) -> TrainingRows:
+    """Prepare ``table`` with ``pre`` and split its usable rows as
+    :func:`kielnet.training.ensemble.train_ensemble` does (by star id, seeded by
+    ``config.ensemble.seed``)."""
+    prep = pre.transform(table)
+    if prep.label_out_of_range is not None and prep.label_out_of_range.any():
+        bad = prep.label_out_of_range.sum(axis=0)
+        log("reference labels outside their valid range (treated as missing): " +
+            ", ".join(f"{n}={int(c)}" for n, c in zip(config.label_names, bad) if c))
+    usable = ~prep.bad_spectrum & np.isfinite(prep.targets).any(axis=1)
+    if (~usable).any():
+        n_impl = int(prep.implausible.sum())
+        log(f"{int((~usable).sum())} stars have an unusable spectrum or no valid label and are not trained on"
+            + (f" ({n_impl} with a physically implausible spectrum)" if n_impl else ""))
+    rows = np.flatnonzero(usable)
+    ens = config.ensemble
+    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
+    return TrainingRows(prep, rows, heldout)
+
+
+def oof_sigma(sigma_model: SigmaModel, running: dict, oof: OutOfFold) -> np.ndarray:
+    """(n, n_labels) total σ of the out-of-fold stars, as ``predict`` would give it
+    (before the neighbour model's local factor; without the missing-input factor when
+    ``oof`` does not say which columns each star lacks)."""
+    names = sigma_model.labels
+    mc = oof.missing_columns
+    # an out-of-fold file read back keeps only whether a star was complete: no group factor then
+    gidx = sigma_model.group_index(mc) if mc is not None and mc.shape[1] == len(sigma_model.columns) else None
+    out = np.empty_like(oof.pred)
+    for j, name in enumerate(names):
+        base = sigma_model.base(oof.spread[:, j], running[name](oof.pred[:, j]),
+                                None if oof.head is None else oof.head[:, j])
+        out[:, j] = sigma_model.sigma(name, base, oof.pred[:, j], oof.snr, gidx, spread=oof.spread[:, j])
+    return out
+
+
+def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray) -> NeighbourModel:
+    """The neighbour model of ``config.quality.neighbours`` on the out-of-fold stars:
+    positions from their predictions, label support from their reference values,
+    local factors from |residual| / ``sigma`` (stars lacking an input are left out of
+    those, as of the σ model's own fit)."""
+    nc = config.quality.neighbours
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(oof.pred - oof.truth) / sigma
+    z[~oof.complete] = np.nan
+    return NeighbourModel.fit(config.label_names, pre.forward_labels(oof.pred), oof.snr, np.isfinite(oof.truth), z,
+                              k_support=nc.k_support, min_support=nc.min_support, k_local=nc.k_local,
+                              min_local=nc.min_local, local_calibration=nc.local_calibration, tail=nc.tail,
+                              outlier_budget=nc.outlier_budget, snr_weight=nc.snr_weight,
+                              target=config.uncertainty.recalibration.target, fit_to=nc.fit_to)
+
+
+@dataclass
+class Calibration:
+    running: dict
+    sigma_model: SigmaModel
+    neighbours: NeighbourModel | None
+    validation: dict
+
+
+def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: TrainingRows, oof: OutOfFold,
+              members: list, nets) -> Calibration:
+    """Running dispersion, σ model, neighbour model and validation metrics from the
+    out-of-fold stars ``oof`` (module docstring). ``members`` / ``nets`` (the whole
+    ensemble) are used only by ``uncertainty.residuals = training``."""
+    ucfg = config.uncertainty
+    if ucfg.residuals == "training":  # the whole ensemble on the stars it trained on (Gaia-RVS §3.4)
+        p = member_predictions(nets, tr.prep.take(tr.rows), pre.inverse_labels)
+        fit_pred = p.mean(axis=0)
+        fit_spread = p.std(axis=0, ddof=1) if len(members) > 1 else np.zeros_like(fit_pred)
+        fit_truth = reference_labels(table, tr.prep, config)[tr.rows]
+    else:
+        fit_pred, fit_spread, fit_truth = oof.pred, oof.spread, oof.truth
+    running = {}
+    for j, name in enumerate(config.label_names):
+        running[name] = fit_running_dispersion(
+            fit_pred[:, j], fit_pred[:, j] - fit_truth[:, j], n_bins=ucfg.n_bins, degree=ucfg.degree,
+            min_per_bin=ucfg.min_per_bin, internal=fit_spread[:, j] if ucfg.subtract_internal else None)
+    sigma_model = fit_sigma_model(config, oof, running)
+    sig = oof_sigma(sigma_model, running, oof)
+    neighbours = fit_neighbours(config, pre, oof, sig) if config.quality.neighbours.enabled else None
+    validation = {}
+    for j, name in enumerate(config.label_names):
+        resid = oof.pred[:, j] - oof.truth[:, j]
+        tot = sig[:, j]
+        ok = np.isfinite(resid) & np.isfinite(tot)
+        validation[name] = {"n": int(ok.sum()), "bias": float(np.median(resid[ok])) if ok.any() else None,
+                            "robust_sigma": robust_sigma(resid[ok]),
+                            "coverage_1sigma": float(np.mean(np.abs(resid[ok]) < tot[ok])) if ok.any() else None,
+                            "note": "held-out validation stars, predicted by the members of their split "
+                                    "(the σ model was fitted on these stars)"}
+    return Calibration(running, sigma_model, neighbours, validation)
+
+
+def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | None = None, selection=None,
+                log=print) -> Bundle:
+    """Refit the out-of-fold parts of ``bundle`` (module docstring) and return it
+    (modified in place).
+
+    ``table`` must be the table the bundle was trained on (after the same
+    ``selection``, if one was used; it is applied here first): its stars are split
+    again as in training, and each split's validation stars are predicted by the
+    members that record that split. ``config``: a config whose ``uncertainty`` and
+    ``quality.neighbours`` sections replace the bundle's (the rest must not differ).
+    """
+    if selection is not None:
+        from kielnet.data.selection import select_stars
+
+        table, report = select_stars(table, selection)
+        log(f"training-star selection '{selection.name}':\n{report}")
+    cfg = bundle.config
+    if config is not None:
+        quality = cfg.quality.model_copy(update={"neighbours": config.quality.neighbours})
+        cfg = cfg.model_copy(update={"uncertainty": config.uncertainty, "quality": quality})
+    pre = bundle.preprocessor
+    table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names)
+    tr = training_rows(table, cfg, pre, log=log)
+    n_trained = bundle.training_data.get("n_trained")
+    if n_trained is not None and int(n_trained) != len(tr.rows):
+        raise InputError(f"the bundle was trained on {n_trained} usable stars but this table has {len(tr.rows)}: "
+                         "pass the training table (and --select) it was trained with", source=table.source)
+    nets = bundle.build_members()
+    split_of = [m.split for m in bundle.member_info]
+    split_nets = [[net for net, k in zip(nets, split_of) if k == s] for s in range(cfg.ensemble.n_splits)]
+    if any(not s for s in split_nets):
+        raise InputError("the bundle's members do not cover every split of its config "
+                         f"(splits {sorted(set(split_of))}, n_splits {cfg.ensemble.n_splits})", source=table.source)
+    oof = out_of_fold(cfg, pre, table, tr.prep, tr.rows, tr.heldout, split_nets)
+    cal = calibrate(cfg, pre, table, tr, oof, bundle.members, nets)
+    bundle.config = cfg
+    bundle.running_dispersion, bundle.sigma_model = cal.running, cal.sigma_model
+    bundle.neighbours, bundle.validation = cal.neighbours, cal.validation
+    bundle._nets = None  # the config object changed: rebuild on next use
+    log(f"recalibrated on {len(oof.pred)} out-of-fold training stars")
+    return bundle

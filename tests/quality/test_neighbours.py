@@ -1,0 +1,115 @@
+"""The neighbour model: label support, local σ factors, 95 % intervals, outlier score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kielnet.quality.neighbours import NeighbourModel, positions
+
+NAMES = ["a", "b"]
+
+
+def _reference(n: int = 4000, seed: int = 0):
+    """Stars on a 2-label plane; label b exists only where a < 0; residuals Gaussian
+    with σ = 1 except for a < -1, where they are 3x wider, and a > 1.5, where 30 % of
+    the stars are wrong by 8σ (a heavy tail)."""
+    rng = np.random.default_rng(seed)
+    pred = rng.uniform(-2, 2, (n, 2))
+    snr = 10 ** rng.uniform(1, 2.5, n)
+    has = np.ones((n, 2), dtype=bool)
+    has[pred[:, 0] >= 0, 1] = False
+    z = np.abs(rng.normal(0, 1, (n, 2)))
+    z[pred[:, 0] < -1] *= 3.0
+    tail = (pred[:, 0] > 1.5) & (rng.random(n) < 0.3)
+    z[tail, 0] = 8.0
+    z[~has] = np.nan
+    return pred, snr, has, z, tail
+
+
+@pytest.fixture(scope="module")
+def model():
+    pred, snr, has, z, _ = _reference()
+    return NeighbourModel.fit(NAMES, pred, snr, has, z, k_support=40, k_local=150, outlier_budget=0.15)
+
+
+def test_label_withheld_where_training_set_had_no_value(model):
+    new = np.array([[-1.5, 0.0], [-0.5, 1.0], [0.5, 1.0], [1.5, -1.0]])
+    a = model.assess(positions(new, np.full(4, 100.0)))
+    w = model.withheld(a)
+    assert not w[:, 0].any()                           # label a exists everywhere
+    assert w[:, 1].tolist() == [False, False, True, True]  # b only where a < 0
+    assert a.support[0, 1] == 1.0 and a.support[3, 1] == 0.0
+
+
+def test_local_factor_follows_the_residuals(model):
+    new = np.array([[-1.6, 0.0], [-0.3, 0.0]])
+    a = model.assess(positions(new, np.full(2, 100.0)))
+    # |N(0,1)| has its 68.27 % quantile at 1; three times wider where a < -1
+    assert a.factor[0, 0] == pytest.approx(3.0, rel=0.2)
+    assert a.factor[1, 0] == pytest.approx(1.0, rel=0.2)
+    # 95 % of |N(0, s)| lies within 1.96 s
+    assert a.q95[1, 0] == pytest.approx(1.96, rel=0.2)
+
+
+def test_heavy_tailed_region_is_flagged_and_threshold_from_reference_only(model):
+    pred, snr, has, z, tail = _reference()
+    new = np.array([[1.95, 0.0], [-0.3, 0.0], [0.4, 1.0]])
+    a = model.assess(positions(new, np.full(3, 100.0)))
+    assert model.outliers(a).tolist() == [True, False, False]
+    # the threshold is the (1 - budget) quantile of the reference stars' own scores,
+    # each computed without itself
+    ref = model.assess(positions(pred, snr), exclude_self=True)
+    assert model.outlier_threshold == pytest.approx(np.quantile(ref.outlier_score, 0.85))
+    assert model.report["flagged_fraction"] <= 0.15 + 1e-9
+    # in the reference, flagged stars are the heavy-tailed region's
+    flagged = model.outliers(ref)
+    assert flagged.any() and np.mean(pred[flagged, 0] > 1.2) > 0.9
+
+
+def test_no_flag_without_budget():
+    pred, snr, has, z, _ = _reference()
+    m = NeighbourModel.fit(NAMES, pred, snr, has, z)
+    assert not np.isfinite(m.outlier_threshold)
+    assert not m.outliers(m.assess(positions(pred[:50], snr[:50]))).any()
+
+
+def test_non_finite_positions_give_nan(model):
+    a = model.assess(positions(np.array([[np.nan, 0.0], [0.1, 0.1]]), np.array([np.nan, np.nan])))
+    assert np.isnan(a.support[0]).all() and np.isnan(a.outlier_score[0])
+    assert np.isfinite(a.support[1]).all()  # an unknown S/N sits at the reference median
+
+
+def test_save_load_round_trip(model, tmp_path):
+    path = model.save(tmp_path / "n.safetensors")
+    again = NeighbourModel.load(path)
+    new = positions(np.random.default_rng(1).uniform(-2, 2, (30, 2)), np.full(30, 50.0))
+    a, b = model.assess(new), again.assess(new)
+    for f in ("support", "factor", "q95", "outlier_score"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert again.outlier_threshold == model.outlier_threshold
+
+
+def test_inconsistent_arrays_refused(model):
+    arrays = model.arrays()
+    arrays["z"] = arrays["z"][:10]
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        NeighbourModel.from_parts(model._meta(), arrays)
+
+
+def test_joint_fit_meets_both_coverage_bands_for_heavy_tails():
+    """Student-t (3 dof) residuals: a factor fitted to 68.27 % alone leaves the 2σ coverage
+    far below 95.45 %; the balanced factor brings both into their bands."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    pred = rng.uniform(-1, 1, (n, 2))
+    snr = np.full(n, 50.0)
+    z = np.abs(rng.standard_t(3, (n, 2)))
+    has = np.ones((n, 2), dtype=bool)
+    cov = {}
+    for fit_to in ("1sigma", "1and2sigma"):
+        m = NeighbourModel.fit(NAMES, pred, snr, has, z, k_local=400, fit_to=fit_to)
+        cov[fit_to] = (m.report["labels"]["a"]["cov1"], m.report["labels"]["a"]["cov2"])
+    assert cov["1sigma"][0] == pytest.approx(0.683, abs=0.02) and cov["1sigma"][1] < 0.92
+    c1, c2 = cov["1and2sigma"]
+    assert abs(c1 - 0.6827) <= 0.05 and abs(c2 - 0.9545) <= 0.03

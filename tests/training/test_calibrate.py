@@ -1,0 +1,92 @@
+"""Out-of-fold calibration: label support learned from a training set in which one label
+exists only for part of the stars, and recalibrating an existing bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kielnet.config import KielnetConfig
+from kielnet.inference.predict import predict
+from kielnet.quality.flags import FLAG_BITS, usable_mask
+from kielnet.training.calibrate import recalibrate
+from kielnet.training.ensemble import train_ensemble
+from kielnet.training.out_of_fold import load_out_of_fold
+
+HOT = 5600.0  # the training set has no fe_h above this Teff
+
+
+def _config(tiny_config_dict, **nb) -> KielnetConfig:
+    return KielnetConfig.from_dict(tiny_config_dict(
+        training={"max_epochs": 25, "batch_size": 32, "lr": 3e-3, "patience": 25, "threads": 1,
+                  "weighting": {"kind": "none", "labels": ["teff", "logg"]}},
+        ensemble={"n_splits": 2, "members_per_split": 1, "seed": 0},
+        quality={"neighbours": {"enabled": True, "k_support": 15, "k_local": 40, "min_local": 10,
+                                "outlier_budget": 0.05, **nb}}))
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    from conftest import synthetic_table, tiny_config_dict
+
+    table = synthetic_table(n=600, n_pix=48, seed=5)
+    table.labels["fe_h"] = np.where(table.labels["teff"] > HOT, np.nan, table.labels["fe_h"])
+    wd = tmp_path_factory.mktemp("partial") / "work"
+    bundle = train_ensemble(table, _config(tiny_config_dict), workdir=wd, progress=False, log=lambda *_: None)
+    return table, bundle, wd
+
+
+def test_label_missing_in_one_region_is_withheld_there(partial):
+    from conftest import synthetic_table
+
+    _, bundle, _ = partial
+    new = synthetic_table(n=300, n_pix=48, seed=77)
+    cat = predict(bundle, new)
+    teff = new.labels["teff"]
+    hot, cool = teff > HOT + 500, teff < HOT - 800
+    fe = np.asarray(cat["fe_h"], float)
+    assert np.mean(np.isnan(fe[hot])) > 0.9         # no reference [Fe/H] there in training: withheld
+    assert np.mean(np.isfinite(fe[cool])) > 0.9     # reported where the training set had it
+    withheld = np.isnan(fe)
+    flags = np.asarray(cat["flag"])
+    assert ((flags[withheld] >> FLAG_BITS["label_not_reported"]) & 1).all()
+    assert all("fe_h:support" in s for s in np.asarray(cat["not_reported"])[withheld])
+    assert np.all(np.asarray(cat["support_fe_h"])[withheld] < 0.5)
+    # the other labels of those rows are still reported, and usable where nothing else is flagged
+    assert np.isfinite(np.asarray(cat["teff"], float)[withheld]).all()
+    plain = withheld & ((flags & ~(1 << FLAG_BITS["label_not_reported"])) == 0)
+    assert usable_mask(flags, cat["teff"])[plain].all() and not usable_mask(flags, cat["fe_h"])[plain].any()
+    assert bundle.neighbours.report["labels"]["fe_h"]["withheld_fraction"] > 0.2
+
+
+def test_neighbours_fitted_on_out_of_fold_stars_only(partial):
+    _, bundle, wd = partial
+    oof, _ = load_out_of_fold(wd / "out_of_fold.parquet")
+    nb = bundle.neighbours
+    assert len(nb.coords) == len(oof.pred)          # one reference star per out-of-fold star
+    np.testing.assert_array_equal(nb.has_label, np.isfinite(oof.truth))
+    # the threshold is the quantile of the reference stars' own (leave-self-out) scores
+    from kielnet.quality.neighbours import positions
+
+    ref = nb.assess(positions(bundle.preprocessor.forward_labels(oof.pred), oof.snr), exclude_self=True)
+    assert nb.outlier_threshold == pytest.approx(np.quantile(ref.outlier_score[np.isfinite(ref.outlier_score)],
+                                                             1 - 0.05))
+
+
+def test_recalibrate_reproduces_training_and_applies_new_settings(partial, tiny_config_dict):
+    table, bundle, _ = partial
+    again = recalibrate(_copy(bundle), table, log=lambda *_: None)
+    assert again.fingerprint() == bundle.fingerprint()  # same out-of-fold stars, same fits
+    stricter = recalibrate(_copy(bundle), table, config=_config(tiny_config_dict, min_support=0.95),
+                           log=lambda *_: None)
+    assert stricter.neighbours.min_support == 0.95
+    assert (stricter.neighbours.report["labels"]["fe_h"]["withheld_fraction"]
+            > bundle.neighbours.report["labels"]["fe_h"]["withheld_fraction"])
+    with pytest.raises(Exception, match="usable stars"):
+        recalibrate(_copy(bundle), table.take(np.arange(100)), log=lambda *_: None)
+
+
+def _copy(bundle):
+    import copy
+
+    return copy.copy(bundle)
