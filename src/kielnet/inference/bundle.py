@@ -518,40 +518,33 @@ def load_bundle(path: str | Path) -> Bundle:
     _check_members_distinct([state_dict_digest(sd) for sd in members], [f.name for f in files], r.where)
 
     # ---- files: quality
-    ood, tsne_ref = None, None
     for k, f in qfiles.items():
         if not f.is_file():
             raise r.error(f"lacks its {k} file {f.name}")
         r.verify(f, checksums.get(f.name) if verified else None)
-    if "embedding_ood" in qfiles:
-        f = qfiles["embedding_ood"]
+    def read_quality(key: str, loader: Callable[[Path], Any]) -> Any:
+        """The quality file ``key`` read by ``loader`` (None if the bundle has none)."""
+        if key not in qfiles:
+            return None
+        f = qfiles[key]
         try:
-            ood = EmbeddingOOD.load(f)
+            return loader(f)
         except Exception as exc:
-            raise r.error(f"{f.name}: not a readable embedding_ood file ({type(exc).__name__}: {exc})") from exc
-    if "tsne_reference" in qfiles:
-        from safetensors.numpy import load_file as load_np
+            raise r.error(f"{f.name}: not a readable {key} file ({type(exc).__name__}: {exc})") from exc
 
-        f = qfiles["tsne_reference"]
-        try:
-            tsne_ref = load_np(str(f))["spectra"]
-        except Exception as exc:
-            raise r.error(f"{f.name}: not a readable tsne_reference file ({type(exc).__name__}: {exc})") from exc
-        if tsne_ref.ndim != 2 or (config.spectrum is not None and tsne_ref.shape[1] != pre.n_pix):
-            raise r.error(f"{f.name}: reference spectra of shape {tsne_ref.shape} do not have "
-                          f"preprocessing.n_pix = {pre.n_pix} pixels")
+    from safetensors.numpy import load_file as load_np
 
-    neighbours = None
-    if "neighbours" in qfiles:
-        from kielnet.quality.neighbours import NeighbourModel
+    from kielnet.quality.neighbours import NeighbourModel
 
-        f = qfiles["neighbours"]
-        try:
-            neighbours = NeighbourModel.load(f)
-        except Exception as exc:
-            raise r.error(f"{f.name}: not a readable neighbours file ({type(exc).__name__}: {exc})") from exc
-        if neighbours.label_names != labels:
-            raise r.error(f"{f.name} was fitted for labels {neighbours.label_names}, the config has {labels}")
+    ood = read_quality("embedding_ood", EmbeddingOOD.load)
+    tsne_ref = read_quality("tsne_reference", lambda f: load_np(str(f))["spectra"])
+    if tsne_ref is not None and (tsne_ref.ndim != 2 or (config.spectrum is not None and tsne_ref.shape[1] != pre.n_pix)):
+        raise r.error(f"{qfiles['tsne_reference'].name}: reference spectra of shape {tsne_ref.shape} do not have "
+                      f"preprocessing.n_pix = {pre.n_pix} pixels")
+    neighbours = read_quality("neighbours", NeighbourModel.load)
+    if neighbours is not None and neighbours.label_names != labels:
+        raise r.error(f"{qfiles['neighbours'].name} was fitted for labels {neighbours.label_names}, the config has "
+                      f"{labels}")
 
     bundle = Bundle(
         config=config, preprocessor=pre, members=members, member_info=infos, neighbours=neighbours,

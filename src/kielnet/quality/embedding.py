@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -296,25 +295,17 @@ class EmbeddingOOD:
 
     def save(self, path: str | Path) -> Path:
         """Write the state as one ``.safetensors`` file (recommended for large references)."""
-        from safetensors.numpy import save_file
+        from kielnet.quality.store import save_state
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"reference_{m}": np.ascontiguousarray(r, dtype=np.float32) for m, r in enumerate(self.references)}
-        save_file(tensors, str(path), metadata={"kielnet_embedding_ood": json.dumps(self._meta())})
-        return path
+        tensors = {f"reference_{m}": np.asarray(r, dtype=np.float32) for m, r in enumerate(self.references)}
+        return save_state(path, tensors, "kielnet_embedding_ood", self._meta())
 
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingOOD":
-        from safetensors import safe_open
+        from kielnet.quality.store import load_state
 
-        with safe_open(str(path), framework="np") as f:
-            meta_s = (f.metadata() or {}).get("kielnet_embedding_ood")
-            if meta_s is None:
-                raise ValueError(f"{path} is not an EmbeddingOOD file")
-            meta = json.loads(meta_s)
-            refs = [f.get_tensor(f"reference_{m}") for m in range(len(meta["scales"]))]
-        return cls._from_meta(meta, refs)
+        meta, arrays = load_state(path, "kielnet_embedding_ood", "an EmbeddingOOD")
+        return cls._from_meta(meta, [arrays[f"reference_{m}"] for m in range(len(meta["scales"]))])
 
 
 def agreement(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> dict:

@@ -42,7 +42,6 @@ All arrays are stored in a safetensors file in the bundle, the settings in its J
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,26 +276,15 @@ class NeighbourModel:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the arrays, the settings as JSON metadata."""
-        from safetensors.numpy import save_file
+        from kielnet.quality.store import save_state
 
-        from kielnet import __version__
-
-        path = Path(path)
-        save_file(self.arrays(), str(path), metadata={"kielnet": __version__,
-                                                      "kielnet_neighbours": json.dumps(self._meta())})
-        return path
+        return save_state(path, self.arrays(), "kielnet_neighbours", self._meta())
 
     @classmethod
     def load(cls, path: str | Path) -> "NeighbourModel":
-        from safetensors import safe_open
+        from kielnet.quality.store import load_state
 
-        with safe_open(str(path), framework="np") as f:
-            meta_s = (f.metadata() or {}).get("kielnet_neighbours")
-            if meta_s is None:
-                raise ValueError(f"{path} is not a neighbour-model file")
-            meta = json.loads(meta_s)
-            arrays = {k: f.get_tensor(k) for k in ("coords", "has_label", "z")}
-        return cls.from_parts(meta, arrays)
+        return cls.from_parts(*load_state(path, "kielnet_neighbours", "a neighbour-model"))
 
     @classmethod
     def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "NeighbourModel":
