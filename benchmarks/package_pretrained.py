@@ -195,7 +195,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
              f"{cfg.training.weight_decay:g}), {cfg.training.schedule} schedule, {cfg.training.loss} loss"
              + (f" (delta {cfg.training.huber_delta:g} label standard deviations)" if cfg.training.loss == "huber"
                 else "")
-             + f"; the best validation epoch of each member is kept.",
+             + "; the best validation epoch of each member is kept.",
              f"- Trained in {result.get('train_seconds', float('nan')) / 60:.0f} min on the benchmark's machine "
              f"({result.get('machine', {}).get('cpu_count', '?')} CPU cores); what each change bought: "
              "`benchmarks/results/ablation_xp.json` and `history` in `benchmarks/results/xp_library.json`.",

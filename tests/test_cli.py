@@ -239,3 +239,28 @@ def test_sensitivity_writes_maps_and_figures(capsys, tiny_bundle_dir, xp_subset_
     assert main(["sensitivity", "--bundle", str(tiny_bundle_dir), "--data", str(xp_subset_path),
                  "--select", "teff", "90000", "99000", "--out", str(out)]) == 2
     assert "no star" in capsys.readouterr().err
+
+
+def test_calibrate_refits_a_bundle_on_its_training_stars(capsys, tiny_holdout, tiny_bundle_dir, tmp_path):
+    """kielnet calibrate: the same training table gives the same out-of-fold fits; a changed
+    setting is applied; another table is refused with exit code 2."""
+    from kielnet.inference.bundle import load_bundle
+
+    train = tmp_path / "train.fits"
+    startable_to_table(tiny_holdout.train).write(train)
+    out = tmp_path / "recal"
+    assert main(["calibrate", "--bundle", str(tiny_bundle_dir), "--data", str(train), "--out", str(out)]) == 0
+    assert "recalibrated bundle written" in capsys.readouterr().out
+    before, after = load_bundle(tiny_bundle_dir), load_bundle(out)
+    assert after.neighbours is not None
+    np.testing.assert_array_equal(after.neighbours.coords, before.neighbours.coords)
+    assert after.neighbours.outlier_threshold == pytest.approx(before.neighbours.outlier_threshold)
+    out2 = tmp_path / "recal2"
+    assert main(["calibrate", "--bundle", str(tiny_bundle_dir), "--data", str(train), "--out", str(out2),
+                 "--set", "quality.neighbours.min_support=0.9"]) == 0
+    assert load_bundle(out2).neighbours.min_support == 0.9
+    part = tmp_path / "part.fits"
+    startable_to_table(tiny_holdout.train.take(np.arange(200))).write(part)
+    assert main(["calibrate", "--bundle", str(tiny_bundle_dir), "--data", str(part), "--out",
+                 str(tmp_path / "recal3")]) == 2
+    assert "not the table the bundle was trained on" in capsys.readouterr().err

@@ -82,8 +82,12 @@ def test_recalibrate_reproduces_training_and_applies_new_settings(partial, tiny_
     assert stricter.neighbours.min_support == 0.95
     assert (stricter.neighbours.report["labels"]["fe_h"]["withheld_fraction"]
             > bundle.neighbours.report["labels"]["fe_h"]["withheld_fraction"])
-    with pytest.raises(Exception, match="usable stars"):
+    with pytest.raises(Exception, match="not the table the bundle was trained on"):
         recalibrate(_copy(bundle), table.take(np.arange(100)), log=lambda *_: None)
+    other = table.take(np.arange(len(table)))
+    other.labels["teff"] = other.labels["teff"][::-1].copy()  # same stars, other labels
+    with pytest.raises(Exception, match="label 'teff'"):
+        recalibrate(_copy(bundle), other, log=lambda *_: None)
 
 
 def _copy(bundle):

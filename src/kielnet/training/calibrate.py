@@ -37,7 +37,7 @@ from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
 from kielnet.training.out_of_fold import out_of_fold, reference_labels
 
 __all__ = ["TrainingRows", "training_rows", "Calibration", "calibrate", "oof_sigma", "fit_neighbours",
-           "recalibrate"]
+           "recalibrate", "training_stars_digest"]
 
 
 @dataclass
@@ -69,6 +69,15 @@ def training_rows(table: StarTable, config: KielnetConfig, pre: Preprocessor, lo
     ens = config.ensemble
     heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
     return TrainingRows(prep, rows, heldout)
+
+
+def training_stars_digest(table: StarTable, config: KielnetConfig) -> dict:
+    """What identifies a training table for :func:`recalibrate`: its row count, ids and
+    reference labels (the splits are drawn by id; the out-of-fold fits use the labels)."""
+    from kielnet.data.fingerprint import table_fingerprint
+
+    fp = table_fingerprint(table, scalars=[], labels=config.label_names, extra=False)
+    return {"n_rows": fp["n_rows"], "ids": fp["ids"], "labels": fp["labels"]}
 
 
 def oof_sigma(sigma_model: SigmaModel, running: dict, oof: OutOfFold) -> np.ndarray:
@@ -168,6 +177,13 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
     pre = bundle.preprocessor
     table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names)
     tr = training_rows(table, cfg, pre, log=log)
+    stored = bundle.training_data.get("stars_digest")
+    if stored is not None and stored != training_stars_digest(table, cfg):
+        from kielnet.data.fingerprint import describe_differences
+
+        diff = "; ".join(describe_differences(stored, training_stars_digest(table, cfg)))
+        raise InputError(f"this is not the table the bundle was trained on ({diff}): pass the training table "
+                         "(and --select) it was trained with", source=table.source)
     n_trained = bundle.training_data.get("n_trained")
     if n_trained is not None and int(n_trained) != len(tr.rows):
         raise InputError(f"the bundle was trained on {n_trained} usable stars but this table has {len(tr.rows)}: "

@@ -32,7 +32,7 @@ from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.compute import Bundle, MemberInfo
-from kielnet.training.calibrate import calibrate, training_rows
+from kielnet.training.calibrate import calibrate, training_rows, training_stars_digest
 from kielnet.training.out_of_fold import out_of_fold, save_out_of_fold
 from kielnet.training.distributed import MemberJob, train_members_on_cluster
 from kielnet.training.quality import attach_quality
@@ -322,6 +322,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     training_data = {
         "source": table.source, "n_rows": int(len(table)), "n_unique_ids": int(len(np.unique(table.ids))),
         "n_trained": int(len(rows)), "missing": table.missing_report(),
+        "stars_digest": training_stars_digest(table, config),
         "n_pix": n_pix, "train_seconds": round(time.time() - t0, 1),
         "label_counts": {n: int(np.isfinite(prep.targets[rows, j]).sum()) for j, n in enumerate(config.label_names)},
         "n_implausible_spectra": int(prep.implausible.sum()),
