@@ -1,4 +1,5 @@
-"""Command-line interface: ``kielnet train | calibrate | tune | predict | evaluate | demo | report | presets``.
+"""Command-line interface: ``kielnet train | calibrate | import-weights | export-weights | tune | predict |
+evaluate | demo | report | presets``.
 
 Every sub-command's ``--help`` lists its inputs, outputs and units. Errors in user
 input are printed as one line naming the file, field and star, with exit code 2.
@@ -234,6 +235,35 @@ def cmd_calibrate(args) -> int:
         for name, r in rep["labels"].items():
             print(f"  {name}: withheld {r['withheld_fraction']:.3f}, 1-sigma coverage {r['cov1']:.3f}, "
                   f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}")
+    return 0
+
+
+def cmd_import_weights(args) -> int:
+    from kielnet.inference.bundle import load_bundle, save_bundle
+    from kielnet.interop import IMPORTERS
+    from kielnet.io.outputs import check_output_dir
+
+    check_output_dir(args.out, inputs=[args.file], what="bundle directory", marker="bundle.json")
+    bundle = IMPORTERS[args.kind](args.file, sigma=args.sigma)
+    save_bundle(bundle, args.out)
+    bundle = load_bundle(args.out)  # verified as any bundle
+    src = bundle.training_data.get("imported_from", {})
+    print(f"imported {args.file} (SHA-256 {src.get('sha256')}) as a {bundle.config.name} bundle in {args.out}; "
+          f"sigma: {bundle.sigma_model.describe() if bundle.sigma_model else 'e_X'}")
+    print(f"it lacks: {bundle.training_data.get('lacks')}")
+    return 0
+
+
+def cmd_export_weights(args) -> int:
+    from kielnet.inference.bundle import load_bundle
+    from kielnet.interop import EXPORTERS
+
+    bundle = load_bundle(args.bundle)
+    try:
+        path = EXPORTERS[args.kind](bundle, args.out, member=args.member)
+    except (ValueError, IndexError) as exc:
+        raise KielnetError(f"cannot export {args.bundle} as {args.kind}: {exc}") from exc
+    print(f"member {args.member} of {args.bundle} written as an official {args.kind} state dict to {path}")
     return 0
 
 
@@ -603,6 +633,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config value, e.g. quality.neighbours.min_support=0.6 (repeatable)")
     ca.add_argument("--out", required=True, help="output bundle directory")
     ca.set_defaults(func=cmd_calibrate)
+
+    im = sub.add_parser("import-weights", formatter_class=fmt, help="turn another code's trained weights into a bundle",
+                        description="Import a trained network of another code as a verified kielnet bundle (safetensors "
+                                    "+ JSON), usable wherever a bundle is: predict (streaming, resume, --cluster, "
+                                    "flags), report. 'apogeenet2': the official APOGEE Net II model.pt (pip install "
+                                    "apogeenet2; hutchresearch/ApogeeNet2, MIT; cite Sprague et al. 2022) on the preset "
+                                    "apogee_net_2_official: the official input handling (raw apStar flux, sentinel "
+                                    "metadata, fixed scaling), labels logg [dex], teff [K], fe_h [dex] (fe_h not "
+                                    "reported above 6500 K), sigma from 20 noise realisations of the flux errors. The "
+                                    "file is read with torch.load(weights_only=True) and accepted only as a mapping of "
+                                    "exactly the official tensor names to finite tensors of the official shapes; "
+                                    "anything else (a pickled object, missing or extra keys, wrong shapes, NaN) is "
+                                    "refused before anything runs.")
+    im.add_argument("kind", choices=["apogeenet2"], help="the code whose weights FILE holds")
+    im.add_argument("file", help="the weight file (apogeenet2: model.pt)")
+    im.add_argument("--out", required=True, help="output bundle directory")
+    im.add_argument("--sigma", choices=["realisations", "astra"], default="realisations",
+                    help="realisations: the scatter of the 20 noise realisations (the paper's); astra: that scatter "
+                         "inflated as Astra documents (e_Teff = 1.25 raw + 10 K, e_logg = 1.25 raw + 0.01, "
+                         "e_[Fe/H] = raw + 0.01)")
+    im.set_defaults(func=cmd_import_weights)
+
+    ex = sub.add_parser("export-weights", formatter_class=fmt, help="write a bundle's network in another code's format",
+                        description="Write one member of a bundle in another code's weight format. 'apogeenet2': an "
+                                    "apogee_net_2 / apogee_net_2_official bundle as an official APOGEE Net II state "
+                                    "dict (torch.save), with the bundle's metadata and label scalings folded into the "
+                                    "first metadata layer and fc3 so that the official pipeline gives its labels.")
+    ex.add_argument("kind", choices=["apogeenet2"], help="the target format")
+    ex.add_argument("--bundle", required=True, help="bundle directory")
+    ex.add_argument("--out", required=True, help="output file (apogeenet2: model.pt)")
+    ex.add_argument("--member", type=_nonnegative_int, default=0, help="which ensemble member (default 0)")
+    ex.set_defaults(func=cmd_export_weights)
 
     tu = sub.add_parser("tune", formatter_class=fmt, help="search hyper-parameters with Optuna",
                         description="Search the config's tuning.space with Optuna (TPE, median pruning): each "

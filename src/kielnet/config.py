@@ -295,6 +295,10 @@ class UncertaintyConfig(_Strict):
                     "flux error of the spectrum's pixels) or the name of a scalar column (e.g. "
                     "'g': then brighter = larger value is NOT assumed, bins are quantiles)")
     recalibration: RecalibrationConfig = RecalibrationConfig(kind="none")
+    inflation: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="per label, sigma -> a * sigma + b applied last (label unit), e.g. Astra's documented "
+                    "APOGEE Net II inflation {teff: [1.25, 10], logg: [1.25, 0.01], fe_h: [1.0, 0.01]}")
     missing_inputs: Literal["calibrate", "withhold", "flag"] = Field(
         default="calibrate",
         description="stars with missing scalar inputs: 'calibrate' scales σ by a factor fitted on "

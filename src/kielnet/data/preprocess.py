@@ -378,6 +378,30 @@ class Preprocessor:
         y = np.asarray(y, dtype=np.float64)
         return np.stack([lt.inverse(y[..., j]) for j, lt in enumerate(self.label_transforms)], axis=-1)
 
+    @classmethod
+    def fixed(cls, config: KielnetConfig, n_pix: int) -> "Preprocessor":
+        """A preprocessor that needs no training table: every feature and label has a
+        ``fixed_scaling`` and the spectrum is not standardised (e.g. the official APOGEE
+        Net II input handling, for imported weights). Without training spectra and
+        columns, only the absolute plausibility and placeholder tests run."""
+        missing = [f.name for f in config.features if f.fixed_scaling is None]
+        missing += [lab.name for lab in config.labels if lab.fixed_scaling is None]
+        if missing:
+            raise ValueError(f"no fixed_scaling for {missing}: a fixed preprocessor needs one for every feature "
+                             "and label")
+        if config.spectrum is not None and config.spectrum.standardise:
+            raise ValueError("spectrum.standardise needs per-pixel training statistics")
+        p = cls(config)
+        p.n_pix = int(n_pix) if config.spectrum is not None else None
+        p.feature_scalers = {f.name: Scaler(f.scaling, *f.fixed_scaling) for f in config.features}
+        p.label_transforms = []
+        for lab in config.labels:
+            lt = LabelTransform(lab.name, lab.transform, Scaler(lab.scaling))
+            lt.scaler.centre, lt.scaler.scale = lab.fixed_scaling
+            p.label_transforms.append(lt)
+        p.fitted = True
+        return p
+
     # ------------------------------------------------------------- state
     def to_dict(self) -> dict:
         return {

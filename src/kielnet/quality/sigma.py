@@ -210,6 +210,8 @@ class SigmaModel:
     target: float = GAUSSIAN_1SIGMA
     #: out-of-fold coverage after calibration, per label (diagnostic)
     oof_coverage: dict = field(default_factory=dict)
+    #: label → (a, b): σ → a σ + b, applied last (``uncertainty.inflation``)
+    inflation: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- apply
     def base(self, spread: np.ndarray, running: np.ndarray | None, head: np.ndarray | None) -> np.ndarray:
@@ -270,6 +272,9 @@ class SigmaModel:
         if spread is not None and self.recalibration is not None:
             with np.errstate(invalid="ignore"):
                 s = np.maximum(s, np.asarray(spread, dtype=float))  # NaN stays NaN
+        if label in self.inflation:
+            a, b = self.inflation[label]
+            s = a * s + b
         return s
 
     def describe(self) -> str:
@@ -285,6 +290,8 @@ class SigmaModel:
                     "them (groups: " + ", ".join(self.groups) + ")")
         elif self.rule == "withhold":
             txt += "; stars with missing scalar inputs get no labels"
+        if self.inflation:
+            txt += "; then sigma -> " + ", ".join(f"{a:g} sigma + {b:g} ({k})" for k, (a, b) in self.inflation.items())
         return txt
 
     # ---------------------------------------------------------------- JSON
@@ -295,7 +302,8 @@ class SigmaModel:
                 "missing": {g: {k: float(v) for k, v in d.items()} for g, d in self.missing.items()},
                 "groups": {g: list(c) for g, c in self.groups.items()}, "columns": list(self.columns),
                 "rule": self.rule, "snr": self.snr, "target": float(self.target),
-                "oof_coverage": self.oof_coverage}
+                "oof_coverage": self.oof_coverage,
+                "inflation": {k: [float(a), float(b)] for k, (a, b) in self.inflation.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SigmaModel":
@@ -305,7 +313,11 @@ class SigmaModel:
                   missing={g: {k: float(v) for k, v in m.items()} for g, m in d["missing"].items()},
                   groups={g: list(c) for g, c in d["groups"].items()}, columns=list(d["columns"]),
                   rule=str(d.get("rule", "calibrate")), snr=str(d.get("snr", "spectrum")),
-                  target=float(d.get("target", GAUSSIAN_1SIGMA)), oof_coverage=dict(d.get("oof_coverage", {})))
+                  target=float(d.get("target", GAUSSIAN_1SIGMA)), oof_coverage=dict(d.get("oof_coverage", {})),
+                  inflation={k: (float(v[0]), float(v[1])) for k, v in d.get("inflation", {}).items()})
+        if set(out.inflation) - set(out.labels) or not all(np.isfinite(a) and a > 0 and np.isfinite(b) and b >= 0
+                                                             for a, b in out.inflation.values()):
+            raise ValueError("inflation must map labels to (a > 0, b >= 0)")
         bad = set(out.terms) - {"spread", "running", "head"}
         if bad or not out.terms:
             raise ValueError(f"unknown σ terms {sorted(bad)}")
@@ -378,4 +390,5 @@ def fit_sigma_model(config, oof: OutOfFold, running: dict | None) -> SigmaModel:
                 cov[name][f"hidden_{g}_before_factor"] = float(np.mean(ratio[np.isfinite(ratio)] < 1.0)) \
                     if np.isfinite(ratio).any() else None
     model.oof_coverage = cov
+    model.inflation = {k: tuple(v) for k, v in u.inflation.items()}  # after the fits: not part of them
     return model
