@@ -115,8 +115,9 @@ def limitation_lines(cat, test) -> list[str]:
         f"{m['robust_sigma']:.0f} K, 1 sigma coverage {m['coverage_1sigma']:.2f}); {int((hot & ~use).sum())} have "
         f"their Teff flagged, and {t['hot_ok_beyond_3sigma'] * t['n_hot_ok']:.0f} of the {t['n_hot_ok']} whose Teff "
         f"is usable lie beyond 3 sigma ({100 * t['hot_ok_beyond_3sigma']:.1f} %): their XP spectra and colours "
-        "resemble cooler stars' (extinction), and nothing measured here - the ensemble's disagreement, the "
-        "network's own sigma, the out-of-fold neighbours - separates them, so treat Teff above ~8,000 K with care.",
+        "resemble cooler stars' (extinction); neither the ensemble's disagreement, nor the network's own sigma, nor "
+        "the out-of-fold neighbours in predicted labels (and colours) separate them, so treat Teff above ~8,000 K "
+        "with care.",
         "- Tails: usable labels beyond 3 sigma / 5 sigma of their APOGEE label (Gaussian: 0.27 % / 0.00006 %): "
         + ", ".join(f"{n} {100 * tails[n]['ok_beyond_3sigma']:.2f} % / {100 * tails[n]['ok_beyond_5sigma']:.2f} %"
                     for n in names)
@@ -137,12 +138,15 @@ def trust_lines(bundle, result: dict) -> list[str]:
     names = bundle.config.label_names
     lines = []
     seeds = result.get("seeds") or {}
-    if seeds.get("robust_sigma"):
+    src = seeds.get("with_earlier") or seeds
+    if src.get("robust_sigma"):
+        used = [r["seed"] for r in src["runs"]] if "runs" in src else seeds.get("seeds")
         lines += ["## Accuracy over ensemble seeds (test fifth)",
-                  f"Robust sigma, mean +- spread over {seeds['n']} seeds {seeds.get('seeds')} (the shipped model is "
-                  f"seed {seeds.get('seeds', [0])[0]}): "
-                  + ", ".join(f"{n} {seeds['robust_sigma'][n]['mean']:.4g} +- {seeds['robust_sigma'][n]['std'] or 0:.2g}"
-                              for n in names) + ".", ""]
+                  f"Robust sigma, mean +- spread over {src['n']} seeds {used} of the same training configuration "
+                  f"(the shipped model is seed {seeds.get('seeds', [0])[0]}; "
+                  + ("earlier seed runs carried from their result files" if "runs" in src else "all from this run")
+                  + "): " + ", ".join(f"{n} {src['robust_sigma'][n]['mean']:.4g} +- {src['robust_sigma'][n]['std'] or 0:.2g}"
+                                      for n in names) + ".", ""]
     if bundle.neighbours is not None:
         rep = bundle.neighbours.report
         lines += ["## Label support, local sigma and outliers", bundle.neighbours.describe() + ".",

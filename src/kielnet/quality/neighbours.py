@@ -187,8 +187,10 @@ class NeighbourModel:
                f"{self.k_support} nearest out-of-fold training stars (in predicted labels x S/N) carried a "
                "reference value for it")
         if self.local_calibration:
-            txt += (f"; sigma x the 68.27 % quantile of |residual|/sigma of the {self.k_local} nearest "
-                    "out-of-fold training stars")
+            what = ("the 68.27 % quantile of their |residual|/sigma" if self.fit_to == "1sigma" else
+                    "the factor that best brings 68.27 % (+-5 %) of their |residual|/sigma within 1 and 95.45 % "
+                    "(+-3 %) within 2")
+            txt += f"; sigma x {what}, for the {self.k_local} nearest out-of-fold training stars"
         txt += "; ci95_X = sigma x their 0.95 quantile (before that factor)"
         if np.isfinite(self.outlier_threshold):
             txt += (f"; likely_outlier: more than {self.outlier_threshold:.3f} of those neighbours lie beyond "
