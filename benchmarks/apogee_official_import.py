@@ -127,12 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                 dst = data / f"{f.stem}_r{r:03d}.fits"
                 shutil.copyfile(f, dst)
                 files.append(dst)
-        rep = read_stars(data)
-        ids = rep.ids
-        n = len(rep)
-        gg = rng.uniform(9.0, 13.0, n)
+        n = len(read_stars(data))
+        ids = np.unique(real.ids)  # the copies keep their APOGEE ids: one metadata row per star
+        gg = rng.uniform(9.0, 13.0, len(ids))
         meta_path = work / "meta.csv"
-        Table({"id": ids, "parallax": rng.uniform(1.0, 10.0, n), "g": gg, "bp": gg + 0.9, "rp": gg - 1.0}
+        Table({"id": ids, "parallax": rng.uniform(1.0, 10.0, len(ids)), "g": gg, "bp": gg + 0.9, "rp": gg - 1.0}
               ).write(meta_path)
         kiel = {}
         for n_real in (0, 20):
