@@ -171,6 +171,15 @@ def trust_lines(bundle, result: dict) -> list[str]:
     return lines
 
 
+def trained_minutes(result: dict) -> str:
+    """How long the members took to train: the newest benchmark run that trained rather than
+    resumed them (more than 10 minutes of training), from the result's ``history``."""
+    for h in reversed(result.get("history", [])):
+        if (h.get("train_seconds") or 0) > 600:
+            return f"{h['train_seconds'] / 60:.0f} min (benchmark run at {str(h.get('git_commit'))[:7]}; later runs resumed them)"
+    return f"{result.get('train_seconds', float('nan')) / 60:.0f} min"
+
+
 def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str = "float32",
                half_change: float | None = None, flips: list[dict] | None = None,
                limitations: list[str] | None = None) -> str:
@@ -200,7 +209,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
              + (f" (delta {cfg.training.huber_delta:g} label standard deviations)" if cfg.training.loss == "huber"
                 else "")
              + "; the best validation epoch of each member is kept.",
-             f"- Trained in {result.get('train_seconds', float('nan')) / 60:.0f} min on the benchmark's machine "
+             f"- Trained in {trained_minutes(result)} on the benchmark's machine "
              f"({result.get('machine', {}).get('cpu_count', '?')} CPU cores); what each change bought: "
              "`benchmarks/results/ablation_xp.json` and `history` in `benchmarks/results/xp_library.json`.",
              "",
