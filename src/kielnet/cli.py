@@ -240,13 +240,15 @@ def cmd_calibrate(args) -> int:
 
 def cmd_import_weights(args) -> int:
     from kielnet.inference.bundle import load_bundle, save_bundle
-    from kielnet.interop import IMPORTERS
+    from kielnet.interop import IMPORTERS, MODEL_CARDS
+    from kielnet.io.atomic import atomic_write_text
     from kielnet.io.outputs import check_output_dir
 
     check_output_dir(args.out, inputs=[args.file], what="bundle directory", marker="bundle.json")
     bundle = IMPORTERS[args.kind](args.file, sigma=args.sigma)
     save_bundle(bundle, args.out)
     bundle = load_bundle(args.out)  # verified as any bundle
+    atomic_write_text(Path(args.out) / "MODEL_CARD.md", MODEL_CARDS[args.kind](bundle))
     src = bundle.training_data.get("imported_from", {})
     print(f"imported {args.file} (SHA-256 {src.get('sha256')}) as a {bundle.config.name} bundle in {args.out}; "
           f"sigma: {bundle.sigma_model.describe() if bundle.sigma_model else 'e_X'}")

@@ -197,6 +197,12 @@ def test_cli_import_then_predict_an_apstar_directory(official, apstar, tmp_path,
     out = tmp_path / "b"
     assert main(["import-weights", "apogeenet2", str(official[1]), "--out", str(out)]) == 0
     assert "SHA-256" in capsys.readouterr().out
+    card = (out / "MODEL_CARD.md").read_text()
+    import hashlib
+
+    assert hashlib.sha256(official[1].read_bytes()).hexdigest() in card
+    for words in ("hutchresearch/ApogeeNet2", "MIT", "Sprague", "lacks", "noise realisations"):
+        assert words in card, words
     meta = tmp_path / "meta.csv"
     from astropy.table import Table
 

@@ -16,5 +16,7 @@ from kielnet.interop import apogeenet2
 
 IMPORTERS: dict[str, Callable] = {"apogeenet2": apogeenet2.import_apogeenet2}
 EXPORTERS: dict[str, Callable] = {"apogeenet2": apogeenet2.export_apogeenet2}
+#: name → function(bundle) → the MODEL_CARD.md text of an imported bundle
+MODEL_CARDS: dict[str, Callable] = {"apogeenet2": apogeenet2.model_card}
 
-__all__ = ["IMPORTERS", "EXPORTERS"]
+__all__ = ["IMPORTERS", "EXPORTERS", "MODEL_CARDS"]

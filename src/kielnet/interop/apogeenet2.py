@@ -41,7 +41,7 @@ from kielnet.quality.sigma import SigmaModel
 from kielnet.quality.uncertainty import RunningDispersion
 
 __all__ = ["PRESET", "N_PIX", "official_shapes", "read_official_state", "to_kielnet_state", "to_official_state",
-           "import_apogeenet2", "export_apogeenet2", "ASTRA_INFLATION", "SOURCE"]
+           "import_apogeenet2", "export_apogeenet2", "model_card", "ASTRA_INFLATION", "SOURCE"]
 
 PRESET = "apogee_net_2_official"
 N_PIX = 8575
@@ -257,3 +257,29 @@ def export_apogeenet2(bundle: Bundle, path: str | Path, *, member: int = 0) -> P
     torch.save(state, tmp)
     tmp.replace(path)
     return path
+
+
+def model_card(bundle: Bundle) -> str:
+    """MODEL_CARD.md text of an imported bundle: provenance, inputs and labels, σ, ranges,
+    and what the bundle lacks."""
+    td = bundle.training_data
+    src = td.get("imported_from", {})
+    sm = bundle.sigma_model
+    lines = ["# APOGEE Net II (official weights, imported)", "",
+             "## Provenance",
+             f"- Source: {src.get('repository')} ({src.get('package')}), file `{src.get('file')}` "
+             f"(imported from `{src.get('path')}`, SHA-256 {src.get('sha256')}).",
+             f"- Licence: {src.get('licence')}. Cite: {src.get('citation')}.",
+             "- Imported with `kielnet import-weights apogeenet2`: read with torch.load(weights_only=True), exactly the "
+             "official 40 tensors accepted, mapped one to one onto the preset apogee_net_2_official.", "",
+             "## Inputs and labels",
+             "- apStar flux (8575 px, HDU 1 row 0, raw, NaN -> 0 as the official code) + Gaia parallax [mas], G, BP, RP "
+             "and 2MASS J, H, K [mag] with the official sentinels and scaling.",
+             "- logg [dex], teff [K] (log Teff in the network), fe_h [dex]; fe_h is not reported above 6500 K (§3.1).", "",
+             "## Uncertainties", sm.describe() if sm is not None else "e_X",
+             "(e_X includes the scatter of the 20 noise realisations of the flux errors, §3.2.3.)", "",
+             "## Label ranges (flags outside_training_*)",
+             *[f"- {k}: {lo:.4g} .. {hi:.4g}" for k, (lo, hi) in bundle.label_ranges.items()],
+             "Teff from the paper (~3000-50,000 K); log g and [Fe/H]: the training set's mean +- 3 std (Table 2).", "",
+             "## What this bundle lacks", f"- {td.get('lacks')}.", ""]
+    return "\n".join(lines)
