@@ -239,14 +239,19 @@ class Preprocessor:
                 self.pixel_std = std.astype(np.float32)
         self.column_ranges = None
         self.column_ranges = ColumnRanges.fit(self.clean_columns(table), cfg.checks.span_margin)
-        raw = self.raw_features(table)
+        self._set_scalers(self.raw_features(table), self._raw_labels(table)[0])
+        return self
+
+    def _set_scalers(self, raw: np.ndarray | None, labels: np.ndarray | None) -> None:
+        """Feature scalers and label transforms: each ``fixed_scaling`` of the config, or
+        fitted on the training values ``raw`` / ``labels`` (None: all must be fixed)."""
+        cfg = self.config
         self.feature_scalers = {}
         for j, f in enumerate(cfg.features):
             if f.fixed_scaling is not None:
                 self.feature_scalers[f.name] = Scaler(f.scaling, *f.fixed_scaling)
             else:
                 self.feature_scalers[f.name] = Scaler(f.scaling).fit(raw[:, j])
-        labels, _ = self._raw_labels(table)
         self.label_transforms = []
         for j, lab in enumerate(cfg.labels):
             lt = LabelTransform(lab.name, lab.transform, Scaler(lab.scaling))
@@ -256,7 +261,6 @@ class Preprocessor:
                 lt.fit(labels[:, j])
             self.label_transforms.append(lt)
         self.fitted = True
-        return self
 
     # ------------------------------------------------------------- apply
     def transform(self, table: StarTable, *, with_labels: bool = True, check_spectra: bool = True) -> Prepared:
@@ -393,13 +397,7 @@ class Preprocessor:
             raise ValueError("spectrum.standardise needs per-pixel training statistics")
         p = cls(config)
         p.n_pix = int(n_pix) if config.spectrum is not None else None
-        p.feature_scalers = {f.name: Scaler(f.scaling, *f.fixed_scaling) for f in config.features}
-        p.label_transforms = []
-        for lab in config.labels:
-            lt = LabelTransform(lab.name, lab.transform, Scaler(lab.scaling))
-            lt.scaler.centre, lt.scaler.scale = lab.fixed_scaling
-            p.label_transforms.append(lt)
-        p.fitted = True
+        p._set_scalers(None, None)
         return p
 
     # ------------------------------------------------------------- state

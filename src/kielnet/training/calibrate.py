@@ -121,15 +121,15 @@ class Calibration:
 
 
 def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: TrainingRows, oof: OutOfFold,
-              members: list, nets) -> Calibration:
+              nets: list | None = None) -> Calibration:
     """Running dispersion, σ model, neighbour model and validation metrics from the
-    out-of-fold stars ``oof`` (module docstring). ``members`` / ``nets`` (the whole
-    ensemble) are used only by ``uncertainty.residuals = training``."""
+    out-of-fold stars ``oof`` (module docstring). ``nets`` (the whole ensemble's networks)
+    are needed only by ``uncertainty.residuals = training``."""
     ucfg = config.uncertainty
     if ucfg.residuals == "training":  # the whole ensemble on the stars it trained on (Gaia-RVS §3.4)
         p = member_predictions(nets, tr.prep.take(tr.rows), pre.inverse_labels)
         fit_pred = p.mean(axis=0)
-        fit_spread = p.std(axis=0, ddof=1) if len(members) > 1 else np.zeros_like(fit_pred)
+        fit_spread = p.std(axis=0, ddof=1) if len(nets) > 1 else np.zeros_like(fit_pred)
         fit_truth = reference_labels(table, tr.prep, config)[tr.rows]
     else:
         fit_pred, fit_spread, fit_truth = oof.pred, oof.spread, oof.truth
@@ -178,10 +178,11 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
     table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names)
     tr = training_rows(table, cfg, pre, log=log)
     stored = bundle.training_data.get("stars_digest")
-    if stored is not None and stored != training_stars_digest(table, cfg):
+    given = training_stars_digest(table, cfg) if stored is not None else None
+    if stored is not None and stored != given:
         from kielnet.data.fingerprint import describe_differences
 
-        diff = "; ".join(describe_differences(stored, training_stars_digest(table, cfg)))
+        diff = "; ".join(describe_differences(stored, given))
         raise InputError(f"this is not the table the bundle was trained on ({diff}): pass the training table "
                          "(and --select) it was trained with", source=table.source)
     n_trained = bundle.training_data.get("n_trained")
@@ -195,7 +196,7 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
         raise InputError("the bundle's members do not cover every split of its config "
                          f"(splits {sorted(set(split_of))}, n_splits {cfg.ensemble.n_splits})", source=table.source)
     oof = out_of_fold(cfg, pre, table, tr.prep, tr.rows, tr.heldout, split_nets)
-    cal = calibrate(cfg, pre, table, tr, oof, bundle.members, nets)
+    cal = calibrate(cfg, pre, table, tr, oof, nets)
     bundle.config = cfg
     bundle.running_dispersion, bundle.sigma_model = cal.running, cal.sigma_model
     bundle.neighbours, bundle.validation = cal.neighbours, cal.validation

@@ -308,7 +308,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     if wd is not None:
         save_out_of_fold(wd / "out_of_fold.parquet", oof, table.ids[oof.rows], config.label_names)
 
-    cal = calibrate(config, pre, table, plan, oof, members, _nets(config, members, n_pix, widths)
+    cal = calibrate(config, pre, table, plan, oof, _nets(config, members, n_pix, widths)
                     if config.uncertainty.residuals == "training" else None)
     running, sigma_model, validation = cal.running, cal.sigma_model, cal.validation
     label_ranges = {}
