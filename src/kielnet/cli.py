@@ -124,12 +124,25 @@ def _load_cfg(args):
     return cfg
 
 
+def _with_reference_labels(table, paths, cfg):
+    """Join each ``--labels`` catalogue to ``table`` by star id (source_id, APOGEE id or id), printing counts."""
+    if not paths:
+        return table
+    from kielnet.data.label_columns import join_labels
+    from kielnet.io.tables import read_reference_columns
+
+    for path in paths:
+        table, rep = join_labels(table, read_reference_columns(path), cfg.label_vocabulary, source=str(path))
+        print(rep.summary())
+    return table
+
+
 def _load_selection(args):
     if not getattr(args, "select", None):
         return None
-    from kielnet.data.selection import load_selection
+    from kielnet.data.selection import SELECTIONS, load_selection
 
-    return load_selection(Path(args.select))
+    return load_selection(args.select if args.select in SELECTIONS else Path(args.select))
 
 
 def cmd_tune(args) -> int:
@@ -145,7 +158,7 @@ def cmd_tune(args) -> int:
     check_output_dir(workdir, inputs=[args.data], what="work directory")
     check_output_file(args.out, inputs=[args.data], what="preset file", table=False)
     cfg = _load_cfg(args)
-    table = read_stars(args.data)
+    table = _with_reference_labels(read_stars(args.data), args.labels, cfg)
     selection = _load_selection(args)
     if selection is not None:
         from kielnet.data.selection import select_stars
@@ -193,7 +206,7 @@ def cmd_train(args) -> int:
     check_output_dir(args.out, inputs=[args.data], what="bundle directory", marker="bundle.json")
     check_output_dir(workdir, inputs=[args.data, args.out], what="work directory")
     cfg = _load_cfg(args)
-    table = read_stars(args.data)
+    table = _with_reference_labels(read_stars(args.data), args.labels, cfg)
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -223,7 +236,7 @@ def cmd_calibrate(args) -> int:
         cfg = load_config(args.config) if args.config else bundle.config
         if args.set:
             cfg = cfg.with_overrides(**_set_overrides(args.set))
-    table = read_stars(args.data)
+    table = _with_reference_labels(read_stars(args.data), args.labels, bundle.config)
     print(f"read {len(table)} stars from {table.source}")
     bundle = recalibrate(bundle, table, config=cfg, selection=_load_selection(args))
     save_bundle(bundle, args.out)
@@ -415,13 +428,22 @@ def cmd_evaluate(args) -> int:
         from kielnet.io.outputs import check_output_file
 
         check_output_file(args.out, inputs=[args.data, args.bundle], what="metrics file", table=False)
+    from kielnet.data.label_columns import resolve_labels
+
     bundle = load_bundle(args.bundle)
-    table = read_stars(args.data)
+    table = resolve_labels(_with_reference_labels(read_stars(args.data), args.labels, bundle.config),
+                           bundle.config.label_vocabulary)
+    selection = _load_selection(args)
+    if selection is not None:
+        from kielnet.data.selection import select_stars
+
+        table, report = select_stars(table, selection)
+        print(f"selection '{selection.name}':\n{report}")
     cat = predict(bundle, table)
     metrics = catalogue_metrics(cat, table, bundle.config.label_names)
     if not metrics:
         raise KielnetError(f"{args.data} holds none of the labels {bundle.config.label_names}")
-    print(metrics_table(metrics, {lab.name: lab.unit for lab in bundle.config.labels}))
+    print(metrics_table(metrics, bundle.config.label_units))
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
         print(f"metrics written to {args.out}")
@@ -457,12 +479,12 @@ def cmd_demo(args) -> int:
                         title="kielnet, held-out stars")
     resid = residual_plot({n: np.asarray(res.catalogue[n], float) for n in cfg.label_names},
                           {n: res.test.labels[n] for n in cfg.label_names}, out / "residuals.png",
-                          units={lab.name: lab.unit for lab in cfg.labels})
+                          units=cfg.label_units)
     (out / "metrics.json").write_text(json.dumps({"test": res.metrics, "train_seconds": res.train_seconds,
                                                   "predict_seconds": res.predict_seconds,
                                                   "n_members": len(res.bundle.members)}, indent=2))
     print("\nheld-out test metrics (residual = kielnet - APOGEE):")
-    print(metrics_table(res.metrics, {lab.name: lab.unit for lab in cfg.labels}))
+    print(metrics_table(res.metrics, cfg.label_units))
     print(f"\ntrained {len(res.bundle.members)} members in {res.train_seconds:.0f} s; "
           f"total {time.time() - t0:.0f} s")
     print(f"catalogue: {cat_path} (+ .fits); plots: {kiel}, {resid}; bundle: {out / 'bundle'}")
@@ -528,7 +550,7 @@ def cmd_sensitivity(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     maps.save(out / "sensitivity.npz")
-    units = {lab.name: lab.unit for lab in bundle.config.labels}
+    units = bundle.config.label_units
     if maps.pixel is not None and table.wavelength is not None:
         import astropy.units as u
 
@@ -610,8 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the ensemble members as Dask tasks: on N local worker processes, or on a "
                         "running Dask scheduler (workers must see the work directory); same bundle as "
                         "serial training for the same seeds and training.threads")
-    t.add_argument("--select", metavar="FILE",
-                   help="YAML selection of training stars (kielnet.data.selection: cuts on the scalar inputs, "
+    t.add_argument("--labels", action="append", default=[], metavar="TABLE",
+                   help="reference-label catalogue (FITS / Parquet / CSV / ECSV) joined to --data by star id: Gaia "
+                        "source_id, APOGEE id (apogee_id) or id, the first kind both hold; columns named like a "
+                        "label of the config or one of its aliases (case-insensitive) are that label, "
+                        "<column>_err its error; counts matched / unmatched / duplicated are printed; a star "
+                        "without a value is masked for that label, not dropped (repeatable)")
+    t.add_argument("--select", metavar="NAME|FILE",
+                   help="a named selection (gaia-rvs-training, gaia-rvs-sample, xp-train, xp-test-fifth) or a "
+                        "YAML selection of training stars (kielnet.data.selection: cuts on the scalar inputs, "
                         "labels, <label>_err and pass-through columns); per-cut counts are printed and kept in "
                         "the bundle")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -629,7 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'quality.neighbours' sections only.")
     ca.add_argument("--bundle", required=True, help="bundle directory or shipped model name")
     ca.add_argument("--data", required=True, help="the bundle's training stars: " + DATA_HELP)
-    ca.add_argument("--select", metavar="FILE", help="the selection file the bundle was trained with")
+    ca.add_argument("--labels", action="append", default=[], metavar="TABLE",
+                    help="the reference-label catalogue(s) the bundle was trained with (as for train; repeatable)")
+    ca.add_argument("--select", metavar="NAME|FILE", help="the selection the bundle was trained with")
     ca.add_argument("--config", help="preset or YAML whose uncertainty / quality.neighbours sections to use")
     ca.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. quality.neighbours.min_support=0.6 (repeatable)")
@@ -682,7 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--workdir", required=True, help="study directory (resumable)")
     tu.add_argument("--out", required=True, help="preset YAML file for the best trial")
     tu.add_argument("--trials", type=_int_at_least(1), help="finished trials to reach (default tuning.n_trials)")
-    tu.add_argument("--select", metavar="FILE", help="YAML selection of the stars (as for train)")
+    tu.add_argument("--labels", action="append", default=[], metavar="TABLE",
+                    help="reference-label catalogue joined by star id (as for train; repeatable)")
+    tu.add_argument("--select", metavar="NAME|FILE", help="selection of the stars (as for train)")
     tu.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", help="run trials as Dask tasks")
     tu.add_argument("--fresh", action="store_true", help="discard the study in the work directory first")
     tu.set_defaults(func=cmd_tune)
@@ -745,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "label's unit (Teff in K).")
     e.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     e.add_argument("--data", required=True, help=DATA_HELP + "; must include reference labels")
+    e.add_argument("--labels", action="append", default=[], metavar="TABLE",
+                   help="reference-label catalogue joined by star id (as for train; repeatable)")
+    e.add_argument("--select", metavar="NAME|FILE",
+                   help="evaluate only these stars: a named selection (e.g. xp-test-fifth) or a YAML file")
     e.add_argument("--out", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_evaluate)
 

@@ -19,6 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kielnet.errors import ConfigError
+from kielnet.labels import LabelInfo, column_candidates, label_info
+
+#: most labels a config may learn (each gets an 'outside training range' flag bit)
+MAX_LABELS = 51
 
 __all__ = [
     "ConvLayerConfig", "SpectrumBranchConfig", "ScalarBranchConfig", "HeadConfig", "ModelConfig",
@@ -155,13 +159,25 @@ class LabelConfig(_Strict):
     outside it are treated as missing in training and reported.
     """
 
-    name: str
-    unit: str = ""
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+                      description="catalogue column name (letters, digits, underscores)")
+    unit: str | None = Field(default=None, description="astropy unit string ('K', 'dex', 'mag', '' for none); "
+                                                        "default: kielnet's built-in vocabulary for known names")
+    display: str | None = Field(default=None, description="name on plot axes (mathtext allowed), e.g. '[Mg/Fe]'")
+    description: str | None = Field(default=None, description="catalogue column description")
+    aliases: list[str] = Field(default=[], description="other column names of this label in reference tables "
+                                                       "(case-insensitive), e.g. [MG_FE, mgfe]")
     transform: Literal["none", "log10"] = "none"
     scaling: Scaling = "zscore"
     valid_range: tuple[float, float]
     fixed_scaling: tuple[float, float] | None = Field(
         default=None, description="(centre, scale) used instead of fitted statistics")
+
+    @property
+    def info(self) -> LabelInfo:
+        """This label's entry in the label vocabulary (config fields over built-in defaults)."""
+        return label_info(self.name, unit=self.unit, display=self.display, description=self.description,
+                          aliases=tuple(self.aliases))
 
     @field_validator("valid_range")
     @classmethod
@@ -537,6 +553,14 @@ class KielnetConfig(_Strict):
         names = [lab.name for lab in self.labels]
         if len(set(names)) != len(names):
             raise ValueError("label names must be unique")
+        if len(names) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels (one flag bit each), got {len(names)}")
+        inputs = {c.lower() for c in self.scalar_columns()}
+        for lab in self.labels:
+            clash = inputs & set(column_candidates(lab.info))
+            if clash:
+                raise ValueError(f"label '{lab.name}' is read from column(s) {sorted(clash)} that the "
+                                 "features also use as inputs: a label cannot be its own input")
         for rule in self.reporting:
             if rule.label not in names or rule.when not in names:
                 raise ValueError(f"reporting rule uses labels not learned: {rule.label}, {rule.when}")
@@ -573,6 +597,16 @@ class KielnetConfig(_Strict):
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
+
+    @property
+    def label_vocabulary(self) -> dict[str, LabelInfo]:
+        """Name → :class:`kielnet.labels.LabelInfo` (unit, display name, description, aliases) of each label."""
+        return {lab.name: lab.info for lab in self.labels}
+
+    @property
+    def label_units(self) -> dict[str, str]:
+        """Name → unit string of each label ("" for none)."""
+        return {lab.name: lab.info.unit for lab in self.labels}
 
     def groups(self) -> dict[str, list[str]]:
         """The input groups, with 'all_inputs' (every scalar column) last; empty without

@@ -24,6 +24,9 @@ from kielnet.config import KielnetConfig
 from kielnet.data.plausibility import ColumnRanges, SpectrumPlausibility, placeholder_mask
 from kielnet.data.startable import StarTable
 from kielnet.data.transforms import LabelTransform, Scaler
+from kielnet.data.label_columns import resolve_labels
+from kielnet.errors import InputError
+from kielnet.labels import column_candidates
 
 __all__ = ["Prepared", "Preprocessor", "repair_spectra", "spectrum_snr"]
 
@@ -219,7 +222,13 @@ class Preprocessor:
     def fit(self, table: StarTable) -> "Preprocessor":
         """Fit statistics on a training table (labels must be present)."""
         cfg = self.config
-        table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names,
+        table = resolve_labels(table, cfg.label_vocabulary)
+        for name, info in cfg.label_vocabulary.items():
+            if name not in table.labels:
+                raise InputError(f"required label '{name}' is missing (looked for columns "
+                                 f"{list(column_candidates(info))}, case-insensitive); labels available: "
+                                 f"{sorted(table.labels)}", source=table.source, field=name)
+        table.require(scalars=cfg.scalar_columns(),
                       n_pix=None if cfg.spectrum is None else (table.n_pix if table.flux is not None else 0))
         if cfg.spectrum is not None:
             flux, _, unusable = repair_spectra(table.flux, cfg.spectrum.max_bad_fraction, cfg.spectrum.bad_pixels)
@@ -273,6 +282,8 @@ class Preprocessor:
         cfg = self.config
         n = len(table)
         table.require(scalars=cfg.scalar_columns(), n_pix=self.n_pix if cfg.spectrum else None)
+        if with_labels:
+            table = resolve_labels(table, cfg.label_vocabulary)
         spectrum = spectrum_err = None
         n_bad = np.zeros(n, dtype=np.int64)
         unusable = np.zeros(n, dtype=bool)

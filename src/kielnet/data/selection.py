@@ -55,11 +55,12 @@ import yaml
 from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kielnet.data.splits import crc32_buckets
 from kielnet.errors import ConfigError, InputError
 
 __all__ = ["Condition", "Cut", "Selection", "CutCount", "SelectionReport", "load_selection", "star_columns",
            "select_stars",
-           "GAIA_RVS_SAMPLE_CUTS", "GAIA_RVS_TRAINING_CUTS"]
+           "GAIA_RVS_SAMPLE_CUTS", "GAIA_RVS_TRAINING_CUTS", "XP_TRAIN", "XP_TEST_FIFTH", "SELECTIONS"]
 
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
 Op = Literal["<", "<=", ">", ">=", "==", "!=", "bit_clear", "bit_set", "is_true", "is_false", "is_null"]
@@ -113,6 +114,10 @@ class Cut(_Strict):
     op: Op
     value: Scalar | None = None
     divide_by: str | None = None
+    hash_modulus: int | None = Field(
+        default=None, ge=2, description="if given, the cut tests crc32(text of column) % hash_modulus: a "
+                                        "reproducible split by id (e.g. the XP test fifth: column id, "
+                                        "hash_modulus 5, op '==', value 0)")
     when: Condition | None = None
     description: str = ""
 
@@ -130,6 +135,9 @@ class Cut(_Strict):
             raise ValueError(f"cut '{self.name}': operator '{self.op}' takes no value")
         if self.divide_by is not None and (self.op not in _COMPARE or isinstance(self.value, str)):
             raise ValueError(f"cut '{self.name}': divide_by needs a numeric comparison")
+        if self.hash_modulus is not None and (self.op not in _COMPARE or isinstance(self.value, (str, bool))
+                                              or not isinstance(self.value, int) or self.divide_by):
+            raise ValueError(f"cut '{self.name}': hash_modulus needs an integer comparison and no divide_by")
         return self
 
     def columns(self) -> list[str]:
@@ -173,6 +181,11 @@ class Cut(_Strict):
             bit = np.left_shift(np.array(1, dtype=data.dtype), np.array(self.value, dtype=data.dtype))
             is_set = np.bitwise_and(data, bit) != 0
             ok = ~miss & (~is_set if self.op == "bit_clear" else is_set)
+        elif self.hash_modulus is not None:
+            text = np.char.strip(np.asarray(values).astype(str))
+            miss = miss | (text == "")
+            buckets = crc32_buckets(text, self.hash_modulus)
+            ok = _compare(buckets, miss, self.op, self.value, self.column, source)
         else:
             if self.divide_by is not None:
                 den, dmiss = _column(table, self.divide_by, source)
@@ -390,9 +403,12 @@ def select_stars(table, selection: "Selection"):
 
 
 def load_selection(spec: str | Path | Mapping[str, Any]) -> Selection:
-    """A :class:`Selection` from a mapping, a YAML file path or YAML text."""
+    """A :class:`Selection` from a mapping, a registered name (:data:`SELECTIONS`, e.g.
+    ``gaia-rvs-training``, ``xp-train``), a YAML file path or YAML text."""
     if isinstance(spec, Mapping):
         return Selection.from_dict(spec)
+    if isinstance(spec, str) and spec in SELECTIONS:
+        return SELECTIONS[spec]
     text, source = str(spec), "<text>"
     path = Path(spec) if isinstance(spec, Path) or "\n" not in text else None
     if path is not None and path.suffix.lower() in (".yaml", ".yml"):
@@ -489,3 +505,25 @@ GAIA_RVS_TRAINING_CUTS = Selection(
     description="Guiglion et al. 2024 §2.1-2.5: Gaia-RVS hybrid CNN training sample "
                 "(Gaia DR3 cuts, APOGEE DR17 label quality, S/N, astrometry)",
     cuts=_SAMPLE_CUTS + _APOGEE_CUTS + _TRAINING_ONLY_CUTS)
+
+
+# ------------------------------------------------------------ XP library split
+#: the XP library's fixed test fifth: crc32(APOGEE id) % 5 == 0 (benchmarks/xp_library.py)
+XP_TEST_FIFTH = Selection(
+    name="xp_test_fifth", description="the XP library's test fifth: crc32(id) % 5 == 0 (score here once per "
+                                      "released configuration)",
+    cuts=[Cut(name="test_fifth", column="id", op="==", value=0, hash_modulus=5,
+              description="crc32(APOGEE id) % 5 == 0")])
+#: the other four fifths: what models, epochs and thresholds are chosen on
+XP_TRAIN = Selection(
+    name="xp_train", description="the XP library's training part: crc32(id) % 5 != 0",
+    cuts=[Cut(name="not_test_fifth", column="id", op="!=", value=0, hash_modulus=5,
+              description="crc32(APOGEE id) % 5 != 0")])
+
+#: selections by name (``kielnet train/predict/evaluate --select NAME``)
+SELECTIONS: dict[str, Selection] = {
+    "gaia-rvs-training": GAIA_RVS_TRAINING_CUTS,
+    "gaia-rvs-sample": GAIA_RVS_SAMPLE_CUTS,
+    "xp-train": XP_TRAIN,
+    "xp-test-fifth": XP_TEST_FIFTH,
+}

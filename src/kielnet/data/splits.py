@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["crc32_holdout", "group_split", "ensemble_heldout", "random_subset"]
+__all__ = ["crc32_holdout", "crc32_buckets", "group_split", "ensemble_heldout", "random_subset"]
 
 
 def crc32_holdout(ids: np.ndarray, modulus: int = 5, remainder: int = 0) -> np.ndarray:
@@ -19,8 +19,13 @@ def crc32_holdout(ids: np.ndarray, modulus: int = 5, remainder: int = 0) -> np.n
     Deterministic across machines and Python versions; used for the fixed test set
     of the XP-library benchmark (modulus 5, remainder 0 → 20 % of stars).
     """
-    return np.array([zlib.crc32(str(i).strip().encode()) % modulus == remainder for i in ids],
-                    dtype=bool)
+    return crc32_buckets(ids, modulus) == remainder
+
+
+def crc32_buckets(ids: np.ndarray, modulus: int) -> np.ndarray:
+    """``zlib.crc32(id.strip()) % modulus`` per star (int64): a reproducible split by id."""
+    return np.fromiter((zlib.crc32(str(i).strip().encode()) % modulus for i in np.asarray(ids).tolist()),
+                       dtype=np.int64, count=len(ids))
 
 
 def group_split(ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

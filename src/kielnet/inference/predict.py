@@ -19,7 +19,6 @@ valid range gives NaN labels and a flag naming the reason, and a row with status
 
 from __future__ import annotations
 
-import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
@@ -27,6 +26,7 @@ from kielnet.compute import DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, memb
 from kielnet.compute.realisations import DEFAULT_BLOCK_ROWS
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import InputError, UsageError
+from kielnet.labels import astropy_unit
 from kielnet.data.startable import StarTable
 from kielnet.inference.bundle import Bundle
 from kielnet.inference.quality import add_quality_columns
@@ -39,9 +39,6 @@ from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_f
 
 __all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions",
            "catalogue_meta", "enforce_status", "not_reported_reasons"]
-
-_UNITS = {"K": u.K, "dex": u.dex, "": None, "mag": u.mag, "mas": u.mas}
-
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                                preds: np.ndarray, noise_var: np.ndarray | None = None,
@@ -126,7 +123,8 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     for key, col in table.extra.items():
         cat[key] = col
     for j, lab in enumerate(cfg.labels):
-        unit = _UNITS.get(lab.unit, None)
+        info = lab.info
+        unit = astropy_unit(info.unit)
         rd = bundle.running_dispersion.get(lab.name)
         run = rd(mean[:, j]) if rd is not None else np.zeros(len(table))
         cat[lab.name] = mean[:, j]
@@ -152,7 +150,7 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         for c in (lab.name, f"e_{lab.name}", f"sigma_{lab.name}"):
             if unit is not None:
                 cat[c].unit = unit
-        cat[lab.name].description = f"{lab.name}: mean of {preds.shape[0]} ensemble members"
+        cat[lab.name].description = f"{info.description} ({lab.name}): mean of {preds.shape[0]} ensemble members"
         cat[f"e_{lab.name}"].description = f"model-to-model dispersion of {lab.name}"
         cat[f"sigma_{lab.name}"].description = (f"total uncertainty of {lab.name} (e_ + running dispersion)"
                                                 if sm is None else f"total uncertainty of {lab.name}: {sm.describe()}")

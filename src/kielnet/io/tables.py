@@ -54,7 +54,7 @@ from kielnet.io.paths import check_readable
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
            "KNOWN_LABELS", "atomic_write_table", "read_catalogue", "ColumnPlan", "column_plan",
            "build_startable", "arrow_to_table", "TABLE_SUFFIXES", "table_format", "fits_table_rows",
-           "astropy_parquet_metadata"]
+           "astropy_parquet_metadata", "read_reference_columns"]
 
 KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
 _ID_CANDIDATES = ("id", "source_id", "apogee_id", "star_id")
@@ -750,3 +750,36 @@ def _units_from_tcomm(path: Path, tab: Table) -> None:
 def write_table(st: StarTable, path: str | Path) -> Path:
     """Write a star table (FITS / Parquet / ECSV; CSV cannot hold spectra) atomically."""
     return atomic_write_table(startable_to_table(st), path)
+
+
+def read_reference_columns(path: str | Path) -> dict[str, np.ndarray]:
+    """The 1-D columns of a reference-label catalogue (FITS, Parquet, CSV/ECSV, VOTable,
+    HDF5; e.g. APOGEE allStar, GALAH, a seismic catalogue) by name, masked cells as
+    masked arrays — what :func:`kielnet.data.label_columns.join_labels` joins to the
+    spectra. Multi-dimensional columns are left out. Errors name the file."""
+    source = check_readable(path)
+    try:
+        tab = read_catalogue(path)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read the reference catalogue ({type(exc).__name__}: {exc})",
+                         source=source) from exc
+    out: dict[str, np.ndarray] = {}
+    for n in tab.colnames:
+        col = tab[n]
+        if col.ndim != 1:
+            continue
+        data = np.asarray(np.ma.getdata(col))
+        mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) or hasattr(col, "mask") else None
+        if data.dtype.kind in "SU":
+            data = np.char.strip(as_text(col, source=source, field=n))
+        if mask is not None and mask.any():
+            if data.dtype.kind == "f":
+                data = np.where(mask, np.nan, data)
+            elif data.dtype.kind in "iu":  # ids keep every digit as text; empty cells are ""
+                data = np.where(mask, "", data.astype(str))
+            else:
+                data = np.where(mask, "", data.astype(str))
+        out[n] = data
+    return out

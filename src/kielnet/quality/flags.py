@@ -78,9 +78,15 @@ UNLABELLED_BITS = ("bad_spectrum", "implausible_spectrum", "prediction_failed", 
                    "missing_input_unlabelled")
 
 
+#: bits of 'label j outside its training range': 8-15 for the first eight labels, then 20-62
+LABEL_BITS: tuple[int, ...] = tuple(range(LABEL_BIT0, 16)) + tuple(range(20, 63))
+
+
 def label_bit(j: int) -> int:
-    """Bit index of 'label j outside its training range'."""
-    return LABEL_BIT0 + j
+    """Bit index of 'label j outside its training range' (``j`` < 51)."""
+    if not 0 <= j < len(LABEL_BITS):
+        raise ValueError(f"label index {j} has no flag bit (at most {len(LABEL_BITS)} labels)")
+    return LABEL_BITS[j]
 
 
 def flag_names(label_names: list[str]) -> dict[int, str]:

@@ -165,6 +165,9 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
     members that record that split. ``config``: a config whose ``uncertainty`` and
     ``quality.neighbours`` sections replace the bundle's (the rest must not differ).
     """
+    from kielnet.data.label_columns import resolve_labels
+
+    table = resolve_labels(table, bundle.config.label_vocabulary)
     if selection is not None:
         from kielnet.data.selection import select_stars
 

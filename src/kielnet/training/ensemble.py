@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from kielnet.config import KielnetConfig
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.fingerprint import describe_differences, dict_differences, table_fingerprint
+from kielnet.data.label_columns import resolve_labels
 from kielnet.data.startable import StarTable
 from kielnet.data.weighting import kde_inverse_density_weights
 from kielnet.errors import InputError, RunMismatchError
@@ -237,6 +238,7 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
         its per-cut counts are logged and kept in the bundle (``training_data.selection``).
     """
     t0 = time.time()
+    table = resolve_labels(table, config.label_vocabulary)
     selection_report = None
     if selection is not None:
         from kielnet.data.selection import select_stars
