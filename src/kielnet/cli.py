@@ -27,7 +27,10 @@ DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP libr
              "with an 'id' column, an array column 'flux' (or CSV columns flux_0..flux_N) and "
              "scalar columns named as the model's inputs (magnitudes g, bp, rp, j, h, k in mag; "
              "parallax in mas)")
-LABELS_HELP = ("Labels and units: teff [K], logg [dex, cgs], fe_h [dex], alpha_m [dex]. For each label X "
+LABELS_HELP = ("Labels and units: those of the bundle's config (its 'labels': name, unit, display name, aliases; "
+               "any name - e.g. mg_fe [dex], ak_targ [mag] - kielnet's vocabulary gives known names their "
+               "unit: teff [K], logg [dex, cgs], fe_h / m_h / alpha_m [dex]); 'kielnet models' lists a "
+               "shipped bundle's labels. For each label X "
                "the catalogue holds X, e_X (model-to-model sigma; with noise realisations it includes their "
                "scatter) and sigma_X, the total sigma of the bundle's sigma model (config 'uncertainty', "
                "kielnet.quality.sigma): the terms uncertainty.terms add in quadrature - the members' spread, "

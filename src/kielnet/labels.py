@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import astropy.units as u
 
-__all__ = ["LabelInfo", "BUILTIN_LABELS", "label_info", "astropy_unit", "column_candidates"]
+__all__ = ["LabelInfo", "BUILTIN_LABELS", "DEFAULT_TABLE_LABELS", "label_info", "display_name", "astropy_unit", "column_candidates"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,10 @@ def _b(name: str, unit: str, display: str, description: str, *aliases: str) -> L
 BUILTIN_LABELS: dict[str, LabelInfo] = {b.name: b for b in (
     _b("teff", "K", r"$T_{\rm eff}$", "Effective temperature", "teff_spec", "teff_k", "t_eff"),
     _b("logg", "dex", r"$\log g$", "Surface gravity (log10 of g in cm s-2)", "log_g", "logg_spec"),
-    _b("fe_h", "dex", "[Fe/H]", "Iron abundance [Fe/H]", "feh", "fe_h_spec"),
-    _b("m_h", "dex", "[M/H]", "Overall metallicity [M/H]", "mh", "m_h_spec", "metallicity"),
+    _b("fe_h", "dex", "[Fe/H]", "Iron abundance [Fe/H]", "feh", "[fe/h]", "fe_h_spec"),
+    _b("m_h", "dex", "[M/H]", "Overall metallicity [M/H]", "mh", "[m/h]", "m_h_spec", "metallicity"),
     _b("alpha_m", "dex", r"[$\alpha$/M]", "Alpha-element enhancement [alpha/M]", "alpham", "alpha_fe",
-       "alpha_m_spec"),
+       "[alpha/m]", "[alpha/fe]", "alpha_m_spec"),
     _b("ak_targ", "mag", r"$A_K$", "K-band extinction A_K (APOGEE targeting, RJCE)", "a_k", "ak"),
     _b("ebv", "mag", r"$E(B-V)$", "Reddening E(B-V)", "e_bv"),
     _b("vmic", "km / s", r"$v_{\rm mic}$", "Microturbulent velocity", "vmicro"),
@@ -60,6 +60,12 @@ BUILTIN_LABELS: dict[str, LabelInfo] = {b.name: b for b in (
     _b("mass", "solMass", r"$M$", "Stellar mass", "m"),
     _b("age", "Gyr", "age", "Stellar age"),
 )}
+
+
+#: columns of a plain table read as reference labels without a config (any other label,
+#: e.g. ``mg_fe``, is found in the table's other columns by the config that learns it:
+#: :func:`kielnet.data.label_columns.resolve_labels`)
+DEFAULT_TABLE_LABELS: tuple[str, ...] = ("teff", "logg", "fe_h", "m_h", "alpha_m")
 
 
 def label_info(name: str, *, unit: str | None = None, display: str | None = None,
@@ -76,6 +82,12 @@ def label_info(name: str, *, unit: str | None = None, display: str | None = None
                   description=base.description if description is None else description)
     extra = tuple(a for a in aliases if a not in out.aliases)
     return replace(out, aliases=out.aliases + extra) if extra else out
+
+
+def display_name(name: str) -> str:
+    """Plot-axis name of a label known by name (:data:`BUILTIN_LABELS`, abundances such as
+    ``mg_fe`` → ``[Mg/Fe]``), else the name itself."""
+    return label_info(name).display
 
 
 def _abundance(name: str) -> LabelInfo | None:

@@ -23,13 +23,13 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from kielnet.diagnostics.metrics import CURVE_K, calibration_report, label_metrics
+from kielnet.labels import display_name
 
 __all__ = ["save_png", "snr_bins", "kiel_by_snr", "residual_density", "sigma_vs_label", "sigma_vs_snr",
            "calibration_figure", "correlation_matrix", "alpha_vs_metal_kiel_bins", "alpha_vs_metal_rz",
-           "flag_statistics", "seismic_comparison", "cluster_comparison", "TEX"]
+           "flag_statistics", "seismic_comparison", "cluster_comparison"]
 
 #: axis names of the usual labels
-TEX = {"teff": r"$T_{\rm eff}$", "logg": r"$\log g$", "fe_h": "[Fe/H]", "m_h": "[M/H]", "alpha_m": r"[$\alpha$/M]"}
 #: S/N bins of Gaia-RVS Fig. 11
 RVS_SNR_EDGES = (15.0, 25.0, 35.0, 75.0, np.inf)
 GRID = 70  # hexagons across an axis, at most
@@ -42,7 +42,7 @@ def _grid(n: int) -> int:
 
 def _name(label: str, units: dict[str, str] | None = None) -> str:
     u = (units or {}).get(label, "")
-    return TEX.get(label, label) + (f" [{u}]" if u else "")
+    return display_name(label) + (f" [{u}]" if u else "")
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
@@ -124,7 +124,7 @@ def kiel_by_snr(teff, logg, metal, path: str | Path, *, snr=None, metal_name: st
         ax.set_xlabel(_name("teff", {"teff": "K"}))
     if coll is not None:
         fig.colorbar(coll, ax=list(axes), label=f"median {_name(metal_name, {metal_name: 'dex'})}")
-    fig.suptitle(f"{title}: coloured by {TEX.get(metal_name, metal_name)}; grey: no {TEX.get(metal_name, metal_name)}"
+    fig.suptitle(f"{title}: coloured by {display_name(metal_name)}; grey: no {display_name(metal_name)}"
                  " reported", fontsize=10)
     return save_png(fig, path)
 
@@ -194,7 +194,7 @@ def sigma_vs_label(values: dict[str, np.ndarray], sigma: dict[str, np.ndarray], 
         x, s = _f(values[name]), _f(sigma[name])
         ok = np.isfinite(x) & np.isfinite(s) & (s > 0)
         ax.set_xlabel(_name(name, units))
-        ax.set_ylabel(f"{kind}({TEX.get(name, name)})" + (f" [{units[name]}]" if units and units.get(name) else ""))
+        ax.set_ylabel(f"{kind}({display_name(name)})" + (f" [{units[name]}]" if units and units.get(name) else ""))
         if not ok.any():
             _empty(ax)
             continue
@@ -218,7 +218,7 @@ def sigma_vs_snr(sigma: dict[str, np.ndarray], snr, path: str | Path, *, units: 
         s = _f(sigma[name])
         ok = np.isfinite(s) & (s > 0) & np.isfinite(s_n) & (s_n > 0)
         ax.set_xlabel(snr_name)
-        ax.set_ylabel(f"σ({TEX.get(name, name)})" + (f" [{units[name]}]" if units and units.get(name) else ""))
+        ax.set_ylabel(f"σ({display_name(name)})" + (f" [{units[name]}]" if units and units.get(name) else ""))
         if not ok.any():
             _empty(ax)
             continue
@@ -258,7 +258,7 @@ def calibration_figure(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray], 
                 top.plot(ks, [np.mean(np.abs(res[m]) < k * s[m]) for k in ks], ".-", lw=0.8, color=f"C{q + 1}",
                          label=bname.replace("_", " "))
         top.set_xlabel("k"); top.set_ylabel("fraction with |Δ| < kσ")
-        top.set_title(TEX.get(name, name)); top.legend(fontsize=6)
+        top.set_title(display_name(name)); top.legend(fontsize=6)
         bins = rep.get("snr_bins", {})
         if bins:
             labels = list(bins)
@@ -374,7 +374,7 @@ def alpha_vs_metal_kiel_bins(teff, logg, metal, alpha, path: str | Path, *, meta
         ax.set_xlabel(_name(metal_name, {metal_name: "dex"}))
     for ax in axes[::ncol]:
         ax.set_ylabel(_name("alpha_m", {"alpha_m": "dex"}))
-    fig.suptitle(f"[α/M] vs {TEX.get(metal_name, metal_name)} in cells of {teff_step:.0f} K × {logg_step:g} dex",
+    fig.suptitle(f"[α/M] vs {display_name(metal_name)} in cells of {teff_step:.0f} K × {logg_step:g} dex",
                  fontsize=10)
     return save_png(fig, path)
 
@@ -484,5 +484,5 @@ def cluster_comparison(stats, path: str | Path, *, label: str = "fe_h", referenc
     else:
         _empty(ax, "no cluster members with values")
     ax.set_ylabel(_name(label, {label: "dex"}))
-    ax.set_title(f"{TEX.get(label, label)} per open cluster", fontsize=10)
+    ax.set_title(f"{display_name(label)} per open cluster", fontsize=10)
     return save_png(fig, path)

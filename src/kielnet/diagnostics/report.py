@@ -33,18 +33,19 @@ from astropy.table import Table
 from kielnet.diagnostics import external, figures
 from kielnet.diagnostics.crossmatch import comparison_table, crossmatch, matched_table, reference_regimes
 from kielnet.quality.flags import FLAG_BITS, UNLABELLED_BITS, flag_names
+from kielnet.labels import astropy_unit, column_candidates, label_info
 
-__all__ = ["Report", "read_catalogue_columns", "drawable", "reference_table", "make_report", "LABEL_ALIASES"]
+__all__ = ["Report", "read_catalogue_columns", "drawable", "reference_table", "make_report", "label_aliases"]
 
-KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
-#: names reference catalogues use for kielnet's labels (case-insensitive)
-LABEL_ALIASES = {"teff": ("teff", "teff_spec", "teff_k"), "logg": ("logg", "log_g", "logg_spec"),
-                 "fe_h": ("fe_h", "feh", "[fe/h]", "fe_h_spec"), "m_h": ("m_h", "mh", "[m/h]"),
-                 "alpha_m": ("alpha_m", "alpha_fe", "[alpha/m]", "[alpha/fe]", "alpha_m_spec")}
 NUMAX_NAMES = ("numax", "nu_max", "numax_uhz")
 CLUSTER_NAMES = ("cluster", "cluster_name", "cluster_id", "oc")
 SNR_NAMES = ("snr_spectrum", "snr", "s_n", "rvs_spec_sig_to_noise")
-_UNIT = {"teff": "K", "logg": "dex", "fe_h": "dex", "m_h": "dex", "alpha_m": "dex"}
+
+
+def label_aliases(name: str) -> tuple[str, ...]:
+    """Column names a reference catalogue may use for label ``name`` (case-insensitive):
+    the name and its aliases in the label vocabulary (:mod:`kielnet.labels`)."""
+    return column_candidates(label_info(name))
 
 
 @dataclass
@@ -174,8 +175,9 @@ def reference_table(stars, *, scalars: Sequence[str] = ("snr", "g")) -> Table:
             t[k] = v
     for k, v in stars.labels.items():
         t[k] = np.asarray(v, dtype=float)
-        if k in _UNIT:
-            t[k].unit = u.Unit(_UNIT[k])
+        unit = astropy_unit(label_info(k).unit)
+        if unit is not None:
+            t[k].unit = unit
         if k in stars.label_errs:
             t[f"{k}_err"] = np.asarray(stars.label_errs[k], dtype=float)
     for k in scalars:
@@ -305,7 +307,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
         A kielnet catalogue: a path (Parquet / FITS / CSV / ECSV) or an astropy Table.
     references
         Reference catalogues (paths or Tables) with labels (``teff`` [K], ``logg``, ``fe_h``,
-        ``m_h``, ``alpha_m`` [dex], or the aliases of :data:`LABEL_ALIASES`) and optionally
+        ``m_h``, ``alpha_m`` [dex], or the aliases of :func:`label_aliases`) and optionally
         ``numax`` [µHz], ``cluster``, ``ra``/``dec`` [deg], ``parallax`` [mas]; matched by
         id or position (``match_by``, ``radius``; :func:`~kielnet.diagnostics.crossmatch.crossmatch`).
     bundle, stars
@@ -329,7 +331,10 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
 
         bundle = load_bundle(bundle)
     labels = _label_names(cat, label_names or (bundle.config.label_names if bundle is not None else None))
-    units = {n: (cat[n].unit.to_string() if cat[n].unit is not None else _UNIT.get(n, "")) for n in labels}
+    vocab = {n: label_info(n) for n in labels}
+    if bundle is not None:
+        vocab.update({n: i for n, i in bundle.config.label_vocabulary.items() if n in vocab})
+    units = {n: (cat[n].unit.to_string() if cat[n].unit is not None else vocab[n].unit) for n in labels}
     draw = drawable(cat, accept)
     vals = {n: np.where(draw, _floats(cat[n]), np.nan) for n in labels}
     sig = {n: np.where(draw & np.isfinite(vals[n]), _floats(cat[f"sigma_{n}"]), np.nan)
@@ -387,7 +392,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
     for name, joined, m in matched:
         ref_lab = {}
         for lab in labels:
-            col = _find(joined.colnames, LABEL_ALIASES.get(lab, (lab,)))
+            col = _find(joined.colnames, column_candidates(vocab[lab]))
             if col is not None and joined[col].dtype.kind in "fiu":
                 ref_lab[lab] = _floats(joined[col])
         if not ref_lab:
@@ -461,7 +466,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
         c = _find(tab.colnames, NUMAX_NAMES)
         if c is None or "logg" not in labels:
             continue
-        tcol = _find(tab.colnames, LABEL_ALIASES["teff"]) if name != "catalogue" else None
+        tcol = _find(tab.colnames, label_aliases("teff")) if name != "catalogue" else None
         teff = _floats(tab[tcol]) if tcol else vals.get("teff", np.full(len(cat), np.nan))
         seis = external.seismic_logg(_floats(tab[c]), teff)
         figs["seismic"] = figures.seismic_comparison(vals["logg"], seis, out / "seismic_logg.png", teff=teff)

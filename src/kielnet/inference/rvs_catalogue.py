@@ -44,6 +44,7 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
+from kielnet.labels import astropy_unit, label_info
 from kielnet.errors import InputError
 from kielnet.io.tables import atomic_write_table
 from kielnet.quality.boundary import describe_boundary_flag, parse_boundary_flags
@@ -69,8 +70,10 @@ RVS_COLUMNS: tuple[str, ...] = ("source_id",) + tuple(
     c for name, *_ in RVS_LABELS for c in (name, f"e{name}", f"sigma_{name}")) + ("flag_boundary",)
 
 # units of kielnet's own columns that are accepted as the same numbers
-_ACCEPTED_UNITS = {"teff": (u.K,), "logg": (u.dex, LOGG_UNIT), "m_h": (u.dex,), "fe_h": (u.dex,),
-                   "alpha_m": (u.dex,)}
+# (kielnet's label vocabulary, plus the published log g unit); the Table-2 names and descriptions
+# are the paper's published schema and stay as published
+_ACCEPTED_UNITS = {label: tuple(x for x in dict.fromkeys((astropy_unit(label_info(label).unit), unit)) if x is not None)
+                   for _, label, unit, _ in RVS_LABELS}
 
 
 def _source_ids(source_id, n: int) -> np.ndarray:

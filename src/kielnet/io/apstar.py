@@ -248,7 +248,7 @@ def _table(records: list[dict[str, Any]], wave: np.ndarray, clip_factor: float) 
                "n_clipped_err": n_clipped,
                "n_bad_err": n_bad,
                "n_flagged_mask": np.array([r["n_flagged"] for r in records], dtype=np.int64)},
-        meta={"source": ",".join(str(r["path"]) for r in records), "loader": "apstar"},
+        meta={"source": ",".join(str(r["path"]) for r in records), "loader": "apstar", "id_kind": "apogee_id"},
     )
 
 

@@ -46,6 +46,7 @@ from astropy.table import Table
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.labels import DEFAULT_TABLE_LABELS
 from kielnet.io.atomic import atomic_path
 from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_floats, read_error_message,
                                truncation_as_error)
@@ -56,7 +57,7 @@ __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "star
            "build_startable", "arrow_to_table", "TABLE_SUFFIXES", "table_format", "fits_table_rows",
            "astropy_parquet_metadata", "read_reference_columns"]
 
-KNOWN_LABELS = ("teff", "logg", "fe_h", "m_h", "alpha_m")
+KNOWN_LABELS = DEFAULT_TABLE_LABELS  # (kept name) columns read as labels without a config
 _ID_CANDIDATES = ("id", "source_id", "apogee_id", "star_id")
 _FORMATS = {".fits": "fits", ".fit": "fits", ".fz": "fits", ".parquet": "parquet", ".pq": "parquet",
             ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}

@@ -174,4 +174,4 @@ def load_xp_library(path: str | Path | None = None) -> StarTable:
     extra = {"source_id": source_id.astype(np.int64), "medflux": floats("medflux")}
     return StarTable(ids=ids, flux=flux, flux_err=flux_err, wavelength=wave * u.nm,
                      scalars=scalars, labels=labels, label_errs=errs, extra=extra,
-                     meta={"source": source, "loader": "xp_library"})
+                     meta={"source": source, "loader": "xp_library", "id_kind": "apogee_id"})

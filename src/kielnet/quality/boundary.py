@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 import astropy.units as u
 import numpy as np
 
+from kielnet.labels import astropy_unit, label_info
 from kielnet.errors import InputError
 
 __all__ = ["BOUNDARY_DIGITS", "BOUNDARY_LABELS", "TABLE1_LABEL_RANGES", "TABLE1_G_RANGE",
@@ -159,7 +160,7 @@ def boundary_flags(labels: Mapping[str, np.ndarray], label_ranges: Mapping[str, 
     missing = [name for name in BOUNDARY_LABELS if name not in label_ranges]
     if missing:
         raise InputError(f"training ranges are missing for {missing}", field=missing[0])
-    units = {"teff": u.K, "logg": u.dex, "m_h": u.dex, "alpha_m": u.dex, "fe_h": u.dex}
+    units = {name: astropy_unit(label_info(name).unit) for name in BOUNDARY_LABELS}
     first = _values(labels[BOUNDARY_LABELS[0]], u.K, BOUNDARY_LABELS[0], None)
     n = len(first)
     digits = np.empty((n, len(BOUNDARY_DIGITS)), dtype=np.uint8)

@@ -239,6 +239,8 @@ def train_ensemble(table: StarTable, config: KielnetConfig, *, workdir: str | Pa
     """
     t0 = time.time()
     table = resolve_labels(table, config.label_vocabulary)
+    if table.meta.get("label_columns"):
+        log("labels read from columns: " + ", ".join(f"{n} <- {c}" for n, c in table.meta["label_columns"].items()))
     selection_report = None
     if selection is not None:
         from kielnet.data.selection import select_stars
