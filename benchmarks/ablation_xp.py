@@ -31,12 +31,12 @@ from kielnet.compute import member_predictions
 from kielnet.config import load_config
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.selection import load_selection, star_columns
-from kielnet.data.splits import ensemble_heldout
 from kielnet.diagnostics.metrics import label_metrics
 from kielnet.io import XP_LIBRARY, read_stars
 from kielnet.pipeline import holdout_split
-from kielnet.training.ensemble import sample_weights
-from kielnet.training.trainer import build_model, train_member
+from kielnet.artifact import build_network
+from kielnet.training.plan import sample_weights, training_rows
+from kielnet.training.trainer import train_member
 from kielnet.training.tuning import apply_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,7 +94,7 @@ def run_variant(name: str, cfg, train, rows, held, seed: int, workdir: Path, sel
     res = train_member(cfg, prep, tr, va, weights, n_pix=pre.n_pix or 0, branch_widths=pre.branch_widths(),
                        seed=seed, checkpoint=workdir / name.replace("+", "_"), progress=True, preprocessor=pre)
     seconds = time.time() - t0
-    net = build_model(cfg, pre.n_pix or 0, pre.branch_widths(), seed)
+    net = build_network(cfg, pre.n_pix or 0, pre.branch_widths(), seed=seed)
     net.load_state_dict(res.state_dict)
     net.eval()
     sub = pre.transform(train.take(va), with_labels=False)
@@ -123,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     wd = Path(args.workdir) / f"epochs{args.epochs}_seed{args.seed}"
     wd.mkdir(parents=True, exist_ok=True)
     # one split of the training stars for every variant: rows with a spectrum and a label
-    pre0 = Preprocessor(base).fit(train)
-    prep0 = pre0.transform(train)
-    rows = np.flatnonzero(~prep0.bad_spectrum & np.isfinite(prep0.targets).any(axis=1))
-    held = ensemble_heldout(train.ids[rows], 1, base.training.val_fraction, base.ensemble.seed)[:, 0]
+    split = training_rows(train, base, Preprocessor(base).fit(train), log=lambda *_: None, n_splits=1)
+    rows, held = split.rows, split.heldout[:, 0]
     out_path = Path(args.out)
     done = json.loads(out_path.read_text()).get("variants", {}) if out_path.is_file() else {}
     for name in args.variants:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kielnet.config import load_config
-from kielnet.inference.bundle import save_bundle
+from kielnet.artifact import save_bundle
 from kielnet.inference.predict import predict
 from kielnet.inference.uncertainty import robust_sigma
 from kielnet.io import load_payne_emulator

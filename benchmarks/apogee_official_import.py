@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     commit, dirty = git_commit(), git_dirty()
     from astropy.table import Table
 
-    from kielnet.inference.bundle import load_bundle, save_bundle
+    from kielnet.artifact import load_bundle, save_bundle
     from kielnet.inference.predict import predict
     from kielnet.inference.streaming import predict_to_file
     from kielnet.interop.apogeenet2 import import_apogeenet2

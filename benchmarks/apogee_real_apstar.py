@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kielnet.inference.bundle import load_bundle
+from kielnet.artifact import load_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import load_payne_emulator, read_apstar
 from kielnet.io.emulator import load_payne_spectra

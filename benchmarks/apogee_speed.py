@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kielnet.inference.bundle import load_bundle
+from kielnet.artifact import load_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import load_payne_emulator
 from kielnet.simulation import sample_labels, simulate

@@ -27,7 +27,7 @@ import numpy as np
 
 from kielnet.config import load_config
 from kielnet.diagnostics.metrics import label_metrics
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import XP_LIBRARY, read_stars, load_xp_library
 from kielnet.io.tables import atomic_write_table

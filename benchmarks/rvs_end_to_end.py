@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from kielnet.config import load_config
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import member_predictions, predict
 from kielnet.inference.quality import tsne_unlike
 from kielnet.inference.rvs_catalogue import to_rvs_catalogue, write_rvs_catalogue

@@ -48,7 +48,7 @@ import numpy as np
 
 from kielnet.config import KielnetConfig, load_config
 from kielnet.diagnostics.metrics import label_metrics
-from kielnet.inference.bundle import save_bundle
+from kielnet.artifact import save_bundle
 from kielnet.inference.predict import predict
 from kielnet.quality.boundary import parse_boundary_flags
 from kielnet.quality.embedding import agreement

@@ -67,7 +67,8 @@ from kielnet.config import load_config
 from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.startable import StarTable
 from kielnet.models.hybrid import HybridNet
-from kielnet.training.trainer import _make_optimizer, build_model, masked_loss, train_member
+from kielnet.artifact import build_network
+from kielnet.training.trainer import _make_optimizer, masked_loss, train_member
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
@@ -258,7 +259,7 @@ def train_rates(name: str, n_train: int, repeats: int) -> dict:
                      on_epoch=lambda rec: stamps.append(time.perf_counter()))
         return stamps[1] - stamps[0]
 
-    model = build_model(cfg, n_pix, widths, 1)
+    model = build_network(cfg, n_pix, widths, seed=1)
     opt = _make_optimizer(model, tcfg)
     spec, err = torch.from_numpy(prep.spectrum), torch.from_numpy(prep.spectrum_err)
     brs = [torch.from_numpy(prep.branches[k]) for k in model.branch_names]
@@ -356,7 +357,7 @@ def _catalogue_data(name: str, n_train: int, n_test: int):
 
 
 def catalogue_change(name: str, quick: bool, bundle_path: str | None) -> dict:
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
     from kielnet.inference.predict import predict
     from kielnet.training.ensemble import train_ensemble
 

@@ -296,7 +296,7 @@ def earlier_seed_statistics(per_seed: list[dict], files: list[str], cfg, names: 
     """Seed mean of the robust σ including earlier runs of the same training configuration
     (their result files): each must have trained the same members' config (the
     sections that determine the members) with a seed not run here."""
-    from kielnet.training.ensemble import _comparable_config
+    from kielnet.training.plan import _comparable_config
 
     def members_config(c: dict) -> dict:
         d = _comparable_config(c)

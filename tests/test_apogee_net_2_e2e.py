@@ -15,7 +15,7 @@ import torch
 from kielnet.config import load_config
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.startable import StarTable
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.quality.flags import FLAG_BITS
 

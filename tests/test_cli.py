@@ -244,7 +244,7 @@ def test_sensitivity_writes_maps_and_figures(capsys, tiny_bundle_dir, xp_subset_
 def test_calibrate_refits_a_bundle_on_its_training_stars(capsys, tiny_holdout, tiny_bundle_dir, tmp_path):
     """kielnet calibrate: the same training table gives the same out-of-fold fits; a changed
     setting is applied; another table is refused with exit code 2."""
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
 
     train = tmp_path / "train.fits"
     startable_to_table(tiny_holdout.train).write(train)

@@ -16,7 +16,7 @@ import pytest
 
 import kielnet.inference.streaming as streaming
 from kielnet.cli import main
-from kielnet.inference.bundle import save_bundle
+from kielnet.artifact import save_bundle
 from kielnet.io import read_catalogue, write_table
 
 from conftest import synthetic_table
@@ -80,7 +80,7 @@ def test_sigkilled_run_resumes_to_exactly_the_uninterrupted_output(files, tmp_pa
     assert "different run" in capsys.readouterr().err
     other = tmp_path / "bundle2"
     shutil.copytree(files["bundle"], other)
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
 
     b2 = load_bundle(other)
     key = next(iter(b2.members[0]))

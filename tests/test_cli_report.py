@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from kielnet.cli import main
-from kielnet.inference.bundle import save_bundle
+from kielnet.artifact import save_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import atomic_write_table, write_table
 from kielnet.diagnostics.report import reference_table

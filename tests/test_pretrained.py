@@ -1,4 +1,4 @@
-"""The pretrained model shipped inside the package (kielnet.pretrained)."""
+"""The pretrained model shipped inside the package (kielnet.artifact.registry)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from kielnet.cli import main
-from kielnet.inference.bundle import load_bundle
+from kielnet.artifact import load_bundle
 from kielnet.inference.predict import predict
 import pyarrow.parquet as pq
-from kielnet.pretrained import MODELS_DIR, available, model_card, resolve_bundle
+from kielnet.artifact.registry import MODELS_DIR, available, model_card, resolve_bundle
 
 NAME = "xp-apogee-dr17"
 

@@ -178,7 +178,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from kielnet.pretrained import available, model_card
+    from kielnet.artifact.registry import available, model_card
 
     models = available()
     if not models:
@@ -195,7 +195,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from kielnet.inference.bundle import save_bundle
+    from kielnet.artifact import save_bundle
     from kielnet.io import read_stars
     from kielnet.training.ensemble import train_ensemble
 
@@ -225,7 +225,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from kielnet.inference.bundle import load_bundle, save_bundle
+    from kielnet.artifact import load_bundle, save_bundle
     from kielnet.io import read_stars
     from kielnet.io.outputs import check_output_dir
     from kielnet.training.calibrate import recalibrate
@@ -255,7 +255,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_import_weights(args) -> int:
-    from kielnet.inference.bundle import load_bundle, save_bundle
+    from kielnet.artifact import load_bundle, save_bundle
     from kielnet.interop import IMPORTERS, MODEL_CARDS
     from kielnet.io.atomic import atomic_write_text
     from kielnet.io.outputs import check_output_dir
@@ -273,7 +273,7 @@ def cmd_import_weights(args) -> int:
 
 
 def cmd_export_weights(args) -> int:
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
     from kielnet.interop import EXPORTERS
 
     bundle = load_bundle(args.bundle)
@@ -384,7 +384,7 @@ def _write_table2(summary, path) -> None:
 def cmd_predict(args) -> int:
     from kielnet.errors import UsageError
     from kielnet.inference import streaming
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
     from kielnet.io.outputs import check_output_file
 
     inputs = [args.data, *args.metadata, args.bundle]
@@ -422,7 +422,7 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from kielnet.diagnostics.metrics import metrics_table
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
     from kielnet.inference.predict import predict
     from kielnet.io import read_stars
     from kielnet.pipeline import catalogue_metrics
@@ -525,7 +525,7 @@ def cmd_report(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     from kielnet.diagnostics.sensitivity import gradient_maps, plot_branch_sensitivity, plot_sensitivity
-    from kielnet.inference.bundle import load_bundle
+    from kielnet.artifact import load_bundle
     from kielnet.inference.predict import predict
     from kielnet.io import read_stars
 
@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "bundle", None):  # a shipped model's name stands for its directory
-        from kielnet.pretrained import resolve_bundle
+        from kielnet.artifact.registry import resolve_bundle
 
         args.bundle = str(resolve_bundle(args.bundle))
     try:

@@ -18,7 +18,7 @@ from kielnet.config import KielnetConfig
 from kielnet.data.splits import crc32_holdout
 from kielnet.data.startable import StarTable
 from kielnet.diagnostics.metrics import label_metrics
-from kielnet.inference.bundle import Bundle, save_bundle
+from kielnet.artifact import Bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.training.ensemble import train_ensemble
 

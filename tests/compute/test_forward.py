@@ -14,7 +14,8 @@ from kielnet.compute import EnsembleRunner, fused_supported, resolve_device, res
 from kielnet.compute.plan import FusedExecutor, conv_chunk_rows
 from kielnet.config import ModelConfig, load_config
 from kielnet.models.hybrid import HybridNet
-from kielnet.quality.embedding import FusionCapture, fusion_embeddings
+from kielnet.compute.embeddings import fusion_embeddings
+from kielnet.quality.embedding import FusionCapture
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kielnet.data.preprocess import Preprocessor
-from kielnet.training.trainer import _evaluate, _make_optimizer, build_model, masked_loss, train_member
+from kielnet.artifact import build_network
+from kielnet.training.trainer import _evaluate, _make_optimizer, masked_loss, train_member
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def setup(make_table, tiny_config_factory):
 def _reference_epoch(cfg, pre, prep, tr, seed):
     """The loop train_member ran before kielnet.compute (numpy batches, out-of-place noise)."""
     tcfg = cfg.training
-    model = build_model(cfg, pre.n_pix, pre.branch_widths(), seed)
+    model = build_network(cfg, pre.n_pix, pre.branch_widths(), seed=seed)
     opt = _make_optimizer(model, tcfg)
     w_all = np.ones(len(prep), np.float32)
     epoch = 0
@@ -60,7 +61,7 @@ def test_trainer_takes_the_reference_steps(setup):
 
 def test_validation_loss_equals_a_per_batch_module_evaluation(setup):
     cfg, pre, prep, tr, va = setup
-    model = build_model(cfg, pre.n_pix, pre.branch_widths(), 2)
+    model = build_network(cfg, pre.n_pix, pre.branch_widths(), seed=2)
     w = np.linspace(0.5, 2.0, len(prep)).astype(np.float32)
     tot = norm = 0.0
     model.eval()

@@ -12,7 +12,7 @@ import pytest
 import kielnet.inference.streaming as streaming
 from kielnet.data.source import TableSource
 from kielnet.errors import RunMismatchError
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.streaming import predict_to_file
 
 distributed = pytest.importorskip("distributed")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kielnet.config import KielnetConfig
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.quality.boundary import parse_boundary_flags
 from kielnet.quality.flags import FLAG_BITS

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kielnet.config import KielnetConfig, ReportingRule
 from kielnet.errors import ConfigError
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.quality.flags import FLAG_BITS
 

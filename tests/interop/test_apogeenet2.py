@@ -11,7 +11,7 @@ import torch
 
 from apogeenet2_reference import APOGEENet
 from kielnet.errors import InputError
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.interop.apogeenet2 import (ASTRA_INFLATION, export_apogeenet2, import_apogeenet2, official_shapes,
                                         read_official_state)

@@ -12,7 +12,9 @@ import torch
 from kielnet.config import ModelConfig
 from kielnet.data.preprocess import Prepared
 from kielnet.models.hybrid import HybridNet
-from kielnet.quality.embedding import EmbeddingOOD, agreement, fusion_embeddings
+from kielnet.compute.embeddings import (embedding_ood_member_scores, embedding_ood_scores, fit_embedding_ood,
+                                        fusion_embeddings)
+from kielnet.quality.embedding import EmbeddingOOD, agreement
 
 N_PIX, N_PHOT = 48, 4
 MODEL = {"spectrum": {"conv": [{"channels": 4, "kernel": 5, "pool": 2}, {"channels": 4, "kernel": 3, "pool": 2}],
@@ -49,7 +51,7 @@ def nets():
 @pytest.fixture(scope="module")
 def fitted(nets):
     train, _, _ = _groups()
-    return EmbeddingOOD().fit(nets, train)
+    return fit_embedding_ood(EmbeddingOOD(), nets, train)
 
 
 def test_hook_embedding_is_branch_concatenation(nets):
@@ -68,38 +70,59 @@ def test_hook_embedding_is_branch_concatenation(nets):
 
 def test_far_group_flagged_same_group_kept(nets, fitted):
     _, same, far = _groups()
-    s_same, s_far = fitted.score(nets, same), fitted.score(nets, far)
+    s_same, s_far = embedding_ood_scores(fitted, nets, same), embedding_ood_scores(fitted, nets, far)
     assert (s_far > 1).all(), s_far.min()
     assert (s_same <= 1).mean() >= 0.9, (s_same <= 1).mean()
-    assert fitted.member_scores(nets, far).shape == (2, 30)
-    np.testing.assert_array_equal(fitted.flag(nets, far), s_far > 1)
+    assert embedding_ood_member_scores(fitted, nets, far).shape == (2, 30)
 
 
 def test_state_round_trips(nets, fitted, tmp_path):
     _, same, far = _groups()
-    ref = fitted.score(nets, far)
+    ref = embedding_ood_scores(fitted, nets, far)
     back = EmbeddingOOD.from_dict(json.loads(json.dumps(fitted.to_dict())))
-    np.testing.assert_allclose(back.score(nets, far), ref)
+    np.testing.assert_allclose(embedding_ood_scores(back, nets, far), ref)
     loaded = EmbeddingOOD.load(fitted.save(tmp_path / "ood.safetensors"))
-    np.testing.assert_allclose(loaded.score(nets, same), fitted.score(nets, same))
+    np.testing.assert_allclose(embedding_ood_scores(loaded, nets, same), embedding_ood_scores(fitted, nets, same))
     assert loaded.n_members == 2 and loaded.n_reference == 300
 
 
 def test_subsample_and_member_checks(nets):
     train, _, far = _groups()
-    small = EmbeddingOOD(max_reference=50, random_state=3).fit(nets[0], train)
+    small = fit_embedding_ood(EmbeddingOOD(max_reference=50, random_state=3), nets[0], train)
     assert small.n_reference == 50 and small.n_train == 300
-    assert small.flag(nets[0], far).all()
+    assert (embedding_ood_scores(small, nets[0], far) > 1).all()
     with pytest.raises(ValueError, match="members"):
-        small.score(nets, far)
+        embedding_ood_scores(small, nets, far)
     with pytest.raises(ValueError, match="digests"):
-        small.score(nets[1], far)
+        embedding_ood_scores(small, nets[1], far)
+    embedding_ood_scores(small, nets[1], far, check=False)  # scoring other nets on purpose
+
+
+def test_reference_of_an_older_file_still_checks_its_members(nets):
+    """Embedding OOD files written before the artifact digest recorded a 16-digit SHA-1
+    of each member's raw bytes: they keep refusing other networks."""
+    import hashlib
+
+    train, _, far = _groups()
+    ood = fit_embedding_ood(EmbeddingOOD(max_reference=40), nets[0], train)
+
+    def sha1(net):
+        h = hashlib.sha1()
+        for k, v in sorted(net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    old = EmbeddingOOD.from_dict({**ood.to_dict(), "digests": [sha1(nets[0])]})
+    np.testing.assert_allclose(embedding_ood_scores(old, nets[0], far), embedding_ood_scores(ood, nets[0], far))
+    with pytest.raises(ValueError, match="digests"):
+        embedding_ood_scores(old, nets[1], far)
 
 
 def test_bad_spectra_excluded_from_reference(nets):
     train, _, _ = _groups()
     train.bad_spectrum[:100] = True
-    assert EmbeddingOOD().fit(nets[0], train).n_reference == 200
+    assert fit_embedding_ood(EmbeddingOOD(), nets[0], train).n_reference == 200
 
 
 def test_agreement_known_arrays():
@@ -129,7 +152,7 @@ def test_tsne_and_embedding_agree_on_far_group(nets, fitted):
     obs = np.vstack([same.spectrum, far.spectrum])
     res = tsne_training_like(train.spectrum, obs, perplexities=(30,),
                              tsne_kwargs={"n_iter": 200, "early_exaggeration_iter": 100})
-    fast_like = np.concatenate([~fitted.flag(nets, same), ~fitted.flag(nets, far)])
+    fast_like = np.concatenate([embedding_ood_scores(fitted, nets, same) <= 1, embedding_ood_scores(fitted, nets, far) <= 1])
     r = agreement(res.training_like, fast_like)
     assert r["fraction_agree"] >= 0.85 and r["kappa"] > 0.6, r
 
@@ -149,11 +172,11 @@ def test_scores_from_captured_embeddings_equal_recomputed_ones():
     b = train_ensemble(synthetic_table(n=100, seed=40), cfg, progress=False, log=lambda *_: None)
     nets = b.build_members()
     prep_tr = b.preprocessor.transform(synthetic_table(n=100, seed=40), with_labels=False)
-    ood = EmbeddingOOD(max_reference=80).fit(nets, prep_tr)
+    ood = fit_embedding_ood(EmbeddingOOD(max_reference=80), nets, prep_tr)
     prep = b.preprocessor.transform(synthetic_table(n=37, seed=41), with_labels=False)
     embs: list = []
     member_predictions(nets, prep, b.preprocessor.inverse_labels, batch_size=8, embeddings=embs)
     assert len(embs) == 2 and embs[0].shape[0] == 37
-    np.testing.assert_allclose(ood.member_scores_of(embs), ood.member_scores(nets, prep), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ood.member_scores_of(embs), embedding_ood_member_scores(ood, nets, prep), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         ood.member_scores_of(embs[:1])

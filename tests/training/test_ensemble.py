@@ -10,7 +10,8 @@ import torch
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
-from kielnet.training.ensemble import _load_member, member_seed, sample_weights, train_ensemble
+from kielnet.training.ensemble import train_ensemble
+from kielnet.training.plan import load_member, member_seed, sample_weights
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_workdir_resumes_finished_members(table, tiny_config, tmp_path):
     assert sum("resumed" in line for line in logs) == 2
     for a, b in zip(first.members, second.members):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _load_member(wd / "member_001.safetensors")[1].seed == member_seed(0, 0, 1)
+    assert load_member(wd / "member_001.safetensors")[1].seed == member_seed(0, 0, 1)
 
 
 def test_workdir_resumes_when_only_post_training_sections_change(table, tiny_config, tmp_path):

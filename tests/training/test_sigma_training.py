@@ -8,7 +8,7 @@ import torch
 
 from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.preprocess import Preprocessor
-from kielnet.inference.bundle import load_bundle, save_bundle
+from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.models.hybrid import LOG_SIGMA_RANGE, HybridNet, split_outputs
 from kielnet.pipeline import holdout_split, run_holdout

@@ -8,7 +8,8 @@ import torch
 
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import RunMismatchError
-from kielnet.training.trainer import build_model, checkpoint_file, masked_loss, train_member
+from kielnet.artifact import build_network
+from kielnet.training.trainer import checkpoint_file, masked_loss, train_member
 
 
 # ------------------------------------------------------------------ masked loss
@@ -85,7 +86,7 @@ def test_training_reduces_the_validation_loss(tiny_config, setup):
     assert res.best_val_loss == min(losses) < losses[0]
     assert res.history[res.best_epoch]["val_loss"] == res.best_val_loss
     # the returned weights are those of the best epoch
-    net = build_model(cfg, kw["n_pix"], kw["branch_widths"], 0)
+    net = build_network(cfg, kw["n_pix"], kw["branch_widths"], seed=0)
     net.load_state_dict(res.state_dict)
     from kielnet.training.trainer import _evaluate
     assert _evaluate(net, prep, va, w.astype(np.float32), "mse")[0] == pytest.approx(res.best_val_loss, rel=1e-5)
@@ -144,7 +145,7 @@ def test_weight_average_is_what_validation_judges_and_returns(tiny_config, setup
     avg = train_member(cfg.with_overrides(training={"ema_decay": 0.9}), prep, tr, va, w, seed=4, **kw)
     assert not _same_weights(avg.state_dict, raw.state_dict)
     # the returned weights are the average whose validation loss was recorded as best
-    net = build_model(cfg, kw["n_pix"], kw["branch_widths"], 0)
+    net = build_network(cfg, kw["n_pix"], kw["branch_widths"], seed=0)
     net.load_state_dict(avg.state_dict)
     got = _evaluate(net, prep, va, w.astype(np.float32), cfg.training.loss, delta=cfg.training.huber_delta)[0]
     assert got == pytest.approx(avg.best_val_loss, rel=1e-5)

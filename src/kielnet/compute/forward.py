@@ -3,7 +3,7 @@
 :class:`EnsembleRunner` is what prediction (:func:`kielnet.inference.predict.member_predictions`,
 :func:`~kielnet.inference.predict.realisation_predictions`), training-time evaluation
 (:mod:`kielnet.training.trainer`) and the fusion embeddings
-(:func:`kielnet.quality.embedding.fusion_embeddings`) all use::
+(:func:`kielnet.compute.embeddings.fusion_embeddings`) all use::
 
     runner = EnsembleRunner(nets, batch_size=256)            # fp32, layout "auto", CPU/CUDA
     preds, embs = runner.predict(prep.spectrum, prep.branches, embeddings=True)

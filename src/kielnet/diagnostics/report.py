@@ -311,7 +311,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
         ``numax`` [µHz], ``cluster``, ``ra``/``dec`` [deg], ``parallax`` [mas]; matched by
         id or position (``match_by``, ``radius``; :func:`~kielnet.diagnostics.crossmatch.crossmatch`).
     bundle, stars
-        A bundle (path or :class:`~kielnet.inference.bundle.Bundle`) and input stars
+        A bundle (path or :class:`~kielnet.artifact.Bundle`) and input stars
         (a :class:`~kielnet.data.startable.StarTable`) for the gradient maps; ``stars`` with
         as many rows as the catalogue also gives the inputs of the correlation matrix.
     accept
@@ -327,7 +327,7 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
     cat = Table(catalogue, copy=False)
     cat = cat[[n for n in cat.colnames if np.ndim(cat[n]) == 1 or np.asarray(cat[n]).ndim == 1]]
     if isinstance(bundle, (str, Path)):
-        from kielnet.inference.bundle import load_bundle
+        from kielnet.artifact import load_bundle
 
         bundle = load_bundle(bundle)
     labels = _label_names(cat, label_names or (bundle.config.label_names if bundle is not None else None))

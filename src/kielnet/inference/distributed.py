@@ -38,7 +38,7 @@ from typing import Any
 from kielnet.cluster import check_cluster, cluster_client
 from kielnet.data.source import StarSource
 from kielnet.errors import RunMismatchError
-from kielnet.inference.bundle import Bundle
+from kielnet.artifact import Bundle
 
 __all__ = ["predict_chunks"]
 
@@ -58,7 +58,7 @@ def _worker_bundle(ref: tuple, bundle_obj: Bundle | None) -> tuple[Bundle, list]
         _BUNDLES.move_to_end(key)
         return hit
     if kind == "path":
-        from kielnet.inference.bundle import load_bundle
+        from kielnet.artifact import load_bundle
 
         bundle = load_bundle(path)
         if bundle.fingerprint() != fingerprint:

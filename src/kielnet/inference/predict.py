@@ -28,7 +28,7 @@ from kielnet.data.preprocess import Prepared
 from kielnet.errors import InputError, UsageError
 from kielnet.labels import astropy_unit
 from kielnet.data.startable import StarTable
-from kielnet.inference.bundle import Bundle
+from kielnet.artifact import Bundle
 from kielnet.inference.quality import add_quality_columns
 from kielnet.quality.neighbours import positions
 from kielnet.quality.sigma import star_snr
@@ -264,7 +264,7 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
     Parameters
     ----------
     bundle
-        A trained bundle (see :func:`kielnet.inference.bundle.load_bundle`).
+        A trained bundle (see :func:`kielnet.artifact.load_bundle`).
     table
         Input stars; must hold the scalar columns and spectrum length the bundle needs
         (an :class:`~kielnet.errors.InputError` names what is missing).

@@ -33,7 +33,8 @@ from astropy.table import Table
 
 from kielnet.data.preprocess import Prepared
 from kielnet.data.startable import StarTable
-from kielnet.inference.bundle import Bundle
+from kielnet.artifact import Bundle
+from kielnet.compute.embeddings import embedding_ood_scores
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.boundary import BOUNDARY_LABELS, boundary_flags, describe_boundary_flag
 from kielnet.quality.flags import FLAG_BITS, status_strings
@@ -96,7 +97,7 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
         if embeddings is not None:
             score = bundle.ood.member_scores_of(embeddings).mean(axis=0)
         else:
-            score = bundle.ood.score(nets, prep, check=False)
+            score = embedding_ood_scores(bundle.ood, nets, prep, check=False)
         cat["ood_score"] = score
         cat["ood_score"].description = "embedding nearest-neighbour distance / training 99% quantile (>1: OOD)"
         cat["flag"] |= (score > 1.0).astype(np.int64) << FLAG_BITS["out_of_distribution"]

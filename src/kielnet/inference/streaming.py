@@ -56,7 +56,7 @@ from kielnet.data.fingerprint import array_digest, describe_differences, dict_di
 from kielnet.data.source import StarSource, TableSource
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError, KielnetError, RunMismatchError, UsageError
-from kielnet.inference.bundle import Bundle
+from kielnet.artifact import Bundle
 from kielnet.inference.predict import catalogue_meta, predict
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.io.outputs import check_output_file
@@ -400,7 +400,7 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
             raise UsageError(f"{name} must be a positive number of stars, got {val}")
     chunk_size, batch_size = int(chunk_size), int(batch_size)
     if isinstance(bundle, (str, os.PathLike)):
-        from kielnet.inference.bundle import load_bundle
+        from kielnet.artifact import load_bundle
 
         bundle_path, bundle = bundle, load_bundle(bundle)
     n_real = bundle.config.inference.n_realisations if n_realisations is None else int(n_realisations)

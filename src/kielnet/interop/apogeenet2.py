@@ -24,7 +24,6 @@ naming the file and what is wrong, before any network is built.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kielnet.compute import Bundle, MemberInfo
+from kielnet.artifact import Bundle, MemberInfo, build_network, file_sha256
 from kielnet.config import KielnetConfig, load_config
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import InputError
@@ -68,7 +67,7 @@ def _config() -> KielnetConfig:
 
 
 def _network(cfg: KielnetConfig) -> HybridNet:
-    return HybridNet(cfg.model, N_PIX, {"metadata": N_META}, len(cfg.labels))
+    return build_network(cfg, N_PIX, {"metadata": N_META})
 
 
 def _pairs(net: HybridNet) -> list[tuple[str, str, bool]]:
@@ -188,7 +187,7 @@ def import_apogeenet2(path: str | Path, *, sigma: str = "realisations") -> Bundl
     sm = SigmaModel(terms=["spread"], labels=names, recalibration=None, missing={}, groups=cfg.groups(),
                     columns=cfg.scalar_columns(), rule="flag",
                     inflation=dict(ASTRA_INFLATION) if sigma == "astra" else {})
-    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    sha = file_sha256(path)
     training = {"source": "imported", "imported_from": {**SOURCE, "sha256": sha, "path": Path(path).name},
                 "n_trained": None,
                 "lacks": "no training data come with the weights: no out-of-fold calibration of sigma, no running "

@@ -12,7 +12,7 @@ a score from a nearest-neighbour search alone:
    embedding lies far from every training star's is one the head has never seen.
    Distances are Euclidean in the raw activations (the head's first layer is linear
    in them). Members live in different spaces, so each member is treated on its own.
-2. **Reference.** At :meth:`EmbeddingOOD.fit` the usable training stars (those
+2. **Reference.** At the fit (:func:`kielnet.compute.embeddings.fit_embedding_ood`) the usable training stars (those
    without ``bad_spectrum``) are embedded; a random subsample of at most
    ``max_reference`` (default 20 000) is kept as the reference set.
 3. **Scale.** For each member, the leave-one-out nearest-neighbour distance of every
@@ -22,7 +22,7 @@ a score from a nearest-neighbour search alone:
    distances that new stars get to that same reference.
 4. **Score.** A new star's member score is ``d_m / q_m`` with ``d_m`` its distance to
    the nearest reference star in member ``m``'s embedding; its **score** is the mean
-   of the member scores. ``score > 1`` flags it (:meth:`EmbeddingOOD.flag`). A star
+   of the member scores. ``score > 1`` flags it (``out_of_distribution``). A star
    drawn from the training distribution has a member score above 1 with probability
    nominally ``1 − quantile`` (1 %), by exchangeability; in synthetic checks 0.7–2.5 %
    of such stars had ``score > 1``. This is the same rule as the default t-SNE
@@ -53,25 +53,19 @@ degrades gently, since ``q_m`` is recomputed on the same subsample.
 from __future__ import annotations
 
 import base64
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
-from kielnet.compute import EnsembleRunner
 from kielnet.data.preprocess import Prepared
 from kielnet.data.splits import random_subset
 
-__all__ = ["EmbeddingOOD", "FusionCapture", "fusion_embeddings", "agreement", "DEFAULT_MAX_REFERENCE"]
+__all__ = ["EmbeddingOOD", "FusionCapture", "agreement", "DEFAULT_MAX_REFERENCE"]
 
 DEFAULT_MAX_REFERENCE = 20_000
 _FORMAT = 1
-
-
-def _as_list(nets) -> list[nn.Module]:
-    return list(nets) if isinstance(nets, (list, tuple)) else [nets]
 
 
 class FusionCapture:
@@ -83,7 +77,8 @@ class FusionCapture:
         emb = cap.embeddings()   # (n_stars, width) float32, in call order
 
     kielnet itself gets the embeddings from the batched forward path instead
-    (:meth:`kielnet.compute.EnsembleRunner.predict` with ``embeddings=True``, which
+    (:func:`kielnet.compute.embeddings.fusion_embeddings`, or
+    :meth:`kielnet.compute.EnsembleRunner.predict` with ``embeddings=True``, which
     also covers the fused and converted layouts that do not call ``net.head``).
     """
 
@@ -107,27 +102,6 @@ class FusionCapture:
     def embeddings(self) -> np.ndarray:
         width = self.net.head[0].in_features if hasattr(self.net.head[0], "in_features") else 0
         return np.concatenate(self._chunks) if self._chunks else np.zeros((0, width), np.float32)
-
-
-def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512,
-                      precision: str = "fp32", layout: str = "auto") -> np.ndarray:
-    """Activations entering ``net.head[0]`` (the fusion head) for every star:
-    array (n_stars, width), float32. The net is run with eval semantics and is not
-    modified (its mode is left as it is): the same batched forward as the label
-    predictions (:class:`kielnet.compute.EnsembleRunner`), whose ``embeddings=True``
-    gives these arrays for every member in the label pass itself."""
-    runner = EnsembleRunner([net], batch_size=batch_size, precision=precision, layout=layout)
-    _, embs = runner.predict(prepared.spectrum, prepared.branches, embeddings=True)
-    return embs[0]
-
-
-def _digest(net: nn.Module) -> str:
-    """Short hash of a member's weights (to refuse scoring with another ensemble)."""
-    h = hashlib.sha1()
-    for k, v in sorted(net.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _loo_nn(ref: np.ndarray) -> np.ndarray:
@@ -177,29 +151,29 @@ class EmbeddingOOD:
         self._index: list | None = None
 
     # ------------------------------------------------------------------ fit
-    def fit(self, nets, prepared_train: Prepared, *, batch_size: int = 512) -> "EmbeddingOOD":
-        """Embed the usable training stars with every member and set the scales."""
-        nets = _as_list(nets)
+    def reference_rows(self, prepared_train: Prepared) -> np.ndarray:
+        """Rows of ``prepared_train`` that make the reference: the stars with a usable
+        spectrum, a random subsample of at most ``max_reference`` of them (seeded by
+        ``random_state``)."""
         use = np.flatnonzero(~np.asarray(prepared_train.bad_spectrum, dtype=bool))
         if len(use) < 2:
             raise ValueError("need at least 2 training stars with a usable spectrum")
-        sub = prepared_train.take(random_subset(use, self.max_reference, self.random_state))
-        return self.fit_embeddings([fusion_embeddings(net, sub, batch_size=batch_size) for net in nets], nets,
-                                   n_train=len(prepared_train))
+        return random_subset(use, self.max_reference, self.random_state)
 
-    def fit_embeddings(self, embeddings: Sequence[np.ndarray], nets, *, n_train: int | None = None
-                       ) -> "EmbeddingOOD":
+    def fit_embeddings(self, embeddings: Sequence[np.ndarray], digests: Sequence[str], *,
+                       n_train: int | None = None) -> "EmbeddingOOD":
         """Set the reference from fusion embeddings already computed (one (n_ref, width)
-        array per member of ``nets``, e.g. captured with the label predictions) and set
-        the scales. The caller chose the reference stars (at most ``max_reference``)."""
-        nets = _as_list(nets)
-        if len(embeddings) != len(nets):
-            raise ValueError(f"{len(embeddings)} embedding arrays for {len(nets)} nets")
+        array per member, e.g. captured with the label predictions, of the rows
+        :meth:`reference_rows` picks) and set the scales. ``digests`` are the members'
+        weight digests (:func:`kielnet.artifact.digest.state_dict_digest`), kept to refuse
+        scoring with other networks (:meth:`check_members`)."""
+        if len(embeddings) != len(digests):
+            raise ValueError(f"{len(embeddings)} embedding arrays for {len(digests)} member digests")
         if any(len(e) < 2 for e in embeddings):
             raise ValueError("need at least 2 reference stars")
         self.n_train = int(n_train if n_train is not None else len(embeddings[0]))
         self.references = [np.ascontiguousarray(e, dtype=np.float32) for e in embeddings]
-        self.digests = [_digest(net) for net in nets]
+        self.digests = [str(d) for d in digests]
         scales = []
         for ref in self.references:
             q = float(np.quantile(_loo_nn(ref), self.quantile))
@@ -209,6 +183,16 @@ class EmbeddingOOD:
         self.scales = np.asarray(scales)
         self._index = None
         return self
+
+    def check_members(self, matches: Sequence[bool]) -> None:
+        """Refuse (ValueError) to score with networks other than the fitted ones:
+        ``matches[m]`` says whether member ``m``'s weights have the digest recorded for it
+        (:func:`kielnet.artifact.digest.digest_matches`)."""
+        if len(matches) != self.n_members:
+            raise ValueError(f"fitted with {self.n_members} members, got {len(matches)} nets")
+        if not all(matches):
+            raise ValueError("these nets are not the ones the reference was fitted with "
+                             "(weight digests differ); refit or pass check=False")
 
     @property
     def n_members(self) -> int:
@@ -226,21 +210,6 @@ class EmbeddingOOD:
         return self._index
 
     # ------------------------------------------------------------------ score
-    def member_scores(self, nets, prepared: Prepared, *, batch_size: int = 512,
-                      check: bool = True) -> np.ndarray:
-        """(n_members, n_stars): distance to the nearest reference star / member scale."""
-        nets = _as_list(nets)
-        if not self.references:
-            raise RuntimeError("EmbeddingOOD.score called before fit/from_dict")
-        if len(nets) != self.n_members:
-            raise ValueError(f"fitted with {self.n_members} members, got {len(nets)} nets")
-        if check:
-            digests = [_digest(net) for net in nets]
-            if digests != self.digests:
-                raise ValueError("these nets are not the ones the reference was fitted with "
-                                 "(weight digests differ); refit or pass check=False")
-        return self.member_scores_of([fusion_embeddings(net, prepared, batch_size=batch_size) for net in nets])
-
     def member_scores_of(self, embeddings: Sequence[np.ndarray]) -> np.ndarray:
         """(n_members, n_stars) scores of stars whose fusion embeddings (one array per
         member, e.g. from :class:`FusionCapture`) are already known."""
@@ -256,14 +225,10 @@ class EmbeddingOOD:
             out[m] = d / self.scales[m]
         return out
 
-    def score(self, nets, prepared: Prepared, **kw) -> np.ndarray:
+    def score_of(self, embeddings: Sequence[np.ndarray]) -> np.ndarray:
         """(n_stars,) mean member score; > 1 = farther from the training stars than
         ``quantile`` of training stars are from each other."""
-        return self.member_scores(nets, prepared, **kw).mean(axis=0)
-
-    def flag(self, nets, prepared: Prepared, **kw) -> np.ndarray:
-        """(n_stars,) bool: True = out of distribution (score > 1)."""
-        return self.score(nets, prepared, **kw) > 1.0
+        return self.member_scores_of(embeddings).mean(axis=0)
 
     # ------------------------------------------------------------------ state
     def _meta(self) -> dict:

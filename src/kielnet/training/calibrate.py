@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kielnet.compute import Bundle, member_predictions
+from kielnet.artifact import Bundle
+from kielnet.compute import member_predictions
 from kielnet.config import KielnetConfig
 from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.splits import ensemble_heldout
@@ -34,41 +35,11 @@ from kielnet.errors import InputError
 from kielnet.quality.neighbours import NeighbourModel
 from kielnet.quality.sigma import OutOfFold, SigmaModel, fit_sigma_model
 from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
-from kielnet.training.out_of_fold import out_of_fold, reference_labels
+from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
+from kielnet.training.plan import TrainingPlan, TrainingRows, training_rows
 
-__all__ = ["TrainingRows", "training_rows", "Calibration", "calibrate", "oof_sigma", "fit_neighbours",
-           "recalibrate", "training_stars_digest"]
-
-
-@dataclass
-class TrainingRows:
-    """The stars an ensemble trains on: the prepared table, the usable rows (a usable
-    spectrum and at least one valid label) and each split's validation side
-    (``heldout``, (len(rows), n_splits))."""
-
-    prep: Prepared
-    rows: np.ndarray
-    heldout: np.ndarray
-
-
-def training_rows(table: StarTable, config: KielnetConfig, pre: Preprocessor, log=print) -> TrainingRows:
-    """Prepare ``table`` with ``pre`` and split its usable rows as
-    :func:`kielnet.training.ensemble.train_ensemble` does (by star id, seeded by
-    ``config.ensemble.seed``)."""
-    prep = pre.transform(table)
-    if prep.label_out_of_range is not None and prep.label_out_of_range.any():
-        bad = prep.label_out_of_range.sum(axis=0)
-        log("reference labels outside their valid range (treated as missing): " +
-            ", ".join(f"{n}={int(c)}" for n, c in zip(config.label_names, bad) if c))
-    usable = ~prep.bad_spectrum & np.isfinite(prep.targets).any(axis=1)
-    if (~usable).any():
-        n_impl = int(prep.implausible.sum())
-        log(f"{int((~usable).sum())} stars have an unusable spectrum or no valid label and are not trained on"
-            + (f" ({n_impl} with a physically implausible spectrum)" if n_impl else ""))
-    rows = np.flatnonzero(usable)
-    ens = config.ensemble
-    heldout = ensemble_heldout(table.ids[rows], ens.n_splits, config.training.val_fraction, ens.seed)
-    return TrainingRows(prep, rows, heldout)
+__all__ = ["Calibration", "calibrate", "calibrate_ensemble", "oof_sigma", "fit_neighbours", "recalibrate",
+           "training_stars_digest"]
 
 
 def training_stars_digest(table: StarTable, config: KielnetConfig) -> dict:
@@ -152,6 +123,18 @@ def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: Tr
                             "note": "held-out validation stars, predicted by the members of their split "
                                     "(the σ model was fitted on these stars)"}
     return Calibration(running, sigma_model, neighbours, validation)
+
+
+def calibrate_ensemble(plan: TrainingPlan, split_nets: list[list], nets: list | None = None) -> Calibration:
+    """The calibrate stage of training: every split's validation stars predicted by that
+    split's networks (``split_nets[k]``; saved as ``out_of_fold.parquet`` in the plan's
+    work directory), then :func:`calibrate` on them. ``nets`` (the whole ensemble) are
+    needed only by ``uncertainty.residuals = training``."""
+    cfg, pre, table, tr = plan.config, plan.preprocessor, plan.table, plan.rows
+    oof = out_of_fold(cfg, pre, table, tr.prep, tr.rows, tr.heldout, split_nets)
+    if plan.workdir is not None:
+        save_out_of_fold(plan.workdir / "out_of_fold.parquet", oof, table.ids[oof.rows], cfg.label_names)
+    return calibrate(cfg, pre, table, tr, oof, nets)
 
 
 def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | None = None, selection=None,

@@ -25,7 +25,9 @@ import numpy as np
 from kielnet.data.preprocess import Prepared
 from kielnet.data.splits import random_subset
 from kielnet.data.startable import StarTable
-from kielnet.compute import Bundle, member_predictions
+from kielnet.artifact import Bundle
+from kielnet.artifact.digest import state_dict_digest
+from kielnet.compute import member_predictions
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
@@ -104,7 +106,8 @@ def attach_quality(bundle: Bundle, training: StarTable | Prepared, *, seed: int 
             preds = member_predictions(nets, prep.take(emb_rows), identity, embeddings=embeddings)
             bundle.ood = EmbeddingOOD(max_reference=q.embedding_ood.max_reference,
                                       quantile=q.embedding_ood.quantile,
-                                      random_state=seed).fit_embeddings(embeddings, nets, n_train=len(prep))
+                                      random_state=seed).fit_embeddings(embeddings, [state_dict_digest(sd) for sd in bundle.members],
+                                                                         n_train=len(prep))
         if spr_rows is not None:
             if not shared:
                 preds = member_predictions(nets, prep.take(spr_rows), identity)

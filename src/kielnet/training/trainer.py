@@ -1,5 +1,6 @@
-"""Training of one network: masked, weighted loss; early stopping; ReduceLROnPlateau or cosine schedule;
-per-epoch checkpoints so that an interrupted run resumes where it stopped.
+"""Training of one network: masked, weighted loss; ReduceLROnPlateau or cosine schedule;
+early stopping, the weights' moving average and per-epoch checkpoints (so that an
+interrupted run resumes where it stopped) as callbacks (:mod:`kielnet.training.callbacks`).
 
 Determinism: the model initialisation, every epoch's shuffling and every epoch's
 dropout draw are seeded from ``(seed, epoch)``, so a resumed run follows exactly the
@@ -17,21 +18,19 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from kielnet.artifact import build_network
 from kielnet.compute import EnsembleRunner
 from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.fingerprint import array_digest
 from kielnet.data.preprocess import Prepared
-from kielnet.errors import RunMismatchError
-from kielnet.io.atomic import atomic_path
 from kielnet.models.hybrid import HybridNet, split_outputs
 from kielnet.quality.uncertainty import robust_sigma
+from kielnet.training.callbacks import Checkpoint, EarlyStopping, WeightAverage, checkpoint_file
 
-__all__ = ["TrainResult", "build_model", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
-           "InputDropout", "make_ema", "checkpoint_file", "member_fingerprint", "train_member"]
+__all__ = ["TrainResult", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
+           "InputDropout", "checkpoint_file", "member_fingerprint", "train_member"]
 
 
 @dataclass
@@ -42,15 +41,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
-
-
-def build_model(config: KielnetConfig, n_pix: int, branch_widths: dict[str, int], seed: int) -> HybridNet:
-    """Instantiate the config's network with a seeded initialisation."""
-    torch.manual_seed(seed)
-    model = HybridNet(config.model, n_pix, branch_widths, len(config.labels))
-    if config.model.channels_last_2d:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def batch_tensors(prep: Prepared, idx: np.ndarray, branch_names: list[str]):
@@ -207,17 +197,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainingConfig):
                                                       min_lr=cfg.min_lr)
 
 
-def make_ema(model: nn.Module, cfg: TrainingConfig):
-    """The exponential moving average of ``model``'s weights (and buffers) with decay
-    ``cfg.ema_decay`` per optimiser step (:class:`torch.optim.swa_utils.AveragedModel`),
-    or None when ``ema_decay`` is 0."""
-    if cfg.ema_decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-
-
 def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.ndarray,
               kind: str, batch: int = 512, delta: float = 1.0) -> tuple[float, float]:
     """Weighted validation loss of ``model`` on rows ``idx`` (eval mode; the batched
@@ -249,15 +228,6 @@ def robust_score(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- checkpoints
-def checkpoint_file(stem: Path) -> Path:
-    """The file of the checkpoint with path stem ``stem``: ``<stem>.safetensors``.
-
-    The suffix is appended, never substituted, so that stems with a dot in their name
-    (``noise_0.25``, ``noise_0.5``) keep distinct files."""
-    stem = Path(stem)
-    return stem.with_name(stem.name + ".safetensors")
-
-
 def member_fingerprint(config: KielnetConfig, train_idx: np.ndarray, val_idx: np.ndarray, n_pix: int,
                        branch_widths: dict[str, int], seed: int) -> str:
     """SHA-256 of everything that decides one member's training path except its length.
@@ -273,64 +243,6 @@ def member_fingerprint(config: KielnetConfig, train_idx: np.ndarray, val_idx: np
                "train": array_digest(np.asarray(train_idx, dtype=np.int64)),
                "val": array_digest(np.asarray(val_idx, dtype=np.int64))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _save_checkpoint(path: Path, model, best_state, opt, sched, state: dict, ema=None) -> None:
-    """One file per member (``<path>.safetensors``): weights, best weights, the weights'
-    moving average (``training.ema_decay``), optimiser tensors, and the JSON state in the
-    file's metadata, replaced atomically — a kill at any moment leaves either the previous
-    epoch's checkpoint or this one."""
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
-    tensors.update({f"best.{k}": v.contiguous() for k, v in best_state.items()})
-    opt_sd = opt.state_dict()
-    for pid, st in opt_sd["state"].items():
-        for name, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"opt.{pid}.{name}"] = val.contiguous()
-    meta = dict(state)
-    meta["param_groups"] = opt_sd["param_groups"]
-    meta["scheduler"] = {k: v for k, v in sched.state_dict().items()}
-    with atomic_path(checkpoint_file(path)) as tmp:
-        save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta, default=float)})
-
-
-def _load_checkpoint(path: Path, model, opt, sched, ema=None, fingerprint: str | None = None
-                     ) -> tuple[dict, dict] | None:
-    st_path = checkpoint_file(path)
-    if not st_path.is_file():
-        return None
-    try:
-        with safe_open(str(st_path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {})["checkpoint"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never half-used
-        raise RunMismatchError(f"checkpoint is unreadable ({type(exc).__name__}: {exc}); use --fresh to start "
-                               "afresh", source=str(st_path)) from exc
-    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-        raise RunMismatchError("checkpoint was written by a different training run (config, seed, inputs or "
-                               "training/validation rows differ"
-                               + ("" if "fingerprint" in meta else ", or by an older kielnet")
-                               + "); use --fresh to start afresh or choose another checkpoint path",
-                               source=str(st_path), field="fingerprint")
-    try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        if ema is not None:
-            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        opt_state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, pid, name = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[name] = v
-        opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
-        sched.load_state_dict(meta.pop("scheduler"))
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never half-used
-        raise RunMismatchError(f"checkpoint is unreadable or does not fit this network "
-                               f"({type(exc).__name__}: {exc}); use --fresh to start afresh",
-                               source=str(st_path)) from exc
-    return meta, best
 
 
 def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -358,23 +270,20 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
     tcfg = config.training
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    model = build_model(config, n_pix, branch_widths, seed)
+    model = build_network(config, n_pix, branch_widths, seed=seed)
     opt = _make_optimizer(model, tcfg)
     sched = make_scheduler(opt, tcfg)
-    ema = make_ema(model, tcfg)
+    average = WeightAverage.from_config(model, tcfg)
+    stopping = EarlyStopping(tcfg.patience, model)
+    saver = None
     start_epoch, history = 0, []
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_val, best_epoch, bad_epochs = math.inf, -1, 0
     if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        fingerprint = member_fingerprint(config, train_idx, val_idx, n_pix, branch_widths, seed)
-        loaded = _load_checkpoint(checkpoint, model, opt, sched, ema, fingerprint)
-        if loaded is not None:
-            meta, best_state = loaded
-            start_epoch, history = meta["epoch"] + 1, meta["history"]
-            best_val, best_epoch, bad_epochs = meta["best_val"], meta["best_epoch"], meta["bad_epochs"]
-            if meta.get("early_stopped"):
-                return TrainResult(best_state, history, best_epoch, best_val)
+        saver = Checkpoint(checkpoint, member_fingerprint(config, train_idx, val_idx, n_pix, branch_widths, seed))
+        resumed = saver.restore(model, opt, sched, average, stopping)
+        if resumed is not None:
+            start_epoch, history = resumed
+            if stopping.stopped:
+                return TrainResult(stopping.best_state, history, stopping.best_epoch, stopping.best_val)
 
     w_all = weights.astype(np.float32)
     # the training arrays as tensors once (zero-copy views); batches are gathered with
@@ -413,29 +322,19 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            if average is not None:
+                average.after_step(model)
             run += loss.detach()
             nb += 1
-        judged = model if ema is None else ema.module  # the weights this epoch would ship
+        judged = model if average is None else average.module  # the weights this epoch would ship
         val, val_robust = _evaluate(judged, prep, val_idx, w_all, tcfg.loss, delta=tcfg.huber_delta)
         sched.step(val) if tcfg.schedule == "plateau" else sched.step()
         rec = {"epoch": epoch, "train_loss": float(run) / max(nb, 1), "val_loss": val,
                "val_robust": val_robust, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
-        if val < best_val:
-            best_val, best_epoch, bad_epochs = val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        else:
-            bad_epochs += 1
-        stopped = bad_epochs >= tcfg.patience
-        if checkpoint is not None:
-            # only early stopping is final; a run that reached max_epochs can be continued
-            # by resuming with a larger max_epochs
-            _save_checkpoint(checkpoint, model, best_state, opt, sched,
-                             {"epoch": epoch, "history": history, "best_val": best_val,
-                              "best_epoch": best_epoch, "bad_epochs": bad_epochs, "early_stopped": stopped,
-                              "fingerprint": fingerprint}, ema)
+        stopped = stopping.after_epoch(epoch, val, judged)
+        if saver is not None:
+            saver.after_epoch(epoch, history, model, opt, sched, average, stopping)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{rec['train_loss']:.4f}", val=f"{val:.4f}", lr=f"{rec['lr']:.1e}")
@@ -445,4 +344,4 @@ def train_member(config: KielnetConfig, prep: Prepared, train_idx: np.ndarray, v
             break
     if bar is not None:
         bar.close()
-    return TrainResult(best_state, history, best_epoch, best_val)
+    return TrainResult(stopping.best_state, history, stopping.best_epoch, stopping.best_val)

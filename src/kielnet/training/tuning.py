@@ -39,11 +39,10 @@ from kielnet.config import KielnetConfig, SearchParam
 from kielnet.data.fingerprint import table_fingerprint
 from kielnet.data.label_columns import resolve_labels
 from kielnet.data.preprocess import Preprocessor
-from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.errors import ConfigError, InputError
 from kielnet.io.atomic import atomic_write_text
-from kielnet.training.ensemble import MIN_TRAINING_STARS, claim_workdir, sample_weights
+from kielnet.training.plan import MIN_TRAINING_STARS, claim_workdir, sample_weights, training_rows
 from kielnet.training.trainer import train_member
 
 __all__ = ["TuneResult", "apply_params", "run_study", "write_best_preset", "STUDY_FILE"]
@@ -125,7 +124,7 @@ def _study(workdir: Path, config: KielnetConfig, offset: int = 0):
 
 def _claim(workdir: Path, config: KielnetConfig, table: StarTable) -> None:
     """Create the work directory or check it holds this very search (config + data);
-    the same check as training's work directories (:func:`kielnet.training.ensemble.claim_workdir`)."""
+    the same check as training's work directories (:func:`kielnet.training.plan.claim_workdir`)."""
     cfg = config.model_dump(mode="json")
     cfg.pop("provenance", None)
     cfg["tuning"].pop("n_trials", None)  # a study may be extended
@@ -149,9 +148,8 @@ def _objective_factory(config: KielnetConfig, table: StarTable, log):
         if config.tuning.max_epochs:
             cfg = cfg.with_overrides(training={"max_epochs": min(cfg.training.max_epochs, config.tuning.max_epochs)})
         pre = Preprocessor(cfg).fit(table)
-        prep = pre.transform(table)
-        rows = np.flatnonzero(~prep.bad_spectrum & np.isfinite(prep.targets).any(axis=1))
-        held = ensemble_heldout(table.ids[rows], 1, cfg.training.val_fraction, cfg.ensemble.seed)[:, 0]
+        tr = training_rows(table, cfg, pre, log=lambda *_: None, n_splits=1)
+        prep, rows, held = tr.prep, tr.rows, tr.heldout[:, 0]
         weights = sample_weights(cfg, prep.targets, rows)
 
         def report(rec: dict) -> None:

@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from kielnet.errors import BundleError
-from kielnet.inference.bundle import BUNDLE_FORMAT, load_bundle, save_bundle, state_dict_digest
+from kielnet.artifact.digest import state_dict_digest
+from kielnet.artifact.store import BUNDLE_FORMAT, load_bundle, save_bundle
 from kielnet.inference.predict import predict
+from kielnet.compute.embeddings import fit_embedding_ood
 from kielnet.quality.embedding import EmbeddingOOD
 
 TOP_LEVEL_KEYS = ["format", "versions", "config", "preprocessing", "members", "running_dispersion",
@@ -42,7 +44,7 @@ def saved_with_quality(synthetic_bundle, tmp_path_factory):
 
     nets = synthetic_bundle.build_members()
     prep = synthetic_bundle.preprocessor.transform(synthetic_table(n=40, n_pix=48, seed=31), with_labels=False)
-    ood = EmbeddingOOD(max_reference=30, random_state=0).fit(nets, prep)
+    ood = fit_embedding_ood(EmbeddingOOD(max_reference=30, random_state=0), nets, prep)
     b = replace(synthetic_bundle, ood=ood, tsne_reference=np.ascontiguousarray(prep.spectrum[:20]))
     return save_bundle(b, tmp_path_factory.mktemp("integrity_q") / "bundle")
 

@@ -74,7 +74,6 @@ predictions (not by file names, dates or software versions).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -91,7 +90,10 @@ from safetensors.torch import load_file, save_file
 
 from kielnet import __version__
 from kielnet.config import KielnetConfig
-from kielnet.compute.ensemble import Bundle, MemberInfo, _build_nets, _content_meta, state_dict_digest
+from kielnet.artifact.bundle import Bundle, MemberInfo, content_meta
+from kielnet.artifact.digest import digest_matches, file_sha256, state_dict_digest
+from kielnet.artifact.network import member_networks
+from kielnet.artifact.registry import resolve_bundle
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import BundleError
 from kielnet.quality.sigma import SigmaModel
@@ -99,8 +101,8 @@ from kielnet.quality.uncertainty import RunningDispersion
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
 
-__all__ = ["Bundle", "MemberInfo", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "READABLE_FORMATS",
-           "state_dict_digest"]
+__all__ = ["save_bundle", "load_bundle", "verify_bundle", "BUNDLE_FORMAT", "READABLE_FORMATS", "storage_tensor",
+           "HALF_MAX_REL_ERROR"]
 
 #: format written by :func:`save_bundle`
 BUNDLE_FORMAT = 2
@@ -120,14 +122,6 @@ _REQUIRED = {
         "feature_ranges", "training_data", "validation", "ensemble_spread", "quality", "checksums"),
 }
 _QUALITY_FILES = ("embedding_ood", "tsne_reference", "neighbours")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -201,11 +195,11 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
             name = f"member_{i:03d}.safetensors"
             save_file({k: storage_tensor(v, weights_dtype) for k, v in sd.items()}, str(tmp / name),
                       metadata={"kielnet": __version__, "member": str(i)})
-            entry = dict(info.to_dict(), file=name, sha256=_sha256_file(tmp / name))
+            entry = dict(info.to_dict(), file=name, sha256=file_sha256(tmp / name))
             if weights_dtype != "float32":
                 entry["storage"] = weights_dtype
             entries.append(entry)
-        content = _content_meta(bundle)
+        content = content_meta(bundle)
         meta = {
             "format": BUNDLE_FORMAT,
             "versions": bundle.versions or _versions(),
@@ -235,7 +229,7 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
             bundle.neighbours.save(tmp / "neighbours.safetensors")
             meta["quality"]["neighbours"] = "neighbours.safetensors"
         for name in meta["quality"].values():
-            meta["checksums"][name] = _sha256_file(tmp / name)
+            meta["checksums"][name] = file_sha256(tmp / name)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, allow_nan=True))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -319,7 +313,7 @@ class _Reader:
     def verify(self, f: Path, expected: str | None) -> None:
         if expected is None:
             return
-        got = _sha256_file(f)
+        got = file_sha256(f)
         if got != expected:
             raise self.error(f"{f.name}: SHA-256 mismatch (file changed or corrupt): bundle.json records "
                              f"{expected[:16]}..., the file has {got[:16]}...")
@@ -383,14 +377,12 @@ def _check_preprocessing(r: _Reader, config: KielnetConfig, pre: Preprocessor) -
 
 def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle directory written by :func:`save_bundle`, or a shipped
-    pretrained model by name (:mod:`kielnet.pretrained`, e.g. ``"xp-apogee-dr17"``).
+    pretrained model by name (:mod:`kielnet.artifact.registry`, e.g. ``"xp-apogee-dr17"``).
 
     Raises :class:`~kielnet.errors.BundleError` (naming the bundle and the file or key)
     for anything missing, corrupt or inconsistent; see the module docstring. A
     format-1 bundle (no checksums) loads with a :class:`UserWarning`.
     """
-    from kielnet.pretrained import resolve_bundle
-
     path = resolve_bundle(path)
     path = Path(path)
     js = path / "bundle.json"
@@ -555,16 +547,14 @@ def load_bundle(path: str | Path) -> Bundle:
 
     # ---- config against tensors
     key = bundle._state_key()
-    nets = _build_nets(bundle, r.where, [f.name for f in files])
+    nets = member_networks(config, pre, members, where=r.where, names=[f.name for f in files])
     bundle._nets, bundle._nets_key = nets, key
     if ood is not None:
-        from kielnet.quality.embedding import _digest
-
         fname = qfiles["embedding_ood"].name
         if len(ood.digests) != len(nets):
             raise r.error(f"{fname} was fitted with {len(ood.digests)} members but the bundle has {len(nets)}")
-        for i, (net, d) in enumerate(zip(nets, ood.digests)):
-            if _digest(net) != d:
+        for i, (sd, d) in enumerate(zip(members, ood.digests)):
+            if not digest_matches(sd, d):
                 raise r.error(f"{fname} was fitted with other weights than {files[i].name}")
     if spread is not None:
         if list(spread.label_names) != labels:
@@ -574,3 +564,33 @@ def load_bundle(path: str | Path) -> Bundle:
             raise r.error(f"bundle.json key 'ensemble_spread' was calibrated with {spread.n_members} members "
                           f"but the bundle has {len(members)}")
     return bundle
+
+
+def verify_bundle(path: str | Path) -> dict[str, str]:
+    """Check every file a bundle lists against the SHA-256 ``bundle.json`` records for it,
+    without reading the weights; returns ``{file: sha256}``. A :class:`BundleError`
+    naming the file for a missing or changed one, or for a format-1 bundle (which
+    records no checksums). :func:`load_bundle` makes the same check and more."""
+    path = Path(resolve_bundle(path))
+    js = path / "bundle.json"
+    if not js.is_file():
+        raise BundleError(f"{path} is not a kielnet bundle (no bundle.json)")
+    try:
+        meta = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{js} is not valid JSON: {exc}") from exc
+    r = _Reader(path)
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise r.error(f"only format-{BUNDLE_FORMAT} bundles record checksums to verify")
+    recorded = {}
+    for i, m in enumerate(r.get(meta, "members", "a list")):
+        m = r.typed(m, "a JSON object", f"members[{i}]")
+        f = r.file_name(r.get(m, "file", "a string", f"members[{i}]."), f"members[{i}].file")
+        recorded[f.name] = r.digest(r.get(m, "sha256", "a string", f"members[{i}]."), f"members[{i}].sha256")
+    for name, sha in r.typed(meta.get("checksums", {}), "a JSON object", "checksums").items():
+        recorded[r.file_name(name, f"checksums.{name}").name] = r.digest(sha, f"checksums.{name}")
+    for name, sha in recorded.items():
+        if not (path / name).is_file():
+            raise r.error(f"lacks the file {name} that bundle.json lists")
+        r.verify(path / name, sha)
+    return recorded

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from kielnet.errors import BundleError
-from kielnet.inference.bundle import BUNDLE_FORMAT, load_bundle, save_bundle
+from kielnet.artifact.store import BUNDLE_FORMAT, load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.training.ensemble import train_ensemble
 
@@ -132,7 +132,7 @@ def test_channels_last_bundle_round_trip(make_table, tiny_config, tmp_path):
 def test_half_precision_storage_halves_the_files_and_loads_as_float32(tiny_holdout, tmp_path):
     import torch
 
-    from kielnet.inference.bundle import HALF_MAX_REL_ERROR, storage_tensor
+    from kielnet.artifact.store import HALF_MAX_REL_ERROR, storage_tensor
 
     full = tiny_holdout.bundle_dir
     half = save_bundle(load_bundle(full), tmp_path / "half", weights_dtype="float16")
