@@ -596,6 +596,17 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_spectral_labels(args) -> int:
+    from kielnet.io.outputs import check_output_file
+    from kielnet.spectral_labels import run_spectral_labels
+
+    check_output_file(args.out, inputs=[args.stars, *args.calibration, *args.mamajek], what="label table")
+    run_spectral_labels(args.stars, args.out, calibrations=args.calibration, mamajek=args.mamajek,
+                        sptype_column=args.sptype_column, id_column=args.id_column,
+                        lc_tolerance=args.lc_tolerance, max_gap=args.max_gap)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from kielnet.config import load_config
     from kielnet.presets import available
@@ -874,6 +885,42 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="output directory")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.set_defaults(func=cmd_report)
+
+    sl = sub.add_parser("spectral-labels", formatter_class=fmt,
+                        help="Teff [K] / log g [dex] training labels from spectral types (APOGEE Net II 3.1)",
+                        description="Turn literature spectral types + luminosity classes into Teff [K] and log g "
+                                    "[dex, cgs] labels, as APOGEE Net II (Sprague et al. 2022, Sect. 3.1) does for "
+                                    "hot stars: a Gaussian-process calibration (SpT, class) -> (log10 Teff, log g) "
+                                    "is fitted on the --calibration / --mamajek rows and applied to every star. "
+                                    "Types are parsed as O0 = 0, B0 = 10, ... (B2.5 = 12.5), classes I ... V = "
+                                    "1 ... 5, ranges averaged (IV-V = 4.5). Output: one row per input star, input "
+                                    "order, nothing dropped: the id column (its name kept, so 'kielnet train "
+                                    "--labels OUT' joins it by id), sptype (as given), spt, lum_class, multiple, "
+                                    "teff, teff_err [K], logg, logg_err [dex] (1-sigma GP predictive errors; all NaN "
+                                    "unless spt_status is ok) and spt_status: ok, outside_support (an "
+                                    "extrapolation of the calibration: class or type beyond its rows), "
+                                    "no_luminosity_class, or 'unparsed: REASON'. Counts are printed.")
+    sl.add_argument("--stars", required=True, metavar="TABLE",
+                    help="stars with spectral types: FITS / Parquet / CSV / ECSV table")
+    sl.add_argument("--sptype-column", metavar="NAME",
+                    help="spectral-type column (default: the first of sptype, spt, spectral_type, sp_type; "
+                         "case-insensitive)")
+    sl.add_argument("--id-column", metavar="NAME",
+                    help="star-id column (default: the first of source_id, apogee_id, id)")
+    sl.add_argument("--calibration", action="append", default=[], metavar="FILE",
+                    help="calibration table: Mamajek's dwarf sequence (EEM_dwarf_UBVIJHK_colors_Teff.txt, class "
+                         "V; log g from its mass and radius) or a CSV with columns spt, lum_class (optional when "
+                         "the type holds it), teff [K], logg [dex] - told apart by content (repeatable; all rows "
+                         "are fitted together)")
+    sl.add_argument("--mamajek", action="append", default=[], metavar="FILE",
+                    help="a file read as Mamajek's dwarf sequence whatever it looks like (repeatable)")
+    sl.add_argument("--lc-tolerance", type=float, default=0.5,
+                    help="a star's class is supported within this distance of a calibrated class (default 0.5)")
+    sl.add_argument("--max-gap", type=float, default=5.0,
+                    help="largest distance in subclasses to the nearest calibration row that still counts as "
+                         "interpolation (default 5)")
+    sl.add_argument("--out", required=True, help="output table: .parquet, .fits, .csv or .ecsv")
+    sl.set_defaults(func=cmd_spectral_labels)
 
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=cmd_presets)

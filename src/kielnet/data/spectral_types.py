@@ -13,6 +13,8 @@ files (readers of calibration tables live in :mod:`kielnet.io.calibration`).
 * :class:`SpTCalibration`: a trainable (SpT, LC) → (Teff in K, log g in dex [cgs])
   transformation — Gaussian-process regression in (SpT/10, LC) on log10 Teff and
   log g, with a per-prediction ``outside_support`` flag and a JSON-able state.
+* :func:`labels_from_spectral_types`: spectral-type strings → per-star Teff / log g
+  (NaN where not parsed or outside the calibration's support) with a status saying why.
 * :func:`training_sample_rule`: the §3.1 cut on APOGEE Net I labels
   (keep Teff < 6700 K or log g < 11.3·log10 Teff − 40).
 * :func:`fill_hot_star_metallicity`: [Fe/H] (dex) forced to 0 for hot stars
@@ -38,7 +40,9 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, Whi
 from kielnet.errors import InputError
 
 __all__ = ["ParsedSpT", "parse_spectral_type", "parse_spectral_types", "SPT_LETTERS",
-           "SpTLabels", "SpTCalibration", "training_sample_rule", "fill_hot_star_metallicity",
+           "SpTLabels", "SpTCalibration", "StarSpTLabels", "labels_from_spectral_types",
+           "STATUS_OK", "STATUS_OUTSIDE_SUPPORT", "STATUS_NO_LUM_CLASS", "STATUS_UNPARSED",
+           "training_sample_rule", "fill_hot_star_metallicity",
            "TRAINING_TEFF_MAX", "HOT_STAR_TEFF_MIN"]
 
 #: Numeric code of each spectral letter (the subclass is added to it).
@@ -530,6 +534,80 @@ class SpTCalibration:
             self._targets[name] = y
             self._gps[name] = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None).fit(x, y)
         return self
+
+
+# ------------------------------------------------------------------- per-star labels
+#: :attr:`StarSpTLabels.status` values (an unparsed type: ``"unparsed: <reason>"``)
+STATUS_OK = "ok"
+STATUS_OUTSIDE_SUPPORT = "outside_support"
+STATUS_NO_LUM_CLASS = "no_luminosity_class"
+STATUS_UNPARSED = "unparsed"
+
+
+@dataclass
+class StarSpTLabels:
+    """Labels of stars from their spectral types (:func:`labels_from_spectral_types`),
+    one entry per star in input order.
+
+    ``spt``, ``lum_class``: numeric codes (NaN when not parsed / no class); ``multiple``:
+    the type names several stars (the first is used); ``teff``, ``teff_err`` in K and
+    ``logg``, ``logg_err`` in dex: finite only where ``status`` is ``"ok"``; ``status``:
+    ``"ok"``, ``"outside_support"`` (an extrapolation of the calibration),
+    ``"no_luminosity_class"`` (parsed, but no class given) or ``"unparsed: <reason>"``.
+    """
+
+    spt: np.ndarray
+    lum_class: np.ndarray
+    multiple: np.ndarray
+    teff: np.ndarray
+    teff_err: np.ndarray
+    logg: np.ndarray
+    logg_err: np.ndarray
+    status: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        """Stars per outcome: ``total``, ``parsed``, ``unparsed``, ``no_luminosity_class``,
+        ``outside_support``, ``labelled`` (status ``ok``)."""
+        st = self.status.astype(str)
+        unparsed = int(np.char.startswith(st, STATUS_UNPARSED).sum())
+        return {"total": int(st.size), "parsed": int(st.size) - unparsed, "unparsed": unparsed,
+                STATUS_NO_LUM_CLASS: int((st == STATUS_NO_LUM_CLASS).sum()),
+                STATUS_OUTSIDE_SUPPORT: int((st == STATUS_OUTSIDE_SUPPORT).sum()),
+                "labelled": int((st == STATUS_OK).sum())}
+
+
+def labels_from_spectral_types(values: Iterable[Any], calibration: SpTCalibration) -> StarSpTLabels:
+    """Teff (K) and log g (dex) of stars from their spectral types (APOGEE Net II §3.1).
+
+    Each string is parsed (:func:`parse_spectral_type`) and the fitted ``calibration``
+    predicts the labels with their 1σ GP uncertainties. No star is dropped: the labels
+    are NaN where the type was not parsed, names no luminosity class, or lies outside
+    the calibration's support (:meth:`SpTCalibration.outside_support`), and ``status``
+    says which.
+
+    Parameters
+    ----------
+    values
+        Spectral-type strings, one per star (None / NaN / "" give ``"unparsed: ..."``).
+    calibration
+        A fitted :class:`SpTCalibration`.
+
+    Returns
+    -------
+    StarSpTLabels
+    """
+    parsed = [parse_spectral_type(v) for v in values]
+    spt = np.array([p.spt for p in parsed], dtype=np.float64)
+    lc = np.array([p.lum_class for p in parsed], dtype=np.float64)
+    status = np.array([STATUS_OK if p.ok else f"{STATUS_UNPARSED}: {p.reason}" for p in parsed], dtype=object)
+    ok = np.array([p.ok for p in parsed], dtype=bool)
+    status[ok & np.isnan(lc)] = STATUS_NO_LUM_CLASS
+    pred = calibration.predict(spt, lc)
+    status[(status == STATUS_OK) & pred.outside_support] = STATUS_OUTSIDE_SUPPORT
+    good = status == STATUS_OK
+    labelled = {k: np.where(good, getattr(pred, k), np.nan) for k in ("teff", "teff_err", "logg", "logg_err")}
+    return StarSpTLabels(spt=spt, lum_class=lc, multiple=np.array([p.multiple for p in parsed], dtype=bool),
+                         status=status.astype(str), **labelled)
 
 
 # ------------------------------------------------------------------- sample rules

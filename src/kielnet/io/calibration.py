@@ -13,7 +13,8 @@ star, ready for :meth:`kielnet.data.spectral_types.SpTCalibration.fit`:
 Effective Temperature Sequence" (``EEM_dwarf_UBVIJHK_colors_Teff.txt``; Pecaut &
 Mamajek 2013, ApJS 208, 9): class V, with log g = 4.438 + log10(M/M☉) − 2·log10(R/R☉)
 (4.438 = log g☉). :func:`read_calibration_csv` reads a user compilation such as the
-literature sample of APOGEE Net II §3.1.
+literature sample of APOGEE Net II §3.1. :func:`read_calibration` reads either, telling
+them apart by content, and :func:`stack_calibrations` joins several into one table.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from pathlib import Path
 
 import astropy.units as u
 import numpy as np
-from astropy.table import Column, Table
+from astropy.table import Column, Table, vstack
 
 from kielnet.data.spectral_types import parse_spectral_type
 from kielnet.errors import InputError
 
-__all__ = ["read_mamajek_table", "read_calibration_csv", "LOGG_SUN"]
+__all__ = ["read_mamajek_table", "read_calibration_csv", "read_calibration", "stack_calibrations",
+           "is_mamajek_table", "CALIBRATION_COLUMNS", "LOGG_SUN"]
 
 #: log10 of the solar surface gravity in cm s⁻² (IAU 2015 nominal values).
 LOGG_SUN = 4.438
 
+#: the columns every calibration reader returns (and :func:`stack_calibrations` keeps)
+CALIBRATION_COLUMNS = ("spt_label", "spt", "lum_class", "teff", "logg")
 _MAMAJEK_NEEDED = ("SpT", "Teff", "R_Rsun", "Msun")
 _CSV_ALIASES = {"spt": ("spt", "sptype", "sp_type", "spectral_type"),
                 "lum_class": ("lum_class", "lc", "luminosity_class", "lumclass"),
@@ -258,3 +262,53 @@ def read_calibration_csv(path: str | Path) -> Table:
     t["multiple"] = np.array(multiple, dtype=bool)
     return t
 
+
+
+def is_mamajek_table(path: str | Path) -> bool:
+    """Whether ``path`` is laid out like Mamajek's dwarf sequence: a line starting with
+    ``#SpT`` (its column header). Calibration CSVs have a plain header line instead."""
+    p = _check_file(path)
+    with p.open(encoding="utf-8", errors="replace") as fh:
+        return any(line.startswith("#SpT") for line in fh)
+
+
+def read_calibration(path: str | Path, kind: str = "auto") -> Table:
+    """Read a spectral-type calibration table of either kind.
+
+    Parameters
+    ----------
+    path
+        Mamajek's dwarf sequence or a calibration CSV.
+    kind
+        ``"mamajek"`` (:func:`read_mamajek_table`), ``"csv"`` (:func:`read_calibration_csv`)
+        or ``"auto"``: Mamajek's table when :func:`is_mamajek_table`, else CSV.
+
+    Returns
+    -------
+    astropy.table.Table
+        As the reader chosen returns it (``teff`` in K, ``logg`` in dex);
+        ``meta['kind']`` names the kind read.
+    """
+    if kind not in ("auto", "mamajek", "csv"):
+        raise ValueError(f"kind must be 'auto', 'mamajek' or 'csv', got {kind!r}")
+    if kind == "auto":
+        kind = "mamajek" if is_mamajek_table(path) else "csv"
+    t = read_mamajek_table(path) if kind == "mamajek" else read_calibration_csv(path)
+    t.meta["kind"] = kind
+    return t
+
+
+def stack_calibrations(tables: list[Table]) -> Table:
+    """Several calibration tables as one: the rows of all, columns
+    :data:`CALIBRATION_COLUMNS` only (``teff`` in K, ``logg`` in dex), plus ``source``
+    (each row's file, ``meta['source']``); ``meta['sources']`` lists the files."""
+    if not tables:
+        raise ValueError("no calibration tables to stack")
+    parts = []
+    for t in tables:
+        part = t[list(CALIBRATION_COLUMNS)]
+        part["source"] = np.full(len(t), str(t.meta.get("source", "")))
+        parts.append(part)
+    out = vstack(parts, join_type="exact", metadata_conflicts="silent")
+    out.meta = {"sources": [str(t.meta.get("source", "")) for t in tables]}
+    return out
