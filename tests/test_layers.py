@@ -1,5 +1,5 @@
 """The package's imports point one way: no cycle between modules, and no module imports
-a package of a higher layer (cli → pipeline → diagnostics → training / inference /
+a package of a higher layer (cli → pipeline, spectral_labels → diagnostics → training / inference /
 interop → io / compute / artifact → quality / simulation → data / models → config →
 errors / presets / labels). Every import counts, also those inside functions and under
 TYPE_CHECKING."""
@@ -21,7 +21,7 @@ LAYERS = {
     "io": 4, "compute": 4, "artifact": 4,
     "training": 5, "inference": 5, "interop": 5,
     "diagnostics": 6,
-    "pipeline": 7,
+    "pipeline": 7, "spectral_labels": 7,
     "cli": 8,
 }
 
