@@ -3,6 +3,9 @@ InputError naming file / column / star, or a flagged catalogue row."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,14 +107,46 @@ def test_bad_rows_are_flagged_and_kept(tiny_bundle, stars, tmp_path, suffix):
     assert abs(teff[1] - float(clean["teff"][1])) < 3 * float(clean["sigma_teff"][1])
 
 
-def test_missing_column_is_named(tiny_bundle, stars, tmp_path):
+def test_missing_column_is_named_when_no_input_group_covers_it(tiny_bundle, stars, tmp_path):
     cols = _columns(stars)
     del cols["bp"]
     path = _write(cols, tmp_path / "no_bp.parquet")
+    uncovered = copy.copy(tiny_bundle)
+    uncovered.sigma_model = dataclasses.replace(tiny_bundle.sigma_model, rule="withhold")
     with pytest.raises(InputError) as info:
-        predict(tiny_bundle, read_stars(path))
+        predict(uncovered, read_stars(path))
     assert info.value.field == "bp"
     assert str(path) in str(info.value) and "'bp'" in str(info.value)
+
+
+def test_a_column_absent_from_the_file_is_missing_for_every_star_when_a_group_covers_it(tiny_bundle, stars,
+                                                                                         tmp_path):
+    cols = _columns(stars)
+    del cols["bp"]
+    path = _write(cols, tmp_path / "no_bp.parquet")
+    with pytest.warns(UserWarning, match=r"no_bp.parquet: input column\(s\) bp absent from the file.*'gaia_bprp'"):
+        cat = predict(tiny_bundle, read_stars(path))
+    with_bp = predict(tiny_bundle, stars)
+    flags = np.asarray(cat["flag"])
+    assert len(cat) == len(stars) and ((flags >> FLAG_BITS["missing_input"]) & 1).all()
+    # exactly what the same stars get with BP set missing star by star
+    nan_bp = stars.take(np.arange(len(stars)))
+    nan_bp.scalars = {**stars.scalars, "bp": np.full(len(stars), np.nan)}
+    ref = predict(tiny_bundle, nan_bp)
+    np.testing.assert_array_equal(np.asarray(cat["sigma_teff"]), np.asarray(ref["sigma_teff"]))
+    assert not np.array_equal(np.asarray(cat["sigma_teff"]), np.asarray(with_bp["sigma_teff"]))
+
+
+def test_duplicate_ids_are_marked_and_counted(tiny_bundle, stars):
+    ids = np.asarray(stars.ids).copy()
+    ids[1] = ids[0]
+    ids[3] = ids[0]
+    dup = stars.take(np.arange(len(stars)))
+    dup.ids = ids
+    with pytest.warns(UserWarning, match="3 stars share 1 ids"):
+        cat = predict(tiny_bundle, dup)
+    assert len(cat) == len(stars)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(cat["duplicate_id"])), [0, 1, 3])
 
 
 def test_table_without_spectra(tiny_bundle, stars, tmp_path):
@@ -167,6 +202,11 @@ def test_bad_stars_in_memory_with_a_synthetic_bundle(synthetic_bundle, make_tabl
     assert info.value.field == "flux" and "48" in str(info.value)
     no_j = make_table(n=2, n_pix=48, seed=33)
     del no_j.scalars["j"]
+    with pytest.warns(UserWarning, match="input column\\(s\\) j absent"):   # the σ model covers it: all missing
+        cat = predict(synthetic_bundle, no_j)
+    assert (np.asarray(cat["flag"]) & MISSING).all()
+    uncovered = copy.copy(synthetic_bundle)
+    uncovered.sigma_model = None
     with pytest.raises(InputError) as info:
-        predict(synthetic_bundle, no_j)
+        predict(uncovered, no_j)
     assert info.value.field == "j"

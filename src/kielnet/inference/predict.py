@@ -29,6 +29,7 @@ from kielnet.errors import InputError, UsageError
 from kielnet.labels import astropy_unit
 from kielnet.data.startable import StarTable
 from kielnet.artifact import Bundle
+from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn_duplicates
 from kielnet.inference.quality import add_quality_columns
 from kielnet.quality.neighbours import positions
 from kielnet.quality.sigma import star_snr
@@ -258,7 +259,7 @@ def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTa
 
 def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
             nets: list[HybridNet] | None = None, n_realisations: int | None = None,
-            rng: np.random.Generator | None = None, precision: str = "fp32") -> Table:
+            rng: np.random.Generator | None = None, precision: str = "fp32", mark_duplicates: bool = True) -> Table:
     """Label every star of ``table`` with the bundle's ensemble.
 
     Parameters
@@ -280,6 +281,13 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         ``"fp32"`` (default) or ``"bf16"`` (bfloat16 convolutions and linear layers:
         faster on CPUs with AVX-512 BF16 / AMX; the labels change by a small fraction of
         their uncertainties, ``benchmarks/results/throughput.json``).
+    mark_duplicates
+        Add the column ``duplicate_id`` (the star's id occurs more than once in ``table``)
+        and warn with the count (the streaming driver marks them over the whole input instead).
+
+    An input column the bundle reads but ``table`` lacks entirely is treated as missing
+    for every star when the bundle's σ model covers it
+    (:func:`kielnet.inference.inputs.fill_absent_inputs`), with a warning.
 
     Returns
     -------
@@ -293,6 +301,7 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         raise UsageError(f"n_realisations must be >= 0, got {n_real}")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    table = fill_absent_inputs(bundle, table)
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
     if n_real > 0:
@@ -310,4 +319,16 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
                                    precision=precision, head_sigma=head)
         cat = catalogue_from_predictions(bundle, table, prep, preds, head_sigma=head[0] if head else None)
     cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
-    return enforce_status(cat, bundle.config.label_names)
+    cat = enforce_status(cat, bundle.config.label_names)
+    if mark_duplicates:
+        dup = duplicate_id_mask(table.ids)
+        add_duplicate_column(cat, dup)
+        if dup.any():
+            warn_duplicates(int(dup.sum()), len(np.unique(np.asarray(table.ids)[dup])), table.source)
+    return cat
+
+
+def add_duplicate_column(cat: Table, dup: np.ndarray) -> None:
+    """The catalogue column ``duplicate_id`` (bool) with its description."""
+    cat["duplicate_id"] = np.asarray(dup, dtype=bool)
+    cat["duplicate_id"].description = "the star's id occurs more than once in the input (every row is labelled)"

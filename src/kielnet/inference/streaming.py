@@ -57,7 +57,8 @@ from kielnet.data.source import StarSource, TableSource
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError, KielnetError, RunMismatchError, UsageError
 from kielnet.artifact import Bundle
-from kielnet.inference.predict import catalogue_meta, predict
+from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn_duplicates
+from kielnet.inference.predict import add_duplicate_column, catalogue_meta, predict
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.io.outputs import check_output_file
 from kielnet.io.tables import _format_of, atomic_write_table, read_catalogue
@@ -313,10 +314,13 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
         summary.update(counts=_reuse_part(part, chunk, k, start, fp, digest), reused=True)
         return summary
     cfg = bundle.config
+    chunk = fill_absent_inputs(bundle, chunk)
     chunk.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
     rng = np.random.default_rng([cfg.inference.seed, k])  # per chunk: resumable anywhere
     kw = {} if precision is None else {"precision": precision}  # None: predict has no such option
-    cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng, **kw)
+    cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng,
+                  mark_duplicates=False, **kw)
+    add_duplicate_column(cat, duplicate_id_mask(chunk.ids))  # within the chunk; over the input at assembly
     status = np.asarray(cat["status"]).astype(str)
     _check_statuses(status, f"chunk {k}")
     cat.meta[_PART_KEY] = {"chunk": int(k), "start": int(start), "n_rows": int(len(chunk)), "run": digest,
@@ -423,7 +427,8 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
         raise InputError("the input holds no stars", source=source.spec)
     if isinstance(source, TableSource):  # in memory: check the columns before anything else
         cfg = bundle.config
-        source.table.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
+        checked = fill_absent_inputs(bundle, source.table)
+        checked.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
     parts = output.with_name(output.name + ".parts")
     identity = prediction_run_identity(bundle, source, chunk_size=chunk_size, batch_size=batch_size,
                                        n_realisations=n_real, precision=precision)
@@ -511,12 +516,20 @@ def _assemble(bundle: Bundle, parts: Path, output: Path, fmt: str, summaries: li
         raise RunMismatchError(f"parts {', '.join(missing[:3])} vanished before the output was written (another "
                                "run uses this parts directory?); rerun", source=str(parts))
     meta = catalogue_meta(bundle)
+    dups = _duplicate_ids(files)
     if fmt == "parquet":
-        rows = _write_parquet_parts(files, summaries, output, meta)
+        rows = _write_parquet_parts(files, summaries, output, meta, dups)
     elif fmt in ("ascii.csv", "ascii.ecsv"):
-        rows = _write_text_parts(files, summaries, output, fmt, meta)
+        rows = _write_text_parts(files, summaries, output, fmt, meta, dups)
     else:
-        rows = _write_in_memory(files, summaries, output, meta)
+        rows = _write_in_memory(files, summaries, output, meta, dups)
+    if len(dups):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        n_dup = sum(int(pc.sum(pc.is_in(pq.read_table(f, columns=["id"]).column(0).cast("string"),
+                                        value_set=dups)).as_py() or 0) for f in files)
+        warn_duplicates(n_dup, len(dups), str(output))
     n_in = sum(s["n_rows"] for s in summaries)
     if rows != n_in:
         raise KielnetError(f"{output}: {rows} rows written for {n_in} input stars; this is a kielnet bug")
@@ -527,6 +540,35 @@ def _assemble(bundle: Bundle, parts: Path, output: Path, fmt: str, summaries: li
     return rows, counts
 
 
+def _duplicate_ids(files: list[Path]):
+    """The ids (a pyarrow array) that occur more than once over all parts, reading only
+    their ``id`` columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ids = pa.chunked_array([pq.read_table(f, columns=["id"]).column(0).cast(pa.string()) for f in files],
+                           type=pa.string())
+    counts = pc.value_counts(ids)
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+
+
+def _mark_duplicates(tab, dups):
+    """Set a part's ``duplicate_id`` column from the ids duplicated over the whole input
+    (an astropy Table in place, or a pyarrow Table returned)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(tab, pa.Table):
+        if "duplicate_id" not in tab.column_names:
+            return tab
+        col = pc.is_in(tab.column("id").cast(pa.string()), value_set=dups)
+        return tab.set_column(tab.column_names.index("duplicate_id"), "duplicate_id", col)
+    if "duplicate_id" in tab.colnames:
+        tab["duplicate_id"] = np.isin(np.asarray(tab["id"]).astype(str), dups.to_numpy(zero_copy_only=False))
+    return tab
+
+
 def concat_parquet(files: list[Path], output: Path, meta: dict | None = None, check=None) -> int:
     """Write Parquet ``files`` (same columns) one after the other into ``output``
     atomically, one file in memory at a time, with :class:`pyarrow.parquet.ParquetWriter`.
@@ -535,7 +577,8 @@ def concat_parquet(files: list[Path], output: Path, meta: dict | None = None, ch
     the column metadata (units, descriptions: ``kielnet_columns``) is the first file's
     and the table metadata ``meta`` (default: the first file's), as
     :func:`kielnet.io.tables._write_parquet` writes them. ``check(table, i)`` is called
-    on each file's table before it is written. Returns the number of rows written.
+    on each file's table before it is written; a table it returns is written instead.
+    Returns the number of rows written.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -566,7 +609,7 @@ def concat_parquet(files: list[Path], output: Path, meta: dict | None = None, ch
             for i, f in enumerate(files):
                 t = pq.read_table(f)
                 if check is not None:
-                    check(t, i)
+                    t = check(t, i) or t
                 try:
                     t = t.cast(schema)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
@@ -605,11 +648,12 @@ def _astropy_metadata(schema, schemas: list, files: list[Path]) -> dict:
     return astropy_parquet_metadata(empty, lengths)
 
 
-def _write_parquet_parts(files: list[Path], summaries: list[dict], output: Path, meta: dict) -> int:
+def _write_parquet_parts(files: list[Path], summaries: list[dict], output: Path, meta: dict, dups) -> int:
     """Parquet, part by part (one part in memory), each part checked on the way."""
     def check(t, i):
         _verify_part(t.column("id").to_numpy(zero_copy_only=False),
                      t.column("status").to_numpy(zero_copy_only=False), summaries[i], files[i])
+        return _mark_duplicates(t, dups)
 
     return concat_parquet(files, output, meta, check)
 
@@ -645,7 +689,7 @@ def _text(tab: Table, fmt: str) -> str:
     return buf.getvalue()
 
 
-def _write_text_parts(files: list[Path], summaries: list[dict], output: Path, fmt: str, meta: dict) -> int:
+def _write_text_parts(files: list[Path], summaries: list[dict], output: Path, fmt: str, meta: dict, dups) -> int:
     """CSV / ECSV, part by part (one part in memory): the first part written with the
     catalogue's header, the others without, as astropy writes a whole table."""
     rows = 0
@@ -655,6 +699,7 @@ def _write_text_parts(files: list[Path], summaries: list[dict], output: Path, fm
             for k, (f, s) in enumerate(zip(files, summaries)):
                 tab = read_catalogue(f)
                 _verify_part(tab["id"], tab["status"], s, f)
+                _mark_duplicates(tab, dups)
                 tab.meta.clear()
                 plain_header = _text(tab[:0], fmt)
                 if k == 0:
@@ -674,7 +719,7 @@ def _write_text_parts(files: list[Path], summaries: list[dict], output: Path, fm
     return rows
 
 
-def _write_in_memory(files: list[Path], summaries: list[dict], output: Path, meta: dict) -> int:
+def _write_in_memory(files: list[Path], summaries: list[dict], output: Path, meta: dict, dups) -> int:
     """FITS: every part read, stacked and written in one piece (bounded by the row limit)."""
     n = sum(s["n_rows"] for s in summaries)
     if n > IN_MEMORY_ROW_LIMIT:
@@ -684,7 +729,7 @@ def _write_in_memory(files: list[Path], summaries: list[dict], output: Path, met
     for f, s in zip(files, summaries):
         cat = read_catalogue(f)
         _verify_part(cat["id"], cat["status"], s, f)
-        cats.append(cat)
+        cats.append(_mark_duplicates(cat, dups))
     full = vstack(cats, metadata_conflicts="silent") if len(cats) > 1 else cats[0]
     full.meta.clear()
     full.meta.update(meta)
