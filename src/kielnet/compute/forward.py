@@ -198,6 +198,8 @@ class EnsembleRunner:
             raise ValueError("the ensemble's members have different numbers of outputs")
         exec_threads = 1 if parallel == "inter" else n_threads
         self.executors = [_executor(n, self.layout, precision, self.device, conv_chunk, exec_threads) for n in nets]
+        if self.layout == "fused" and any(ex.layout != "fused" for ex in self.executors):
+            self.layout = "conv1d"  # the fused path failed its probe (kielnet.compute.plan.make_executor)
 
     def __len__(self) -> int:
         return len(self.nets)
