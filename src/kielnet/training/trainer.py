@@ -29,7 +29,7 @@ from kielnet.models.hybrid import HybridNet, split_outputs
 from kielnet.stats import robust_sigma
 from kielnet.training.callbacks import Checkpoint, EarlyStopping, WeightAverage, checkpoint_file
 
-__all__ = ["TrainResult", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
+__all__ = ["TrainResult", "robust_score", "masked_loss", "sigma_loss", "member_loss",
            "InputDropout", "checkpoint_file", "member_fingerprint", "train_member"]
 
 
@@ -41,13 +41,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
-
-
-def batch_tensors(prep: Prepared, idx: np.ndarray, branch_names: list[str]):
-    """Inputs for rows ``idx`` as torch tensors: (spectrum or None, [branch tensors])."""
-    spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[idx])
-    branches = [torch.from_numpy(prep.branches[name][idx]) for name in branch_names]
-    return spec, branches
 
 
 class _TrainTensors:
