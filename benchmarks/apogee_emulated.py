@@ -35,7 +35,7 @@ import numpy as np
 from kielnet.config import load_config
 from kielnet.artifact import save_bundle
 from kielnet.inference.predict import predict
-from kielnet.inference.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 from kielnet.io import load_payne_emulator
 from kielnet.simulation import emulator_crb, fit_spectra, sample_labels, simulate
 from kielnet.training.ensemble import train_ensemble

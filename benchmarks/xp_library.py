@@ -66,7 +66,7 @@ from kielnet.data.startable import StarTable
 from kielnet.diagnostics.metrics import (calibration_report, coverage_summary, label_metrics, metrics_table,
                                          regime_masks, worst_bin)
 from kielnet.inference.predict import predict
-from kielnet.inference.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 from kielnet.io import XP_LIBRARY, read_stars
 from kielnet.pipeline import run_holdout
 from kielnet.quality.sigma import GAUSSIAN_1SIGMA, combine_members, fit_sigma_model, star_snr

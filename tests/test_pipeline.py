@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kielnet.data.splits import crc32_holdout
-from kielnet.inference.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 from kielnet.pipeline import catalogue_metrics, holdout_split
 
 LABELS = ["teff", "logg", "fe_h", "alpha_m"]

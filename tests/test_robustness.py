@@ -1,23 +1,13 @@
-"""The robustness matrix (``benchmarks/robustness.py``): every bad input, option,
+"""The robustness matrix (``tests/robustness_matrix.py``): every bad input, option,
 bundle and resume case, run through the ``kielnet`` command line on the real data,
 must end in its documented outcome — a clear error, a flagged row or a refused
 resume — with no row lost, nothing silently wrong and no traceback."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-_spec = importlib.util.spec_from_file_location("kielnet_robustness", REPO_ROOT / "benchmarks" / "robustness.py")
-robustness = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = robustness  # dataclasses look their module up
-_spec.loader.exec_module(robustness)
+import robustness_matrix as robustness  # tests/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")
 

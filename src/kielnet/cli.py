@@ -303,8 +303,7 @@ def _with_metadata(table, metadata):
 def _open_source(data, metadata, *, sampled_xp: bool = False):
     """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
     metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
-    metadata joined per batch) where this kielnet has it, else the whole input read
-    into memory (:func:`_with_metadata`). ``sampled_xp``: the model reads sampled
+    metadata joined per batch). ``sampled_xp``: the model reads sampled
     spectra, so a Gaia XP continuous file is converted with GaiaXPy to the XP library's
     representation (336-1020 nm, divided by the median flux) first."""
     import kielnet.io as kio
@@ -317,13 +316,7 @@ def _open_source(data, metadata, *, sampled_xp: bool = False):
         print(f"{len(table)} XP continuous spectra converted to sampled spectra with GaiaXPy")
         return TableSource(table, spec=str(data)), True
 
-    open_stars = getattr(kio, "open_stars", None)
-    if open_stars is not None:
-        return open_stars(data, metadata=tuple(metadata)), not metadata
-    from kielnet.data.source import TableSource
-
-    table = _with_metadata(kio.read_stars(data), metadata)
-    return TableSource(table, spec=str(data)), True
+    return kio.open_stars(data, metadata=tuple(metadata)), not metadata
 
 
 def _output_ids(path: Path) -> np.ndarray:

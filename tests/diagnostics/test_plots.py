@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from kielnet.diagnostics.plots import kiel_diagram, residual_plot
@@ -28,3 +32,23 @@ def test_residual_plot_writes_png(tmp_path):
     out = residual_plot(pred, truth, tmp_path / "res.png", units={"teff": "K", "logg": "dex"})
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert out.stat().st_size > 5000
+
+
+
+def test_importing_the_diagnostics_leaves_the_matplotlib_backend_alone(tmp_path):
+    """No ``matplotlib.use`` and no pyplot at import or when drawing: a notebook's backend
+    stays as it is (a fresh interpreter, so that nothing is imported already)."""
+    code = ("import importlib, pkgutil, sys, matplotlib, numpy as np\n"
+            "matplotlib.use('svg')\n"
+            "import kielnet.diagnostics as d\n"
+            "for m in pkgutil.iter_modules(d.__path__): importlib.import_module('kielnet.diagnostics.' + m.name)\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n"
+            "from kielnet.diagnostics.plots import kiel_diagram\n"
+            "kiel_diagram(*[np.array([5000.0, 4000.0, 6000.0])] * 3, sys.argv[1])\n"
+            "assert matplotlib.get_backend() == 'svg' and 'matplotlib.pyplot' not in sys.modules\n")
+    out = tmp_path / "k.png"
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == PNG_MAGIC

@@ -203,10 +203,6 @@ def test_parts_of_another_run_are_refused(tiny_bundle, stars, tmp_path, change, 
 
 
 def test_another_precision_is_another_run(synthetic_bundle, make_table, tmp_path):
-    import inspect
-
-    if "precision" not in inspect.signature(predict).parameters:
-        pytest.skip("predict has no precision option")
     table = make_table(n=25, seed=2)
     out = tmp_path / "cat.parquet"
     _interrupted_run(synthetic_bundle, table, out)                    # the default precision (fp32)

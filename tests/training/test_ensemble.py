@@ -80,7 +80,7 @@ def test_running_dispersion_on_training_residuals_as_the_paper(table, tiny_confi
     """uncertainty.residuals = training: the whole ensemble's residuals on its training
     stars (Gaia-RVS §3.4), added to the internal spread without subtraction."""
     from kielnet.inference.predict import member_predictions
-    from kielnet.inference.uncertainty import fit_running_dispersion
+    from kielnet.quality.uncertainty import fit_running_dispersion
 
     wd = tmp_path / "work"
     cfg = tiny_config.with_overrides(ensemble={"n_splits": 2, "members_per_split": 2})

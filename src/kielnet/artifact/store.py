@@ -174,7 +174,7 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
     :func:`storage_tensor` allows it (about half the size); :func:`load_bundle` casts
     them back to float32, so the networks always run in the precision they were trained
     in. Check the catalogue change before shipping such a bundle
-    (``benchmarks/package_pretrained.py`` does).
+    (``release/package_pretrained.py`` does).
     """
     if weights_dtype not in ("float32", "float16"):
         raise ValueError(f"weights_dtype must be 'float32' or 'float16', not {weights_dtype!r}")

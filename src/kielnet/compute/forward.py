@@ -24,7 +24,9 @@ rounding.
 
 Layouts: ``"auto"`` picks ``"fused"`` on a CPU with oneDNN (the fastest measured
 here: ``benchmarks/results/throughput.json``), ``"conv1d"`` on CUDA or where the
-fused path cannot run the network; ``"native"`` runs the module as given (the 1×k
+fused path cannot run the network (or fails its probe when built:
+:func:`kielnet.compute.plan.make_executor`; ``EnsembleRunner.layout`` then says
+``"conv1d"``); ``"native"`` runs the module as given (the 1×k
 Conv2d training form). Precision ``"bf16"`` runs convolutions and linear layers in
 bfloat16 (CPU autocast semantics, fp32 accumulation); the outputs are float32.
 """
@@ -198,6 +200,8 @@ class EnsembleRunner:
             raise ValueError("the ensemble's members have different numbers of outputs")
         exec_threads = 1 if parallel == "inter" else n_threads
         self.executors = [_executor(n, self.layout, precision, self.device, conv_chunk, exec_threads) for n in nets]
+        if self.layout == "fused" and any(ex.layout != "fused" for ex in self.executors):
+            self.layout = "conv1d"  # the fused path failed its probe (kielnet.compute.plan.make_executor)
 
     def __len__(self) -> int:
         return len(self.nets)
@@ -274,10 +278,6 @@ class EnsembleRunner:
             chunks = [parts[s][m] for s in sorted(parts)]
             embs.append(np.concatenate(chunks) if chunks else np.zeros((0, _fusion_width(self.nets[m])), np.float32))
         return preds, embs
-
-    def predict_prepared(self, prep, *, embeddings: bool = False):
-        """:meth:`predict` on a :class:`kielnet.data.preprocess.Prepared`."""
-        return self.predict(prep.spectrum, prep.branches, embeddings=embeddings)
 
 
 def _n_rows(spectrum: np.ndarray | None, branches: Mapping[str, np.ndarray]) -> int:

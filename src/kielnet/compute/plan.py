@@ -22,10 +22,21 @@ network's own forward up to float rounding:
     linear layers in bf16 with fp32 accumulation inside oneDNN).
 
 :func:`make_executor` picks one for a layout, precision and device.
+
+The fused path calls private oneDNN operators (``torch.ops.mkldnn._convolution_pointwise``,
+``torch._C._nn.mkldnn_reorder_conv2d_weight``) that a torch upgrade may remove or
+change. So :func:`make_executor` checks every fused executor it builds: a small probe
+batch (:data:`PROBE_ROWS` rows of fixed pseudo-random inputs) runs through the fused
+executor and through the network's own forward (fp32), and where building or running
+the fused path raises ``AttributeError``/``RuntimeError``, or its outputs or fusion
+vector differ from the plain ones by more than :data:`PROBE_TOLERANCE` of their largest
+absolute value, the plain path (``layout="conv1d"``, same precision) is used instead and
+a warning is logged (once per process).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -35,7 +46,9 @@ from torch import nn
 from kielnet.models.hybrid import HybridNet
 
 __all__ = ["ModuleExecutor", "FusedExecutor", "fused_supported", "make_executor", "conv_chunk_rows",
-           "LAYOUTS", "PRECISIONS"]
+           "probe_fused", "LAYOUTS", "PRECISIONS", "PROBE_ROWS", "PROBE_TOLERANCE"]
+
+log = logging.getLogger(__name__)
 
 #: layouts an executor can take ("auto" is resolved by :func:`resolve_layout`)
 LAYOUTS = ("auto", "fused", "conv1d", "native")
@@ -50,6 +63,16 @@ _FUSABLE = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.SiL
 #: (APOGEE Net II: 8 rows per thread; XP: 128); see :func:`conv_chunk_rows`
 CONV_CHUNK_BYTES = 5 << 20
 
+#: rows of the probe batch a fused executor is checked on when it is built
+PROBE_ROWS = 3
+#: largest difference of the fused path from the network's own fp32 forward on the probe
+#: batch, as a fraction of the largest absolute output (and fusion) value: float rounding
+#: for fp32, bf16's 8-bit mantissa for bf16; a wrong operator (a missing activation, a
+#: shifted kernel, wrong weights) is off by order one
+PROBE_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
+
+_fallback_logged = False  # the fallback warning is logged once per process
+
 
 def _dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
@@ -60,8 +83,10 @@ def _dtype(precision: str) -> torch.dtype:
 class ModuleExecutor:
     """Eager forward of a module (see module docstring)."""
 
-    def __init__(self, net: HybridNet, *, precision: str = "fp32", device: torch.device | str = "cpu") -> None:
+    def __init__(self, net: HybridNet, *, precision: str = "fp32", device: torch.device | str = "cpu",
+                 layout: str = "native") -> None:
         self.net = net
+        self.layout = layout
         self.device = torch.device(device)
         self.precision = precision
         self._dtype = _dtype(precision)
@@ -234,6 +259,7 @@ class FusedExecutor:
                  threads: int | None = None) -> None:
         if not fused_supported(net):
             raise ValueError("this network cannot run on the fused path (see fused_supported)")
+        self.layout = "fused"
         self.precision = precision
         self._dtype = dt = _dtype(precision)
         self.branch_names = list(net.branch_names)
@@ -342,14 +368,24 @@ def make_executor(net: HybridNet, *, layout: str, precision: str = "fp32", devic
     """An executor of ``net`` for a resolved ``layout`` ("fused", "conv1d", "native").
 
     ``net`` is never modified: "conv1d" converts a copy, and on another device the
-    module is copied there.
+    module is copied there. A "fused" executor is checked on a probe batch first
+    (:func:`probe_fused`); where it fails, the "conv1d" executor is returned instead
+    (its ``layout`` attribute says which one it is) and a warning is logged once.
     """
     device = torch.device(device)
     if layout == "fused":
         if device.type != "cpu":
             raise ValueError("layout='fused' runs on the CPU only")
-        return FusedExecutor(net.eval() if not net.training else _eval_copy(net), precision=precision,
-                             conv_chunk=conv_chunk, threads=threads)
+        plain = net.eval() if not net.training else _eval_copy(net)
+        try:
+            ex = FusedExecutor(plain, precision=precision, conv_chunk=conv_chunk, threads=threads)
+            problem = probe_fused(ex, plain)
+        except (AttributeError, RuntimeError) as err:  # an operator missing or changed in this torch
+            problem = f"{type(err).__name__}: {err}"
+        if problem is None:
+            return ex
+        _log_fallback(problem)
+        layout = "conv1d"
     if layout == "conv1d":
         mod = net.to_conv1d() if net.conv_layout == "conv2d" else _copy(net)
     elif layout == "native":
@@ -359,7 +395,51 @@ def make_executor(net: HybridNet, *, layout: str, precision: str = "fp32", devic
     if mod is net and (net.training or _device_of(net) != device):
         mod = _copy(net)
     mod = mod.eval().to(device)
-    return ModuleExecutor(mod, precision=precision, device=device)
+    return ModuleExecutor(mod, precision=precision, device=device, layout=layout)
+
+
+def _probe_inputs(net: HybridNet, rows: int = PROBE_ROWS) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Fixed pseudo-random standard-normal inputs of ``net`` (spectrum, branches)."""
+    gen = torch.Generator().manual_seed(0)
+    spec = None if net.spectrum is None else torch.randn(rows, net.spectrum.n_pix, generator=gen)
+    branches = [torch.randn(rows, net.branches[name].net[0].in_features, generator=gen)
+                for name in net.branch_names]
+    return spec, branches
+
+
+def probe_fused(ex: FusedExecutor, net: HybridNet) -> str | None:
+    """Why the fused executor ``ex`` of the eval-mode ``net`` must not be used, or None.
+
+    Runs the probe batch (:func:`_probe_inputs`) through ``ex`` and through
+    :meth:`HybridNet.fusion` / :meth:`HybridNet.head_outputs` in fp32 and compares the
+    outputs and the fusion vectors: each may differ by at most
+    ``PROBE_TOLERANCE[ex.precision]`` times its largest absolute plain value. Raises
+    what the fused operators raise (``AttributeError``, ``RuntimeError``).
+    """
+    spec, branches = _probe_inputs(net)
+    with torch.no_grad():
+        z_ref = net.fusion(spec, branches)
+        y_ref = net.head_outputs(z_ref)
+        y, z = ex(spec, branches, True)
+    tol = PROBE_TOLERANCE[ex.precision]
+    for name, got, ref in (("outputs", y, y_ref), ("fusion vector", z, z_ref)):
+        got, ref = got.double(), ref.double()
+        scale = max(float(ref.abs().max()), 1e-6) if ref.numel() else 1.0
+        if got.shape != ref.shape or not bool(torch.isfinite(got).all()):
+            return f"the fused {name} have shape {tuple(got.shape)} or non-finite values"
+        err = float((got - ref).abs().max()) if ref.numel() else 0.0
+        if err > tol * scale:
+            return (f"the fused {name} differ from the plain forward by {err:.3g} "
+                    f"(> {tol:g} x {scale:.3g}) on the probe batch")
+    return None
+
+
+def _log_fallback(problem: str) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning("kielnet: the fused oneDNN CPU path is not used (%s, torch %s); running the plain "
+                    "PyTorch forward (layout 'conv1d') instead", problem, torch.__version__)
 
 
 def _copy(net: HybridNet) -> HybridNet:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kielnet.stats import robust_sigma
+
 __all__ = ["SPECTRUM_TESTS", "spectrum_statistics", "SpectrumPlausibility", "ColumnRanges",
            "placeholder_mask"]
 
@@ -77,7 +79,7 @@ def _statistics_rows(f: np.ndarray, finite: np.ndarray) -> dict[str, np.ndarray]
                 med_abs[signed] = median(absx[signed], axis=1)
             out["scale"][rows] = np.log10(med_abs)
             dev = np.abs(x - med[:, None])
-            mad = 1.482602218505602 * median(dev, axis=1)   # scipy's scale="normal"
+            mad = robust_sigma(x, axis=1)
             peak = np.nanmax(dev, axis=1) if nan_aware else dev.max(axis=1)
             out["spike"][rows] = np.where(peak == 0, 0.0, peak / mad)
     return out
@@ -87,8 +89,8 @@ def spectrum_statistics(flux: np.ndarray) -> dict[str, np.ndarray]:
     """The statistics of the module docstring for each row of ``flux`` (n, n_pix).
 
     Non-finite pixels are ignored; a row without a finite pixel gives NaN everywhere.
-    The MAD is scaled to a normal σ (× 1.4826, as ``scipy.stats.median_abs_deviation``
-    with ``scale="normal"``).
+    The MAD is scaled to a normal σ (:func:`kielnet.stats.robust_sigma`:
+    ``scipy.stats.median_abs_deviation`` with ``scale="normal"``).
     """
     f = np.asarray(flux, dtype=np.float64)
     out = {k: np.full(len(f), np.nan) for k in ("nonpositive", "scatter", "scale", "spike")}

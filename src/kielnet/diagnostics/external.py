@@ -19,7 +19,7 @@ import numpy as np
 from astropy.coordinates import CartesianDifferential, Galactocentric, SkyCoord
 from astropy.table import Table
 
-from kielnet.quality.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 
 __all__ = ["NUMAX_SUN", "TEFF_SUN", "LOGG_SUN", "R0", "V_LSR", "V_SUN_PECULIAR", "seismic_logg",
            "cluster_metallicity", "galactocentric_frame", "galactocentric_rz"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kielnet.quality.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 
 __all__ = ["label_metrics", "metrics_table", "REGIMES", "regime_masks", "coverage_summary", "calibration_report",
            "worst_bin", "CURVE_K", "G_BINS"]

@@ -1,26 +1,29 @@
-"""Diagnostic figures (matplotlib, Agg backend; written as PNG files)."""
+"""Diagnostic figures (written as PNG files).
+
+No pyplot and no backend switch: figures are :class:`matplotlib.figure.Figure` objects
+rendered by :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`, so a user's
+notebook backend is left alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 __all__ = ["kiel_diagram", "residual_plot", "save_figure"]
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out ``fig``, write it to ``path`` (format from the suffix, parent folders
-    created) and close it."""
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay out ``fig`` and write it to ``path`` with the Agg canvas (format from the
+    suffix, parent folders created)."""
     path = Path(path)
+    FigureCanvasAgg(fig)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -32,7 +35,8 @@ def kiel_diagram(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray, path: str 
     """
     path = Path(path)
     ok = np.isfinite(teff) & np.isfinite(logg)
-    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=120)
+    fig = Figure(figsize=(6.5, 5), dpi=120)
+    ax = fig.subplots()
     c = np.where(np.isfinite(feh), feh, np.nan)[ok]
     sc = ax.scatter(teff[ok], logg[ok], c=c, s=2, cmap="viridis", vmin=-2.0, vmax=0.5, rasterized=True)
     ax.invert_xaxis()
@@ -52,7 +56,8 @@ def residual_plot(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], pat
 
     units = units or {}
     names = list(pred)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), dpi=110, squeeze=False)
+    fig = Figure(figsize=(4.2 * len(names), 3.6), dpi=110)
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         x, y = np.asarray(truth[name], float), np.asarray(pred[name], float)
         ok = np.isfinite(x) & np.isfinite(y)

@@ -33,15 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from kielnet.data.preprocess import Prepared  # noqa: E402
-from kielnet.diagnostics.plots import save_figure  # noqa: E402
+from kielnet.data.preprocess import Prepared
+from kielnet.diagnostics.plots import save_figure
 
 __all__ = ["SensitivityMaps", "gradient_maps", "plot_sensitivity", "plot_branch_sensitivity"]
 
@@ -261,7 +258,8 @@ def plot_sensitivity(maps: SensitivityMaps, wavelength: np.ndarray | None, mean_
     marks = list(lines.items()) if isinstance(lines, dict) else list(lines or [])
     top = mean_spectrum is not None
     n_rows = len(maps.label_names) + int(top)
-    fig, axes = plt.subplots(n_rows, 1, figsize=(10, 1.9 * n_rows + 0.6), dpi=110, sharex=True, squeeze=False)
+    fig = Figure(figsize=(10, 1.9 * n_rows + 0.6), dpi=110)
+    axes = fig.subplots(n_rows, 1, sharex=True, squeeze=False)
     axes = axes[:, 0]
     if top:
         axes[0].plot(x, mean_spectrum, color="k", lw=0.8)
@@ -296,8 +294,8 @@ def plot_branch_sensitivity(maps: SensitivityMaps, branch: str, path: str | Path
     k = g.shape[1]
     xs = np.arange(k)
     n = len(maps.label_names)
-    fig, axes = plt.subplots(n, 1, figsize=(max(6, 0.12 * k + 3), 1.9 * n + 0.6), dpi=110, sharex=True,
-                             squeeze=False)
+    fig = Figure(figsize=(max(6, 0.12 * k + 3), 1.9 * n + 0.6), dpi=110)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)
     for j, (ax, name) in enumerate(zip(axes[:, 0], maps.label_names)):
         members = maps.branch_members.get(branch)
         if members is not None and maps.n_members > 1:

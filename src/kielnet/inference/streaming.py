@@ -52,6 +52,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from kielnet import __version__
+from kielnet.compute import PRECISIONS
 from kielnet.data.fingerprint import array_digest, describe_differences, dict_differences, table_fingerprint
 from kielnet.data.source import StarSource, TableSource
 from kielnet.data.startable import StarTable
@@ -331,24 +332,18 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
 
 
 # ----------------------------------------------------------------------------- driver
-def _effective_precision(precision: str | None) -> str | None:
+#: the precision :func:`predict` runs at when none is named (bound at import)
+_DEFAULT_PRECISION: str = inspect.signature(predict).parameters["precision"].default
+
+
+def _effective_precision(precision: str | None) -> str:
     """The precision a run uses (``None`` = :func:`predict`'s default, recorded as its
     value so that naming the default explicitly is the same run), checked before any
-    compute; ``None`` when this kielnet's ``predict`` has no precision option."""
-    import importlib
-
-    predict_module = importlib.import_module("kielnet.inference.predict")  # (the package exports the function)
-    params = inspect.signature(predict_module.predict).parameters
-    if "precision" not in params:
-        if precision is not None:
-            raise UsageError(f"precision={precision!r}: this kielnet's predict has no precision option")
-        return None
+    compute."""
     if precision is None:
-        default = params["precision"].default
-        return None if default is inspect.Parameter.empty else default
-    valid = getattr(predict_module, "PRECISIONS", None)
-    if valid is not None and precision not in valid:
-        raise UsageError(f"precision must be one of {', '.join(valid)}, got {precision!r}")
+        return _DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 

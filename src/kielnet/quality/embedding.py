@@ -61,6 +61,7 @@ from torch import nn
 
 from kielnet.data.preprocess import Prepared
 from kielnet.data.splits import random_subset
+from kielnet.stats import cohen_kappa
 
 __all__ = ["EmbeddingOOD", "FusionCapture", "agreement", "DEFAULT_MAX_REFERENCE"]
 
@@ -280,8 +281,9 @@ def agreement(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) ->
     Returns a JSON-able dict: ``n``, ``n_agree``, ``fraction_agree``, the confusion
     counts ``both_true``, ``a_true_b_false``, ``a_false_b_true``, ``both_false``,
     the fractions ``a_true`` / ``b_true``, and Cohen's ``kappa``
-    ``(p_o − p_e) / (1 − p_e)`` (NaN when ``p_e = 1``, i.e. both classifications put
-    every star in the same single class; then ``fraction_agree`` says it all).
+    (:func:`kielnet.stats.cohen_kappa`: ``(p_o − p_e) / (1 − p_e)``, NaN when ``p_e = 1``,
+    i.e. both classifications put every star in the same single class; then
+    ``fraction_agree`` says it all).
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -298,9 +300,6 @@ def agreement(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) ->
         return {"n": 0, "n_agree": 0, "fraction_agree": float("nan"), "both_true": 0, "a_true_b_false": 0,
                 "a_false_b_true": 0, "both_false": 0, "a_true": float("nan"), "b_true": float("nan"),
                 "kappa": float("nan")}
-    po = (tt + ff) / n
-    pa, pb = (tt + tf) / n, (tt + ft) / n
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    kappa = float("nan") if np.isclose(pe, 1.0) else (po - pe) / (1 - pe)
-    return {"n": n, "n_agree": tt + ff, "fraction_agree": po, "both_true": tt, "a_true_b_false": tf,
-            "a_false_b_true": ft, "both_false": ff, "a_true": pa, "b_true": pb, "kappa": float(kappa)}
+    return {"n": n, "n_agree": tt + ff, "fraction_agree": (tt + ff) / n, "both_true": tt, "a_true_b_false": tf,
+            "a_false_b_true": ft, "both_false": ff, "a_true": (tt + tf) / n, "b_true": (tt + ft) / n,
+            "kappa": cohen_kappa(a, b)}

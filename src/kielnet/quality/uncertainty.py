@@ -1,7 +1,8 @@
 """Uncertainties of ensemble predictions.
 
 * internal (model-to-model) σ: the standard deviation of the members' predictions;
-* running dispersion (Gaia-RVS §3.4): the robust scatter (1.4826 × MAD) of held-out
+* running dispersion (Gaia-RVS §3.4): the robust scatter (:func:`kielnet.stats.robust_sigma`,
+  the normal-consistent MAD) of held-out
   residuals (prediction − reference) in bins of the *predicted* label, fitted with a
   low-order polynomial so that it can be evaluated for any new star;
 * total σ = internal ⊕ running dispersion (quadrature sum).
@@ -15,16 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RunningDispersion", "fit_running_dispersion", "robust_sigma", "total_sigma"]
+from kielnet.stats import robust_sigma
 
-
-def robust_sigma(x: np.ndarray) -> float:
-    """1.4826 × median absolute deviation of the finite values (NaN if none)."""
-    v = np.asarray(x, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+__all__ = ["RunningDispersion", "fit_running_dispersion", "total_sigma"]
 
 
 @dataclass

@@ -34,7 +34,8 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 from kielnet.quality.neighbours import NeighbourModel
 from kielnet.quality.sigma import OutOfFold, SigmaModel, fit_sigma_model
-from kielnet.quality.uncertainty import fit_running_dispersion, robust_sigma
+from kielnet.quality.uncertainty import fit_running_dispersion
+from kielnet.stats import robust_sigma
 from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
 from kielnet.training.plan import TrainingPlan, TrainingRows, training_rows
 

@@ -26,10 +26,10 @@ from kielnet.config import KielnetConfig, TrainingConfig
 from kielnet.data.fingerprint import array_digest
 from kielnet.data.preprocess import Prepared
 from kielnet.models.hybrid import HybridNet, split_outputs
-from kielnet.quality.uncertainty import robust_sigma
+from kielnet.stats import robust_sigma
 from kielnet.training.callbacks import Checkpoint, EarlyStopping, WeightAverage, checkpoint_file
 
-__all__ = ["TrainResult", "robust_score", "batch_tensors", "masked_loss", "sigma_loss", "member_loss",
+__all__ = ["TrainResult", "robust_score", "masked_loss", "sigma_loss", "member_loss",
            "InputDropout", "checkpoint_file", "member_fingerprint", "train_member"]
 
 
@@ -41,13 +41,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
-
-
-def batch_tensors(prep: Prepared, idx: np.ndarray, branch_names: list[str]):
-    """Inputs for rows ``idx`` as torch tensors: (spectrum or None, [branch tensors])."""
-    spec = None if prep.spectrum is None else torch.from_numpy(prep.spectrum[idx])
-    branches = [torch.from_numpy(prep.branches[name][idx]) for name in branch_names]
-    return spec, branches
 
 
 class _TrainTensors:
@@ -216,15 +209,15 @@ def _evaluate(model: HybridNet, prep: Prepared, idx: np.ndarray, weights: np.nda
 
 
 def robust_score(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean over labels of the robust σ (:func:`kielnet.quality.uncertainty.robust_sigma`)
+    """Mean over labels of the robust σ (:func:`kielnet.stats.robust_sigma`)
     of ``pred − target`` (scaled units; NaN targets skipped; inf if a prediction is not
     finite or no label has a residual)."""
     if not np.isfinite(pred).all():
         return float("inf")
     r = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
-    per = [robust_sigma(r[:, j]) for j in range(r.shape[1])]
-    per = [v for v in per if np.isfinite(v)]
-    return float(np.mean(per)) if per else float("inf")
+    per = robust_sigma(r, axis=0)
+    per = per[np.isfinite(per)]
+    return float(np.mean(per)) if per.size else float("inf")
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -26,10 +26,10 @@ outcome        meaning
 carries a row of another input, marks a bad row ``ok``, or has an ``ok`` row with a
 non-finite label — or when a command that should have refused exited 0.
 
-Run: ``python benchmarks/robustness.py`` → ``benchmarks/results/robustness.json``
-(trains a tiny bundle on the subset first, about a minute on 2 cores). The test
-module ``tests/test_robustness.py`` runs the same cases and asserts each expected
-outcome.
+A test suite's harness, not a test module itself (pytest collects ``test_*.py`` only):
+``tests/test_robustness.py`` runs every case and asserts its expected outcome. Run as a
+script, ``python tests/robustness_matrix.py`` → ``benchmarks/results/robustness.json``
+(trains a tiny bundle on the subset first, about a minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -836,7 +836,7 @@ def run_case(ctx: Context, name: str) -> Outcome:
 def main() -> None:
     import argparse
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from _common import RESULTS, git_commit, git_dirty, provenance, write_result
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

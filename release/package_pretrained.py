@@ -1,4 +1,5 @@
-"""Package the XP benchmark's ensemble as kielnet's shipped pretrained model.
+"""Package the XP benchmark's ensemble as kielnet's shipped pretrained model (a release
+tool: it writes into ``src/``).
 
 Takes the ensemble that ``benchmarks/xp_library.py`` trained (its work directory, which
 resumes every member), writes the bundle into ``src/kielnet/pretrained/<name>/`` with
@@ -12,7 +13,7 @@ resumes every member), writes the bundle into ``src/kielnet/pretrained/<name>/``
 
 Run (after ``python benchmarks/xp_library.py``)::
 
-    python benchmarks/package_pretrained.py
+    python release/package_pretrained.py
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from kielnet.io.tables import atomic_write_table
 from kielnet.pipeline import holdout_split
 from kielnet.training.ensemble import train_ensemble
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import RESULTS, ROOT  # noqa: E402
 
 NAME = "xp-apogee-dr17"

@@ -1,0 +1,54 @@
+"""The statistics kielnet shares across layers, on scipy and scikit-learn.
+
+Bottom layer: imports numpy, scipy and scikit-learn only, so that every other module
+(:mod:`kielnet.data` included) can use it.
+
+* :func:`robust_sigma` — the normal-consistent median absolute deviation
+  (``scipy.stats.median_abs_deviation(scale="normal")``, i.e. 1.482602… × MAD) of the
+  finite values, in the unit of its input;
+* :func:`cohen_kappa` — Cohen's κ of two boolean classifications
+  (``sklearn.metrics.cohen_kappa_score``), dimensionless.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.stats import median_abs_deviation
+
+__all__ = ["robust_sigma", "cohen_kappa"]
+
+
+def robust_sigma(x: np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """Robust σ: ``scipy.stats.median_abs_deviation(x, scale="normal")`` of the finite
+    values (NaN and ±inf are left out), in the unit of ``x``.
+
+    ``axis=None`` (default): over all values, a float (NaN if none is finite); an
+    integer axis: an array of one σ per slice along it (NaN for a slice without a
+    finite value).
+    """
+    v = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = np.where(finite, v, np.nan)
+    if v.size == 0 or not finite.any():
+        return float("nan") if axis is None else np.full(np.delete(v.shape, axis), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a slice without a finite value: NaN
+        out = median_abs_deviation(v, axis=axis, scale="normal", nan_policy="omit")
+    return float(out) if axis is None else np.asarray(out, dtype=np.float64)
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's κ of two boolean classifications of the same items
+    (``sklearn.metrics.cohen_kappa_score``): ``(p_o − p_e) / (1 − p_e)``; NaN where it is
+    undefined (``p_e = 1``: both put every item in the same single class) or without items."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.size == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # where κ is undefined: sklearn's warning (or 0/0's), and NaN
+        return float(cohen_kappa_score(a, b, labels=[False, True]))
