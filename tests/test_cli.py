@@ -128,15 +128,39 @@ def test_predict_unreadable_file_exits_2(capsys, tiny_bundle_dir, tmp_path, cont
     assert str(bad) in capsys.readouterr().err
 
 
-def test_predict_missing_column_exits_2_naming_it(capsys, tiny_bundle_dir, input_fits, tmp_path):
+def test_predict_a_column_absent_from_the_file_is_missing_for_every_star(capsys, tiny_bundle_dir, input_fits,
+                                                                           tmp_path):
     path, _ = input_fits
     t = Table.read(path)
     t.remove_column("rp")
     bad = tmp_path / "no_rp.parquet"
     from kielnet.io import atomic_write_table
     atomic_write_table(t, bad)
-    rc = main(["predict", "--bundle", str(tiny_bundle_dir), "--data", str(bad),
-               "--out", str(tmp_path / "c.parquet"), "--quiet"])
+    with pytest.warns(UserWarning, match=r"no_rp.parquet: input column\(s\) rp absent from the file"):
+        rc = main(["predict", "--bundle", str(tiny_bundle_dir), "--data", str(bad),
+                   "--out", str(tmp_path / "c.parquet"), "--quiet"])
+    assert rc == 0
+    cat = read_catalogue(tmp_path / "c.parquet")
+    assert len(cat) == len(t) and all("missing_input" in s for s in np.asarray(cat["status"]).astype(str))
+
+
+def test_predict_a_missing_column_no_input_group_covers_exits_2_naming_it(capsys, tiny_bundle_dir, input_fits,
+                                                                          tmp_path):
+    import shutil
+
+    path, _ = input_fits
+    t = Table.read(path)
+    t.remove_column("rp")
+    bad = tmp_path / "no_rp.parquet"
+    from kielnet.io import atomic_write_table
+    atomic_write_table(t, bad)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["sigma_model"]["rule"] = "withhold"     # no calibrated factor for a missing group
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    rc = main(["predict", "--bundle", str(bundle), "--data", str(bad), "--out", str(tmp_path / "c.parquet"),
+               "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "'rp'" in err and str(bad) in err

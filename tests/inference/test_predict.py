@@ -34,6 +34,7 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     expected += [f"support_{name}" for name in LABELS] + ["outlier_score"]  # the preset's neighbour model
     expected += ["snr_spectrum"]  # the S/N of the preset's σ recalibration
     expected += ["spread_score"]  # the xp_hybrid preset carries the ensemble-disagreement score
+    expected += ["duplicate_id"]  # the id occurs more than once in the input
     assert cat.colnames == expected
     for name, unit in [("teff", u.K), ("logg", u.dex), ("fe_h", u.dex), ("alpha_m", u.dex)]:
         for col in (name, f"e_{name}", f"sigma_{name}"):

@@ -13,7 +13,8 @@ from astropy.table import vstack
 import kielnet.inference.streaming as streaming
 from kielnet.data.source import TableSource
 from kielnet.errors import RunMismatchError, UsageError
-from kielnet.inference.predict import catalogue_meta, predict
+from kielnet.inference.inputs import duplicate_id_mask
+from kielnet.inference.predict import add_duplicate_column, catalogue_meta, predict
 from kielnet.inference.streaming import PredictionSummary, predict_to_file
 from kielnet.io import atomic_write_table, read_catalogue
 
@@ -39,6 +40,7 @@ def in_memory_catalogue(bundle, table, chunk_size, n_realisations=None):
                     n_realisations=n_realisations, rng=np.random.default_rng([seed, i]))
             for i, s in enumerate(range(0, len(table), chunk_size))]
     full = vstack(cats, metadata_conflicts="silent") if len(cats) > 1 else cats[0]
+    add_duplicate_column(full, duplicate_id_mask(table.ids))   # over the whole input, not per chunk
     full.meta.clear()
     full.meta.update(catalogue_meta(bundle))
     return full
@@ -83,6 +85,8 @@ def test_streamed_output_equals_the_in_memory_catalogue(synthetic_bundle, make_t
     atomic_write_table(ref, expected)
     back = read_catalogue(out)
     assert back["id"].tolist() == table.ids.tolist()
+    dup = np.char.lower(np.asarray(back["duplicate_id"]).astype(str)) == "true"   # (text in CSV)
+    assert np.flatnonzero(dup).tolist() == [29, 30]   # in chunks 2 and 3
     assert_same_catalogue(back, read_catalogue(expected))
     if suffix in (".csv", ".ecsv"):
         assert out.read_bytes() == expected.read_bytes()
