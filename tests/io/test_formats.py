@@ -16,7 +16,7 @@ import kielnet.io as kio
 import kielnet.io.sources as sources_module
 from kielnet.cli import main
 from kielnet.errors import InputError, UsageError
-from kielnet.inference.bundle import save_bundle
+from kielnet.artifact import save_bundle
 from kielnet.io import (atomic_write_table, get_reader, open_stars, read_stars, read_table, register_writer,
                         registered_readers, unregister_writer, write_table)
 from kielnet.io.formats import BUILTIN_FORMATS
