@@ -27,6 +27,8 @@ DATA_HELP = ("input stars: 'xp-library' (the embedded APOGEE DR17 x Gaia XP libr
              "with an 'id' column, an array column 'flux' (or CSV columns flux_0..flux_N) and "
              "scalar columns named as the model's inputs (magnitudes g, bp, rp, j, h, k in mag; "
              "parallax in mas)")
+FORMAT_HELP = ("read --data as the registered input format NAME (e.g. gaia-rvs) instead of the one detected from "
+               "its name and columns; an unknown NAME is refused with the list of registered formats")
 LABELS_HELP = ("Labels and units: those of the bundle's config (its 'labels': name, unit, display name, aliases; "
                "any name - e.g. mg_fe [dex], ak_targ [mag] - kielnet's vocabulary gives known names their "
                "unit: teff [K], logg [dex, cgs], fe_h / m_h / alpha_m [dex]); 'kielnet models' lists a "
@@ -208,8 +210,9 @@ def cmd_train(args) -> int:
     workdir = Path(args.workdir or str(args.out) + ".work")
     check_output_dir(args.out, inputs=[args.data], what="bundle directory", marker="bundle.json")
     check_output_dir(workdir, inputs=[args.data, args.out], what="work directory")
+    _check_format(args)
     cfg = _load_cfg(args)
-    table = _with_reference_labels(read_stars(args.data), args.labels, cfg)
+    table = _with_reference_labels(read_stars(args.data, format=args.format), args.labels, cfg)
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -300,23 +303,32 @@ def _with_metadata(table, metadata):
     return table
 
 
-def _open_source(data, metadata, *, sampled_xp: bool = False):
+def _check_format(args) -> None:
+    """Refuse an unknown ``--format`` before any work (the message lists the registered formats)."""
+    if getattr(args, "format", None):
+        from kielnet.io import reader_named
+
+        reader_named(args.format)
+
+
+def _open_source(data, metadata, *, sampled_xp: bool = False, format: str | None = None):
     """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
     metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
     metadata joined per batch). ``sampled_xp``: the model reads sampled
     spectra, so a Gaia XP continuous file is converted with GaiaXPy to the XP library's
-    representation (336-1020 nm, divided by the median flux) first."""
+    representation (336-1020 nm, divided by the median flux) first (its reader's
+    ``as_sampled`` hook). ``format``: the reader to use (``--format``)."""
     import kielnet.io as kio
 
-    if sampled_xp and Path(data).is_file() and kio.get_reader(data).name == "gaia-xp":
+    reader = kio.resolve(data, format).reader if sampled_xp and Path(data).is_file() else None
+    if reader is not None and reader.as_sampled is not None:
         from kielnet.data.source import TableSource
-        from kielnet.io.gaia_xp import xp_sampled_spectra
 
-        table = _with_metadata(xp_sampled_spectra(data), metadata)
-        print(f"{len(table)} XP continuous spectra converted to sampled spectra with GaiaXPy")
+        table = _with_metadata(reader.as_sampled(data), metadata)
+        print(f"{len(table)} stars of {reader.what} converted to sampled spectra")
         return TableSource(table, spec=str(data)), True
 
-    return kio.open_stars(data, metadata=tuple(metadata)), not metadata
+    return kio.open_stars(data, metadata=tuple(metadata), format=format), not metadata
 
 
 def _output_ids(path: Path) -> np.ndarray:
@@ -390,11 +402,13 @@ def cmd_predict(args) -> int:
         from kielnet.cluster import check_cluster
 
         check_cluster(args.cluster)
+    _check_format(args)
     bundle = load_bundle(args.bundle)
     if args.table2 and not bundle.config.quality.boundary_flag.enabled:
         raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
                            "(e.g. the gaia_rvs_hybrid preset)")
-    source, printed = _open_source(args.data, args.metadata, sampled_xp=bundle.config.spectrum is not None)
+    source, printed = _open_source(args.data, args.metadata, sampled_xp=bundle.config.spectrum is not None,
+                                   format=args.format)
     n_rows = source.n_rows
     if (args.table2 and n_rows is not None and n_rows > streaming.IN_MEMORY_ROW_LIMIT
             and not (_table2_is_parquet(args.table2) and _table2_is_parquet(args.out))):
@@ -426,9 +440,10 @@ def cmd_evaluate(args) -> int:
         check_output_file(args.out, inputs=[args.data, args.bundle], what="metrics file", table=False)
     from kielnet.data.label_columns import resolve_labels
 
+    _check_format(args)
     bundle = load_bundle(args.bundle)
-    table = resolve_labels(_with_reference_labels(read_stars(args.data), args.labels, bundle.config),
-                           bundle.config.label_vocabulary)
+    table = resolve_labels(_with_reference_labels(read_stars(args.data, format=args.format), args.labels,
+                                                  bundle.config), bundle.config.label_vocabulary)
     selection = _load_selection(args)
     if selection is not None:
         from kielnet.data.selection import select_stars
@@ -627,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a deep ensemble on labelled stars and write a model bundle "
                                    "(directory: bundle.json + member_NNN.safetensors).\n" + LABELS_HELP)
     t.add_argument("--data", required=True, help=DATA_HELP)
+    t.add_argument("--format", metavar="NAME", help=FORMAT_HELP)
     t.add_argument("--config", default="xp_hybrid", help="preset name or YAML config path (default xp_hybrid)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. ensemble.n_splits=4 (repeatable)")
@@ -748,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "time, stars/s and the rows per status name (ok, implausible_spectrum, ...).")
     pr.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     pr.add_argument("--data", required=True, help=DATA_HELP)
+    pr.add_argument("--format", metavar="NAME", help=FORMAT_HELP)
     pr.add_argument("--out", required=True,
                     help=f"catalogue file: .parquet, .csv or .ecsv (any size), or .fits (at most "
                          f"{IN_MEMORY_ROW_LIMIT:,} rows)")
@@ -785,6 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "label's unit (Teff in K).")
     e.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     e.add_argument("--data", required=True, help=DATA_HELP + "; must include reference labels")
+    e.add_argument("--format", metavar="NAME", help=FORMAT_HELP)
     e.add_argument("--labels", action="append", default=[], metavar="TABLE",
                    help="reference-label catalogue joined by star id (as for train; repeatable)")
     e.add_argument("--select", metavar="NAME|FILE",

@@ -62,7 +62,8 @@ from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn
 from kielnet.inference.predict import add_duplicate_column, catalogue_meta, predict
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.io.outputs import check_output_file
-from kielnet.io.tables import _format_of, atomic_write_table, read_catalogue
+from kielnet.io.tables import atomic_write_table, read_catalogue
+from kielnet.io.writers import get_writer
 
 __all__ = ["predict_to_file", "prediction_run_identity", "PredictionSummary", "PARTS_FORMAT",
            "IN_MEMORY_ROW_LIMIT", "IN_MEMORY_FORMATS", "as_source", "chunk_fingerprint", "run_chunk",
@@ -408,7 +409,7 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
     precision = _effective_precision(precision)
     source = as_source(source)
     output = check_output_file(output, inputs=inputs)
-    fmt = _format_of(output)
+    fmt = get_writer(output).name
     if cluster is not None:
         from kielnet.cluster import check_cluster
 

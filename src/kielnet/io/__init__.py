@@ -2,7 +2,9 @@
 
 Which reader reads what is decided by the reader registry (:mod:`kielnet.io.registry`):
 :func:`read_stars` reads a whole input, :func:`open_stars` streams it in batches
-(:mod:`kielnet.io.sources`); a new format is one :func:`register_reader` call.
+(:mod:`kielnet.io.sources`); a new format is one :func:`register_reader` call, and a
+built-in one is one module of :mod:`kielnet.io.formats`. Which writer writes a
+catalogue is decided by the writer registry (:mod:`kielnet.io.writers`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 from kielnet.io.apstar import iter_apstar, read_apstar
 from kielnet.io.emulator import load_payne_emulator
-from kielnet.io.registry import (XP_LIBRARY, ReaderSpec, get_reader, reading, register_reader,
+from kielnet.io.registry import (ReaderSpec, get_reader, reader_named, reading, register_reader,
                                  registered_readers, resolve, unregister_reader)
 from kielnet.io.sources import open_stars
 from kielnet.io.tables import ColumnMap, atomic_write_table, read_catalogue, read_table, write_table
+from kielnet.io.writers import WriterSpec, get_writer, register_writer, registered_writers, unregister_writer
 from kielnet.io.xp_library import default_library_path, load_xp_library
+from kielnet.io import formats  # noqa: E402,F401 - registers the built-in readers (one module per format)
+from kielnet.io.formats.xp_library import XP_LIBRARY
 
 __all__ = ["read_apstar", "iter_apstar", "load_payne_emulator", "read_stars", "open_stars", "read_catalogue",
            "read_table", "write_table", "atomic_write_table", "load_xp_library", "default_library_path",
            "ColumnMap", "XP_LIBRARY", "sniff_format", "ReaderSpec", "register_reader", "unregister_reader",
-           "get_reader", "registered_readers"]
+           "get_reader", "registered_readers", "reader_named", "WriterSpec", "register_writer",
+           "unregister_writer", "registered_writers", "get_writer"]
 
 #: :func:`sniff_format` kinds of the built-in readers whose registry name differs.
 _KINDS = {"gaia-rvs": "gaia_rvs", "gaia-xp": "gaia_xp", XP_LIBRARY: "xp_library"}
@@ -40,7 +46,7 @@ def sniff_format(path: str | Path) -> str:
     return _KINDS.get(name, name)
 
 
-def read_stars(spec: str | Path) -> StarTable:
+def read_stars(spec: str | Path, *, format: str | None = None) -> StarTable:
     """Read stars from ``spec``: ``"xp-library"`` (the embedded library), an XP-library
     ``.npz`` subset, APOGEE apStar files (a file named ``apStar*`` or a directory of
     them, see :mod:`kielnet.io.apstar`), Gaia DR3 RVS mean spectra in the archive's
@@ -52,8 +58,9 @@ def read_stars(spec: str | Path) -> StarTable:
     files of one reader that accepts directories.
 
     The reader is the registry's choice (:func:`get_reader`, see
-    :mod:`kielnet.io.registry` for the rules); :func:`open_stars` streams the same
-    stars in batches.
+    :mod:`kielnet.io.registry` for the rules), or the reader named ``format``
+    (``--format``; :func:`reader_named`); :func:`open_stars` streams the same stars in
+    batches.
 
     Raises
     ------
@@ -63,8 +70,10 @@ def read_stars(spec: str | Path) -> StarTable:
         format no reader recognises, and every failure inside a reader — an error
         that is not kielnet's own becomes ``cannot read as <reader>: <type>:
         <message>`` with the original as ``__cause__``.
+    UsageError
+        For a ``format`` no reader is registered under (the message lists them).
     """
-    resolved = resolve(spec)
+    resolved = resolve(spec, format)
     source = resolved.spec if resolved.kind == "glob" else str(resolved.target)
     with reading(resolved.reader, source):
         return resolved.reader.read(resolved.target)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from kielnet.errors import UsageError
-from kielnet.io.tables import _format_of
+from kielnet.io.writers import get_writer
 
 __all__ = ["check_output_file", "check_output_dir", "check_not_input"]
 
@@ -56,14 +56,14 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike 
 def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
                       what: str = "catalogue", table: bool = True) -> Path:
     """Check a file output: not a directory, writable, not an input; for a table
-    (``table=True``) also a known format suffix, and no file blocking the
+    (``table=True``) also a suffix a registered writer owns (:mod:`kielnet.io.writers`), and no file blocking the
     ``<path>.parts`` resume directory. Returns the path.
     """
     p = Path(path)
     if table:
         try:
-            _format_of(p)
-        except Exception as exc:  # noqa: BLE001 - the format helper's message names the suffix
+            get_writer(p)
+        except Exception as exc:  # noqa: BLE001 - the registry's message names the suffix
             raise UsageError(f"{what} {p}: {exc}") from None
     if p.is_dir():
         raise UsageError(f"{what} {p} is a directory; give a file name such as {p / 'catalogue.parquet'}")

@@ -24,24 +24,18 @@ priorities the one registered last (so that a project's reader can stand in for 
 built-in one). ``identify`` must be cheap: a suffix, a file name, the column names in
 a header; an exception inside it counts as "no".
 
-Built-in readers (priority, identify rule):
+Overriding the choice
+---------------------
+``resolve(spec, format="gaia-rvs")`` (``read_stars`` / ``open_stars`` /
+``kielnet … --format NAME``) skips ``identify`` and uses the reader of that name
+(:func:`reader_named`; an unknown name is a :class:`~kielnet.errors.UsageError`
+listing the registered names).
 
-============  ===  ==============================================================
-name          pri  identifies
-============  ===  ==============================================================
-xp-library     30  the name ``xp-library`` (the embedded APOGEE DR17 × Gaia XP
-                   library), an ``.npz`` file (the library's subset form), a file
-                   ``apogee_library_spectra*.fits[.gz]`` (the library itself)
-apstar         20  a file whose name starts with ``apStar``; a directory holding one
-gaia-xp        15  a CSV / ECSV / FITS / VOTable file with a column
-                   ``bp_coefficients`` or ``rp_coefficients`` (archive XP continuous)
-gaia-rvs       10  such a file with columns ``source_id``, ``flux`` and ``wavelength``
-                   or ``solution_id`` (archive RVS mean spectra); a directory holding
-                   a ``.csv`` / ``.ecsv`` / ``.fits`` / ``.vot`` file
-table           0  a ``.fits`` / ``.fit`` / ``.fz`` / ``.parquet`` / ``.pq`` / ``.csv`` /
-                   ``.ecsv`` file (``.gz`` allowed after FITS / CSV); a directory (a
-                   Parquet dataset) whose files are all ``.parquet`` / ``.pq``
-============  ===  ==============================================================
+Built-in readers
+----------------
+Each built-in format is one module of :mod:`kielnet.io.formats` that registers
+itself when :mod:`kielnet.io` is imported (its table of names, priorities and
+identify rules is there). A new built-in format is one new module in that package.
 
 Errors
 ------
@@ -70,10 +64,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from kielnet.data.startable import StarTable
 
 __all__ = ["ReaderSpec", "register_reader", "unregister_reader", "get_reader", "registered_readers",
-           "resolve", "Resolved", "reading", "column_names", "XP_LIBRARY"]
+           "reader_named", "resolve", "Resolved", "reading", "column_names", "files_of", "safe_iterdir"]
 
-#: Name that stands for the embedded APOGEE DR17 x Gaia XP library.
-XP_LIBRARY = "xp-library"
+#: Meta keys of a reader's first piece carried onto every streamed batch (``loader``,
+#: ``format``, …), whatever the reader; a reader adds its own with ``shared_meta``.
+SHARED_META = ("loader", "non_numeric_columns", "format", "formats")
 
 @dataclass(frozen=True)
 class ReaderSpec:
@@ -118,6 +113,22 @@ class ReaderSpec:
     one_star_per_file
         Whether each file holds exactly one star (then a directory's row count is its
         file count and ``start`` skips files without reading them).
+    list_files
+        Optional ``list_files(target) -> list[Path]``: the files the input is made of,
+        in input order (default: the file, or every file under a directory; nothing
+        for an alias). Used for run identities and by ``iter_files``.
+    iter_files
+        Optional ``iter_files(files, first) -> Iterator[StarTable]``: the stars of
+        ``files[first:]`` (of ``list_files``), file by file, in input order, for
+        streaming one file at a time. ``first`` is > 0 only for
+        ``one_star_per_file`` readers (``start`` skips those files unread).
+    shared_meta
+        Meta keys (besides :data:`SHARED_META`) that describe the whole input and are
+        carried from the first piece onto every streamed batch.
+    as_sampled
+        Optional ``as_sampled(path) -> StarTable``: the stars of a file converted to
+        sampled spectra, for a model whose input is a sampled spectrum (Gaia XP
+        continuous coefficients → the XP library's 343-pixel representation).
     """
 
     name: str
@@ -132,6 +143,10 @@ class ReaderSpec:
     count_rows: Callable[..., int | None] | None = None
     open: Callable[..., "StarSource"] | None = None
     one_star_per_file: bool = False
+    list_files: Callable[..., list[Path]] | None = None
+    iter_files: Callable[..., Iterator["StarTable"]] | None = None
+    shared_meta: tuple[str, ...] = ()
+    as_sampled: Callable[..., "StarTable"] | None = None
     #: registration order (set by :func:`register_reader`; breaks priority ties)
     order: int = field(default=0, compare=False)
 
@@ -141,11 +156,12 @@ class ReaderSpec:
         for what in ("identify", "read"):
             if not callable(getattr(self, what)):
                 raise TypeError(f"reader '{self.name}': {what} must be callable")
-        for what in ("iter_tables", "count_rows", "open"):
+        for what in ("iter_tables", "count_rows", "open", "list_files", "iter_files", "as_sampled"):
             value = getattr(self, what)
             if value is not None and not callable(value):
                 raise TypeError(f"reader '{self.name}': {what} must be callable or None")
         object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "shared_meta", tuple(self.shared_meta))
 
     @property
     def what(self) -> str:
@@ -176,7 +192,8 @@ def register_reader(spec: ReaderSpec | str | None = None, /, *, identify: Callab
 
     ``options`` are the other :class:`ReaderSpec` fields (``iter_tables``,
     ``directories``, ``priority``, ``description``, ``hint``, ``aliases``,
-    ``count_rows``, ``open``, ``one_star_per_file``). A name already registered is a
+    ``count_rows``, ``open``, ``one_star_per_file``, ``list_files``, ``iter_files``,
+    ``shared_meta``, ``as_sampled``). A name already registered is a
     ``ValueError`` unless ``override=True`` (which replaces it).
     """
     if isinstance(spec, ReaderSpec):
@@ -216,6 +233,22 @@ def registered_readers() -> list[ReaderSpec]:
     return sorted(_REGISTRY.values(), key=lambda s: (-s.priority, -s.order))
 
 
+def reader_named(name: str) -> ReaderSpec:
+    """The registered reader called ``name`` (``--format NAME``).
+
+    Raises
+    ------
+    UsageError
+        For a name no reader has, listing the registered names.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    from kielnet.errors import UsageError
+
+    names = ", ".join(sorted(_REGISTRY))
+    raise UsageError(f"unknown format '{name}': the registered formats are {names}")
+
+
 def _identifies(spec: ReaderSpec, path: Path) -> bool:
     try:
         return bool(spec.identify(path))
@@ -249,7 +282,7 @@ def get_reader(path: str | os.PathLike) -> ReaderSpec:
         if (spec.directories or not is_dir) and _identifies(spec, p):
             return spec
     if is_dir:
-        empty = not any(True for _ in _safe_iterdir(p))
+        empty = not any(True for _ in safe_iterdir(p))
         kinds = "; ".join(s.summary() for s in registered_readers() if s.directories)
         raise InputError(f"directory holds no files to read: no reader accepts it (readers of "
                          f"directories: {kinds})" + ("; it is empty" if empty else ""), source=text)
@@ -257,7 +290,8 @@ def get_reader(path: str | os.PathLike) -> ReaderSpec:
                      f"known formats: {_known()}", source=text)
 
 
-def _safe_iterdir(p: Path) -> Iterator[Path]:
+def safe_iterdir(p: Path) -> Iterator[Path]:
+    """The entries of directory ``p``; an :class:`InputError` naming it if it cannot be listed."""
     try:
         yield from p.iterdir()
     except OSError as exc:
@@ -277,29 +311,35 @@ class Resolved:
     kind: str
 
 
-def resolve(spec: str | os.PathLike) -> Resolved:
+def resolve(spec: str | os.PathLike, format: str | None = None) -> Resolved:
     """The reader and target of ``spec``: an alias, an existing file or directory, or
     a glob pattern (when no such path exists) whose matching files all have the same
     reader — one that accepts directories, since it is given the list of files.
 
+    ``format``: the name of the reader to use (:func:`reader_named`) instead of the
+    one ``identify`` would choose (``--format``).
+
     Raises :class:`InputError` naming the spec when nothing exists or matches, the
-    matches need different readers, or the reader reads single files only."""
+    matches need different readers, or the reader reads single files only (or
+    :class:`~kielnet.errors.UsageError` for an unknown ``format``)."""
+    forced = None if format is None else reader_named(format)
     text = str(spec)
     for reader in registered_readers():
-        if text in reader.aliases:
+        if text in reader.aliases and forced in (None, reader):
             return Resolved(text, reader, Path(text), "alias")
     p = Path(spec)
     if not p.exists() and glob.has_magic(text):
         files = sorted(Path(f) for f in glob.glob(text) if Path(f).is_file())
         if not files:
             raise InputError("no file matches the pattern", source=text)
-        readers = {}
-        for f in files:
-            readers.setdefault(get_reader(f).name, f)
-        if len(readers) > 1:
-            shown = ", ".join(f"{f.name}: {name}" for name, f in readers.items())
-            raise InputError(f"the files matching the pattern need different readers ({shown})", source=text)
-        reader = _REGISTRY[next(iter(readers))]
+        if forced is None:
+            readers = {}
+            for f in files:
+                readers.setdefault(get_reader(f).name, f)
+            if len(readers) > 1:
+                shown = ", ".join(f"{f.name}: {name}" for name, f in readers.items())
+                raise InputError(f"the files matching the pattern need different readers ({shown})", source=text)
+        reader = forced or _REGISTRY[next(iter(readers))]
         if not reader.directories:
             raise InputError(f"reader '{reader.name}' reads single files, not a list of files: name one "
                              "file (or a directory)", source=text)
@@ -308,7 +348,15 @@ def resolve(spec: str | os.PathLike) -> Resolved:
         from kielnet.io.paths import check_readable
 
         check_readable(p)  # a missing, unreadable or empty file is named as such first
-    reader = get_reader(p)
+    if forced is None:
+        reader = get_reader(p)
+    elif not p.exists():
+        raise InputError("file does not exist", source=text)
+    elif p.is_dir() and not forced.directories:
+        raise InputError(f"reader '{forced.name}' reads single files, not a directory: name one file",
+                         source=text)
+    else:
+        reader = forced
     return Resolved(text, reader, p, "directory" if p.is_dir() else "file")
 
 
@@ -402,162 +450,3 @@ def _column_names(path: str, size: int, mtime: int) -> frozenset[str]:
     except Exception:  # noqa: BLE001 - unreadable: the reader reports it with its own error
         return frozenset()
     return frozenset()
-
-
-# ------------------------------------------------------------------ built-in readers
-# Read functions look the reader up in kielnet.io at call time, so that replacing
-# ``kielnet.io.read_table`` (e.g. in a test) replaces what the registry calls.
-def _kio() -> Any:
-    import kielnet.io as kio
-
-    return kio
-
-
-def _identify_xp_library(path: Path) -> bool:
-    """.npz subset, apogee_library_spectra*.fits[.gz]"""
-    from kielnet.io.xp_library import is_xp_library_file
-
-    return path.is_file() and is_xp_library_file(path)
-
-
-def _read_xp_library(path: Path) -> "StarTable":
-    return _kio().load_xp_library(None if str(path) == XP_LIBRARY else path)
-
-
-def _count_xp_library(path: Path) -> int | None:
-    from kielnet.io.xp_library import xp_library_rows
-
-    return xp_library_rows(None if str(path) == XP_LIBRARY else path)
-
-
-def _is_apstar(f: Path) -> bool:
-    return f.name.startswith("apStar")
-
-
-def _identify_apstar(path: Path) -> bool:
-    """apStar* files, or a directory holding them"""
-    if path.is_dir():
-        return any(f.is_file() and _is_apstar(f) for f in _safe_iterdir(path))
-    return _is_apstar(path)
-
-
-def _read_apstar(path: Any) -> "StarTable":
-    return _kio().read_apstar(path)
-
-
-def _count_apstar(path: Any) -> int | None:
-    from kielnet.io.apstar import apstar_files
-
-    try:
-        return len(apstar_files(path))
-    except InputError:
-        return None
-
-
-_RVS_SUFFIXES = (".csv", ".ecsv", ".fits", ".fit", ".vot", ".votable", ".xml")
-_RVS_GZ = (".csv.gz", ".ecsv.gz", ".fits.gz", ".fit.gz")
-
-
-def _identify_gaia_xp(path: Path) -> bool:
-    """a CSV/ECSV/FITS/VOTable file with bp_coefficients / rp_coefficients columns"""
-    return path.is_file() and bool({"bp_coefficients", "rp_coefficients"} & column_names(path))
-
-
-def _read_gaia_xp(path: Path) -> "StarTable":
-    from kielnet.io.gaia_xp import read_xp_continuous
-
-    return read_xp_continuous(path)
-
-
-def _identify_gaia_rvs(path: Path) -> bool:
-    """a file with columns source_id, flux, wavelength or solution_id; a directory of .csv/.ecsv/.fits/.vot files"""
-    if path.is_dir():
-        return any(f.is_file() and (f.suffix.lower() in _RVS_SUFFIXES or f.name.lower().endswith(_RVS_GZ))
-                   for f in _safe_iterdir(path))
-    cols = column_names(path)
-    return "source_id" in cols and "flux" in cols and ("wavelength" in cols or "solution_id" in cols)
-
-
-def _read_gaia_rvs(path: Any) -> "StarTable":
-    from kielnet.io.gaia_rvs import read_rvs_spectra
-
-    return read_rvs_spectra(path)
-
-
-def _identify_table(path: Path) -> bool:
-    """.fits/.fit/.fz/.parquet/.pq/.csv/.ecsv files (.gz after FITS/CSV); a directory of Parquet files"""
-    from kielnet.io.tables import table_format
-
-    if path.is_dir():
-        files = files_of(path)
-        return bool(files) and all(table_format(f) == "parquet" for f in files)
-    return table_format(path) is not None
-
-
-def _read_table(path: Any) -> "StarTable":
-    from kielnet.io.tables import table_format
-
-    if isinstance(path, (list, tuple)) or Path(path).is_dir():
-        from kielnet.io.sources import open_table
-
-        return open_table(path).read_all()
-    if table_format(path) is None:  # only a file another reader's identify passed on
-        raise InputError("unknown table format", source=str(path))
-    return _kio().read_table(path)
-
-
-def _iter_table(path: Any) -> Iterator["StarTable"]:
-    from kielnet.io.sources import open_table
-
-    return open_table(path).pieces()
-
-
-def _count_table(path: Any) -> int | None:
-    from kielnet.io.sources import open_table
-
-    return open_table(path).n_rows
-
-
-def _open_table(path: Any) -> "StarSource":
-    from kielnet.io.sources import open_table
-
-    return open_table(path)
-
-
-def _open_apstar(path: Any) -> "StarSource":
-    from kielnet.io.sources import FileBatchSource
-
-    return FileBatchSource(path, "apstar")
-
-
-def _open_rvs(path: Any) -> "StarSource":
-    from kielnet.io.sources import FileBatchSource
-
-    return FileBatchSource(path, "gaia-rvs")
-
-
-def _register_builtins() -> None:
-    register_reader(ReaderSpec(
-        XP_LIBRARY, identify=_identify_xp_library, read=_read_xp_library, priority=30,
-        description="the XP library", aliases=(XP_LIBRARY,), count_rows=_count_xp_library,
-        hint="the name 'xp-library', an .npz subset, apogee_library_spectra*.fits[.gz]"))
-    register_reader(ReaderSpec(
-        "apstar", identify=_identify_apstar, read=_read_apstar, directories=True, priority=20,
-        description="an apStar file", count_rows=_count_apstar, open=_open_apstar, one_star_per_file=True,
-        hint="apStar*.fits files, or a directory of them"))
-    register_reader(ReaderSpec(
-        "gaia-xp", identify=_identify_gaia_xp, read=_read_gaia_xp, priority=15,
-        description="Gaia XP continuous spectra",
-        hint="archive XP continuous CSV/ECSV/FITS/VOTable: columns bp_coefficients, rp_coefficients"))
-    register_reader(ReaderSpec(
-        "gaia-rvs", identify=_identify_gaia_rvs, read=_read_gaia_rvs, directories=True, priority=10,
-        description="Gaia RVS mean spectra", open=_open_rvs,
-        hint="archive RVS mean spectra (columns source_id, flux, wavelength), or a directory of "
-             ".csv/.ecsv/.fits/.vot files"))
-    register_reader(ReaderSpec(
-        "table", identify=_identify_table, read=_read_table, iter_tables=_iter_table, directories=True,
-        priority=0, description="a star table", count_rows=_count_table, open=_open_table,
-        hint=".fits/.parquet/.csv/.ecsv star tables, or a directory of Parquet files"))
-
-
-_register_builtins()

@@ -464,21 +464,20 @@ def startable_to_table(st: StarTable) -> Table:
 
 
 def atomic_write_table(tab: Table, path: str | Path) -> Path:
-    """Write an astropy table to ``path`` (format from the suffix) atomically.
+    """Write an astropy table to ``path`` atomically, by the writer of its suffix
+    (:func:`kielnet.io.writers.get_writer`: Parquet, FITS, CSV, ECSV or any
+    registered one).
 
     The table is written to a temporary file in the same directory and renamed into
     place, so a reader never sees a half-written file.
     """
+    from kielnet.io.writers import get_writer
+
     path = Path(path)
-    fmt = _format_of(path)
+    writer = get_writer(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        if fmt == "parquet":
-            _write_parquet(tab, tmp)
-        elif fmt == "fits":
-            _write_fits(tab, tmp)
-        else:
-            tab.write(tmp, format=fmt, overwrite=True)
+        writer.write(tab, tmp)
     return path
 
 
