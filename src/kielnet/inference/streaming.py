@@ -561,7 +561,7 @@ def _mark_duplicates(tab, dups):
         col = pc.is_in(tab.column("id").cast(pa.string()), value_set=dups)
         return tab.set_column(tab.column_names.index("duplicate_id"), "duplicate_id", col)
     if "duplicate_id" in tab.colnames:
-        tab["duplicate_id"] = np.isin(np.asarray(tab["id"]).astype(str), dups.to_numpy(zero_copy_only=False))
+        tab["duplicate_id"][:] = np.isin(np.asarray(tab["id"]).astype(str), dups.to_numpy(zero_copy_only=False))
     return tab
 
 
