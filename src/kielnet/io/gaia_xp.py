@@ -54,9 +54,6 @@ gaiaxpy``; the default method needs GaiaXPy only until its matrices are cached.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import os
 import warnings
 from pathlib import Path
@@ -73,7 +70,7 @@ from kielnet.io.gaia_rvs import (BadStars, _array_column, _find, _floats, _need,
                                  _noted, _read_archive_table, _settle_bad_stars, _source_ids)
 from kielnet.io.xp_arrays import bad_cell_reasons, parse_array_strings
 from kielnet.io.xp_library import XP_WAVELENGTH_NM
-from kielnet.io.xp_matrices import xp_sampling
+from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
 __all__ = ["read_xp_continuous", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
 
@@ -235,52 +232,6 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
 
 
 # ------------------------------------------------------------------ GaiaXPy
-def _require_gaiaxpy() -> Any:
-    import matplotlib
-
-    # GaiaXPy's plotter sets matplotlib's text.usetex = True at import, which breaks every
-    # later figure on machines without LaTeX: keep the user's settings as they were
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore", DeprecationWarning)  # pandas 3 notices at import
-        try:
-            gaiaxpy = importlib.import_module("gaiaxpy")
-        except ImportError as exc:
-            raise InputError("converting XP coefficients to sampled spectra needs the optional "
-                             "package gaiaxpy (pip install gaiaxpy, or the kielnet extra that "
-                             f"provides it): {exc}", source="gaiaxpy") from None
-        try:  # imported lazily by GaiaXPy; import it here under the filter
-            importlib.import_module("gaiaxpy.input_reader.dataframe_string_array_reader")
-        except ImportError:
-            pass
-    return gaiaxpy
-
-
-@contextlib.contextmanager
-def _quiet_gaiaxpy() -> Any:
-    """Silence GaiaXPy's progress messages: its progress bars write to the ``stdout``
-    bound when its calibrator / converter modules were imported, so those are swapped too."""
-    sink = io.StringIO()
-    saved: list[tuple[Any, Any]] = []
-    for name in ("gaiaxpy.calibrator.calibrator", "gaiaxpy.converter.converter"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "stdout"):
-            saved.append((module, module.stdout))
-            module.stdout = sink
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                warnings.catch_warnings():
-            # GaiaXPy 2.1.5 under pandas 3 emits pandas deprecation notices (not ours to fix)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        for module, value in saved:
-            module.stdout = value
-
-
 def to_gaiaxpy_frame(table: StarTable) -> tuple[Any, np.ndarray]:
     """A pandas DataFrame in GaiaXPy's input layout from a :func:`read_xp_continuous` table.
 

@@ -19,7 +19,8 @@ derived at first use instead, so that they always match the installed GaiaXPy.
 :func:`xp_sampling` also builds the map for any other wavelength grid, from GaiaXPy's
 instrument model (GaiaXPy's own private routine; not cached on disk), and
 :func:`internal_design_matrices` gives the per-band matrices of GaiaXPy's ``convert``
-(internally calibrated, pseudo-wavelength sampling).
+(internally calibrated, pseudo-wavelength sampling). GaiaXPy is imported (and kept
+quiet) here for the whole package: :func:`_require_gaiaxpy`, :func:`_quiet_gaiaxpy`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import contextlib
 import functools
 import importlib
 import importlib.metadata
+import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +76,57 @@ def _installed_version() -> str | None:
         return None
 
 
-def _gaiaxpy() -> Any:
-    from kielnet.io.gaia_xp import _require_gaiaxpy  # imports it with matplotlib kept intact
+def _require_gaiaxpy() -> Any:
+    import matplotlib
 
-    return _require_gaiaxpy()
+    # GaiaXPy's plotter sets matplotlib's text.usetex = True at import, which breaks every
+    # later figure on machines without LaTeX: keep the user's settings as they were
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pandas 3 notices at import
+        try:
+            gaiaxpy = importlib.import_module("gaiaxpy")
+        except ImportError as exc:
+            raise InputError("converting XP coefficients to sampled spectra needs the optional "
+                             "package gaiaxpy (pip install gaiaxpy, or the kielnet extra that "
+                             f"provides it): {exc}", source="gaiaxpy") from None
+        try:  # imported lazily by GaiaXPy; import it here under the filter
+            importlib.import_module("gaiaxpy.input_reader.dataframe_string_array_reader")
+        except ImportError:
+            pass
+    return gaiaxpy
 
 
-def _quiet() -> Any:
-    from kielnet.io.gaia_xp import _quiet_gaiaxpy  # its pandas notices and progress output
-
-    return _quiet_gaiaxpy()
+@contextlib.contextmanager
+def _quiet_gaiaxpy() -> Any:
+    """Silence GaiaXPy's progress messages: its progress bars write to the ``stdout``
+    bound when its calibrator / converter modules were imported, so those are swapped too."""
+    sink = io.StringIO()
+    saved: list[tuple[Any, Any]] = []
+    for name in ("gaiaxpy.calibrator.calibrator", "gaiaxpy.converter.converter"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "stdout"):
+            saved.append((module, module.stdout))
+            module.stdout = sink
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                warnings.catch_warnings():
+            # GaiaXPy 2.1.5 under pandas 3 emits pandas deprecation notices (not ours to fix)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for module, value in saved:
+            module.stdout = value
 
 
 def _from_gaiaxpy_default() -> XPSampling:
-    gaiaxpy = _gaiaxpy()
+    gaiaxpy = _require_gaiaxpy()
     from gaiaxpy.core.config import load_xpmerge_from_xml, load_xpsampling_from_xml
 
-    with _quiet():
+    with _quiet_gaiaxpy():
         grid, merge = load_xpmerge_from_xml(bp_model=_BP_MODEL, rp_model=_RP_MODEL)
         design = load_xpsampling_from_xml(bp_model=_BP_MODEL, rp_model=_RP_MODEL)
     return XPSampling(wavelength_nm=np.asarray(grid, float),
@@ -163,14 +200,14 @@ def default_xp_sampling() -> XPSampling:
 @functools.lru_cache(maxsize=8)
 def _other_grid(grid: bytes) -> XPSampling:
     sampling = np.frombuffer(grid, dtype=np.float64).copy()
-    gaiaxpy = _gaiaxpy()
+    gaiaxpy = _require_gaiaxpy()
     calibrator = importlib.import_module("gaiaxpy.calibrator.calibrator")
     build = getattr(calibrator, "__generate_xp_matrices_and_merge", None)
     if build is None:
         raise InputError("this GaiaXPy has no routine for design matrices on other grids; use "
                          "method='gaiaxpy'", source="gaiaxpy")
     importlib.import_module("gaiaxpy.core.generic_functions").validate_wl_sampling(sampling)
-    with _quiet():
+    with _quiet_gaiaxpy():
         design, merge = build("calibrator", sampling, _BP_MODEL, _RP_MODEL)
     return XPSampling(wavelength_nm=sampling,
                       bp_design=np.asarray(design["bp"].get_design_matrix(), float).T,
@@ -205,12 +242,12 @@ def internal_design_matrices(sampling_pwl: np.ndarray) -> dict[str, np.ndarray]:
     Needs GaiaXPy (not cached); for checking :func:`kielnet.data.xp_calibration.sample_band`
     against GaiaXPy's ``convert`` output.
     """
-    _gaiaxpy()
+    _require_gaiaxpy()
     converter = importlib.import_module("gaiaxpy.converter.converter")
     config = importlib.import_module("gaiaxpy.converter.config")
     from gaiaxpy.config.paths import hermite_bases_file
 
-    with _quiet():
+    with _quiet_gaiaxpy():
         matrices = converter.get_design_matrices(np.asarray(sampling_pwl, float),
                                                  config.parse_config(hermite_bases_file))
     return {band: np.asarray(matrices[band].get_design_matrix(), float).T for band in XP_BANDS}
