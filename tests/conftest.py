@@ -29,6 +29,16 @@ SUBSET_NAME = "apogee_dr17_gaiaxp_sampled_subset1000.npz"
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kielnet_cache_dir(tmp_path_factory):
+    """Cached files (the XP calibration matrices) go to a session directory, not the
+    user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KIELNET_CACHE_DIR", str(tmp_path_factory.mktemp("kielnet_cache")))
+    yield
+    mp.undo()
+
+
 # --------------------------------------------------------------------- real data
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -340,13 +340,38 @@ def test_sampled_spectra_missing_bp_and_no_std(gaiaxpy, tables):
 
 
 @needs_data
-def test_missing_gaiaxpy_gives_a_clear_error(monkeypatch, tables):
+def test_missing_gaiaxpy_gives_a_clear_error(monkeypatch, tables, tmp_path):
     import sys
 
+    from kielnet.io import xp_matrices
+
+    monkeypatch.setenv(xp_matrices.CACHE_ENV, str(tmp_path))  # no cached matrices
     monkeypatch.setitem(sys.modules, "gaiaxpy", None)  # import gaiaxpy → ImportError
-    with pytest.raises(InputError, match="pip install gaiaxpy"):
-        xp_sampled_spectra(tables[RAW.name])
+    for method in ("matrix", "gaiaxpy"):
+        with pytest.raises(InputError, match="pip install gaiaxpy"):
+            xp_sampled_spectra(tables[RAW.name], method=method)
     read_xp_continuous(RAW)  # reading needs no gaiaxpy
+
+
+@needs_data
+def test_matrix_method_equals_the_gaiaxpy_method(gaiaxpy, tables):
+    """The default (batched linear map) and GaiaXPy's calibrate give the same table."""
+    for name in (RAW_MISSING.name, SCO.name):
+        mine = xp_sampled_spectra(tables[name])
+        ref = xp_sampled_spectra(tables[name], method="gaiaxpy")
+        assert mine.meta["method"] == "matrix" and ref.meta["method"] == "gaiaxpy"
+        np.testing.assert_array_equal(mine.wavelength, ref.wavelength)
+        for a, b in ((mine.flux, ref.flux), (mine.flux_err, ref.flux_err),
+                     (mine.extra["medflux"], ref.extra["medflux"])):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_allclose(a, b, rtol=1e-11)
+        assert mine.scalars.keys() == ref.scalars.keys()
+    with pytest.raises(InputError, match="method"):
+        xp_sampled_spectra(tables[RAW.name], method="fast")
+    both = xp_sampled_spectra(tables[RAW.name], keep_coefficients=True)  # coefficients as features
+    np.testing.assert_array_equal(np.column_stack([both.scalars[f"rp_{i}"] for i in range(55)]),
+                                  xp_coefficients(tables[RAW.name])[1])
+    assert both.flux.shape == (2, 343)
 
 
 def test_importing_gaiaxpy_leaves_matplotlib_settings_alone():

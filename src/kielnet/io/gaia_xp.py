@@ -42,22 +42,22 @@ itself: it is missing, empty, unreadable or truncated, a required column is miss
 a numeric column holds a cell that is not a number (the column cannot be read), a
 ``source_id`` is empty or not an integer, or *no* star in the file is usable.
 
-:func:`xp_sampled_spectra` calibrates the coefficients with GaiaXPy
-(``gaiaxpy.calibrate``, default sampling 336–1020 nm in 2 nm steps → 343 px, flux in
-W m⁻² nm⁻¹) and divides flux and error by each star's median flux, the convention
-of the APOGEE DR17 × Gaia XP library, so that models trained on that library apply.
-GaiaXPy (and pandas) are optional: ``pip install gaiaxpy``.
+:func:`xp_sampled_spectra` calibrates the coefficients (default sampling 336–1020 nm
+in 2 nm steps → 343 px, flux in W m⁻² nm⁻¹) — by default with the batched linear map
+of :mod:`kielnet.data.xp_calibration` and GaiaXPy's design matrices, derived once and
+cached (:mod:`kielnet.io.xp_matrices`), or with ``gaiaxpy.calibrate`` itself
+(``method="gaiaxpy"``, the reference) — and divides flux and error by each star's
+median flux, the convention of the APOGEE DR17 × Gaia XP library, so that models
+trained on that library apply. GaiaXPy (and pandas) are optional: ``pip install
+gaiaxpy``; the default method needs GaiaXPy only until its matrices are cached.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import astropy.units as u
 import numpy as np
@@ -68,7 +68,9 @@ from kielnet.data.xp import (N_XP_COEFFICIENTS, N_XP_CORRELATIONS, XP_BANDS, coe
 from kielnet.errors import InputError
 from kielnet.io.gaia_rvs import (BadStars, _array_column, _find, _floats, _need, _note_bad,
                                  _noted, _read_archive_table, _settle_bad_stars, _source_ids)
+from kielnet.io.xp_arrays import bad_cell_reasons, parse_array_strings
 from kielnet.io.xp_library import XP_WAVELENGTH_NM
+from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
 __all__ = ["read_xp_continuous", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
 
@@ -97,6 +99,23 @@ def _band_arrays(cells: list[np.ndarray | None], expected: int, field: str, bad:
             continue
         out[i] = c
     return out
+
+
+def _string_arrays(column: Any, expected: int, field: str, bad: BadStars,
+                   square: bool = False) -> np.ndarray:
+    """``"(c1, c2, …)"`` cells → ``(n, expected)``, vectorised (:mod:`kielnet.io.xp_arrays`);
+    bad cells are noted in ``bad`` (their rows stay NaN) as :func:`_band_arrays` does."""
+    values, is_bad = parse_array_strings(column, expected)
+    rows = np.flatnonzero(is_bad)
+    if square and rows.size:  # full 55×55 matrices written out: pack them
+        full, full_bad = parse_array_strings(np.ma.asarray(column)[rows], N_XP_COEFFICIENTS ** 2)
+        ok = ~full_bad & ~np.isnan(full).all(axis=1)
+        values[rows[ok]] = pack_correlations(
+            full[ok].reshape(-1, N_XP_COEFFICIENTS, N_XP_COEFFICIENTS))
+        rows = rows[~ok]
+    for row, reason in bad_cell_reasons(column, rows, expected).items():
+        _note_bad(bad, row, field, reason, row)
+    return values
 
 
 def read_xp_continuous(path: str | os.PathLike) -> StarTable:
@@ -157,6 +176,8 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
 
         def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
             col = cols[kind]
+            if np.asarray(tab[col]).dtype.kind in "US":  # CSV "(c1, c2, …)" strings
+                return _string_arrays(tab[col], expected, col, bad, square=square)
             return _band_arrays(_array_column(tab[col], source, col, sid, bad), expected, col, bad,
                                 square=square)
 
@@ -211,52 +232,6 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
 
 
 # ------------------------------------------------------------------ GaiaXPy
-def _require_gaiaxpy() -> Any:
-    import matplotlib
-
-    # GaiaXPy's plotter sets matplotlib's text.usetex = True at import, which breaks every
-    # later figure on machines without LaTeX: keep the user's settings as they were
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore", DeprecationWarning)  # pandas 3 notices at import
-        try:
-            gaiaxpy = importlib.import_module("gaiaxpy")
-        except ImportError as exc:
-            raise InputError("converting XP coefficients to sampled spectra needs the optional "
-                             "package gaiaxpy (pip install gaiaxpy, or the kielnet extra that "
-                             f"provides it): {exc}", source="gaiaxpy") from None
-        try:  # imported lazily by GaiaXPy; import it here under the filter
-            importlib.import_module("gaiaxpy.input_reader.dataframe_string_array_reader")
-        except ImportError:
-            pass
-    return gaiaxpy
-
-
-@contextlib.contextmanager
-def _quiet_gaiaxpy() -> Any:
-    """Silence GaiaXPy's progress messages: its progress bars write to the ``stdout``
-    bound when its calibrator / converter modules were imported, so those are swapped too."""
-    sink = io.StringIO()
-    saved: list[tuple[Any, Any]] = []
-    for name in ("gaiaxpy.calibrator.calibrator", "gaiaxpy.converter.converter"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "stdout"):
-            saved.append((module, module.stdout))
-            module.stdout = sink
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                warnings.catch_warnings():
-            # GaiaXPy 2.1.5 under pandas 3 emits pandas deprecation notices (not ours to fix)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        for module, value in saved:
-            module.stdout = value
-
-
 def to_gaiaxpy_frame(table: StarTable) -> tuple[Any, np.ndarray]:
     """A pandas DataFrame in GaiaXPy's input layout from a :func:`read_xp_continuous` table.
 
@@ -313,10 +288,67 @@ def to_gaiaxpy_frame(table: StarTable) -> tuple[Any, np.ndarray]:
     return pd.DataFrame(cols), no_std
 
 
+def _no_std(table: StarTable) -> np.ndarray:
+    """Stars with a present band but no standard deviation (files without the column)."""
+    n = len(table)
+    out = np.zeros(n, bool)
+    for band, coef in zip(XP_BANDS, xp_coefficients(table)):
+        std = np.asarray(table.extra.get(f"{band}_standard_deviation", np.full(n, np.nan)), float)
+        out |= ~np.isnan(coef).all(axis=1) & ~np.isfinite(std)
+    return out
+
+
+def _calibrate_matrix(table: StarTable, sampling_nm: np.ndarray | None, truncation: bool
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The in-house linear map (:mod:`kielnet.data.xp_calibration`) → flux, error (W m⁻² nm⁻¹),
+    wavelength (nm), the matrices' origin."""
+    if table.meta.get("xp_normalised"):
+        raise InputError("the table holds normalised coefficients (XPNormaliser); calibration "
+                         "needs the archive's coefficients", source=table.source, field="bp_0")
+    bp, rp = xp_coefficients(table)
+    for name in [f"{b}_{k}" for b in XP_BANDS for k in ("coefficient_errors",
+                                                         "coefficient_correlations")]:
+        if name not in table.extra:
+            raise InputError(f"table lacks '{name}'; read it with read_xp_continuous",
+                             source=table.source, field=name)
+    sampling = xp_sampling(sampling_nm)
+    trunc = ({f"{b}_n_bases": table.extra[f"{b}_n_relevant_bases"] for b in XP_BANDS}
+             if truncation else {})
+    flux, err = sampling.sample(bp, rp, *(table.extra[f"{b}_coefficient_errors"] for b in XP_BANDS),
+                                *(table.extra[f"{b}_coefficient_correlations"] for b in XP_BANDS),
+                                **trunc)
+    assert err is not None
+    return flux, err, sampling.wavelength_nm, sampling.origin
+
+
+def _calibrate_gaiaxpy(table: StarTable, sampling_nm: np.ndarray | None, truncation: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``gaiaxpy.calibrate`` star by star → flux, error (W m⁻² nm⁻¹), wavelength (nm), version."""
+    gaiaxpy = _require_gaiaxpy()
+    sampling = None if sampling_nm is None else np.asarray(sampling_nm, dtype=float)
+    if sampling is not None and np.array_equal(sampling, XP_WAVELENGTH_NM):
+        sampling = None  # GaiaXPy's precomputed default matrices, not a recomputed model
+    frame, _ = to_gaiaxpy_frame(table)
+    try:
+        with _quiet_gaiaxpy():
+            out, used = gaiaxpy.calibrate(frame, sampling=sampling, truncation=truncation,
+                                          save_file=False)
+    except Exception as exc:  # noqa: BLE001 - GaiaXPy errors become one clear error
+        raise InputError(f"GaiaXPy calibration failed: {exc}", source=table.source) from exc
+    got = np.asarray(out["source_id"], dtype=np.int64)
+    if not np.array_equal(got, table.extra["source_id"]):
+        raise InputError("GaiaXPy returned stars in a different order or number",
+                         source=table.source, field="source_id")
+    flux = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux"]])
+    err = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux_error"]])
+    return flux, err, np.asarray(used, dtype=float), getattr(gaiaxpy, "__version__", "unknown")
+
+
 def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
-                       sampling_nm: np.ndarray | None = None, truncation: bool = False
-                       ) -> StarTable:
-    """Calibrate XP coefficients to sampled spectra with GaiaXPy, divided by the median.
+                       sampling_nm: np.ndarray | None = None, truncation: bool = False,
+                       method: Literal["matrix", "gaiaxpy"] = "matrix",
+                       keep_coefficients: bool = False) -> StarTable:
+    """Calibrate XP coefficients to sampled spectra, divided by the median.
 
     Parameters
     ----------
@@ -333,22 +365,33 @@ def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
     truncation
         Use only the ``n_relevant_bases`` first bases (GaiaXPy ``truncation``); the XP
         library was built without truncation.
+    method
+        ``"matrix"`` (default): the batched linear map of
+        :mod:`kielnet.data.xp_calibration` with GaiaXPy's matrices
+        (:mod:`kielnet.io.xp_matrices`: derived once and cached, so GaiaXPy is needed
+        only the first time, or for a non-default grid); equal to GaiaXPy to ~1e-14
+        relative. ``"gaiaxpy"``: ``gaiaxpy.calibrate`` itself (the reference; slow).
+    keep_coefficients
+        Also keep the coefficient scalars ``bp_0 … rp_54`` (e⁻ s⁻¹), so that a model
+        can read them as features (``features:`` entries, as the ``gaia_rvs_hybrid``
+        preset does) next to the sampled spectrum.
 
     Returns
     -------
     StarTable
-        flux and flux_err = GaiaXPy flux / error (W m⁻² nm⁻¹) divided by the star's
-        median flux (dimensionless); extra ``source_id``, ``medflux`` (W m⁻² nm⁻¹),
+        flux and flux_err = flux / error (W m⁻² nm⁻¹) divided by the star's median
+        flux (dimensionless); extra ``source_id``, ``medflux`` (W m⁻² nm⁻¹),
         ``missing_bp``, ``missing_rp``; the input's non-coefficient scalars (e.g.
-        ``g``). Pixels covered only by a missing band are NaN (the median is then
-        over the other band only); stars without standard deviations get NaN errors.
+        ``g``; the coefficients too with ``keep_coefficients``). Pixels covered only by
+        a missing band are NaN (the median is then over the other band only); stars
+        without standard deviations get NaN errors (kept from the GaiaXPy path, which
+        needs them; the errors do not depend on them — GaiaXPy's standard deviation
+        cancels — so this is a convention, not a necessity).
     """
-    gaiaxpy = _require_gaiaxpy()
+    if method not in ("matrix", "gaiaxpy"):
+        raise InputError(f"method must be 'matrix' or 'gaiaxpy', got {method!r}", field="method")
     table = (path_or_table if isinstance(path_or_table, StarTable)
              else read_xp_continuous(path_or_table))
-    sampling = None if sampling_nm is None else np.asarray(sampling_nm, dtype=float)
-    if sampling is not None and np.array_equal(sampling, XP_WAVELENGTH_NM):
-        sampling = None  # GaiaXPy's precomputed default matrices, not a recomputed model
     if truncation:
         for band in XP_BANDS:
             key = f"{band}_n_relevant_bases"
@@ -356,31 +399,24 @@ def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
             if key not in table.extra or np.isnan(np.asarray(table.extra[key], float)[present]).any():
                 raise InputError("truncation needs n_relevant_bases for every present band",
                                  source=table.source, field=key)
-    frame, no_std = to_gaiaxpy_frame(table)
-    try:
-        with _quiet_gaiaxpy():
-            out, used = gaiaxpy.calibrate(frame, sampling=sampling, truncation=truncation,
-                                          save_file=False)
-    except Exception as exc:  # noqa: BLE001 - GaiaXPy errors become one clear error
-        raise InputError(f"GaiaXPy calibration failed: {exc}", source=table.source) from exc
-    got = np.asarray(out["source_id"], dtype=np.int64)
-    if not np.array_equal(got, table.extra["source_id"]):
-        raise InputError("GaiaXPy returned stars in a different order or number",
-                         source=table.source, field="source_id")
-    flux = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux"]])
-    err = np.vstack([np.asarray(v, dtype=np.float64) for v in out["flux_error"]])
-    err[no_std] = np.nan
+    calibrate = _calibrate_matrix if method == "matrix" else _calibrate_gaiaxpy
+    flux, err, used, origin = calibrate(table, sampling_nm, truncation)
+    err[_no_std(table)] = np.nan
     flux_n, err_n, med = normalise_by_median(flux, err)
-    coeff_names = set(coefficient_names("bp") + coefficient_names("rp"))
+    coeff_names = set() if keep_coefficients else set(coefficient_names("bp")
+                                                      + coefficient_names("rp"))
     scalars = {k: v for k, v in table.scalars.items() if k not in coeff_names}
     extra = {"source_id": table.extra["source_id"], "medflux": med}
     for band in XP_BANDS:
         key = f"missing_{band}"
         if key in table.extra:
             extra[key] = table.extra[key]
-    meta = {"source": table.source, "loader": "gaia_xp.xp_sampled_spectra",
-            "gaiaxpy_version": getattr(gaiaxpy, "__version__", "unknown"),
-            "truncation": bool(truncation), "flux": "GaiaXPy calibrate / median flux"}
+    meta = {"source": table.source, "loader": "gaia_xp.xp_sampled_spectra", "method": method,
+            "truncation": bool(truncation)}
+    if method == "gaiaxpy":
+        meta.update(gaiaxpy_version=origin, flux="GaiaXPy calibrate / median flux")
+    else:
+        meta.update(xp_sampling=origin, flux="XP linear map (GaiaXPy matrices) / median flux")
     return StarTable(ids=table.ids, flux=flux_n, flux_err=err_n,
                      wavelength=np.asarray(used, dtype=float) * u.nm, scalars=scalars,
                      extra=extra, meta=meta)

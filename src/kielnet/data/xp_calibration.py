@@ -1,0 +1,235 @@
+"""Gaia XP calibration as a batched linear map: coefficients → sampled spectra.
+
+A Gaia DR3 XP mean spectrum is 55 BP and 55 RP coefficients ``c`` (e⁻ s⁻¹) of a
+basis-function expansion. Sampled on a fixed wavelength grid, each band's absolute
+flux is linear in its coefficients, ``f_b = A_b c_b`` with a fixed *design matrix*
+``A_b`` (``n_pix × 55``, W m⁻² nm⁻¹ per e⁻ s⁻¹: basis functions, instrument
+response and dispersion folded in), and the two bands are merged with fixed weights
+over their overlap (635–643 nm): ``f = w_bp f_bp + w_rp f_rp``. The flux covariance
+follows from the coefficient covariance ``Σ_b = D R D`` (``D`` = diag of the
+coefficient errors, ``R`` the correlation matrix), so the error of pixel ``p`` is
+``sqrt(Σ_jk A_pj A_pk Σ_jk)`` per band and
+``sqrt(w_bp² e_bp² + w_rp² e_rp²)`` merged (the bands are independent). This is what
+GaiaXPy's ``calibrate`` does star by star; here it is a few matrix products per batch.
+
+The error uses the correlations in the archive's packed form (the strict lower
+triangle, row-major, 1,485 values; see :func:`kielnet.data.xp.correlation_matrix`)::
+
+    e_p² = Σ_j A_pj² σ_j² + Σ_{j>k} 2 A_pj A_pk · (ρ_jk σ_j σ_k)
+
+i.e. ``σ² @ (A²)ᵀ + (ρ σ_j σ_k) @ Cᵀ`` with the fixed ``C`` (``n_pix × 1485``) of
+products ``2 A_pj A_pk``: no per-star 55×55 matrix is formed. (GaiaXPy divides the
+covariance by the solution's standard deviation squared and multiplies the error by
+it again, so the standard deviation cancels and is not needed.)
+
+Missing bands follow GaiaXPy: a band whose coefficients are all NaN is absent; with
+one band, the flux is that band's *unweighted* flux where its merge weight is > 0
+(BP alone: λ < 643 nm; RP alone: λ > 635 nm on the default grid) and NaN elsewhere;
+with neither, NaN. Truncation (``n_bases``) keeps only the first ``k`` bases of a band,
+as GaiaXPy's ``truncation=True`` does with ``n_relevant_bases``.
+
+The matrices come from :mod:`kielnet.io.xp_matrices` (derived once from GaiaXPy and
+cached); this module reads no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kielnet.data.xp import N_XP_COEFFICIENTS
+from kielnet.errors import InputError
+
+__all__ = ["XPSampling", "sample_band"]
+
+#: Stars per block in the error products (bounds memory: a few (block × 1485) arrays).
+_BLOCK = 2048
+
+
+def _rows(name: str, x: Any, width: int, n: int | None = None) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] != width or (n is not None and a.shape[0] != n):
+        want = f"({'n_stars' if n is None else n}, {width})"
+        raise InputError(f"{name} must have shape {want}, got {a.shape}", field=name)
+    return a
+
+
+def _truncate(n_bases: Any, n: int, k: int) -> np.ndarray | None:
+    """``(n, k)`` 0/1 mask of the bases kept per star, or None for no truncation.
+    GaiaXPy's rule: a finite count > 0 keeps that many bases; anything else keeps all."""
+    if n_bases is None:
+        return None
+    counts = np.broadcast_to(np.asarray(n_bases, dtype=np.float64), (n,))
+    keep = np.where(np.isfinite(counts) & (counts > 0), counts, k)
+    return (np.arange(k)[None, :] < keep[:, None]).astype(np.float64)
+
+
+def sample_band(design: np.ndarray, coef: Any, err: Any = None, corr: Any = None, *,
+                n_bases: Any = None, with_errors: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One band's sampled flux and error for a batch of stars.
+
+    Parameters
+    ----------
+    design
+        ``(n_pix, k)`` design matrix (flux per unit coefficient; for the default XP
+        calibration W m⁻² nm⁻¹ per e⁻ s⁻¹).
+    coef
+        ``(n, k)`` coefficients (e⁻ s⁻¹); a NaN row gives a NaN spectrum.
+    err
+        ``(n, k)`` coefficient errors (same unit); needed when ``with_errors``.
+    corr
+        ``(n, k·(k−1)/2)`` correlations, strict lower triangle row-major (as stored by
+        the archive); needed when ``with_errors``.
+    n_bases
+        Optional ``(n,)`` numbers of bases to keep (truncation); NaN or ≤ 0 keeps all.
+    with_errors
+        Also propagate the coefficient covariance to the pixel errors.
+
+    Returns
+    -------
+    flux, flux_err
+        ``(n, n_pix)`` float64 each in the design matrix's flux unit; ``flux_err`` is
+        ``None`` without ``with_errors``.
+    """
+    a = np.asarray(design, dtype=np.float64)
+    if a.ndim != 2:
+        raise InputError(f"design matrix must be 2-D (n_pix, k), got shape {a.shape}",
+                         field="design")
+    k = a.shape[1]
+    c = _rows("coef", coef, k)
+    n = len(c)
+    mask = _truncate(n_bases, n, k)
+    if mask is not None:
+        c = c * mask
+    flux = c @ a.T
+    if not with_errors:
+        return flux, None
+    if err is None or corr is None:
+        raise InputError("errors and correlations are needed for with_errors=True", field="err")
+    s = _rows("err", err, k, n)
+    r = _rows("corr", corr, k * (k - 1) // 2, n)
+    if mask is not None:
+        s = s * mask
+    lo_row, lo_col = np.tril_indices(k, k=-1)  # the archive's packing order
+    a_sq = a * a                                          # (n_pix, k)
+    a_cross = 2.0 * a[:, lo_row] * a[:, lo_col]           # (n_pix, k(k-1)/2)
+    var = np.empty((n, a.shape[0]))
+    for lo in range(0, n, _BLOCK):
+        hi = min(lo + _BLOCK, n)
+        sb = s[lo:hi]
+        var[lo:hi] = (sb * sb) @ a_sq.T + (r[lo:hi] * sb[:, lo_row] * sb[:, lo_col]) @ a_cross.T
+    return flux, np.sqrt(np.maximum(var, 0.0))
+
+
+@dataclass(frozen=True, eq=False)
+class XPSampling:
+    """Fixed linear map from BP/RP coefficients to a merged sampled spectrum.
+
+    Attributes
+    ----------
+    wavelength_nm
+        ``(n_pix,)`` sample wavelengths (nm).
+    bp_design, rp_design
+        ``(n_pix, 55)`` design matrices (W m⁻² nm⁻¹ per e⁻ s⁻¹).
+    bp_weight, rp_weight
+        ``(n_pix,)`` merge weights (1 / 0 outside the BP/RP overlap, linear within).
+    origin
+        Where the matrices come from (e.g. ``"gaiaxpy 2.1.5 default sampling"``).
+
+    Arrays are stored read-only as float64.
+    """
+
+    wavelength_nm: np.ndarray
+    bp_design: np.ndarray
+    rp_design: np.ndarray
+    bp_weight: np.ndarray
+    rp_weight: np.ndarray
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("wavelength_nm", "bp_design", "rp_design", "bp_weight", "rp_weight"):
+            a = np.array(getattr(self, name), dtype=np.float64)
+            a.setflags(write=False)
+            object.__setattr__(self, name, a)
+        n_pix = self.wavelength_nm.shape[0] if self.wavelength_nm.ndim == 1 else -1
+        for name in ("bp_design", "rp_design"):
+            if getattr(self, name).shape != (n_pix, N_XP_COEFFICIENTS):
+                raise InputError(f"{name} must have shape ({n_pix}, {N_XP_COEFFICIENTS}), got "
+                                 f"{getattr(self, name).shape}", field=name)
+        for name in ("bp_weight", "rp_weight"):
+            if getattr(self, name).shape != (n_pix,):
+                raise InputError(f"{name} must have shape ({n_pix},), got "
+                                 f"{getattr(self, name).shape}", field=name)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal matrices, weights and grid (``origin`` is not compared)."""
+        if not isinstance(other, XPSampling):
+            return NotImplemented
+        mine, theirs = self.arrays(), other.arrays()
+        return all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+    @property
+    def n_pix(self) -> int:
+        return int(self.wavelength_nm.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The matrices and weights by field name (for saving; ``XPSampling(**arrays)``)."""
+        return {name: getattr(self, name) for name in
+                ("wavelength_nm", "bp_design", "rp_design", "bp_weight", "rp_weight")}
+
+    def sample(self, bp_coef: Any, rp_coef: Any, bp_err: Any = None, rp_err: Any = None,
+               bp_corr: Any = None, rp_corr: Any = None, *, with_errors: bool = True,
+               bp_n_bases: Any = None, rp_n_bases: Any = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Merged sampled spectra for a batch of stars.
+
+        Parameters
+        ----------
+        bp_coef, rp_coef
+            ``(n, 55)`` coefficients (e⁻ s⁻¹); an all-NaN row is a missing band.
+        bp_err, rp_err
+            ``(n, 55)`` coefficient errors (e⁻ s⁻¹); needed when ``with_errors``.
+        bp_corr, rp_corr
+            ``(n, 1485)`` packed correlations (strict lower triangle, row-major);
+            needed when ``with_errors``.
+        with_errors
+            Also compute the flux errors.
+        bp_n_bases, rp_n_bases
+            Optional ``(n,)`` truncation (e.g. ``n_relevant_bases``); NaN keeps all.
+
+        Returns
+        -------
+        flux, flux_err
+            ``(n, n_pix)`` float64 (W m⁻² nm⁻¹ for GaiaXPy's matrices); NaN where no
+            band covers a pixel (see the module docstring); ``flux_err`` is ``None``
+            without ``with_errors``.
+        """
+        bp = _rows("bp_coef", bp_coef, N_XP_COEFFICIENTS)
+        rp = _rows("rp_coef", rp_coef, N_XP_COEFFICIENTS, len(bp))
+        f_bp, e_bp = sample_band(self.bp_design, bp, bp_err, bp_corr, n_bases=bp_n_bases,
+                                 with_errors=with_errors)
+        f_rp, e_rp = sample_band(self.rp_design, rp, rp_err, rp_corr, n_bases=rp_n_bases,
+                                 with_errors=with_errors)
+        has_bp = ~np.isnan(bp).all(axis=1)[:, None]
+        has_rp = ~np.isnan(rp).all(axis=1)[:, None]
+        w_bp, w_rp = self.bp_weight[None, :], self.rp_weight[None, :]
+        only_bp = has_bp & ~has_rp & (w_bp > 0)
+        only_rp = has_rp & ~has_bp & (w_rp > 0)
+        both = has_bp & has_rp
+        with np.errstate(invalid="ignore"):
+            flux = np.where(both, w_bp * f_bp + w_rp * f_rp,
+                            np.where(only_bp, f_bp, np.where(only_rp, f_rp, np.nan)))
+            if not with_errors:
+                return flux, None
+            assert e_bp is not None and e_rp is not None
+            err = np.where(both, np.sqrt((w_bp * e_bp) ** 2 + (w_rp * e_rp) ** 2),
+                           np.where(only_bp, e_bp, np.where(only_rp, e_rp, np.nan)))
+        return flux, err
+

@@ -1,0 +1,264 @@
+"""XP calibration as a batched linear map (kielnet.data.xp_calibration) and its matrices
+(kielnet.io.xp_matrices): exact algebra on synthetic inputs, then GaiaXPy as the
+reference on every real star in the shared files (one of them without BP)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kielnet.data.xp import correlation_matrix, pack_correlations, xp_coefficients
+from kielnet.data.xp_calibration import XPSampling, sample_band
+from kielnet.errors import InputError
+
+DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+XP_DIR = DATA / "gaia_xp"
+FILES = ("XP_CONTINUOUS_RAW.csv", "XP_CONTINUOUS_RAW_with_missing_BP.csv",
+         "18Sco-XP-spectra.csv")
+REFERENCE = XP_DIR / "SampledMeanSpectrum.csv"
+needs_data = pytest.mark.skipif(not (XP_DIR / FILES[0]).is_file(),
+                                reason=f"real XP data {XP_DIR} is absent")
+MISSING_BP_STAR = "5405570973190252288"
+
+
+def _random_case(rng, n=6, k=55, n_pix=40):
+    design = rng.normal(size=(n_pix, k))
+    coef = rng.normal(size=(n, k)) * 100
+    err = rng.uniform(0.5, 3.0, size=(n, k))
+    corr = []
+    for _ in range(n):
+        m = rng.normal(size=(k, 2 * k))
+        c = m @ m.T
+        d = 1 / np.sqrt(np.diag(c))
+        corr.append(pack_correlations(c * d[:, None] * d[None, :]))
+    return design, coef, err, np.array(corr)
+
+
+def _brute(design, coef, err, corr):
+    """Per star: A c and sqrt(diag(A D R D Aᵀ)) with the full 55×55 matrices."""
+    r = correlation_matrix(corr, coef.shape[1])
+    flux = np.array([design @ c for c in coef])
+    sig = np.array([np.sqrt(np.diag(design @ (np.diag(s) @ rr @ np.diag(s)) @ design.T))
+                    for s, rr in zip(err, r)])
+    return flux, sig
+
+
+# ------------------------------------------------------------------ algebra
+def test_sample_band_equals_the_full_covariance_product():
+    design, coef, err, corr = _random_case(np.random.default_rng(1))
+    flux, sig = sample_band(design, coef, err, corr)
+    bf, bs = _brute(design, coef, err, corr)
+    np.testing.assert_allclose(flux, bf, rtol=1e-12, atol=1e-12 * np.abs(bf).max())
+    np.testing.assert_allclose(sig, bs, rtol=1e-10)
+    # blocks of stars give the same numbers as one star at a time
+    for i in range(len(coef)):
+        f1, s1 = sample_band(design, coef[i], err[i], corr[i])
+        np.testing.assert_allclose(s1[0], sig[i], rtol=1e-13)
+        np.testing.assert_allclose(f1[0], flux[i], rtol=1e-13, atol=1e-13 * np.abs(flux).max())
+    assert sample_band(design, coef, with_errors=False)[1] is None
+
+
+def test_truncation_equals_slicing_the_bases():
+    design, coef, err, corr = _random_case(np.random.default_rng(2), n=3)
+    keep = np.array([10, 55, np.nan])  # NaN keeps all, as GaiaXPy
+    flux, sig = sample_band(design, coef, err, corr, n_bases=keep)
+    full = correlation_matrix(corr)
+    for i, k in enumerate([10, 55, 55]):
+        a, s = design[:, :k], err[i, :k]
+        cov = np.diag(s) @ full[i, :k, :k] @ np.diag(s)
+        np.testing.assert_allclose(flux[i], a @ coef[i, :k], rtol=1e-11, atol=1e-9)
+        np.testing.assert_allclose(sig[i], np.sqrt(np.diag(a @ cov @ a.T)), rtol=1e-10)
+    assert not np.allclose(flux[0], sample_band(design, coef[:1], with_errors=False)[0][0])
+
+
+def _toy_sampling(rng) -> XPSampling:
+    wl = np.arange(600.0, 680.0, 2.0)
+    w_rp = np.clip((wl - 635.0) / 8.0, 0.0, 1.0)
+    return XPSampling(wavelength_nm=wl, bp_design=rng.normal(size=(len(wl), 55)),
+                      rp_design=rng.normal(size=(len(wl), 55)), bp_weight=1.0 - w_rp,
+                      rp_weight=w_rp, origin="toy")
+
+
+def test_merge_and_missing_bands():
+    rng = np.random.default_rng(3)
+    s = _toy_sampling(rng)
+    _, bp, bp_e, bp_r = _random_case(rng, n=4)
+    _, rp, rp_e, rp_r = _random_case(rng, n=4)
+    bp[1] = np.nan  # RP only
+    rp[2] = np.nan  # BP only
+    bp[3] = rp[3] = np.nan  # neither
+    flux, err = s.sample(bp, rp, bp_e, rp_e, bp_r, rp_r)
+    f_bp, e_bp = sample_band(s.bp_design, bp, bp_e, bp_r)
+    f_rp, e_rp = sample_band(s.rp_design, rp, rp_e, rp_r)
+    w_bp, w_rp = s.bp_weight, s.rp_weight
+    np.testing.assert_allclose(flux[0], w_bp * f_bp[0] + w_rp * f_rp[0], rtol=1e-13)
+    np.testing.assert_allclose(err[0], np.hypot(w_bp * e_bp[0], w_rp * e_rp[0]), rtol=1e-13)
+    # one band: its unweighted flux where its weight is > 0 (GaiaXPy), NaN elsewhere
+    rp_ok, bp_ok = w_rp > 0, w_bp > 0
+    np.testing.assert_array_equal(flux[1, rp_ok], f_rp[1, rp_ok])
+    np.testing.assert_array_equal(err[1, rp_ok], e_rp[1, rp_ok])
+    assert np.isnan(flux[1, ~rp_ok]).all() and np.isnan(err[1, ~rp_ok]).all()
+    np.testing.assert_array_equal(flux[2, bp_ok], f_bp[2, bp_ok])
+    assert np.isnan(flux[2, ~bp_ok]).all()
+    assert np.isnan(flux[3]).all() and np.isnan(err[3]).all()
+    overlap = (s.wavelength_nm > 635) & (s.wavelength_nm < 643)
+    assert overlap.sum() == 4 and np.isfinite(flux[:3][:, overlap]).all()  # covered by either
+    flux_only, none = s.sample(bp, rp, with_errors=False)
+    assert none is None
+    np.testing.assert_array_equal(flux_only, flux)
+
+
+def test_sampling_checks_shapes_and_is_read_only():
+    rng = np.random.default_rng(4)
+    s = _toy_sampling(rng)
+    with pytest.raises(InputError, match="bp_design"):
+        XPSampling(**{**s.arrays(), "bp_design": s.bp_design[:, :54]})
+    with pytest.raises(InputError, match="rp_coef"):
+        s.sample(np.zeros((2, 55)), np.zeros((3, 55)), with_errors=False)
+    with pytest.raises(InputError, match="errors and correlations"):
+        s.sample(np.zeros((2, 55)), np.zeros((2, 55)))
+    with pytest.raises(ValueError):
+        s.bp_design[0, 0] = 1.0
+    assert XPSampling(**s.arrays()) == s
+
+
+# ------------------------------------------------------------------ GaiaXPy as reference
+@pytest.fixture(scope="module")
+def gaiaxpy():
+    from kielnet.io.gaia_xp import _require_gaiaxpy
+
+    try:
+        return _require_gaiaxpy()
+    except InputError:
+        pytest.skip("optional package gaiaxpy is absent")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    from kielnet.io.gaia_xp import read_xp_continuous
+
+    if not (XP_DIR / FILES[0]).is_file():
+        pytest.skip(f"real XP data {XP_DIR} is absent")
+    return {name: read_xp_continuous(XP_DIR / name) for name in FILES}
+
+
+def _gaiaxpy_calibrate(gaiaxpy, table, **kwargs):
+    from kielnet.io.gaia_xp import _quiet_gaiaxpy, to_gaiaxpy_frame
+
+    frame, _ = to_gaiaxpy_frame(table)  # std = 1 where a file lacks it: errors are unchanged
+    with _quiet_gaiaxpy():
+        out, used = gaiaxpy.calibrate(frame, save_file=False, **kwargs)
+    return (np.vstack(out["flux"]).astype(float), np.vstack(out["flux_error"]).astype(float),
+            np.asarray(used, float))
+
+
+def _inputs(table):
+    bp, rp = xp_coefficients(table)
+    e = table.extra
+    return (bp, rp, e["bp_coefficient_errors"], e["rp_coefficient_errors"],
+            e["bp_coefficient_correlations"], e["rp_coefficient_correlations"])
+
+
+def _max_rel(a, b):
+    same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+    ok = ~np.isnan(b)
+    return same_nan, float(np.max(np.abs(a[ok] - b[ok]) / np.abs(b[ok])))
+
+
+@needs_data
+@pytest.mark.parametrize("truncation", [False, True])
+def test_matches_gaiaxpy_calibrate_on_every_real_star(gaiaxpy, tables, truncation):
+    """Observed (GaiaXPy 2.1.5): max relative difference ~2e-14 in flux, ~2e-15 in error."""
+    from kielnet.io.xp_matrices import default_xp_sampling
+
+    sampling = default_xp_sampling()
+    assert sampling.n_pix == 343 and sampling.origin.startswith("gaiaxpy")
+    n_stars = 0
+    for name, table in tables.items():
+        if truncation and not np.isfinite(table.extra["rp_n_relevant_bases"]).all():
+            continue  # 18 Sco's file has no n_relevant_bases
+        trunc = ({"bp_n_bases": table.extra["bp_n_relevant_bases"],
+                  "rp_n_bases": table.extra["rp_n_relevant_bases"]} if truncation else {})
+        flux, err = sampling.sample(*_inputs(table), **trunc)
+        ref_flux, ref_err, used = _gaiaxpy_calibrate(gaiaxpy, table, truncation=truncation)
+        np.testing.assert_array_equal(sampling.wavelength_nm, used)
+        for mine, ref in ((flux, ref_flux), (err, ref_err)):
+            same_nan, rel = _max_rel(mine, ref)
+            assert same_nan and rel < 1e-11, (name, rel)
+        if name == FILES[1]:
+            i = list(table.ids).index(MISSING_BP_STAR)
+            assert np.isnan(flux[i, :150]).all() and np.isfinite(flux[i, 150:]).all()
+        n_stars += len(table)
+    assert n_stars >= (3 if truncation else 6)
+
+
+@needs_data
+def test_other_grid_matches_gaiaxpy(gaiaxpy, tables):
+    from kielnet.io.xp_matrices import xp_sampling
+
+    grid = np.arange(400.0, 1000.0, 7.5)
+    table = tables[FILES[1]]
+    sampling = xp_sampling(grid)
+    flux, err = sampling.sample(*_inputs(table))
+    ref_flux, ref_err, used = _gaiaxpy_calibrate(gaiaxpy, table, sampling=grid)
+    np.testing.assert_array_equal(used, grid)
+    for mine, ref in ((flux, ref_flux), (err, ref_err)):
+        same_nan, rel = _max_rel(mine, ref)
+        assert same_nan and rel < 1e-11, rel
+    with pytest.raises(InputError, match="sampling"):
+        xp_sampling(np.arange(100.0, 200.0))
+
+
+def _hand_parse(cell: str) -> np.ndarray:
+    return np.array([float(v) for v in cell.strip()[1:-1].split(",")])
+
+
+@needs_data
+def test_band_sampling_reproduces_sampled_mean_spectrum_csv(gaiaxpy, tables):
+    """SampledMeanSpectrum.csv: GaiaXPy ``convert`` (per band, pseudo-wavelength grid
+    linspace(0, 60, 481)) of XP_CONTINUOUS_RAW.csv; the same batched algebra with
+    convert's design matrices reproduces it (flux to 1e-12 of the peak, error 1e-6)."""
+    from kielnet.io.xp_matrices import internal_design_matrices
+
+    design = internal_design_matrices(np.linspace(0, 60, 481))
+    table = tables[FILES[0]]
+    bp, rp, bp_e, rp_e, bp_r, rp_r = _inputs(table)
+    mine = {"BP": sample_band(design["bp"], bp, bp_e, bp_r),
+            "RP": sample_band(design["rp"], rp, rp_e, rp_r)}
+    with open(REFERENCE, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    for row in rows:
+        i = list(table.ids).index(row["source_id"])
+        flux, err = (a[i] for a in mine[row["xp"]])
+        ref_flux, ref_err = _hand_parse(row["flux"]), _hand_parse(row["error"])
+        assert np.abs(flux - ref_flux).max() / np.abs(ref_flux).max() < 1e-12
+        np.testing.assert_allclose(err, ref_err, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ the cache
+@needs_data
+def test_matrices_are_cached_per_gaiaxpy_version(gaiaxpy, tmp_path, monkeypatch):
+    from kielnet.io import xp_matrices
+
+    monkeypatch.setenv(xp_matrices.CACHE_ENV, str(tmp_path / "fresh"))
+    built = xp_matrices.default_xp_sampling()
+    path = xp_matrices.cache_path(gaiaxpy.__version__)
+    assert path.parent == tmp_path / "fresh" and path.is_file()
+    assert xp_matrices.default_xp_sampling() is built  # kept in memory
+    # without GaiaXPy: the cached copy is used
+    monkeypatch.setitem(sys.modules, "gaiaxpy", None)
+    xp_matrices._cached.cache_clear()
+    loaded = xp_matrices.default_xp_sampling()
+    assert loaded == built and loaded is not built
+    assert loaded.origin == built.origin
+    # without GaiaXPy and without a cache: a clear error
+    monkeypatch.setenv(xp_matrices.CACHE_ENV, str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="pip install gaiaxpy") as exc:
+        xp_matrices.default_xp_sampling()
+    assert "empty" in str(exc.value)
+    xp_matrices._cached.cache_clear()
