@@ -214,3 +214,15 @@ def tiny_bundle(tiny_holdout):
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tiny_holdout) -> Path:
     return tiny_holdout.bundle_dir
+
+
+@pytest.fixture(scope="session")
+def gaiaxpy():
+    """The optional GaiaXPy package (the XP calibration's reference); skips when absent."""
+    from kielnet.errors import InputError
+    from kielnet.io.gaia_xp import _require_gaiaxpy
+
+    try:
+        return _require_gaiaxpy()
+    except InputError:
+        pytest.skip("optional package gaiaxpy is absent")

@@ -128,14 +128,20 @@ def test_predict_unreadable_file_exits_2(capsys, tiny_bundle_dir, tmp_path, cont
     assert str(bad) in capsys.readouterr().err
 
 
-def test_predict_a_column_absent_from_the_file_is_missing_for_every_star(capsys, tiny_bundle_dir, input_fits,
-                                                                           tmp_path):
+def _without_rp(input_fits, tmp_path):
+    from kielnet.io import atomic_write_table
+
     path, _ = input_fits
     t = Table.read(path)
     t.remove_column("rp")
     bad = tmp_path / "no_rp.parquet"
-    from kielnet.io import atomic_write_table
     atomic_write_table(t, bad)
+    return t, bad
+
+
+def test_predict_a_column_absent_from_the_file_is_missing_for_every_star(capsys, tiny_bundle_dir, input_fits,
+                                                                           tmp_path):
+    t, bad = _without_rp(input_fits, tmp_path)
     with pytest.warns(UserWarning, match=r"no_rp.parquet: input column\(s\) rp absent from the file"):
         rc = main(["predict", "--bundle", str(tiny_bundle_dir), "--data", str(bad),
                    "--out", str(tmp_path / "c.parquet"), "--quiet"])
@@ -148,12 +154,7 @@ def test_predict_a_missing_column_no_input_group_covers_exits_2_naming_it(capsys
                                                                           tmp_path):
     import shutil
 
-    path, _ = input_fits
-    t = Table.read(path)
-    t.remove_column("rp")
-    bad = tmp_path / "no_rp.parquet"
-    from kielnet.io import atomic_write_table
-    atomic_write_table(t, bad)
+    _, bad = _without_rp(input_fits, tmp_path)
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle_dir, bundle)
     meta = json.loads((bundle / "bundle.json").read_text())

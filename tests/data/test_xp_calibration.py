@@ -128,16 +128,6 @@ def test_sampling_checks_shapes_and_is_read_only():
 
 # ------------------------------------------------------------------ GaiaXPy as reference
 @pytest.fixture(scope="module")
-def gaiaxpy():
-    from kielnet.io.gaia_xp import _require_gaiaxpy
-
-    try:
-        return _require_gaiaxpy()
-    except InputError:
-        pytest.skip("optional package gaiaxpy is absent")
-
-
-@pytest.fixture(scope="module")
 def tables():
     from kielnet.io.gaia_xp import read_xp_continuous
 

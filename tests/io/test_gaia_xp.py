@@ -258,16 +258,6 @@ def test_every_star_bad_is_an_error(tmp_path):
 
 
 # ------------------------------------------------------------------ GaiaXPy conversion
-@pytest.fixture(scope="module")
-def gaiaxpy():
-    from kielnet.io.gaia_xp import _require_gaiaxpy
-
-    try:
-        return _require_gaiaxpy()
-    except InputError:
-        pytest.skip("optional package gaiaxpy is absent")
-
-
 def _quiet_call(fn, *args, **kwargs):
     from kielnet.io.gaia_xp import _quiet_gaiaxpy
 

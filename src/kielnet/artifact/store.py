@@ -383,16 +383,9 @@ def load_bundle(path: str | Path) -> Bundle:
     for anything missing, corrupt or inconsistent; see the module docstring. A
     format-1 bundle (no checksums) loads with a :class:`UserWarning`.
     """
-    path = resolve_bundle(path)
-    path = Path(path)
+    path = Path(resolve_bundle(path))
+    meta, r = _read_bundle_json(path)
     js = path / "bundle.json"
-    if not js.is_file():
-        raise BundleError(f"{path} is not a kielnet bundle (no bundle.json)")
-    try:
-        meta = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{js} is not valid JSON: {exc}") from exc
-    r = _Reader(path)
     if not isinstance(meta, dict):
         raise r.error(f"bundle.json must hold a JSON object, not {type(meta).__name__}")
     if "format" not in meta:
@@ -566,12 +559,9 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def verify_bundle(path: str | Path) -> dict[str, str]:
-    """Check every file a bundle lists against the SHA-256 ``bundle.json`` records for it,
-    without reading the weights; returns ``{file: sha256}``. A :class:`BundleError`
-    naming the file for a missing or changed one, or for a format-1 bundle (which
-    records no checksums). :func:`load_bundle` makes the same check and more."""
-    path = Path(resolve_bundle(path))
+def _read_bundle_json(path: Path):
+    """``(bundle.json as parsed JSON, a reader of its fields naming the bundle)``; a
+    :class:`BundleError` when the file is absent or not JSON."""
     js = path / "bundle.json"
     if not js.is_file():
         raise BundleError(f"{path} is not a kielnet bundle (no bundle.json)")
@@ -579,7 +569,16 @@ def verify_bundle(path: str | Path) -> dict[str, str]:
         meta = json.loads(js.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{js} is not valid JSON: {exc}") from exc
-    r = _Reader(path)
+    return meta, _Reader(path)
+
+
+def verify_bundle(path: str | Path) -> dict[str, str]:
+    """Check every file a bundle lists against the SHA-256 ``bundle.json`` records for it,
+    without reading the weights; returns ``{file: sha256}``. A :class:`BundleError`
+    naming the file for a missing or changed one, or for a format-1 bundle (which
+    records no checksums). :func:`load_bundle` makes the same check and more."""
+    path = Path(resolve_bundle(path))
+    meta, r = _read_bundle_json(path)
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise r.error(f"only format-{BUNDLE_FORMAT} bundles record checksums to verify")
     recorded = {}
