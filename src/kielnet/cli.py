@@ -315,13 +315,16 @@ def _open_source(data, metadata, *, sampled_xp: bool = False, format: str | None
     """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
     metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
     metadata joined per batch). ``sampled_xp``: the model reads sampled
-    spectra, so a Gaia XP continuous file is converted with GaiaXPy to the XP library's
-    representation (336-1020 nm, divided by the median flux) first (its reader's
-    ``as_sampled`` hook). ``format``: the reader to use (``--format``)."""
+    spectra, so Gaia XP continuous files are converted to the XP library's
+    representation (336-1020 nm, divided by the median flux) batch by batch (their
+    reader's ``open_sampled`` hook; a reader with only ``as_sampled``: a whole file
+    first). ``format``: the reader to use (``--format``)."""
     import kielnet.io as kio
 
-    reader = kio.resolve(data, format).reader if sampled_xp and Path(data).is_file() else None
-    if reader is not None and reader.as_sampled is not None:
+    reader = kio.resolve(data, format).reader if sampled_xp else None
+    if reader is not None and reader.open_sampled is not None:
+        return kio.open_stars(data, metadata=tuple(metadata), format=format, sampled=True), not metadata
+    if reader is not None and reader.as_sampled is not None and Path(data).is_file():
         from kielnet.data.source import TableSource
 
         table = _with_metadata(reader.as_sampled(data), metadata)

@@ -114,7 +114,7 @@ def test_format_for_a_directory_needs_a_reader_of_directories(tmp_path):
     write_table(synthetic_table(n=3, n_pix=4), tmp_path / "d" / "a.parquet")
     assert len(read_stars(tmp_path / "d", format="table")) == 3
     with pytest.raises(InputError, match="reads single files") as info:
-        read_stars(tmp_path / "d", format="gaia-xp")
+        read_stars(tmp_path / "d", format="xp-library")
     assert info.value.source == str(tmp_path / "d")
     with pytest.raises(InputError, match="does not exist"):
         read_stars(tmp_path / "nope.parquet", format="table")

@@ -7,7 +7,9 @@ loop to :func:`predict_chunks`. Each task
   fingerprint; workers are sent the bundle's *path* when it was loaded from disk, the
   bundle itself — scattered once — otherwise) and builds its member networks once;
 * reads its own chunk ``k`` from the (picklable) source,
-  ``source.batches(chunk_size, start=k * chunk_size)``;
+  ``source.batches(chunk_size, start=k * chunk_size)`` (a source made of files whose
+  row counts are unknown, e.g. Gaia XP bulk files, counts the rows of every file first,
+  one task per file, ``source.plan_rows``, so that a task skips to its file at once);
 * labels it with one torch thread exactly as a single process does
   (:func:`kielnet.inference.streaming.run_chunk`: same part file, same content, same
   per-part input fingerprint, random generator ``default_rng([seed, k])``), or checks
@@ -95,6 +97,18 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
 
 
 # ----------------------------------------------------------------------------- driver side
+def _plan_rows(client, source: StarSource) -> None:
+    """Let a source (or the source a mapped source wraps) that counts its rows per file
+    (``plan_rows(map_)``) count them on the cluster, one task per file, before it is sent."""
+    s = source
+    while s is not None:
+        plan = getattr(s, "plan_rows", None)
+        if callable(plan):
+            plan(lambda fn, items: client.gather(client.map(fn, items, pure=False)))
+            return
+        s = getattr(s, "base", None)
+
+
 def predict_chunks(cluster: Any, bundle: Bundle, bundle_path, source: StarSource, opts: dict, *,
                    n_rows: int | None, bar=None) -> list[dict]:
     """Run every chunk as a task; the chunk summaries in input order (see module docstring)."""
@@ -109,6 +123,7 @@ def predict_chunks(cluster: Any, bundle: Bundle, bundle_path, source: StarSource
         else:
             ref = ("object", None, fingerprint)
             bundle_arg = client.scatter(bundle, broadcast=True, hash=False)
+        _plan_rows(client, source)
         source_arg = client.scatter(source, broadcast=False, hash=False)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         if bar is not None:  # stars/s from here on, not counting the cluster's start

@@ -113,7 +113,8 @@ def _read_archive_table(path: str | os.PathLike) -> tuple[Table, str]:
         else:
             try:
                 with truncation_as_error():
-                    tab = Table.read(path, format=fmt)
+                    # "#" lines before a CSV header: an ECSV header (the Gaia bulk files)
+                    tab = Table.read(path, format=fmt, **({"comment": "#"} if fmt == "ascii.csv" else {}))
             except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
                 raise InputError(read_error_message(path, fmt, exc), source=source) from exc
     if fmt == "ascii.csv":
@@ -258,13 +259,14 @@ def _noted(bad: BadStars, star: int, field: str) -> bool:
     return star in bad and any(f == field for f, _ in bad[star][1])
 
 
-def _settle_bad_stars(bad: BadStars, ids: np.ndarray, source: str
+def _settle_bad_stars(bad: BadStars, ids: np.ndarray, source: str, refuse_all: bool = True
                       ) -> tuple[dict[str, str], str | None]:
     """Stars kept with NaN data → ``({star_id: "field: problem; …"}, warning text)``.
 
-    A file in which *no* star is usable is refused: an :class:`InputError` naming the
-    file (and, for a one-star file, the field, star and row with the problem as the
-    message). ``({}, None)`` when every star is usable.
+    A file in which *no* star is usable is refused (unless ``refuse_all`` is false: a
+    slice of a file): an :class:`InputError` naming the file (and, for a one-star file,
+    the field, star and row with the problem as the message). ``({}, None)`` when every
+    star is usable.
     """
     if not bad:
         return {}, None
@@ -274,7 +276,7 @@ def _settle_bad_stars(bad: BadStars, ids: np.ndarray, source: str
     if len(order) > _N_SHOWN_BAD:
         listing += f", and {len(order) - _N_SHOWN_BAD} more (meta['bad_rows'])"
     n = len(ids)
-    if len(order) == n:
+    if len(order) == n and refuse_all:
         row, problems = bad[order[0]]
         field, problem = problems[0]
         if n == 1:

@@ -61,6 +61,7 @@ from typing import Any, Literal
 
 import astropy.units as u
 import numpy as np
+import pyarrow as pa
 
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import (N_XP_COEFFICIENTS, N_XP_CORRELATIONS, XP_BANDS, coefficient_names,
@@ -68,11 +69,11 @@ from kielnet.data.xp import (N_XP_COEFFICIENTS, N_XP_CORRELATIONS, XP_BANDS, coe
 from kielnet.errors import InputError
 from kielnet.io.gaia_rvs import (BadStars, _array_column, _find, _floats, _need, _note_bad,
                                  _noted, _read_archive_table, _settle_bad_stars, _source_ids)
-from kielnet.io.xp_arrays import bad_cell_reasons, parse_array_strings
+from kielnet.io.xp_arrays import array_strings, bad_cell_reasons, parse_array_strings
 from kielnet.io.xp_library import XP_WAVELENGTH_NM
 from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
-__all__ = ["read_xp_continuous", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
+__all__ = ["read_xp_continuous", "xp_star_table", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
 
 #: Per-band numeric columns carried into ``extra`` as float64 (NaN where empty/absent).
 XP_BAND_NUMBERS = ("standard_deviation", "n_relevant_bases", "n_parameters", "basis_function_id",
@@ -108,7 +109,8 @@ def _string_arrays(column: Any, expected: int, field: str, bad: BadStars,
     values, is_bad = parse_array_strings(column, expected)
     rows = np.flatnonzero(is_bad)
     if square and rows.size:  # full 55×55 matrices written out: pack them
-        full, full_bad = parse_array_strings(np.ma.asarray(column)[rows], N_XP_COEFFICIENTS ** 2)
+        full, full_bad = parse_array_strings(array_strings(column).take(pa.array(rows)),
+                                             N_XP_COEFFICIENTS ** 2)
         ok = ~full_bad & ~np.isnan(full).all(axis=1)
         values[rows[ok]] = pack_correlations(
             full[ok].reshape(-1, N_XP_COEFFICIENTS, N_XP_COEFFICIENTS))
@@ -155,8 +157,33 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
     coefficients are NaN and ``missing_<band>`` is set.
     """
     path = Path(path)
-    source = str(path)
     tab, fmt = _read_archive_table(path)
+    return xp_star_table(tab, source=str(path), fmt=fmt)
+
+
+def _is_text(column: Any) -> bool:
+    """Whether an array column holds ``"(c1, c2, …)"`` strings (CSV; a pyarrow string
+    array when streamed) rather than arrays (ECSV, FITS, VOTable)."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return True
+    return np.asarray(column).dtype.kind in "US"
+
+
+def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = True) -> StarTable:
+    """The star table of rows of an archive XP continuous file (see :func:`read_xp_continuous`).
+
+    Parameters
+    ----------
+    tab
+        The rows: an astropy table, or anything with ``colnames`` and ``tab[name]``
+        giving a (masked) NumPy column or, for ``"(…)"`` array strings, a pyarrow
+        string array (the streamed reader, :mod:`kielnet.io.streams.xp_continuous`).
+    source, fmt
+        The file (for messages and ``meta['source']``) and its format name.
+    refuse_unusable
+        Refuse rows in which no star is usable (a whole file); ``False`` for a slice
+        of a file, whose unusable stars are kept with NaN whatever their number.
+    """
     sid = _source_ids(tab[_need(tab, source, "source_id")], source)
     n = len(sid)
     scalars: dict[str, np.ndarray] = {}
@@ -176,7 +203,7 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
 
         def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
             col = cols[kind]
-            if np.asarray(tab[col]).dtype.kind in "US":  # CSV "(c1, c2, …)" strings
+            if _is_text(tab[col]):  # CSV "(c1, c2, …)" strings
                 return _string_arrays(tab[col], expected, col, bad, square=square)
             return _band_arrays(_array_column(tab[col], source, col, sid, bad), expected, col, bad,
                                 square=square)
@@ -214,7 +241,7 @@ def read_xp_continuous(path: str | os.PathLike) -> StarTable:
             else:
                 extra[f"{band}_{kind}"] = np.where(missing, np.nan, _floats(tab[col], source, col, sid))
         extra[f"missing_{band}"] = missing
-    bad_rows, warning = _settle_bad_stars(bad, sid, source)
+    bad_rows, warning = _settle_bad_stars(bad, sid, source, refuse_all=refuse_unusable)
     for name, colname in _SCALARS.items():
         col = _find(tab, colname)
         if col is not None:

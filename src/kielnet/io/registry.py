@@ -129,6 +129,10 @@ class ReaderSpec:
         Optional ``as_sampled(path) -> StarTable``: the stars of a file converted to
         sampled spectra, for a model whose input is a sampled spectrum (Gaia XP
         continuous coefficients → the XP library's 343-pixel representation).
+    open_sampled
+        Optional ``open_sampled(path) -> StarSource``: the same conversion streamed
+        (:func:`kielnet.io.open_stars` with ``sampled=True``); preferred to
+        ``as_sampled``, which reads a whole file.
     """
 
     name: str
@@ -147,6 +151,7 @@ class ReaderSpec:
     iter_files: Callable[..., Iterator["StarTable"]] | None = None
     shared_meta: tuple[str, ...] = ()
     as_sampled: Callable[..., "StarTable"] | None = None
+    open_sampled: Callable[..., "StarSource"] | None = None
     #: registration order (set by :func:`register_reader`; breaks priority ties)
     order: int = field(default=0, compare=False)
 
@@ -156,7 +161,8 @@ class ReaderSpec:
         for what in ("identify", "read"):
             if not callable(getattr(self, what)):
                 raise TypeError(f"reader '{self.name}': {what} must be callable")
-        for what in ("iter_tables", "count_rows", "open", "list_files", "iter_files", "as_sampled"):
+        for what in ("iter_tables", "count_rows", "open", "list_files", "iter_files", "as_sampled",
+                     "open_sampled"):
             value = getattr(self, what)
             if value is not None and not callable(value):
                 raise TypeError(f"reader '{self.name}': {what} must be callable or None")
@@ -193,7 +199,7 @@ def register_reader(spec: ReaderSpec | str | None = None, /, *, identify: Callab
     ``options`` are the other :class:`ReaderSpec` fields (``iter_tables``,
     ``directories``, ``priority``, ``description``, ``hint``, ``aliases``,
     ``count_rows``, ``open``, ``one_star_per_file``, ``list_files``, ``iter_files``,
-    ``shared_meta``, ``as_sampled``). A name already registered is a
+    ``shared_meta``, ``as_sampled``, ``open_sampled``). A name already registered is a
     ``ValueError`` unless ``override=True`` (which replaces it).
     """
     if isinstance(spec, ReaderSpec):

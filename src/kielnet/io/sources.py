@@ -72,7 +72,7 @@ PIECE_ROWS = 10_000
 
 
 def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike] = (),
-               format: str | None = None) -> StarSource:
+               format: str | None = None, sampled: bool = False) -> StarSource:
     """A :class:`~kielnet.data.source.StarSource` over ``spec`` (anything
     :func:`kielnet.io.read_stars` reads, or a glob pattern of files of one reader).
 
@@ -87,6 +87,10 @@ def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike]
     format
         Name of the registered reader to use instead of the one the registry would
         choose (``--format``; see :func:`kielnet.io.registry.resolve`).
+    sampled
+        The stars as sampled spectra, for a model that reads them: the reader's
+        ``open_sampled`` source (e.g. spectra given as basis-function coefficients,
+        sampled batch by batch); ignored for a reader without one.
 
     Raises
     ------
@@ -103,7 +107,9 @@ def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike]
     if resolved.kind == "file":
         check_readable(resolved.target)
     with reading(reader, resolved.spec):
-        if reader.open is not None:
+        if sampled and reader.open_sampled is not None:
+            source = reader.open_sampled(resolved.target)
+        elif reader.open is not None:
             source = reader.open(resolved.target)
         elif reader.iter_files is not None:
             source = FileBatchSource(resolved.target, reader)

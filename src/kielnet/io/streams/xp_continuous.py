@@ -1,0 +1,351 @@
+"""Gaia XP continuous files streamed in row batches: one archive file, a directory of
+bulk-download files (``XpContinuousMeanSpectrum_*.csv.gz``) or a glob of them.
+
+:class:`XpContinuousSource` reads file after file, in pieces of rows, and converts each
+piece alone, so memory is bounded by the piece, not by the file:
+
+==================  ===============================================================
+CSV / ECSV,         ``pyarrow.csv.open_csv`` (``.gz`` decompressed as it streams) in
+plain or ``.gz``    blocks of ``block_size`` bytes: every cell is read as text, the
+                    ``"(c1, …)"`` / ``"[c1, …]"`` array strings are parsed vectorised
+                    (:func:`kielnet.io.xp_arrays.parse_array_strings`). The ECSV
+                    header (``#`` lines, APE 6: the Gaia bulk files are ECSV-headed
+                    ``.csv.gz``) is skipped; its ``delimiter`` is used; ``null`` and
+                    empty cells are missing values, ``null`` inside a JSON array is NaN.
+FITS                memory-mapped row ranges of the first table HDU (a ``.fits.gz``
+                    cannot be memory-mapped: astropy decompresses it whole, then slices).
+VOTable             read whole per file by astropy (no row streaming), then sliced:
+                    memory is bounded by the largest file, not the piece.
+==================  ===============================================================
+
+Each piece becomes a star table exactly as :func:`kielnet.io.gaia_xp.read_xp_continuous`
+reads those rows (:func:`~kielnet.io.gaia_xp.xp_star_table`: stars with unusable cells
+kept with NaN and listed in ``meta['bad_rows']`` of their piece); with ``sampled=True``
+each piece is then calibrated to the 343-pixel sampled spectrum divided by its median
+(:func:`~kielnet.io.gaia_xp.xp_sampled_spectra`, the in-house linear map), so that
+``xp-apogee-dr17`` applies, and the correlations (1,485 values per band and star) are
+dropped at once. Every input row gives one output row, in input order.
+
+Pieces are the same whatever the batch size or ``start`` (blocks of a file from its
+beginning, cut at ``piece_rows``), so a batch converts to the same numbers in a Dask
+worker as in one process. ``start`` skips whole files by their row counts
+(:meth:`XpContinuousSource.file_rows`, counted once per file and kept; a cluster run
+counts every file in parallel first, :meth:`~XpContinuousSource.plan_rows`) and
+whole pieces without converting them. The row count (``n_rows``) is unknown
+(``None``) until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from kielnet.data.startable import StarTable
+from kielnet.errors import InputError
+from kielnet.io.registry import files_of
+from kielnet.io.sources import FileSource, rows_from
+
+__all__ = ["XpContinuousSource", "xp_files", "count_file_rows", "XP_SUFFIXES", "BLOCK_SIZE", "PIECE_ROWS"]
+
+#: File names the reader takes from a directory (the archive's and the bulk download's forms).
+XP_SUFFIXES = (".csv", ".csv.gz", ".ecsv", ".ecsv.gz", ".fits", ".fit", ".fits.gz", ".fit.gz",
+               ".vot", ".votable", ".xml")
+#: Bytes of text per CSV block (one archive row is ~45-70 kB: ~500 rows per block).
+BLOCK_SIZE = 32 << 20
+#: Most rows converted at once (FITS / VOTable pieces; CSV blocks are cut at this too).
+PIECE_ROWS = 2048
+#: Array columns (read as text, parsed vectorised).
+_ARRAYS = tuple(f"{b}_{k}" for b in ("bp", "rp")
+                for k in ("coefficients", "coefficient_errors", "coefficient_correlations"))
+_NULLS = ["", "null", "NULL", "nan", "NaN"]
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz", ".ecsv", ".ecsv.gz")):
+        return "text"
+    if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
+        return "fits"
+    if name.endswith((".vot", ".votable", ".xml")):
+        return "votable"
+    raise InputError(f"unknown XP continuous file format '{''.join(path.suffixes)}'; use one of "
+                     f"{', '.join(XP_SUFFIXES)}", source=str(path))
+
+
+def xp_files(target: Any) -> list[Path]:
+    """The files of ``target`` in reading order: the file itself, a list of files (a
+    glob's matches), or a directory's files with an XP suffix (:data:`XP_SUFFIXES`),
+    sorted, hidden and ``_``-prefixed names (``_MD5SUM.txt``) skipped."""
+    if isinstance(target, (list, tuple)) or not Path(target).is_dir():
+        return files_of(target)
+    files = [f for f in files_of(target) if f.name.lower().endswith(XP_SUFFIXES)]
+    if not files:
+        raise InputError(f"directory holds no XP continuous files ({', '.join(XP_SUFFIXES)})", source=str(target))
+    return files
+
+
+# ------------------------------------------------------------------ CSV / ECSV text
+def _text_header(path: Path) -> tuple[int, str, list[str], bool]:
+    """``(lines before the data, delimiter, column names, ECSV?)``: the ``#`` lines (an
+    ECSV header, whose ``delimiter`` is used: a space unless it says otherwise), then
+    the column-name line."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    skipped, delimiter, ecsv = 0, None, False
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        for line in fh:
+            if line.startswith("#"):
+                skipped += 1
+                ecsv = ecsv or "%ECSV" in line
+                m = re.match(r"#\s*delimiter:\s*['\"]?(.)['\"]?\s*$", line.rstrip("\r\n"))
+                if m:
+                    delimiter = m.group(1)
+                continue
+            if not line.strip():
+                skipped += 1
+                continue
+            delimiter = delimiter or (" " if ecsv else ",")  # the ECSV default is a space
+            names = next(csv.reader([line], delimiter=delimiter, skipinitialspace=delimiter == " "))
+            return skipped + 1, delimiter, [c.strip() for c in names if c.strip() or delimiter != " "], ecsv
+    raise InputError("table has no rows", source=str(path))
+
+
+def _open_text(path: Path, block_size: int, columns: Sequence[str] | None = None):
+    """A ``pyarrow.csv`` streaming reader of the file's data rows, every cell as text."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    skip, delimiter, names, _ = _text_header(path)
+    include = list(names if columns is None else columns)
+    return pcsv.open_csv(
+        str(path),
+        read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip, block_size=block_size, use_threads=True),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=True),
+        convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in include}, include_columns=include,
+                                            null_values=_NULLS, strings_can_be_null=True,
+                                            quoted_strings_can_be_null=True))
+
+
+def count_file_rows(path: str, block_size: int = BLOCK_SIZE) -> int:
+    """Data rows of one XP continuous file (CSV / ECSV: the text is tokenised, one
+    column converted; FITS: ``NAXIS2``; VOTable: read whole)."""
+    p = Path(path)
+    kind = _kind(p)
+    if kind == "fits":
+        from kielnet.io.tables import fits_table_rows
+
+        n = fits_table_rows(p)
+        if n is not None:
+            return int(n)
+    if kind != "text":
+        from kielnet.io.gaia_rvs import _read_archive_table
+
+        return len(_read_archive_table(p)[0])
+    _, _, names, _ = _text_header(p)
+    return sum(b.num_rows for b in _open_text(p, block_size, names[:1]))
+
+
+class _Columns:
+    """A block of text cells with the column access :func:`xp_star_table` needs: array
+    columns as pyarrow strings, the others as (masked) NumPy int64 / float64 columns
+    where every cell converts, else text (refused with its row by the reader)."""
+
+    def __init__(self, batch: Any, ecsv: bool) -> None:
+        self.batch, self.ecsv = batch, ecsv
+        self.colnames = list(batch.schema.names)
+
+    def __getitem__(self, name: str) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        col = self.batch.column(name)
+        if name.lower() in _ARRAYS:
+            if self.ecsv:  # JSON arrays: a missing element is written null
+                col = pc.replace_substring(col, "null", "nan")
+            return col
+        text = pc.utf8_trim_whitespace(col)
+        null = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+        mask = null if null.any() else None
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                values = pc.cast(text, kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+            return values if mask is None else np.ma.masked_array(values, mask=mask)
+        strings = np.asarray(pc.fill_null(text, "").to_numpy(zero_copy_only=False), dtype=str)
+        return np.ma.masked_array(strings, mask=null)
+
+
+# ------------------------------------------------------------------ the source
+class XpContinuousSource(FileSource):
+    """Archive XP continuous files streamed in pieces (module docstring).
+
+    Parameters
+    ----------
+    target
+        A file, a directory of files or a list of files (a glob's matches).
+    sampled
+        Yield sampled spectra (343 px, 336-1020 nm, divided by the median flux; extra
+        ``source_id``, ``medflux``, ``missing_bp`` / ``missing_rp``; scalars ``g`` etc.
+        when the file has them) instead of the coefficients as scalars ``bp_0 … rp_54``.
+    block_size
+        Bytes of text per CSV block (must exceed one row, ~70 kB).
+    piece_rows
+        Most rows converted at once.
+    """
+
+    reader_name = "gaia-xp"
+    description = "Gaia XP continuous spectra"
+
+    def __init__(self, target: Any, *, sampled: bool = False, block_size: int = BLOCK_SIZE,
+                 piece_rows: int = PIECE_ROWS) -> None:
+        super().__init__(target)
+        self.sampled = bool(sampled)
+        self.block_size = int(block_size)
+        self.piece_rows = int(piece_rows)
+        self._files: list[Path] | None = None
+        self._rows: dict[str, int] = {}
+
+    def files(self) -> list[Path]:
+        if self._files is None:
+            self._files = xp_files(self.target)
+        return self._files
+
+    def read_all(self) -> StarTable:
+        """Every star in one table: a single file as :func:`~kielnet.io.gaia_xp.read_xp_continuous`
+        (or :func:`~kielnet.io.gaia_xp.xp_sampled_spectra`) reads it, else the pieces
+        concatenated (memory grows with the input)."""
+        if isinstance(self.target, Path) and self.target.is_file():
+            from kielnet.io.gaia_xp import read_xp_continuous, xp_sampled_spectra
+
+            return (xp_sampled_spectra if self.sampled else read_xp_continuous)(self.target)
+        pieces = list(self.pieces())
+        if not pieces:
+            raise InputError("the input holds no stars", source=self.spec)
+        table = pieces[0] if len(pieces) == 1 else StarTable.concat(pieces)
+        table.meta["source"] = self.spec
+        return table
+
+    def identity(self) -> dict:
+        return dict(super().identity(), xp="sampled" if self.sampled else "coefficients")
+
+    # -- row counts (for start)
+    def file_rows(self, i: int) -> int:
+        """Data rows of file ``i`` (counted once, kept with the source)."""
+        f = str(self.files()[i])
+        if f not in self._rows:
+            self._rows[f] = count_file_rows(f, self.block_size)
+        return self._rows[f]
+
+    def plan_rows(self, map_: Callable[[Callable, list], list]) -> None:
+        """Count the rows of every file not counted yet with ``map_(fn, items)`` (e.g.
+        one Dask task per file), before tasks start at row offsets."""
+        todo = [str(f) for f in self.files() if str(f) not in self._rows]
+        if todo:
+            self._rows.update(zip(todo, (int(n) for n in map_(count_file_rows, todo))))
+
+    # -- pieces
+    def _pieces(self, start: int, rows: int) -> tuple[Iterator[StarTable], int]:
+        files = self.files()
+        first, at = 0, 0
+        if start:
+            for first in range(len(files)):
+                n = self.file_rows(first)
+                if at + n > start:
+                    break
+                at += n
+            else:
+                return iter(()), start
+        return self._iter(files, first, start - at), start
+
+    def _iter(self, files: list[Path], first: int, skip: int) -> Iterator[StarTable]:
+        for f in files[first:]:
+            for table in self._file_pieces(f, skip):
+                yield table
+            skip = 0
+
+    def _file_pieces(self, path: Path, skip: int) -> Iterator[StarTable]:
+        """The stars of one file from its row ``skip`` on, piece by piece."""
+        kind = _kind(path)
+        row = 0
+        for block, fmt, ecsv in self._blocks(path, kind):
+            n = block.num_rows if kind == "text" else len(block)
+            for a in range(0, n, self.piece_rows):
+                m = min(self.piece_rows, n - a)
+                if row + m <= skip:
+                    row += m
+                    continue
+                part = block.slice(a, m) if kind == "text" else block[a:a + m]
+                with rows_from(row):
+                    table = self._convert(part, kind, fmt, ecsv, str(path))
+                if skip > row:
+                    table = table.take(np.arange(skip - row, len(table)))
+                row += m
+                yield table
+
+    def _blocks(self, path: Path, kind: str) -> Iterator[tuple[Any, str, bool]]:
+        """The file in blocks of rows: pyarrow record batches (text) or astropy tables."""
+        if kind == "text":
+            import pyarrow as pa
+
+            ecsv = _text_header(path)[3]
+            fmt = "ascii.ecsv" if ecsv or path.name.lower().endswith((".ecsv", ".ecsv.gz")) else "ascii.csv"
+            reader = _open_text(path, self.block_size)
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InputError(f"cannot read as {fmt}: {exc}", source=str(path)) from exc
+                yield batch, fmt, ecsv
+        elif kind == "fits":
+            yield from self._fits_blocks(path)
+        else:
+            from kielnet.io.gaia_rvs import _read_archive_table
+
+            tab, fmt = _read_archive_table(path)
+            yield tab, fmt, False
+
+    def _fits_blocks(self, path: Path) -> Iterator[tuple[Any, str, bool]]:
+        from astropy.io import fits
+        from astropy.table import Table
+
+        from kielnet.io.paths import check_readable
+
+        check_readable(path)
+        with contextlib.ExitStack() as stack:
+            try:
+                hdul = stack.enter_context(fits.open(path, memmap=True))
+                hdus = [h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+            except Exception as exc:  # noqa: BLE001 - an unreadable file becomes one clear error
+                raise InputError(f"cannot read as fits: {type(exc).__name__}: {exc}", source=str(path)) from exc
+            if not hdus:
+                raise InputError("cannot read as fits: the file holds no table HDU", source=str(path))
+            hdu = hdus[0]
+            n = int(hdu.header.get("NAXIS2", 0))
+            if n == 0:
+                raise InputError("table has no rows", source=str(path))
+            step = max(self.piece_rows, 1)
+            for a in range(0, n, step):
+                rows = Table.read(type(hdu)(data=hdu.data[a:a + step], header=hdu.header))
+                yield rows, "fits", False
+
+    def _convert(self, part: Any, kind: str, fmt: str, ecsv: bool, source: str) -> StarTable:
+        from kielnet.io.gaia_xp import xp_sampled_spectra, xp_star_table
+
+        rows = _Columns(part, ecsv) if kind == "text" else part
+        table = xp_star_table(rows, source=source, fmt=fmt, refuse_unusable=False)
+        if not self.sampled:
+            return table
+        out = xp_sampled_spectra(table)
+        out.meta.update(source=source, format=fmt)
+        if "bad_rows" in table.meta:
+            out.meta["bad_rows"] = table.meta["bad_rows"]
+        return out

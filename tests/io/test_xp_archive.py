@@ -1,0 +1,172 @@
+"""The streamed Gaia XP continuous reader (:mod:`kielnet.io.streams.xp_continuous`):
+bulk-download directories of ECSV-headed ``.csv.gz`` files, ECSV / FITS / VOTable forms,
+``--format``, bounded pieces, ``start`` across files — rows equal to the whole-file
+reader's (:func:`read_xp_continuous`, :func:`xp_sampled_spectra`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from kielnet.data.startable import StarTable
+from kielnet.io import get_reader, open_stars, read_stars
+from kielnet.io.gaia_xp import read_xp_continuous, xp_sampled_spectra
+from kielnet.io.streams.xp_continuous import XpContinuousSource, count_file_rows
+from xp_bulk import archive_lines, write_bulk
+
+DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+RAW = DATA / "gaia_xp" / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
+pytestmark = pytest.mark.skipif(not RAW.is_file(), reason=f"real XP data {RAW} is absent")
+
+
+def concat(batches) -> StarTable:
+    batches = list(batches)
+    return batches[0] if len(batches) == 1 else StarTable.concat(batches)
+
+
+def assert_same(a: StarTable, b: StarTable, *, extra=("source_id", "missing_bp", "missing_rp")) -> None:
+    assert list(a.ids) == list(b.ids)
+    assert set(a.scalars) == set(b.scalars)
+    for k in a.scalars:
+        np.testing.assert_array_equal(a.scalars[k], b.scalars[k], err_msg=k)
+    for k in extra:
+        np.testing.assert_array_equal(a.extra[k], b.extra[k], err_msg=k)
+    for k in ("flux", "flux_err"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert (x is None) == (y is None), k
+        if x is not None:
+            np.testing.assert_array_equal(x, y, err_msg=k)
+
+
+def whole(files, sampled: bool) -> StarTable:
+    fn = xp_sampled_spectra if sampled else read_xp_continuous
+    return concat(fn(f) for f in files)
+
+
+@pytest.fixture(scope="module")
+def bulk(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bulk") / "XpContinuousMeanSpectrum"
+    files = write_bulk(folder, RAW, [5, 4])
+    (folder / "_MD5SUM.txt").write_text("not a data file\n")
+    return folder, files
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_bulk_directory_streams_every_row_as_the_whole_file_reader(bulk, sampled):
+    folder, files = bulk
+    assert get_reader(folder).name == "gaia-xp"          # not the RVS reader of directories
+    src = open_stars(folder, sampled=sampled)
+    assert isinstance(src, XpContinuousSource) and src.files() == files and src.n_rows is None
+    ref = whole(files, sampled)
+    assert len(ref) == 9 and len(set(ref.ids)) == 9
+    for size in (1, 4, 20):
+        assert_same(concat(src.batches(size)), ref)
+    for start in (3, 5, 7):                               # in the first file, at a file start, in the second
+        assert_same(concat(src.batches(3, start=start)), ref.take(np.arange(start, 9)))
+    assert list(src.batches(3, start=9)) == []
+    if sampled:
+        b = next(iter(src.batches(9)))
+        assert b.flux.shape == (9, 343) and files[0].name in b.meta["source"]
+        assert b.extra["missing_bp"].sum() == 3           # one star of three in the real rows lacks BP
+    assert src.identity()["xp"] == ("sampled" if sampled else "coefficients")
+
+
+def test_read_stars_glob_and_format_override(bulk):
+    folder, files = bulk
+    ref = whole(files, False)
+    assert_same(read_stars(folder), ref)
+    pattern = str(folder / "XpContinuousMeanSpectrum_*.csv.gz")
+    assert_same(concat(open_stars(pattern).batches(4)), ref)
+    forced = open_stars(folder, format="gaia-xp", sampled=True)
+    assert_same(concat(forced.batches(4)), whole(files, True))
+    with pytest.raises(Exception, match="wavelength|flux"):   # what the RVS reader makes of it
+        concat(open_stars(folder, format="gaia-rvs").batches(4))
+
+
+def test_a_file_is_read_in_bounded_pieces(tmp_path):
+    """40 rows (~1.7 MB of text) in 1 MiB blocks and pieces of 7 rows: several blocks,
+    several pieces, the whole file's rows."""
+    (f,) = write_bulk(tmp_path, RAW, [40], ecsv=False)
+    src = XpContinuousSource(f, block_size=1 << 20, piece_rows=7)
+    blocks = [b.num_rows for b, _, _ in src._blocks(f, "text")]
+    assert len(blocks) > 1 and sum(blocks) == 40
+    pieces = [len(p) for p in src.pieces()]
+    assert len(pieces) >= 6 and max(pieces) <= 7 and sum(pieces) == 40
+    assert_same(concat(src.batches(16)), read_xp_continuous(f))
+    sampled = XpContinuousSource(f, sampled=True, block_size=1 << 20, piece_rows=7)
+    assert_same(concat(sampled.batches(16, start=11)), xp_sampled_spectra(f).take(np.arange(11, 40)))
+    assert count_file_rows(str(f), 1 << 20) == 40
+
+
+def test_row_counts_planned_with_a_map(bulk):
+    folder, files = bulk
+    src = open_stars(folder, sampled=True)
+    calls = []
+    src.plan_rows(lambda fn, items: calls.append(items) or [fn(i) for i in items])
+    assert calls == [[str(f) for f in files]] and [src.file_rows(i) for i in range(2)] == [5, 4]
+    src.plan_rows(lambda fn, items: calls.append(items) or [])   # counted already: nothing to do
+    assert len(calls) == 1
+
+
+def _json_ecsv(tmp_path: Path) -> Path:
+    """The real rows in the bulk download's spelling: JSON arrays, null for missing values."""
+    header, rows = archive_lines(RAW)
+    cells = list(csv.reader([header] + rows))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(cells[0])
+    for r in cells[1:]:
+        w.writerow(["null" if c == "" else "[" + c[1:-1] + "]" if c.startswith("(") else c for c in r])
+    path = tmp_path / "XpContinuousMeanSpectrum_json.ecsv"
+    path.write_text("# %ECSV 1.0\n# ---\n# delimiter: ','\n" + out.getvalue())
+    return path
+
+
+def test_json_arrays_and_null_cells(tmp_path):
+    path = _json_ecsv(tmp_path)
+    ref = read_xp_continuous(RAW)
+    got = concat(XpContinuousSource(path, piece_rows=2).batches(2))
+    assert_same(got, ref)
+    np.testing.assert_array_equal(got.extra["bp_coefficient_correlations"], ref.extra["bp_coefficient_correlations"])
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.votable.exceptions.VOWarning")
+@pytest.mark.parametrize("fmt,suffix", [("ascii.ecsv", ".ecsv"), ("fits", ".fits"), ("votable", ".vot")])
+def test_astropy_written_forms_stream_as_read_whole(tmp_path, fmt, suffix):
+    st = read_xp_continuous(RAW)
+    tab = Table({"source_id": st.extra["source_id"], "solution_id": st.extra["solution_id"],
+                 "phot_g_mean_mag": np.array([12.5, 13.5, 14.5])})
+    for band in ("bp", "rp"):
+        tab[f"{band}_coefficients"] = np.stack([st.scalars[f"{band}_{i}"] for i in range(55)], axis=1)
+        for kind in ("coefficient_errors", "coefficient_correlations", "standard_deviation", "n_relevant_bases"):
+            tab[f"{band}_{kind}"] = st.extra[f"{band}_{kind}"]
+    path = tmp_path / f"xp{suffix}"
+    tab.write(path, format=fmt)
+    assert get_reader(path).name == "gaia-xp"
+    for sampled in (False, True):
+        ref = (xp_sampled_spectra if sampled else read_xp_continuous)(path)
+        src = XpContinuousSource(path, sampled=sampled, piece_rows=2)
+        assert_same(concat(src.batches(2)), ref)
+        assert_same(concat(src.batches(2, start=1)), ref.take(np.arange(1, 3)))
+    assert read_xp_continuous(path).scalars["g"].tolist() == [12.5, 13.5, 14.5]
+
+
+def test_a_garbled_cell_keeps_the_star_with_nan(tmp_path):
+    header, rows = archive_lines(RAW)
+    bad = rows[0].replace("(", "(abc, ", 1)
+    path = tmp_path / "garbled.csv"
+    path.write_text("\n".join([header, rows[1], bad, rows[2]]) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = concat(XpContinuousSource(path, sampled=True, piece_rows=2).batches(3))
+    assert len(got) == 3 and np.isnan(got.flux[1]).all() and np.isfinite(got.flux[2]).any()
+    assert any("unusable" in str(w.message) for w in caught)
+    whole_ = xp_sampled_spectra(path)
+    np.testing.assert_array_equal(got.flux, whole_.flux)
