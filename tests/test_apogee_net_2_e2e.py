@@ -250,9 +250,19 @@ def test_cli_predict_with_metadata_and_realisations(capsys, trained, apstar, met
     assert "e_fe_h_noise" in read_catalogue(out2).colnames
 
 
-def test_without_metadata_the_real_spectra_still_need_the_columns(trained, apstar):
-    from kielnet.errors import InputError
+def test_without_metadata_the_real_spectra_are_labelled_as_missing_every_input(trained, apstar):
+    # the metadata columns are absent from the apStar files: missing for every star, which the
+    # bundle's sigma model covers (input group 'all_inputs'), so each star is flagged, not refused
+    import dataclasses
 
+    from kielnet.errors import InputError
+    from kielnet.quality.flags import FLAG_BITS
+
+    with pytest.warns(UserWarning, match=r"input column\(s\) .*parallax absent from the file"):
+        cat = predict(trained["bundle"], apstar, n_realisations=0)
+    assert len(cat) == len(apstar)
+    assert ((np.asarray(cat["flag"]) >> FLAG_BITS["missing_input"]) & 1).all()
+    bundle = dataclasses.replace(trained["bundle"], sigma_model=None)   # nothing covers them: refused
     with pytest.raises(InputError) as exc:
-        predict(trained["bundle"], apstar, n_realisations=0)
-    assert exc.value.field == "parallax"
+        predict(bundle, apstar, n_realisations=0)
+    assert exc.value.field in bundle.config.scalar_columns()

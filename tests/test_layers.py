@@ -106,13 +106,8 @@ def test_no_upward_import():
     assert not upward, "\n".join(sorted(upward))
 
 
-#: module cycles inside one package that predate this test, by their modules (lazy
-#: imports in functions: a chunk runner and its Dask backend; the I/O registry and its
-#: sources); any other cycle fails
-KNOWN_CYCLES = {frozenset({"kielnet.inference.streaming", "kielnet.inference.distributed"}),
-                frozenset({"kielnet.io", "kielnet.io.registry"}),
-                frozenset({"kielnet.io", "kielnet.io.registry", "kielnet.io.sources"}),
-                frozenset({"kielnet.io.registry", "kielnet.io.sources"})}
+#: module cycles allowed (by their modules); any other cycle fails
+KNOWN_CYCLES: set[frozenset[str]] = set()   # none left: keep it that way
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -223,12 +223,12 @@ def test_list_column_of_text_is_named(tmp_path):
 @pytest.mark.parametrize("reader, words", [("read_apstar", "an apStar file"),
                                            ("read_table", "a star table")])
 def test_read_stars_wraps_foreign_exceptions(tmp_path, monkeypatch, reader, words):
-    import kielnet.io as kio
+    from kielnet.io.formats import apstar, table
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(kio, reader, boom)
+    monkeypatch.setattr(apstar if reader == "read_apstar" else table, reader, boom)
     path = tmp_path / ("apStar-r6-2MX.fits" if reader == "read_apstar" else "t.csv")
     path.write_text("id,g\na,1\n")
     err = _raises(read_stars, path)

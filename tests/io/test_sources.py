@@ -344,8 +344,10 @@ def test_metadata_joined_onto_every_batch(tmp_path, make_table, monkeypatch):
 
     expected = read_stars(base_path).join_scalars(read_stars(m1)).join_scalars(read_stars(m2))
     reads = []
-    original = kio.read_stars
-    monkeypatch.setattr(kio, "read_stars", lambda p: reads.append(p) or original(p))
+    import kielnet.io.registry as registry
+
+    original = registry.read_stars
+    monkeypatch.setattr(registry, "read_stars", lambda p: reads.append(p) or original(p))
     src = open_stars(base_path, metadata=[m1, m2])
     assert isinstance(src, MetadataSource) and reads == [m1, m2]
     for size in (7, 50):

@@ -35,7 +35,7 @@ import math
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kielnet.cluster import check_cluster, cluster_client
 from kielnet.data.source import StarSource
@@ -75,11 +75,12 @@ def _worker_bundle(ref: tuple, bundle_obj: Bundle | None) -> tuple[Bundle, list]
     return hit
 
 
-def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: int, opts: dict) -> dict:
-    """One chunk on a worker (see module docstring)."""
+def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: int, opts: dict,
+                run_chunk: Callable[..., dict]) -> dict:
+    """One chunk on a worker (see module docstring): ``run_chunk`` is the streaming
+    driver's own (:func:`kielnet.inference.streaming.run_chunk`), handed in so that this
+    module does not import the driver that imports it."""
     import torch
-
-    from kielnet.inference.streaming import run_chunk
 
     torch.set_num_threads(1)
     bundle, nets = _worker_bundle(ref, bundle_obj)
@@ -110,8 +111,9 @@ def _plan_rows(client, source: StarSource) -> None:
 
 
 def predict_chunks(cluster: Any, bundle: Bundle, bundle_path, source: StarSource, opts: dict, *,
-                   n_rows: int | None, bar=None) -> list[dict]:
-    """Run every chunk as a task; the chunk summaries in input order (see module docstring)."""
+                   n_rows: int | None, run_chunk: Callable[..., dict], bar=None) -> list[dict]:
+    """Run every chunk as a task (``run_chunk(bundle, nets, chunk, k, **opts)`` on a
+    worker); the chunk summaries in input order (see module docstring)."""
     from distributed import as_completed, wait
 
     size = opts["chunk_size"]
@@ -137,7 +139,7 @@ def predict_chunks(cluster: Any, bundle: Bundle, bundle_path, source: StarSource
 
         def submit() -> None:
             nonlocal next_k
-            pending.add(client.submit(_chunk_task, ref, bundle_arg, source_arg, next_k, opts, pure=False,
+            pending.add(client.submit(_chunk_task, ref, bundle_arg, source_arg, next_k, opts, run_chunk, pure=False,
                                       key=f"kielnet-chunk-{next_k:06d}-{run_key}"))
             next_k += 1
 

@@ -442,7 +442,8 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
         else:
             from kielnet.inference.distributed import predict_chunks
 
-            summaries = predict_chunks(cluster, bundle, bundle_path, source, opts, n_rows=n_rows, bar=bar)
+            summaries = predict_chunks(cluster, bundle, bundle_path, source, opts, n_rows=n_rows,
+                                       run_chunk=run_chunk, bar=bar)
         if bar is not None:
             bar.close()
             bar = None

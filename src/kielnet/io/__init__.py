@@ -15,7 +15,7 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 from kielnet.io.apstar import iter_apstar, read_apstar
 from kielnet.io.emulator import load_payne_emulator
-from kielnet.io.registry import (ReaderSpec, get_reader, reader_named, reading, register_reader,
+from kielnet.io.registry import (ReaderSpec, get_reader, read_stars, reader_named, reading, register_reader,
                                  registered_readers, resolve, unregister_reader)
 from kielnet.io.sources import open_stars
 from kielnet.io.tables import ColumnMap, atomic_write_table, read_catalogue, read_table, write_table
@@ -44,36 +44,3 @@ def sniff_format(path: str | Path) -> str:
     except InputError:
         return "table"
     return _KINDS.get(name, name)
-
-
-def read_stars(spec: str | Path, *, format: str | None = None) -> StarTable:
-    """Read stars from ``spec``: ``"xp-library"`` (the embedded library), an XP-library
-    ``.npz`` subset, APOGEE apStar files (a file named ``apStar*`` or a directory of
-    them, see :mod:`kielnet.io.apstar`), Gaia DR3 RVS mean spectra in the archive's
-    datalink form (a file or a directory of them, :mod:`kielnet.io.gaia_rvs`), Gaia
-    XP continuous coefficients (:mod:`kielnet.io.gaia_xp`), or a FITS / Parquet / CSV /
-    ECSV table or a directory of Parquet files (see :mod:`kielnet.io.tables`); or any
-    format registered with :func:`register_reader`. CSV and FITS files are recognised
-    by their column names. A glob pattern (``dir/apStar-*.fits``) reads the matching
-    files of one reader that accepts directories.
-
-    The reader is the registry's choice (:func:`get_reader`, see
-    :mod:`kielnet.io.registry` for the rules), or the reader named ``format``
-    (``--format``; :func:`reader_named`); :func:`open_stars` streams the same stars in
-    batches.
-
-    Raises
-    ------
-    InputError
-        For anything wrong with the input, naming the file: a path that does not
-        exist, a directory without readable files, an empty or unreadable file, a
-        format no reader recognises, and every failure inside a reader — an error
-        that is not kielnet's own becomes ``cannot read as <reader>: <type>:
-        <message>`` with the original as ``__cause__``.
-    UsageError
-        For a ``format`` no reader is registered under (the message lists them).
-    """
-    resolved = resolve(spec, format)
-    source = resolved.spec if resolved.kind == "glob" else str(resolved.target)
-    with reading(resolved.reader, source):
-        return resolved.reader.read(resolved.target)

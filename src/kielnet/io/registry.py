@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kielnet.data.startable import StarTable
 
 __all__ = ["ReaderSpec", "register_reader", "unregister_reader", "get_reader", "registered_readers",
-           "reader_named", "resolve", "Resolved", "reading", "column_names", "files_of", "safe_iterdir"]
+           "reader_named", "resolve", "Resolved", "reading", "read_stars", "column_names", "files_of", "safe_iterdir"]
 
 #: Meta keys of a reader's first piece carried onto every streamed batch (``loader``,
 #: ``format``, …), whatever the reader; a reader adds its own with ``shared_meta``.
@@ -456,3 +456,36 @@ def _column_names(path: str, size: int, mtime: int) -> frozenset[str]:
     except Exception:  # noqa: BLE001 - unreadable: the reader reports it with its own error
         return frozenset()
     return frozenset()
+
+
+def read_stars(spec: str | Path, *, format: str | None = None) -> StarTable:
+    """Read stars from ``spec``: ``"xp-library"`` (the embedded library), an XP-library
+    ``.npz`` subset, APOGEE apStar files (a file named ``apStar*`` or a directory of
+    them, see :mod:`kielnet.io.apstar`), Gaia DR3 RVS mean spectra in the archive's
+    datalink form (a file or a directory of them, :mod:`kielnet.io.gaia_rvs`), Gaia
+    XP continuous coefficients (:mod:`kielnet.io.gaia_xp`), or a FITS / Parquet / CSV /
+    ECSV table or a directory of Parquet files (see :mod:`kielnet.io.tables`); or any
+    format registered with :func:`register_reader`. CSV and FITS files are recognised
+    by their column names. A glob pattern (``dir/apStar-*.fits``) reads the matching
+    files of one reader that accepts directories.
+
+    The reader is the registry's choice (:func:`get_reader`, see
+    :mod:`kielnet.io.registry` for the rules), or the reader named ``format``
+    (``--format``; :func:`reader_named`); :func:`open_stars` streams the same stars in
+    batches.
+
+    Raises
+    ------
+    InputError
+        For anything wrong with the input, naming the file: a path that does not
+        exist, a directory without readable files, an empty or unreadable file, a
+        format no reader recognises, and every failure inside a reader — an error
+        that is not kielnet's own becomes ``cannot read as <reader>: <type>:
+        <message>`` with the original as ``__cause__``.
+    UsageError
+        For a ``format`` no reader is registered under (the message lists them).
+    """
+    resolved = resolve(spec, format)
+    source = resolved.spec if resolved.kind == "glob" else str(resolved.target)
+    with reading(resolved.reader, source):
+        return resolved.reader.read(resolved.target)

@@ -397,7 +397,7 @@ class MetadataSource(MappedSource):
     """A source whose batches get metadata tables joined by id (see the module docstring)."""
 
     def __init__(self, base: StarSource, metadata: Sequence[str | os.PathLike]) -> None:
-        from kielnet.io import read_stars
+        from kielnet.io.registry import read_stars
 
         paths = [metadata] if isinstance(metadata, (str, os.PathLike)) else list(metadata)
         indexes = tuple(_MetaIndex.of(read_stars(p)) for p in paths)

@@ -51,6 +51,7 @@ from kielnet.io.atomic import atomic_path
 from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_floats, read_error_message,
                                truncation_as_error)
 from kielnet.io.paths import check_readable
+from kielnet.io.writers import get_writer, register_writer
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
            "KNOWN_LABELS", "atomic_write_table", "read_catalogue", "ColumnPlan", "column_plan",
@@ -471,8 +472,6 @@ def atomic_write_table(tab: Table, path: str | Path) -> Path:
     The table is written to a temporary file in the same directory and renamed into
     place, so a reader never sees a half-written file.
     """
-    from kielnet.io.writers import get_writer
-
     path = Path(path)
     writer = get_writer(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -783,3 +782,7 @@ def read_reference_columns(path: str | Path) -> dict[str, np.ndarray]:
                 data = np.where(mask, "", data.astype(str))
         out[n] = data
     return out
+
+
+register_writer("parquet", suffixes=(".parquet", ".pq"), write=_write_parquet, description="Parquet")
+register_writer("fits", suffixes=(".fits", ".fit", ".fz"), write=_write_fits, description="a FITS binary table")

@@ -142,18 +142,6 @@ def get_writer(path: str | Path) -> WriterSpec:
 
 
 # ------------------------------------------------------------------ built-in writers
-def _write_parquet(tab: Any, path: Path) -> None:
-    from kielnet.io.tables import _write_parquet as write
-
-    write(tab, path)
-
-
-def _write_fits(tab: Any, path: Path) -> None:
-    from kielnet.io.tables import _write_fits as write
-
-    write(tab, path)
-
-
 def _write_csv(tab: Any, path: Path) -> None:
     tab.write(path, format="ascii.csv", overwrite=True)
 
@@ -162,7 +150,6 @@ def _write_ecsv(tab: Any, path: Path) -> None:
     tab.write(path, format="ascii.ecsv", overwrite=True)
 
 
-register_writer("parquet", suffixes=(".parquet", ".pq"), write=_write_parquet, description="Parquet")
-register_writer("fits", suffixes=(".fits", ".fit", ".fz"), write=_write_fits, description="a FITS binary table")
+# Parquet and FITS are registered by kielnet.io.tables, which holds their writers
 register_writer("ascii.csv", suffixes=(".csv",), write=_write_csv, description="CSV")
 register_writer("ascii.ecsv", suffixes=(".ecsv",), write=_write_ecsv, description="ECSV")

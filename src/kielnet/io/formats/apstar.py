@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.apstar import read_apstar
 from kielnet.io.registry import ReaderSpec, register_reader, safe_iterdir
 
 __all__ = ["READER"]
@@ -31,9 +32,7 @@ def identify(path: Path) -> bool:
 
 def read(path: Any) -> StarTable:
     """Every star (file) of ``path``: a file, a directory or a list of files."""
-    import kielnet.io as kio
-
-    return kio.read_apstar(path)
+    return read_apstar(path)
 
 
 def list_files(target: Any) -> list[Path]:

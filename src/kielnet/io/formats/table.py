@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.tables import read_table
 from kielnet.io.registry import ReaderSpec, files_of, register_reader
 from kielnet.io.streams.base import TABLE_READER
 
@@ -56,14 +57,13 @@ def identify(path: Path) -> bool:
 
 def read(path: Any) -> StarTable:
     """Every star of a table file, or of a directory / list of Parquet files."""
-    import kielnet.io as kio
     from kielnet.io.tables import table_format
 
     if isinstance(path, (list, tuple)) or Path(path).is_dir():
         return open_table(path).read_all()
     if table_format(path) is None:  # only a file another reader's identify passed on (or --format)
         raise InputError("unknown table format", source=str(path))
-    return kio.read_table(path)
+    return read_table(path)
 
 
 def iter_tables(path: Any) -> Iterator[StarTable]:

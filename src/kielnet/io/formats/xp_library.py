@@ -34,9 +34,9 @@ def identify(path: Path) -> bool:
 
 def read(path: Any) -> StarTable:
     """Every star of the library (or of the file)."""
-    import kielnet.io as kio
+    from kielnet.io.xp_library import load_xp_library
 
-    return kio.load_xp_library(_library(path))
+    return load_xp_library(_library(path))
 
 
 def count_rows(path: Any) -> int | None:

@@ -35,7 +35,7 @@ class TableFileSource(FileSource):
         raise NotImplementedError
 
     def read_all(self) -> StarTable:
-        import kielnet.io as kio
+        from kielnet.io.tables import read_table
 
         with reading(self._reader(), self.spec):
-            return kio.read_table(self.target)
+            return read_table(self.target)
