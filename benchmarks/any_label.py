@@ -39,6 +39,30 @@ def run(cmd: list[str]) -> float:
     return time.time() - t0
 
 
+def test_fifth_tails(catalogue: Path) -> dict:
+    """``kielnet.diagnostics.metrics.tail_metrics`` of the catalogue's test-fifth rows against
+    the library's APOGEE labels (usable rows beyond 3σ / 5σ, hot stars above 10,000 K), as
+    ``xp_library.json`` reports them for the four-label model."""
+    import numpy as np
+
+    from kielnet.data.label_columns import resolve_labels
+    from kielnet.data.splits import crc32_holdout
+    from kielnet.diagnostics.metrics import tail_metrics
+    from kielnet.io import read_catalogue, read_stars
+    from kielnet.labels import label_info
+
+    cat = read_catalogue(catalogue)
+    names = [n for n in ("teff", "logg", "fe_h", "alpha_m", "ak_targ") if n in cat.colnames]
+    stars = resolve_labels(read_stars("xp-library"), {n: label_info(n) for n in names})
+    if list(np.asarray(cat["id"]).astype(str)) != list(np.asarray(stars.ids).astype(str)):
+        raise SystemExit(f"{catalogue} is not a catalogue of the XP library in its order")
+    test = crc32_holdout(stars.ids, 5, 0)
+    truth = {n: stars.labels[n][test] for n in names}
+    hot = stars.labels["teff"][test] > 10_000
+    return tail_metrics(cat[test], truth, names, label_errs={n: stars.label_errs[n][test] for n in names
+                                                             if n in stars.label_errs}, hot=hot)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "any_label"))
@@ -52,17 +76,23 @@ def main() -> None:
              "xp-train", "--out", str(bundle), "--workdir", str(work / "bundle.work"), "--quiet"]
     evaluate = [kielnet, "evaluate", "--bundle", str(bundle), "--data", "xp-library", "--select", "xp-test-fifth",
                 "--out", str(metrics_file)]
+    catalogue = work / "library_catalogue.parquet"
+    predict = [kielnet, "predict", "--bundle", str(bundle), "--data", "xp-library", "--out", str(catalogue),
+               "--quiet"]
     t_train = None
     if not (bundle / "bundle.json").is_file():
         t_train = run(train)
     t_eval = run(evaluate)
+    if not catalogue.is_file():
+        run(predict)
+    tails = test_fifth_tails(catalogue)
     test = json.loads(metrics_file.read_text())
     bjson = json.loads((bundle / "bundle.json").read_text())
     reference = json.loads((RESULTS / "xp_library.json").read_text())
     seeds = reference.get("seeds", {})
     out = {
         **provenance(commit, dirty),
-        "commands": [shlex.join(["kielnet", *train[1:]]), shlex.join(["kielnet", *evaluate[1:]])],
+        "commands": [shlex.join(["kielnet", *c[1:]]) for c in (train, evaluate, predict)],
         "config": str(CONFIG.relative_to(ROOT)),
         "labels": list(test),
         "n_members": len(bjson.get("members", [])),
@@ -71,9 +101,12 @@ def main() -> None:
         "test_fifth": {n: {k: test[n].get(k) for k in ("n", "bias", "robust_sigma", "coverage_1sigma",
                                                        "coverage_2sigma") if k in test[n]} for n in test},
         "validation": bjson.get("validation"),
+        "tails": tails,
         "four_label_reference": {"source": "benchmarks/results/xp_library.json (seed mean, 8 members)",
                                  "robust_sigma": {n: (seeds.get("robust_sigma", {}).get(n) or {}).get("mean")
-                                                  for n in ("teff", "logg", "fe_h", "alpha_m")}},
+                                                  for n in ("teff", "logg", "fe_h", "alpha_m")},
+                                 "ok_beyond_3sigma": seeds.get("ok_beyond_3sigma"),
+                                 "hot_ok_beyond_3sigma": seeds.get("hot_ok_beyond_3sigma")},
         "test_fifth_scorings": "this configuration: 1",
     }
     path = write_result(out, RESULTS / "any_label.json")
