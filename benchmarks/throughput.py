@@ -553,12 +553,17 @@ def _merge_existing(path: Path, result: dict) -> dict:
         if key not in result:
             result[key] = val
     for name, sec in (old.get("presets") or {}).items():
-        if name in result["presets"] and isinstance(sec, dict):
-            for key, val in sec.items():
-                if key == "stars_per_s" and val is not None:
-                    result["presets"][name][key] = val
-                elif key not in result["presets"][name]:
-                    result["presets"][name][key] = val
+        if not isinstance(sec, dict):
+            continue
+        if name not in result["presets"]:  # not measured in this run (--presets): kept, marked as earlier
+            result["presets"][name] = {**sec, "from_earlier_run": sec.get("from_earlier_run") or
+                                       {"git_commit": old.get("git_commit"), "date": old.get("date")}}
+            continue
+        for key, val in sec.items():
+            if key == "stars_per_s" and val is not None and result["presets"][name].get(key) is None:
+                result["presets"][name][key] = val
+            elif key not in result["presets"][name]:
+                result["presets"][name][key] = val
     return result
 
 
