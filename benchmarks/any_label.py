@@ -96,7 +96,9 @@ def main() -> None:
         "config": str(CONFIG.relative_to(ROOT)),
         "labels": list(test),
         "n_members": len(bjson.get("members", [])),
-        "train_seconds": t_train,
+        "train_seconds": bjson.get("training_data", {}).get("train_seconds", t_train),
+        "train_note": "wall time of the members' training on this 2-core machine, shared with other jobs for "
+                      "most of it (about 10 min per member idle)",
         "evaluate_seconds": t_eval,
         "test_fifth": {n: {k: test[n].get(k) for k in ("n", "bias", "robust_sigma", "coverage_1sigma",
                                                        "coverage_2sigma") if k in test[n]} for n in test},
