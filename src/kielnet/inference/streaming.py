@@ -513,7 +513,7 @@ def _assemble(bundle: Bundle, parts: Path, output: Path, fmt: str, summaries: li
         raise RunMismatchError(f"parts {', '.join(missing[:3])} vanished before the output was written (another "
                                "run uses this parts directory?); rerun", source=str(parts))
     meta = catalogue_meta(bundle)
-    dups = _duplicate_ids(files)
+    dups, n_dup = _duplicate_ids(files)
     if fmt == "parquet":
         rows = _write_parquet_parts(files, summaries, output, meta, dups)
     elif fmt in ("ascii.csv", "ascii.ecsv"):
@@ -521,11 +521,6 @@ def _assemble(bundle: Bundle, parts: Path, output: Path, fmt: str, summaries: li
     else:
         rows = _write_in_memory(files, summaries, output, meta, dups)
     if len(dups):
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        n_dup = sum(int(pc.sum(pc.is_in(pq.read_table(f, columns=["id"]).column(0).cast("string"),
-                                        value_set=dups)).as_py() or 0) for f in files)
         warn_duplicates(n_dup, len(dups), str(output))
     n_in = sum(s["n_rows"] for s in summaries)
     if rows != n_in:
@@ -538,8 +533,8 @@ def _assemble(bundle: Bundle, parts: Path, output: Path, fmt: str, summaries: li
 
 
 def _duplicate_ids(files: list[Path]):
-    """The ids (a pyarrow array) that occur more than once over all parts, reading only
-    their ``id`` columns."""
+    """``(ids that occur more than once over all parts as a pyarrow array, rows holding
+    them)``, reading only the parts' ``id`` columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -547,7 +542,9 @@ def _duplicate_ids(files: list[Path]):
     ids = pa.chunked_array([pq.read_table(f, columns=["id"]).column(0).cast(pa.string()) for f in files],
                            type=pa.string())
     counts = pc.value_counts(ids)
-    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    repeated = pc.greater(counts.field("counts"), 1)
+    return (counts.field("values").filter(repeated),
+            int(pc.sum(counts.field("counts").filter(repeated)).as_py() or 0))
 
 
 def _mark_duplicates(tab, dups):
