@@ -19,7 +19,9 @@ networks only, on the prepared inputs of 10^4 of the same stars, same run);
 ``max_rel_flux_diff_vs_gaiaxpy`` / ``max_rel_error_diff_vs_gaiaxpy`` (the streamed
 sampled spectra of the real stars against ``gaiaxpy.calibrate``, before the median
 division); ``dask_identical`` (``--cluster local:2`` on a 2-file subset: the same rows);
-``coefficient_input`` (null: no model trained on coefficients); ``projection_all_sky_h``.
+``coefficient_input`` (from ``benchmarks/results/xp_coefficient_input.json``: the coefficient-input
+preset against the sampled one on validation stars; run ``benchmarks/xp_coefficient_input.py``
+first); ``projection_all_sky_h``.
 
 ``--stars N`` (e.g. 2000, a smoke test) makes a smaller directory (2 files) elsewhere
 under ``.work`` and writes ``xp_archive_smoke.json`` unless ``--out`` is given.
@@ -163,10 +165,41 @@ def gaiaxpy_differences() -> dict:
     return {"max_rel_flux_diff_vs_gaiaxpy": worst_f, "max_rel_error_diff_vs_gaiaxpy": worst_e}
 
 
+def gzip_decoder() -> str:
+    """What decompresses the .csv.gz files (kielnet uses ISA-L's igzip when installed)."""
+    try:
+        from importlib.metadata import version
+
+        return f"isal {version('isal')} (igzip)"
+    except Exception:  # noqa: BLE001 - not installed
+        return "zlib (pyarrow)"
+
+
+def coefficient_input() -> dict | None:
+    """Robust sigma per label of the coefficient-input model against the sampled one, from
+    ``benchmarks/results/xp_coefficient_input.json`` (``benchmarks/xp_coefficient_input.py``:
+    both trained alike on the library's training part, scored on its validation stars)."""
+    path = RESULTS / "xp_coefficient_input.json"
+    if not path.is_file():
+        return None
+    import json
+
+    d = json.loads(path.read_text())
+    return {"robust_sigma_coefficients": d["models"]["coefficients"]["robust_sigma"],
+            "robust_sigma_sampled": d["models"]["sampled"]["robust_sigma"],
+            "ratio_coefficients_over_sampled": d["robust_sigma_ratio_coefficients_over_sampled"],
+            "scored_on": d["protocol"], "ensemble": d["ensemble"],
+            "from": f"benchmarks/results/xp_coefficient_input.json ({d['command']}, commit {d['git_commit'][:7]})"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stars", type=int, default=100_000, help="stars in the directory (default 100000)")
     ap.add_argument("--files", type=int, default=10, help="files (default 10; 2 with --stars < 100000)")
+    ap.add_argument("--chunk-size", type=int, default=10_000,
+                    help="kielnet predict --chunk-size for the 10^4 and the whole-directory runs (default "
+                         "10000: both runs then hold chunks of the same size, so the RSS ratio shows growth "
+                         "with the number of stars; the CLI default, 20000, is measured beside it)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     commit, dirty = git_commit(), git_dirty()
@@ -179,20 +212,26 @@ def main() -> int:
     log(f"directory: {stars} stars in {n_files} files ({sum(f.stat().st_size for f in folder.glob('*.gz')) / 2**20:.0f}"
         " MiB gzipped)")
 
-    res: dict = {"stars": stars, "files": n_files, "bundle": BUNDLE}
+    res: dict = {"stars": stars, "files": n_files, "bundle": BUNDLE, "chunk_size": args.chunk_size,
+                 "gzip_decoder": gzip_decoder()}
+    chunk = ("--chunk-size", str(args.chunk_size))
     # peak RSS at 10^4 stars: the first file's stars alone (a 1-file glob)
     small = min(10_000, per_file)
     first = sorted(folder.glob("*.csv.gz"))[0]
-    r1 = timed_predict(BUNDLE, first, work / "cat_1e4.parquet")
+    r1 = timed_predict(BUNDLE, first, work / "cat_1e4.parquet", *chunk)
     res["peak_rss_gib_1e4"] = r1["peak_rss_gib"]
     res["stars_1e4"] = small
     log(f"{small} stars: {r1['wall_s']} s, peak {r1['peak_rss_gib']} GiB")
     # the whole directory, end to end
     cat = work / "cat.parquet"
-    r = timed_predict(BUNDLE, folder, cat)
+    r = timed_predict(BUNDLE, folder, cat, *chunk)
     res.update(rows_in=stars, rows_out=rows_of(cat), wall_s=r["wall_s"], peak_rss_gib=r["peak_rss_gib"],
                stars_per_s_end_to_end=round(stars / r["wall_s"], 1), summary=r["stdout"])
     log(f"end to end: {res['stars_per_s_end_to_end']} stars/s, peak {r['peak_rss_gib']} GiB")
+    rc = timed_predict(BUNDLE, folder, work / "cat_default_chunk.parquet")
+    res["cli_default_chunk"] = {"chunk_size": 20_000, "peak_rss_gib": rc["peak_rss_gib"], "wall_s": rc["wall_s"],
+                                "stars_per_s_end_to_end": round(stars / rc["wall_s"], 1)}
+    log(f"CLI default chunk: {res['cli_default_chunk']}")
     res["stars_per_s_networks"] = round(networks_rate(folder, small), 1)
     rate = gaiaxpy_rate(folder, min(2_000, per_file))
     res["stars_per_s_gaiaxpy"] = None if rate is None else round(rate, 1)
@@ -211,9 +250,7 @@ def main() -> int:
     res["dask_identical"] = same_rows(one, many)
     res["dask_local_2"] = {"stars": n_sub, "wall_s": rd["wall_s"], "stars_per_s": round(n_sub / rd["wall_s"], 1),
                            "stars_per_s_per_worker": round(n_sub / rd["wall_s"] / 2, 1)}
-    res["coefficient_input"] = None
-    res["coefficient_input_reason"] = ("no model trained on the 110 XP coefficients: the XP library "
-                                       "(the APOGEE DR17 x Gaia XP training set) holds sampled spectra only")
+    res["coefficient_input"] = coefficient_input()
     per_worker = res["dask_local_2"]["stars_per_s_per_worker"]
     res["projection_all_sky_h"] = {
         "stars": ALL_SKY,

@@ -150,6 +150,19 @@ def _load_selection(args):
     return load_selection(args.select if args.select in SELECTIONS else Path(args.select))
 
 
+def _model_table(table, cfg):
+    """``table`` as the model reads it: XP coefficients recovered from its sampled spectra when
+    the config's features read coefficients the table lacks (the XP library for the
+    ``xp_coefficients`` preset), said in one line."""
+    from kielnet.io.gaia_xp import add_xp_coefficients, needs_xp_coefficients
+
+    if needs_xp_coefficients(cfg.scalar_columns(), table):
+        print(f"XP coefficients recovered from the {len(table)} sampled spectra (least squares with the design "
+              "matrices) for the model's coefficient inputs")
+        return add_xp_coefficients(table)
+    return table
+
+
 def cmd_tune(args) -> int:
     from kielnet.io import read_stars
     from kielnet.io.outputs import check_output_dir, check_output_file
@@ -163,7 +176,7 @@ def cmd_tune(args) -> int:
     check_output_dir(workdir, inputs=[args.data], what="work directory")
     check_output_file(args.out, inputs=[args.data], what="preset file", table=False)
     cfg = _load_cfg(args)
-    table = _with_reference_labels(read_stars(args.data), args.labels, cfg)
+    table = _model_table(_with_reference_labels(read_stars(args.data), args.labels, cfg), cfg)
     selection = _load_selection(args)
     if selection is not None:
         from kielnet.data.selection import select_stars
@@ -212,7 +225,7 @@ def cmd_train(args) -> int:
     check_output_dir(workdir, inputs=[args.data, args.out], what="work directory")
     _check_format(args)
     cfg = _load_cfg(args)
-    table = _with_reference_labels(read_stars(args.data, format=args.format), args.labels, cfg)
+    table = _model_table(_with_reference_labels(read_stars(args.data, format=args.format), args.labels, cfg), cfg)
     print(f"read {len(table)} stars from {table.source}; missing values: {table.missing_report() or 'none'}")
     if args.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -242,7 +255,8 @@ def cmd_calibrate(args) -> int:
         cfg = load_config(args.config) if args.config else bundle.config
         if args.set:
             cfg = cfg.with_overrides(**_set_overrides(args.set))
-    table = _with_reference_labels(read_stars(args.data), args.labels, bundle.config)
+    table = _model_table(_with_reference_labels(read_stars(args.data), args.labels, bundle.config),
+                         bundle.config)
     print(f"read {len(table)} stars from {table.source}")
     bundle = recalibrate(bundle, table, config=cfg, selection=_load_selection(args))
     save_bundle(bundle, args.out)
@@ -334,6 +348,23 @@ def _open_source(data, metadata, *, sampled_xp: bool = False, format: str | None
     return kio.open_stars(data, metadata=tuple(metadata), format=format), not metadata
 
 
+def _model_source(source, cfg):
+    """``source`` with XP coefficients recovered batch by batch from its sampled spectra when
+    the model reads coefficients the input lacks (see :func:`_model_table`); the first
+    batch decides, read once."""
+    from kielnet.data.source import MappedSource
+    from kielnet.io.gaia_xp import add_xp_coefficients, needs_xp_coefficients
+
+    if not any(c.startswith(("bp_", "rp_")) for c in cfg.scalar_columns()):
+        return source
+    first = next(iter(source.batches(1)), None)
+    if first is None or not needs_xp_coefficients(cfg.scalar_columns(), first):
+        return source
+    print("XP coefficients recovered from the sampled spectra (least squares with the design matrices) for the "
+          "model's coefficient inputs")
+    return MappedSource(source, add_xp_coefficients, what="xp coefficients from sampled spectra")
+
+
 def _output_ids(path: Path) -> np.ndarray:
     """The ``id`` column of a written catalogue (Parquet: that column only)."""
     if path.suffix.lower() in (".parquet", ".pq"):
@@ -412,6 +443,7 @@ def cmd_predict(args) -> int:
                            "(e.g. the gaia_rvs_hybrid preset)")
     source, printed = _open_source(args.data, args.metadata, sampled_xp=bundle.config.spectrum is not None,
                                    format=args.format)
+    source = _model_source(source, bundle.config)
     n_rows = source.n_rows
     if (args.table2 and n_rows is not None and n_rows > streaming.IN_MEMORY_ROW_LIMIT
             and not (_table2_is_parquet(args.table2) and _table2_is_parquet(args.out))):
@@ -445,8 +477,9 @@ def cmd_evaluate(args) -> int:
 
     _check_format(args)
     bundle = load_bundle(args.bundle)
-    table = resolve_labels(_with_reference_labels(read_stars(args.data, format=args.format), args.labels,
-                                                  bundle.config), bundle.config.label_vocabulary)
+    table = resolve_labels(_model_table(_with_reference_labels(read_stars(args.data, format=args.format),
+                                                                args.labels, bundle.config), bundle.config),
+                           bundle.config.label_vocabulary)
     selection = _load_selection(args)
     if selection is not None:
         from kielnet.data.selection import select_stars

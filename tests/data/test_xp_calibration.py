@@ -252,3 +252,56 @@ def test_matrices_are_cached_per_gaiaxpy_version(gaiaxpy, tmp_path, monkeypatch)
         xp_matrices.default_xp_sampling()
     assert "empty" in str(exc.value)
     xp_matrices._cached.cache_clear()
+
+
+def test_coefficients_invert_the_map_exactly_on_a_synthetic_grid():
+    """Least squares recovers the coefficients that made a merged spectrum (full column
+    rank), also from the spectrum over a per-star number; a star with a NaN pixel gets NaN."""
+    rng = np.random.default_rng(3)
+    n_pix = 150
+    wl = np.linspace(330, 1050, n_pix)
+    w_bp = np.clip((643 - wl) / 8, 0, 1)
+    s = XPSampling(wl, rng.normal(size=(n_pix, 55)), rng.normal(size=(n_pix, 55)), w_bp, 1 - w_bp)
+    bp, rp = rng.normal(size=(5, 55)) * 100, rng.normal(size=(5, 55)) * 100
+    flux, _ = s.sample(bp, rp, with_errors=False)
+    scale = np.array([1.0, 2.0, 0.5, 10.0, 3.0])[:, None]
+    flux = flux / scale
+    flux[4, 7] = np.nan
+    got_bp, got_rp = s.coefficients(flux)
+    np.testing.assert_allclose(got_bp[:4], (bp / scale)[:4], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(got_rp[:4], (rp / scale)[:4], rtol=1e-8, atol=1e-8)
+    assert np.isnan(got_bp[4]).all() and np.isnan(got_rp[4]).all()
+    with pytest.raises(InputError, match="flux must have shape"):
+        s.coefficients(np.ones((2, n_pix + 1)))
+
+
+@needs_data
+def test_coefficients_recovered_from_float32_library_like_spectra_of_real_stars(tables):
+    """The library's representation (default grid, / median flux, float32) of the real
+    archive stars gives back coefficients that reproduce the spectrum to float32 precision;
+    each band over its first coefficient (the xp_coefficients preset's inputs) agrees with
+    the archive's to 1e-3 of the first coefficient, typically to a fraction of the
+    coefficient errors (the high orders, barely constrained by the spectrum, least); the
+    star without BP (its spectrum NaN below 635 nm) gets NaN."""
+    from kielnet.data.xp_calibration import with_xp_coefficients
+    from kielnet.io.gaia_xp import xp_sampled_spectra
+    from kielnet.io.xp_matrices import default_xp_sampling
+
+    sampling = default_xp_sampling()
+    table = tables["XP_CONTINUOUS_RAW_with_missing_BP.csv"]
+    lib = xp_sampled_spectra(table)
+    lib = type(lib)(ids=lib.ids, flux=lib.flux.astype(np.float32).astype(np.float64), flux_err=lib.flux_err,
+                    wavelength=lib.wavelength, scalars={}, extra={}, meta={})
+    got = with_xp_coefficients(lib, sampling)
+    bp, rp = xp_coefficients(table)
+    gbp, grp = xp_coefficients(got)
+    full = ~np.isnan(bp).all(axis=1)
+    assert (~full).sum() == 1 and np.isnan(gbp[~full]).all()
+    back, _ = sampling.sample(gbp[full], grp[full], with_errors=False)
+    assert np.max(np.abs(back - lib.flux[full])) < 1e-6 * np.max(np.abs(lib.flux[full]))
+    for band, ref, est in (("bp", bp[full], gbp[full]), ("rp", rp[full], grp[full])):
+        assert np.max(np.abs(est[:, 1:] / est[:, :1] - ref[:, 1:] / ref[:, :1])) < 1e-3
+        in_errors = np.abs(est * (ref[:, :1] / est[:, :1]) - ref) / table.extra[f"{band}_coefficient_errors"][full]
+        assert np.median(in_errors) < 0.5
+    with pytest.raises(InputError, match="343 pixels"):
+        with_xp_coefficients(table, sampling)

@@ -16,6 +16,7 @@ import pytest
 from astropy.table import Table
 
 from kielnet.data.startable import StarTable
+from kielnet.errors import InputError
 from kielnet.io import get_reader, open_stars, read_stars
 from kielnet.io.gaia_xp import read_xp_continuous, xp_sampled_spectra
 from kielnet.io.streams.xp_continuous import XpContinuousSource, count_file_rows
@@ -170,3 +171,18 @@ def test_a_garbled_cell_keeps_the_star_with_nan(tmp_path):
     assert any("unusable" in str(w.message) for w in caught)
     whole_ = xp_sampled_spectra(path)
     np.testing.assert_array_equal(got.flux, whole_.flux)
+
+
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
+def test_gzip_streams_equal_and_a_truncated_file_is_named(bulk, tmp_path, monkeypatch, isal):
+    """The .gz files decompress to the same rows with ISA-L's igzip and with pyarrow's zlib
+    stream; a truncated .gz is an InputError naming the file, not a bare EOFError."""
+    pytest.importorskip("isal") if isal else monkeypatch.setitem(sys.modules, "isal", None)
+    folder, files = bulk
+    assert_same(concat(XpContinuousSource(folder, sampled=True).batches(100)), whole(files, True))
+    cut = tmp_path / "XpContinuousMeanSpectrum_cut.csv.gz"
+    data = Path(files[0]).read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match="truncated or not valid gzip") as err:
+        concat(XpContinuousSource(cut, sampled=True).batches(100))
+    assert str(cut) in str(err.value)

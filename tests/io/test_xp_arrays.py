@@ -13,7 +13,7 @@ from astropy.table import Table
 
 from kielnet.data.xp import correlation_matrix, xp_coefficients
 from kielnet.io.gaia_rvs import _parse_array_cell
-from kielnet.io.xp_arrays import bad_cell_reasons, parse_array_strings
+from kielnet.io.xp_arrays import _parse_fast, array_strings, bad_cell_reasons, parse_array_strings
 
 XP_DIR = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gaia_xp").resolve()
 RAW = XP_DIR / "XP_CONTINUOUS_RAW.csv"
@@ -57,6 +57,33 @@ def test_cells_follow_the_per_cell_rules():
     np.testing.assert_array_equal(values[13], [1, 2, 3])  # no brackets: still values
     np.testing.assert_array_equal(values[14], [0.5, 1.0, -np.inf])
     assert np.isnan(values[16, 0]) and values[16, 2] == 2  # a NaN value in a cell is kept
+
+
+GOOD = [c for i, c in enumerate(CELLS) if i not in (2, 5, 8, 9, 10, 11, 12, 13, 17, 18)]
+
+
+def test_fast_path_takes_well_formed_cells_and_equals_the_per_cell_reader():
+    """Bracketed cells (and null / "" / "()") go through the pyarrow.csv fast path; its
+    numbers are the per-cell reader's, an all-NaN cell is empty there too."""
+    fast = _parse_fast(array_strings(GOOD), 3)
+    assert fast is not None
+    ref, ref_bad = _legacy(GOOD, 3)
+    assert not ref_bad.any()
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(parse_array_strings(GOOD, 3)[0], ref)
+
+
+@pytest.mark.parametrize("odd", [2, 5, 8, 9, 10, 11, 12, 13, 17, 18])
+def test_fast_path_hands_anything_else_to_the_general_path(odd):
+    """One cell that is not a well-formed bracketed list (bad, blank, stray whitespace,
+    no brackets) among good ones: the fast path declines, the result is still the
+    per-cell reader's and the bad cell is found."""
+    cells = GOOD[:3] + [CELLS[odd]] + GOOD[3:]
+    assert _parse_fast(array_strings(cells), 3) is None
+    values, bad = parse_array_strings(cells, 3)
+    ref, ref_bad = _legacy(cells, 3)
+    np.testing.assert_array_equal(values, ref)
+    np.testing.assert_array_equal(bad, ref_bad)
 
 
 def test_bad_cells_say_why():

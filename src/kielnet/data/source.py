@@ -63,11 +63,21 @@ def rebatch(tables: Iterator[StarTable], size: int, start: int = 0) -> Iterator[
             skip = 0
         pending.append(t)
         n_pending += len(t)
+        del t
         while n_pending >= size:
+            # the pieces and their concatenation are dropped before the batch is handed
+            # out: while the caller works on it, only the batch and the rest are held
             whole = pending[0] if len(pending) == 1 else StarTable.concat(pending)
-            yield whole.take(np.arange(size))
-            rest = whole.take(np.arange(size, len(whole)))
-            pending, n_pending = ([rest] if len(rest) else []), len(rest)
+            pending = []
+            if len(whole) == size:
+                head, rest = whole, None
+            else:
+                head, rest = whole.take(np.arange(size)), whole.take(np.arange(size, len(whole)))
+            del whole
+            pending, n_pending = ([rest] if rest is not None else []), (0 if rest is None else len(rest))
+            del rest
+            yield head
+            del head
     if n_pending:
         yield pending[0] if len(pending) == 1 else StarTable.concat(pending)
 

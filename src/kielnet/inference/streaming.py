@@ -467,9 +467,11 @@ def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[
     for k, chunk in enumerate(source.batches(opts["chunk_size"])):
         if len(chunk) == 0:
             break
+        n = len(chunk)
         summaries.append(run_chunk(bundle, nets, chunk, k, **opts))
+        del chunk  # not held while the next chunk is read
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(n)
     if not summaries:
         raise InputError("the input holds no stars", source=source.spec)
     return summaries

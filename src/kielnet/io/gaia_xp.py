@@ -73,7 +73,8 @@ from kielnet.io.xp_arrays import array_strings, bad_cell_reasons, parse_array_st
 from kielnet.io.xp_library import XP_WAVELENGTH_NM
 from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
-__all__ = ["read_xp_continuous", "xp_star_table", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS"]
+__all__ = ["read_xp_continuous", "xp_star_table", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS",
+           "needs_xp_coefficients", "add_xp_coefficients"]
 
 #: Per-band numeric columns carried into ``extra`` as float64 (NaN where empty/absent).
 XP_BAND_NUMBERS = ("standard_deviation", "n_relevant_bases", "n_parameters", "basis_function_id",
@@ -447,3 +448,25 @@ def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
     return StarTable(ids=table.ids, flux=flux_n, flux_err=err_n,
                      wavelength=np.asarray(used, dtype=float) * u.nm, scalars=scalars,
                      extra=extra, meta=meta)
+
+
+def needs_xp_coefficients(columns: Any, table: StarTable) -> bool:
+    """Whether a model reading the scalar ``columns`` needs XP coefficients (``bp_0`` …
+    ``rp_54``) that ``table`` lacks but can give: it holds XP sampled spectra on the
+    default grid (343 px, e.g. the XP library) and no coefficient scalars."""
+    from kielnet.data.xp import coefficient_names
+
+    wanted = set(columns) & set(coefficient_names("bp") + coefficient_names("rp"))
+    return (bool(wanted) and not wanted <= set(table.scalars) and table.flux is not None
+            and table.flux.shape[1] == 343)
+
+
+def add_xp_coefficients(table: StarTable) -> StarTable:
+    """``table`` with the XP coefficients of its sampled spectra as scalars (the inverse
+    of :func:`xp_sampled_spectra`'s linear map, with the cached GaiaXPy matrices:
+    :func:`kielnet.data.xp_calibration.with_xp_coefficients`). Module-level, so that a
+    streamed source can map its batches with it on a cluster."""
+    from kielnet.data.xp_calibration import with_xp_coefficients
+    from kielnet.io.xp_matrices import default_xp_sampling
+
+    return with_xp_coefficients(table, default_xp_sampling())

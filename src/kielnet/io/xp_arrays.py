@@ -3,8 +3,13 @@
 The archive's CSV form of ``xp_continuous_mean_spectrum`` writes every array cell
 (coefficients, errors, correlations) as one string. :func:`parse_array_strings` turns
 a whole column of them into an ``(n, k)`` float64 array with pyarrow compute kernels
-(bracket strip, split on ``","``, whitespace trim, one cast of all values at once), so
-no Python code runs per cell; only cells found bad are re-read one by one, to say why
+so no Python code runs per cell. The common case (every non-empty cell bracketed and
+well formed) takes a fast path: the cells' bodies are joined into one newline-separated
+buffer and read by ``pyarrow.csv`` as rows of ``n_values`` float columns (its
+multi-threaded number parser, ~8x faster than splitting). Anything else — a value that is
+not a number, a wrong count, stray text — falls back to the general path (bracket strip,
+split on ``","``, whitespace trim, one cast of all values at once), which gives the same
+numbers and finds the bad cells; only those are re-read one by one, to say why
 (:func:`bad_cell_reasons`).
 
 Cell rules (those of :func:`kielnet.io.gaia_rvs._parse_array_cell`, the per-cell reader):
@@ -24,9 +29,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from kielnet.io.checks import shown
 
@@ -34,6 +42,9 @@ __all__ = ["parse_array_strings", "bad_cell_reasons", "array_strings"]
 
 #: A value the cast accepts (Arrow's string → float64 rules, the archive's spelling).
 _NUMBER = r"(?i)^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?|nan|inf(?:inity)?)$"
+#: Opening and closing bracket bytes of a cell (the fast path).
+_OPEN = np.frombuffer(b"([", np.uint8)
+_CLOSE = np.frombuffer(b")]", np.uint8)
 #: One enclosing bracket pair and surrounding whitespace.
 _BRACKETS = r"(?s)^\s*[(\[](.*)[)\]]\s*$"
 
@@ -99,6 +110,64 @@ def _values(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values, dtype=np.float64), ok
 
 
+@functools.lru_cache(maxsize=8)
+def _csv_options(n_values: int) -> tuple[pcsv.ReadOptions, pcsv.ParseOptions, pcsv.ConvertOptions]:
+    """``pyarrow.csv`` options reading lines of exactly ``n_values`` numbers (no quoting,
+    no null spellings: an empty value is an error, so the general path reports it)."""
+    names = [f"v{i}" for i in range(n_values)]
+    return (pcsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 22),
+            pcsv.ParseOptions(delimiter=",", quote_char=False, newlines_in_values=False,
+                              ignore_empty_lines=False),
+            pcsv.ConvertOptions(column_types={c: pa.float64() for c in names},
+                                null_values=[], strings_can_be_null=False))
+
+
+def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
+    """``arr`` a ``large_string`` array (:func:`array_strings`). Every cell null, ``""``, ``"()"`` / ``"[]"``, or bracketed with ``n_values`` numbers →
+    ``(n, n_values)`` values (NaN rows for empty cells); anything else → ``None``.
+
+    The full cells lie back to back in the array's data buffer; a copy of it with each
+    cell's opening bracket turned into a blank and its closing one into a newline is a
+    CSV text of one line per cell, read by ``pyarrow.csv`` into float columns.
+    """
+    n = len(arr)
+    valid = (np.ones(n, bool) if arr.null_count == 0 else
+             np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    values = np.full((n, n_values), np.nan)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    size = np.diff(offsets)
+    full = valid & (size > 2)
+    short = valid & (size > 0) & ~full
+    if short.any() and not np.isin(arr.filter(pa.array(short)).to_numpy(zero_copy_only=False),
+                                   ["()", "[]"]).all():
+        return None
+    if not full.any():
+        return values
+    if (size[~full] != 0).any():  # other cells' bytes lie between the full ones: compact
+        arr = arr.filter(pa.array(full))
+        offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    text = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].copy()
+    first = offsets[:-1] - offsets[0]
+    first = first[np.diff(offsets) > 0]
+    last = np.concatenate([first[1:], [text.size]]) - 1
+    if not (np.isin(text[first], _OPEN).all() and np.isin(text[last], _CLOSE).all()):
+        return None
+    text[first], text[last] = ord(" "), ord("\n")
+    read, parse, convert = _csv_options(n_values)
+    try:
+        table = pcsv.read_csv(pa.BufferReader(pa.py_buffer(text)), read_options=read,
+                              parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid:  # a wrong count, a value that is not a number, stray text
+        return None
+    if table.num_rows != first.size:  # a line break inside a cell
+        return None
+    rows = np.empty((first.size, n_values))
+    for i, column in enumerate(table.columns):
+        rows[:, i] = column.to_numpy()
+    values[full] = rows
+    return values
+
+
 def parse_array_strings(strings: Any, n_values: int) -> tuple[np.ndarray, np.ndarray]:
     """Parse a column of ``"(c1, c2, …)"`` strings into a float64 array, vectorised.
 
@@ -121,6 +190,9 @@ def parse_array_strings(strings: Any, n_values: int) -> tuple[np.ndarray, np.nda
     """
     arr = array_strings(strings)
     n = len(arr)
+    fast = _parse_fast(arr, n_values) if n else None
+    if fast is not None:
+        return fast, np.zeros(n, bool)  # an all-NaN cell is empty, as below
     lists, empty, lengths = _split(arr)
     flat, ok = _values(lists)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else np.zeros(0, np.int64)
