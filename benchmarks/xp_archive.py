@@ -89,7 +89,7 @@ def make_directory(folder: Path, n_files: int, per_file: int) -> Path:
     return folder
 
 
-def networks_rate(folder: Path, n: int) -> float:
+def networks_rate(folder: Path, n: int, bundle_path: str | Path = BUNDLE) -> float:
     """Stars/s of the ensemble's networks alone on the prepared inputs of ``n`` stars."""
     import torch
 
@@ -98,8 +98,9 @@ def networks_rate(folder: Path, n: int) -> float:
     from kielnet.inference.inputs import fill_absent_inputs
     from kielnet.io import open_stars
 
-    bundle = load_bundle(BUNDLE)
-    table = next(iter(open_stars(folder, sampled=True).batches(n)))
+    bundle = load_bundle(bundle_path)
+    sampled = bundle.config.spectrum is not None
+    table = next(iter(open_stars(folder, sampled=sampled, coefficients_only=not sampled).batches(n)))
     table = fill_absent_inputs(bundle, table)
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = bundle.build_members()
@@ -175,17 +176,33 @@ def gzip_decoder() -> str:
         return "zlib (pyarrow)"
 
 
-def coefficient_input() -> dict | None:
+COEFFICIENT_BUNDLE = ROOT / "benchmarks" / ".work" / "xp_coefficient_input" / "coefficients_bundle"
+
+
+def coefficient_input(folder: Path, work: Path, chunk: tuple[str, ...], small: int) -> dict | None:
     """Robust sigma per label of the coefficient-input model against the sampled one, from
     ``benchmarks/results/xp_coefficient_input.json`` (``benchmarks/xp_coefficient_input.py``:
-    both trained alike on the library's training part, scored on its validation stars)."""
+    both trained alike on the library's training part, scored on its validation stars), and
+    the coefficient model's own archive path on the same directory (its bundle from that
+    script's work directory: coefficients read without their uncertainties, no sampling)."""
     path = RESULTS / "xp_coefficient_input.json"
     if not path.is_file():
         return None
     import json
 
     d = json.loads(path.read_text())
-    return {"robust_sigma_coefficients": d["models"]["coefficients"]["robust_sigma"],
+    archive = None
+    if (COEFFICIENT_BUNDLE / "bundle.json").is_file():
+        cat = work / "cat_coefficients.parquet"
+        r = timed_predict(COEFFICIENT_BUNDLE, folder, cat, *chunk)
+        stars = rows_of(cat)
+        archive = {"bundle": f"{COEFFICIENT_BUNDLE.relative_to(ROOT)} ({d['ensemble']['n_splits']} x "
+                             f"{d['ensemble']['members_per_split']} members)",
+                   "stars": stars, "wall_s": r["wall_s"], "peak_rss_gib": r["peak_rss_gib"],
+                   "stars_per_s_end_to_end": round(stars / r["wall_s"], 1),
+                   "stars_per_s_networks": round(networks_rate(folder, small, COEFFICIENT_BUNDLE), 1)}
+        log(f"coefficient model on the archive: {archive}")
+    return {"archive_path": archive,"robust_sigma_coefficients": d["models"]["coefficients"]["robust_sigma"],
             "robust_sigma_sampled": d["models"]["sampled"]["robust_sigma"],
             "ratio_coefficients_over_sampled": d["robust_sigma_ratio_coefficients_over_sampled"],
             "scored_on": d["protocol"], "ensemble": d["ensemble"],
@@ -250,7 +267,7 @@ def main() -> int:
     res["dask_identical"] = same_rows(one, many)
     res["dask_local_2"] = {"stars": n_sub, "wall_s": rd["wall_s"], "stars_per_s": round(n_sub / rd["wall_s"], 1),
                            "stars_per_s_per_worker": round(n_sub / rd["wall_s"] / 2, 1)}
-    res["coefficient_input"] = coefficient_input()
+    res["coefficient_input"] = coefficient_input(folder, work, chunk, small)
     per_worker = res["dask_local_2"]["stars_per_s_per_worker"]
     res["projection_all_sky_h"] = {
         "stars": ALL_SKY,

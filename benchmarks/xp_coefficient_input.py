@@ -18,7 +18,9 @@ only, as ``xp_library.py``). Both use the same, smaller ensemble (``--splits`` x
 default 2 x 1) and the same seed; reported: robust sigma, bias and 1-sigma coverage per label on
 the validation stars, and the ratio coefficients / sampled of the robust sigma.
 
-Rerunning resumes both ensembles from ``benchmarks/.work/xp_coefficient_input/``.
+Rerunning resumes both ensembles from ``benchmarks/.work/xp_coefficient_input/``; the bundles are
+saved there (``sampled_bundle``, ``coefficients_bundle``): ``benchmarks/xp_archive.py`` times the
+coefficient model on the archive directory with it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kielnet.artifact import save_bundle
 from kielnet.config import load_config
 from kielnet.data.selection import load_selection
 from kielnet.data.splits import crc32_buckets
@@ -89,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         bundle = train_ensemble(fit, cfg, workdir=Path(args.workdir) / key, progress=False, log=log,
                                 selection=selection)
         seconds = time.time() - t0
+        save_bundle(bundle, Path(args.workdir) / f"{key}_bundle")  # xp_archive.py times the archive path with it
         t1 = time.time()
         cat = predict(bundle, val)
         pred_s = time.time() - t1
         metrics = catalogue_metrics(cat, val, cfg.label_names)
         res["models"][key] = {
-            "preset": preset, "members": len(bundle.members), "train_seconds": round(seconds, 1),
+            "preset": preset, "members": len(bundle.members),
+            "train_seconds_this_run": round(seconds, 1),  # ~0 where the members were resumed from the work directory
             "predict_seconds": round(pred_s, 2),
             "robust_sigma": {n: m["robust_sigma"] for n, m in metrics.items()},
             "bias": {n: m["bias"] for n, m in metrics.items()},

@@ -325,14 +325,17 @@ def _check_format(args) -> None:
         reader_named(args.format)
 
 
-def _open_source(data, metadata, *, sampled_xp: bool = False, format: str | None = None):
+def _open_source(data, metadata, *, sampled_xp: bool = False, coefficients_only: bool = False,
+                 format: str | None = None):
     """The input stars as a :class:`~kielnet.data.source.StarSource`, and whether the
     metadata match counts were printed already: ``kielnet.io.open_stars`` (streaming,
     metadata joined per batch). ``sampled_xp``: the model reads sampled
     spectra, so Gaia XP continuous files are converted to the XP library's
     representation (336-1020 nm, divided by the median flux) batch by batch (their
     reader's ``open_sampled`` hook; a reader with only ``as_sampled``: a whole file
-    first). ``format``: the reader to use (``--format``)."""
+    first). ``coefficients_only``: the model reads no spectrum, so a reader of
+    basis-function coefficients leaves their uncertainties unread (``open_coefficients``).
+    ``format``: the reader to use (``--format``)."""
     import kielnet.io as kio
 
     reader = kio.resolve(data, format).reader if sampled_xp else None
@@ -345,7 +348,8 @@ def _open_source(data, metadata, *, sampled_xp: bool = False, format: str | None
         print(f"{len(table)} stars of {reader.what} converted to sampled spectra")
         return TableSource(table, spec=str(data)), True
 
-    return kio.open_stars(data, metadata=tuple(metadata), format=format), not metadata
+    return kio.open_stars(data, metadata=tuple(metadata), format=format,
+                          coefficients_only=coefficients_only), not metadata
 
 
 def _model_source(source, cfg):
@@ -442,7 +446,7 @@ def cmd_predict(args) -> int:
         raise KielnetError("--table2 needs a bundle whose config enables quality.boundary_flag "
                            "(e.g. the gaia_rvs_hybrid preset)")
     source, printed = _open_source(args.data, args.metadata, sampled_xp=bundle.config.spectrum is not None,
-                                   format=args.format)
+                                   coefficients_only=bundle.config.spectrum is None, format=args.format)
     source = _model_source(source, bundle.config)
     n_rows = source.n_rows
     if (args.table2 and n_rows is not None and n_rows > streaming.IN_MEMORY_ROW_LIMIT

@@ -186,3 +186,20 @@ def test_gzip_streams_equal_and_a_truncated_file_is_named(bulk, tmp_path, monkey
     with pytest.raises(InputError, match="truncated or not valid gzip") as err:
         concat(XpContinuousSource(cut, sampled=True).batches(100))
     assert str(cut) in str(err.value)
+
+
+def test_coefficients_only_reads_the_same_coefficients_without_uncertainties(bulk):
+    """open_stars(coefficients_only=True) (a model on coefficients, no spectrum): the same
+    coefficient scalars and flags as the full reader, no error / correlation arrays; a
+    different run identity; sampled spectra cannot be had without the uncertainties."""
+    folder, files = bulk
+    full = concat(XpContinuousSource(folder).batches(4))
+    src = open_stars(folder, coefficients_only=True)
+    assert isinstance(src, XpContinuousSource) and not src.uncertainties
+    only = concat(src.batches(4))
+    assert_same(only, full, extra=("source_id", "missing_bp", "missing_rp"))
+    assert "bp_coefficient_correlations" in full.extra
+    assert not any(k.endswith(("_coefficient_errors", "_coefficient_correlations")) for k in only.extra)
+    assert src.identity()["xp"] == "coefficients only" != XpContinuousSource(folder).identity()["xp"]
+    with pytest.raises(ValueError, match="need the coefficient uncertainties"):
+        XpContinuousSource(folder, sampled=True, uncertainties=False)

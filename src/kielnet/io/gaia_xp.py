@@ -170,7 +170,8 @@ def _is_text(column: Any) -> bool:
     return np.asarray(column).dtype.kind in "US"
 
 
-def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = True) -> StarTable:
+def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = True,
+                  uncertainties: bool = True) -> StarTable:
     """The star table of rows of an archive XP continuous file (see :func:`read_xp_continuous`).
 
     Parameters
@@ -184,6 +185,10 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
     refuse_unusable
         Refuse rows in which no star is usable (a whole file); ``False`` for a slice
         of a file, whose unusable stars are kept with NaN whatever their number.
+    uncertainties
+        Also read the coefficient errors and correlations (``extra``); ``False`` reads
+        the coefficients alone (for a model that reads coefficients and no spectrum:
+        the correlations are 27 of every 28 numbers of a row).
     """
     sid = _source_ids(tab[_need(tab, source, "source_id")], source)
     n = len(sid)
@@ -199,8 +204,9 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
     bad: BadStars = {}
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for band in XP_BANDS:
-        cols = {kind: _need(tab, source, f"{band}_{kind}")
-                for kind in ("coefficients", "coefficient_errors", "coefficient_correlations")}
+        kinds = (("coefficients", "coefficient_errors", "coefficient_correlations") if uncertainties
+                 else ("coefficients",))
+        cols = {kind: _need(tab, source, f"{band}_{kind}") for kind in kinds}
 
         def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
             col = cols[kind]
@@ -210,14 +216,14 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
                                 square=square)
 
         coef = read("coefficients", N_XP_COEFFICIENTS)
-        errs = read("coefficient_errors", N_XP_COEFFICIENTS)
-        corr = read("coefficient_correlations", N_XP_CORRELATIONS, square=True)
+        errs = read("coefficient_errors", N_XP_COEFFICIENTS) if uncertainties else None
+        corr = read("coefficient_correlations", N_XP_CORRELATIONS, square=True) if uncertainties else None
         # a present band needs all its coefficients, errors and correlations
         given = ~np.isnan(coef).all(axis=1)
         for i in np.flatnonzero(given & np.isnan(coef).any(axis=1)):
             _note_bad(bad, int(i), cols["coefficients"], f"{int(np.isnan(coef[i]).sum())} of "
                       f"{N_XP_COEFFICIENTS} values are missing", int(i))
-        for kind, values in (("coefficient_errors", errs), ("coefficient_correlations", corr)):
+        for kind, values in (("coefficient_errors", errs), ("coefficient_correlations", corr))[:len(kinds) - 1]:
             for i in np.flatnonzero(given & np.isnan(values).all(axis=1)):
                 if not _noted(bad, int(i), cols[kind]):  # not already unparseable / miscounted
                     _note_bad(bad, int(i), cols[kind], f"empty while {cols['coefficients']} "
@@ -228,12 +234,14 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
     for band in XP_BANDS:
         coef, errs, corr = arrays[band]
         for a in (coef, errs, corr):  # a star unusable in one cell is NaN in all
-            a[unusable] = np.nan
+            if a is not None:
+                a[unusable] = np.nan
         missing = np.isnan(coef).all(axis=1)
         for i, name in enumerate(coefficient_names(band)):
             scalars[name] = coef[:, i]
-        extra[f"{band}_coefficient_errors"] = errs
-        extra[f"{band}_coefficient_correlations"] = corr
+        if uncertainties:
+            extra[f"{band}_coefficient_errors"] = errs
+            extra[f"{band}_coefficient_correlations"] = corr
         for kind in XP_BAND_NUMBERS:
             col = _find(tab, f"{band}_{kind}")
             if col is None:
@@ -249,7 +257,8 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
             scalars[name] = _floats(tab[col], source, col, sid)
     meta: dict[str, Any] = {"source": source, "loader": "gaia_xp", "format": fmt,
                             "xp_coefficients": "scalars bp_0..bp_54, rp_0..rp_54 (e-/s)",
-                            "xp_correlations": "packed strict lower triangle (1485), row-major"}
+                            "xp_correlations": ("packed strict lower triangle (1485), row-major" if uncertainties
+                                                else "not read (coefficients only)")}
     if absent:
         meta["absent_columns"] = absent
     if bad_rows:

@@ -133,6 +133,11 @@ class ReaderSpec:
         Optional ``open_sampled(path) -> StarSource``: the same conversion streamed
         (:func:`kielnet.io.open_stars` with ``sampled=True``); preferred to
         ``as_sampled``, which reads a whole file.
+    open_coefficients
+        Optional ``open_coefficients(path) -> StarSource``: the stars' basis-function
+        coefficients alone, without their uncertainties, for a model that reads
+        coefficients and no spectrum (:func:`kielnet.io.open_stars` with
+        ``coefficients_only=True``; Gaia XP: the correlations are not converted).
     """
 
     name: str
@@ -152,6 +157,7 @@ class ReaderSpec:
     shared_meta: tuple[str, ...] = ()
     as_sampled: Callable[..., "StarTable"] | None = None
     open_sampled: Callable[..., "StarSource"] | None = None
+    open_coefficients: Callable[..., "StarSource"] | None = None
     #: registration order (set by :func:`register_reader`; breaks priority ties)
     order: int = field(default=0, compare=False)
 

@@ -72,7 +72,8 @@ PIECE_ROWS = 10_000
 
 
 def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike] = (),
-               format: str | None = None, sampled: bool = False) -> StarSource:
+               format: str | None = None, sampled: bool = False,
+               coefficients_only: bool = False) -> StarSource:
     """A :class:`~kielnet.data.source.StarSource` over ``spec`` (anything
     :func:`kielnet.io.read_stars` reads, or a glob pattern of files of one reader).
 
@@ -91,6 +92,11 @@ def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike]
         The stars as sampled spectra, for a model that reads them: the reader's
         ``open_sampled`` source (e.g. spectra given as basis-function coefficients,
         sampled batch by batch); ignored for a reader without one.
+    coefficients_only
+        The stars' basis-function coefficients without their uncertainties, for a model
+        that reads coefficients and no spectrum: the reader's ``open_coefficients``
+        source (Gaia XP: error and correlation cells not converted); ignored for a
+        reader without one.
 
     Raises
     ------
@@ -109,6 +115,8 @@ def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike]
     with reading(reader, resolved.spec):
         if sampled and reader.open_sampled is not None:
             source = reader.open_sampled(resolved.target)
+        elif coefficients_only and reader.open_coefficients is not None:
+            source = reader.open_coefficients(resolved.target)
         elif reader.open is not None:
             source = reader.open(resolved.target)
         elif reader.iter_files is not None:

@@ -74,9 +74,17 @@ def open_sampled(target: Any):
     return XpContinuousSource(target, sampled=True)
 
 
+def open_coefficients(target: Any):
+    """The streamed source of ``target``: coefficients only (errors, correlations not read)."""
+    from kielnet.io.streams.xp_continuous import XpContinuousSource
+
+    return XpContinuousSource(target, uncertainties=False)
+
+
 READER = register_reader(ReaderSpec(
     "gaia-xp", identify=identify, read=read, priority=15, description="Gaia XP continuous spectra",
     directories=True, list_files=list_files, open=open_source, open_sampled=open_sampled,
+    open_coefficients=open_coefficients,
     as_sampled=as_sampled, shared_meta=("xp_coefficients", "xp_correlations"),
     hint="archive XP continuous CSV/ECSV/FITS/VOTable (.gz allowed): columns bp_coefficients, rp_coefficients; "
          "or a directory of them (bulk download)"))

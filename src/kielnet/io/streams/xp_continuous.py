@@ -200,7 +200,9 @@ class _Columns:
 
         col = self.batch.column(name)
         if name.lower() in _ARRAYS:
-            if self.ecsv:  # JSON arrays: a missing element is written null
+            # JSON arrays (ECSV): a missing element is written null (scanned first: copying
+            # every correlation string costs more than looking)
+            if self.ecsv and pc.any(pc.match_substring(col, "null")).as_py():
                 col = pc.replace_substring(col, "null", "nan")
             return col
         text = pc.utf8_trim_whitespace(col)
@@ -229,6 +231,10 @@ class XpContinuousSource(FileSource):
         Yield sampled spectra (343 px, 336-1020 nm, divided by the median flux; extra
         ``source_id``, ``medflux``, ``missing_bp`` / ``missing_rp``; scalars ``g`` etc.
         when the file has them) instead of the coefficients as scalars ``bp_0 … rp_54``.
+    uncertainties
+        Read the coefficient errors and correlations too (``extra``; needed for
+        ``sampled``). ``False``: the coefficients only, for a model that reads them and
+        no spectrum — the error and correlation cells are tokenised but not converted.
     block_size
         Bytes of text per CSV block (must exceed one row, ~70 kB).
     piece_rows
@@ -238,10 +244,13 @@ class XpContinuousSource(FileSource):
     reader_name = "gaia-xp"
     description = "Gaia XP continuous spectra"
 
-    def __init__(self, target: Any, *, sampled: bool = False, block_size: int = BLOCK_SIZE,
-                 piece_rows: int = PIECE_ROWS) -> None:
+    def __init__(self, target: Any, *, sampled: bool = False, uncertainties: bool = True,
+                 block_size: int = BLOCK_SIZE, piece_rows: int = PIECE_ROWS) -> None:
         super().__init__(target)
         self.sampled = bool(sampled)
+        if self.sampled and not uncertainties:
+            raise ValueError("sampled spectra need the coefficient uncertainties (their flux errors)")
+        self.uncertainties = bool(uncertainties)
         self.block_size = int(block_size)
         self.piece_rows = int(piece_rows)
         self._files: list[Path] | None = None
@@ -268,7 +277,8 @@ class XpContinuousSource(FileSource):
         return table
 
     def identity(self) -> dict:
-        return dict(super().identity(), xp="sampled" if self.sampled else "coefficients")
+        return dict(super().identity(), xp="sampled" if self.sampled else
+                    "coefficients" if self.uncertainties else "coefficients only")
 
     # -- row counts (for start)
     def file_rows(self, i: int) -> int:
@@ -331,8 +341,13 @@ class XpContinuousSource(FileSource):
 
             ecsv = _text_header(path)[3]
             fmt = "ascii.ecsv" if ecsv or path.name.lower().endswith((".ecsv", ".ecsv.gz")) else "ascii.csv"
+            columns = None
+            if not self.uncertainties:  # the error / correlation cells are not converted
+                names = _text_header(path)[2]
+                columns = [c for c in names if not c.lower().endswith(("_coefficient_errors",
+                                                                       "_coefficient_correlations"))]
             try:
-                with _open_text(path, self.block_size) as reader:
+                with _open_text(path, self.block_size, columns) as reader:
                     for batch in reader:
                         yield batch, fmt, ecsv
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -376,7 +391,8 @@ class XpContinuousSource(FileSource):
         from kielnet.io.gaia_xp import xp_sampled_spectra, xp_star_table
 
         rows = _Columns(part, ecsv) if kind == "text" else part
-        table = xp_star_table(rows, source=source, fmt=fmt, refuse_unusable=False)
+        table = xp_star_table(rows, source=source, fmt=fmt, refuse_unusable=False,
+                              uncertainties=self.uncertainties)
         if not self.sampled:
             return table
         out = xp_sampled_spectra(table)
