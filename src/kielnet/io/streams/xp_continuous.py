@@ -200,9 +200,7 @@ class _Columns:
 
         col = self.batch.column(name)
         if name.lower() in _ARRAYS:
-            # JSON arrays (ECSV): a missing element is written null (scanned first: copying
-            # every correlation string costs more than looking)
-            if self.ecsv and pc.any(pc.match_substring(col, "null")).as_py():
+            if self.ecsv:  # JSON arrays: a missing element is written null
                 col = pc.replace_substring(col, "null", "nan")
             return col
         text = pc.utf8_trim_whitespace(col)
