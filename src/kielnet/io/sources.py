@@ -95,8 +95,8 @@ def open_stars(spec: str | os.PathLike, *, metadata: Sequence[str | os.PathLike]
     coefficients_only
         The stars' basis-function coefficients without their uncertainties, for a model
         that reads coefficients and no spectrum: the reader's ``open_coefficients``
-        source (Gaia XP: error and correlation cells not converted); ignored for a
-        reader without one.
+        source (its uncertainty cells left unconverted); ignored for a reader without
+        one.
 
     Raises
     ------
