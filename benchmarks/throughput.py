@@ -68,7 +68,7 @@ from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.startable import StarTable
 from kielnet.models.hybrid import HybridNet
 from kielnet.artifact import build_network
-from kielnet.training.trainer import _make_optimizer, masked_loss, train_member
+from kielnet.training.trainer import _make_optimizer, member_loss, train_member
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
@@ -241,7 +241,8 @@ def train_rates(name: str, n_train: int, repeats: int) -> dict:
     included) and of a bare torch loop (same network, batch size, optimiser, loss,
     augmentation; data already tensors)."""
     n_pix, widths = PRESETS[name]
-    cfg = load_config(name).with_overrides(training={"max_epochs": 1, "threads": 0})
+    # input dropout (needs a fitted preprocessor) off: the bare loop does not do it either
+    cfg = load_config(name).with_overrides(training={"max_epochs": 1, "threads": 0, "input_dropout": 0.0})
     tcfg = cfg.training
     n_val = max(1, n_train // 64)
     prep = _random_prepared(n_train + n_val, n_pix, widths, len(cfg.labels))
@@ -273,7 +274,7 @@ def train_rates(name: str, n_train: int, repeats: int) -> dict:
             x = spec[b]
             if aug > 0:
                 x = x + aug * torch.randn_like(x) * err[b]
-            loss = masked_loss(model(x, [v[b] for v in brs]), tgt[b], wt[b], tcfg.loss)
+            loss = member_loss(model(x, [v[b] for v in brs]), tgt[b], wt[b], tcfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -150,6 +150,9 @@ def _load_selection(args):
     return load_selection(args.select if args.select in SELECTIONS else Path(args.select))
 
 
+_RECOVERED = "XP coefficients recovered from the sampled spectra (least squares with the design matrices)"
+
+
 def _model_table(table, cfg):
     """``table`` as the model reads it: XP coefficients recovered from its sampled spectra when
     the config's features read coefficients the table lacks (the XP library for the
@@ -157,8 +160,7 @@ def _model_table(table, cfg):
     from kielnet.io.gaia_xp import add_xp_coefficients, needs_xp_coefficients
 
     if needs_xp_coefficients(cfg.scalar_columns(), table):
-        print(f"XP coefficients recovered from the {len(table)} sampled spectra (least squares with the design "
-              "matrices) for the model's coefficient inputs")
+        print(f"{_RECOVERED} of {len(table)} stars, for the model's coefficient inputs")
         return add_xp_coefficients(table)
     return table
 
@@ -353,20 +355,21 @@ def _open_source(data, metadata, *, sampled_xp: bool = False, coefficients_only:
 
 
 def _model_source(source, cfg):
-    """``source`` with XP coefficients recovered batch by batch from its sampled spectra when
-    the model reads coefficients the input lacks (see :func:`_model_table`); the first
-    batch decides, read once."""
-    from kielnet.data.source import MappedSource
-    from kielnet.io.gaia_xp import add_xp_coefficients, needs_xp_coefficients
+    """``source`` as a model without a spectrum that reads XP coefficients sees it: batches
+    that hold sampled spectra and no coefficients get them recovered (see
+    :func:`_model_table`; archive XP files give them as they are)."""
+    import functools
 
-    if not any(c.startswith(("bp_", "rp_")) for c in cfg.scalar_columns()):
+    from kielnet.data.source import MappedSource
+    from kielnet.data.xp import coefficient_names
+    from kielnet.io.gaia_xp import with_recovered_coefficients
+
+    columns = tuple(cfg.scalar_columns())
+    if cfg.spectrum is not None or not set(columns) & set(coefficient_names("bp") + coefficient_names("rp")):
         return source
-    first = next(iter(source.batches(1)), None)
-    if first is None or not needs_xp_coefficients(cfg.scalar_columns(), first):
-        return source
-    print("XP coefficients recovered from the sampled spectra (least squares with the design matrices) for the "
-          "model's coefficient inputs")
-    return MappedSource(source, add_xp_coefficients, what="xp coefficients from sampled spectra")
+    print(f"the model reads XP coefficients: {_RECOVERED} where an input gives sampled spectra only")
+    return MappedSource(source, functools.partial(with_recovered_coefficients, columns=columns),
+                        what="xp coefficients recovered from sampled spectra where absent")
 
 
 def _output_ids(path: Path) -> np.ndarray:

@@ -373,3 +373,24 @@ def test_importing_gaiaxpy_leaves_matplotlib_settings_alone():
     before = matplotlib.rcParams["text.usetex"]
     _require_gaiaxpy()
     assert matplotlib.rcParams["text.usetex"] == before
+
+
+def test_coefficients_recovered_only_where_a_model_needs_and_the_input_can_give_them(tables):
+    """with_recovered_coefficients: archive coefficients (no sampled spectrum) pass as they are;
+    sampled spectra (float32) without coefficients get them (the archive's ratios to 1e-3); a model
+    reading no coefficient leaves the table alone."""
+    from kielnet.data.xp import coefficient_names
+    from kielnet.io.gaia_xp import needs_xp_coefficients, with_recovered_coefficients
+
+    cols = tuple(["g"] + coefficient_names("bp") + coefficient_names("rp"))
+    archive = tables[RAW.name]
+    assert not needs_xp_coefficients(cols, archive)
+    assert with_recovered_coefficients(archive, cols) is archive
+    sampled = xp_sampled_spectra(archive)
+    assert not set(coefficient_names("bp")) & set(sampled.scalars)
+    assert with_recovered_coefficients(sampled, ("g",)) is sampled
+    got = with_recovered_coefficients(sampled, cols)
+    bp, rp = xp_coefficients(archive)
+    gbp, grp = xp_coefficients(got)
+    np.testing.assert_allclose(gbp[:, 1:] / gbp[:, :1], bp[:, 1:] / bp[:, :1], atol=1e-3)
+    np.testing.assert_allclose(grp[:, 1:] / grp[:, :1], rp[:, 1:] / rp[:, :1], atol=1e-3)

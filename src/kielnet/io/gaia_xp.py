@@ -74,7 +74,7 @@ from kielnet.io.xp_library import XP_WAVELENGTH_NM
 from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
 __all__ = ["read_xp_continuous", "xp_star_table", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS",
-           "needs_xp_coefficients", "add_xp_coefficients"]
+           "needs_xp_coefficients", "add_xp_coefficients", "with_recovered_coefficients"]
 
 #: Per-band numeric columns carried into ``extra`` as float64 (NaN where empty/absent).
 XP_BAND_NUMBERS = ("standard_deviation", "n_relevant_bases", "n_parameters", "basis_function_id",
@@ -479,3 +479,12 @@ def add_xp_coefficients(table: StarTable) -> StarTable:
     from kielnet.io.xp_matrices import default_xp_sampling
 
     return with_xp_coefficients(table, default_xp_sampling())
+
+
+def with_recovered_coefficients(table: StarTable, columns: tuple[str, ...]) -> StarTable:
+    """``table`` with its XP coefficients recovered (:func:`add_xp_coefficients`) where a
+    model reading the scalar ``columns`` needs them and the table can give them
+    (:func:`needs_xp_coefficients`), else ``table`` as it is. For mapping a streamed
+    source batch by batch (``functools.partial(with_recovered_coefficients, columns=…)``
+    pickles for a cluster)."""
+    return add_xp_coefficients(table) if needs_xp_coefficients(columns, table) else table
