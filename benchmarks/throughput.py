@@ -561,6 +561,8 @@ def _merge_existing(path: Path, result: dict) -> dict:
                                        {"git_commit": old.get("git_commit"), "date": old.get("date")}}
             continue
         for key, val in sec.items():
+            if key == "from_earlier_run":  # measured in this run: an old marker does not carry over
+                continue
             if key == "stars_per_s" and val is not None and result["presets"][name].get(key) is None:
                 result["presets"][name][key] = val
             elif key not in result["presets"][name]:
