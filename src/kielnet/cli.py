@@ -361,11 +361,10 @@ def _model_source(source, cfg):
     import functools
 
     from kielnet.data.source import MappedSource
-    from kielnet.data.xp import coefficient_names
-    from kielnet.io.gaia_xp import with_recovered_coefficients
+    from kielnet.io.gaia_xp import with_recovered_coefficients, xp_coefficient_inputs
 
     columns = tuple(cfg.scalar_columns())
-    if cfg.spectrum is not None or not set(columns) & set(coefficient_names("bp") + coefficient_names("rp")):
+    if cfg.spectrum is not None or not xp_coefficient_inputs(columns):
         return source
     print(f"the model reads XP coefficients: {_RECOVERED} where an input gives sampled spectra only")
     return MappedSource(source, functools.partial(with_recovered_coefficients, columns=columns),

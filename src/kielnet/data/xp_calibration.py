@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from kielnet.data.startable import StarTable
-from kielnet.data.xp import N_XP_COEFFICIENTS
+from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
 from kielnet.errors import InputError
 
 __all__ = ["XPSampling", "sample_band", "with_xp_coefficients"]
@@ -272,14 +272,11 @@ class XPSampling:
         return flux, err
 
 
-
 def with_xp_coefficients(table: StarTable, sampling: XPSampling) -> StarTable:
     """``table`` with the XP coefficients of its sampled spectra as scalars ``bp_0 … rp_54``
     (:meth:`XPSampling.coefficients`; in the unit of the spectra, e.g. e⁻ s⁻¹ over the
     median flux for the XP library). The spectra stay. A table whose spectra are not on
     ``sampling``'s grid is refused."""
-    from kielnet.data.xp import coefficient_names
-
     if table.flux is None or table.flux.shape[1] != sampling.n_pix:
         got = None if table.flux is None else table.flux.shape[1]
         raise InputError(f"XP coefficients need sampled spectra of {sampling.n_pix} pixels, got {got}",

@@ -74,7 +74,7 @@ from kielnet.io.xp_library import XP_WAVELENGTH_NM
 from kielnet.io.xp_matrices import _quiet_gaiaxpy, _require_gaiaxpy, xp_sampling
 
 __all__ = ["read_xp_continuous", "xp_star_table", "to_gaiaxpy_frame", "xp_sampled_spectra", "XP_BAND_NUMBERS",
-           "needs_xp_coefficients", "add_xp_coefficients", "with_recovered_coefficients"]
+           "xp_coefficient_inputs", "needs_xp_coefficients", "add_xp_coefficients", "with_recovered_coefficients"]
 
 #: Per-band numeric columns carried into ``extra`` as float64 (NaN where empty/absent).
 XP_BAND_NUMBERS = ("standard_deviation", "n_relevant_bases", "n_parameters", "basis_function_id",
@@ -202,7 +202,7 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
                                 else _floats(tab[sol], source, sol, sid))
     absent: list[str] = []
     bad: BadStars = {}
-    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    arrays: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for band in XP_BANDS:
         kinds = (("coefficients", "coefficient_errors", "coefficient_correlations") if uncertainties
                  else ("coefficients",))
@@ -216,32 +216,30 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
                                 square=square)
 
         coef = read("coefficients", N_XP_COEFFICIENTS)
-        errs = read("coefficient_errors", N_XP_COEFFICIENTS) if uncertainties else None
-        corr = read("coefficient_correlations", N_XP_CORRELATIONS, square=True) if uncertainties else None
+        unc = ({"coefficient_errors": read("coefficient_errors", N_XP_COEFFICIENTS),
+                "coefficient_correlations": read("coefficient_correlations", N_XP_CORRELATIONS, square=True)}
+               if uncertainties else {})
         # a present band needs all its coefficients, errors and correlations
         given = ~np.isnan(coef).all(axis=1)
         for i in np.flatnonzero(given & np.isnan(coef).any(axis=1)):
             _note_bad(bad, int(i), cols["coefficients"], f"{int(np.isnan(coef[i]).sum())} of "
                       f"{N_XP_COEFFICIENTS} values are missing", int(i))
-        for kind, values in (("coefficient_errors", errs), ("coefficient_correlations", corr))[:len(kinds) - 1]:
+        for kind, values in unc.items():
             for i in np.flatnonzero(given & np.isnan(values).all(axis=1)):
                 if not _noted(bad, int(i), cols[kind]):  # not already unparseable / miscounted
                     _note_bad(bad, int(i), cols[kind], f"empty while {cols['coefficients']} "
                               "are given", int(i))
-        arrays[band] = (coef, errs, corr)
+        arrays[band] = (coef, unc)
     unusable = np.zeros(n, bool)
     unusable[sorted(bad)] = True
     for band in XP_BANDS:
-        coef, errs, corr = arrays[band]
-        for a in (coef, errs, corr):  # a star unusable in one cell is NaN in all
-            if a is not None:
-                a[unusable] = np.nan
+        coef, unc = arrays[band]
+        for a in (coef, *unc.values()):  # a star unusable in one cell is NaN in all
+            a[unusable] = np.nan
         missing = np.isnan(coef).all(axis=1)
         for i, name in enumerate(coefficient_names(band)):
             scalars[name] = coef[:, i]
-        if uncertainties:
-            extra[f"{band}_coefficient_errors"] = errs
-            extra[f"{band}_coefficient_correlations"] = corr
+        extra.update({f"{band}_{kind}": values for kind, values in unc.items()})
         for kind in XP_BAND_NUMBERS:
             col = _find(tab, f"{band}_{kind}")
             if col is None:
@@ -459,15 +457,18 @@ def xp_sampled_spectra(path_or_table: str | os.PathLike | StarTable, *,
                      extra=extra, meta=meta)
 
 
-def needs_xp_coefficients(columns: Any, table: StarTable) -> bool:
-    """Whether a model reading the scalar ``columns`` needs XP coefficients (``bp_0`` …
-    ``rp_54``) that ``table`` lacks but can give: it holds XP sampled spectra on the
-    default grid (343 px, e.g. the XP library) and no coefficient scalars."""
-    from kielnet.data.xp import coefficient_names
+def xp_coefficient_inputs(columns: Any) -> set[str]:
+    """The XP coefficient scalars (``bp_0`` … ``rp_54``) among a model's scalar ``columns``."""
+    return set(columns) & set(coefficient_names("bp") + coefficient_names("rp"))
 
-    wanted = set(columns) & set(coefficient_names("bp") + coefficient_names("rp"))
+
+def needs_xp_coefficients(columns: Any, table: StarTable) -> bool:
+    """Whether a model reading the scalar ``columns`` needs XP coefficients that ``table``
+    lacks but can give: it holds XP sampled spectra on the default grid (343 px, e.g. the
+    XP library) and not those coefficient scalars."""
+    wanted = xp_coefficient_inputs(columns)
     return (bool(wanted) and not wanted <= set(table.scalars) and table.flux is not None
-            and table.flux.shape[1] == 343)
+            and table.flux.shape[1] == len(XP_WAVELENGTH_NM))
 
 
 def add_xp_coefficients(table: StarTable) -> StarTable:

@@ -142,13 +142,15 @@ def _gzip_errors() -> type[Exception]:
 
 
 @contextlib.contextmanager
-def _open_text(path: Path, block_size: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
+def _open_text(path: Path, block_size: int, columns: Sequence[str] | None = None,
+               header: tuple[int, str, list[str], bool] | None = None) -> Iterator[Any]:
     """A ``pyarrow.csv`` streaming reader of the file's data rows, every cell as text
-    (a context: the decompressing stream is closed on leaving)."""
+    (a context: the decompressing stream is closed on leaving). ``header``: the file's
+    :func:`_text_header`, when the caller has read it already."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    skip, delimiter, names, _ = _text_header(path)
+    skip, delimiter, names, _ = header or _text_header(path)
     include = list(names if columns is None else columns)
     source = _binary_stream(path)
     try:
@@ -180,8 +182,8 @@ def count_file_rows(path: str, block_size: int = BLOCK_SIZE) -> int:
         from kielnet.io.gaia_rvs import _read_archive_table
 
         return len(_read_archive_table(p)[0])
-    _, _, names, _ = _text_header(p)
-    with _open_text(p, block_size, names[:1]) as reader:
+    header = _text_header(p)
+    with _open_text(p, block_size, header[2][:1], header) as reader:
         return sum(b.num_rows for b in reader)
 
 
@@ -337,15 +339,15 @@ class XpContinuousSource(FileSource):
         if kind == "text":
             import pyarrow as pa
 
-            ecsv = _text_header(path)[3]
+            header = _text_header(path)
+            ecsv = header[3]
             fmt = "ascii.ecsv" if ecsv or path.name.lower().endswith((".ecsv", ".ecsv.gz")) else "ascii.csv"
             columns = None
             if not self.uncertainties:  # the error / correlation cells are not converted
-                names = _text_header(path)[2]
-                columns = [c for c in names if not c.lower().endswith(("_coefficient_errors",
-                                                                       "_coefficient_correlations"))]
+                columns = [c for c in header[2] if not c.lower().endswith(("_coefficient_errors",
+                                                                           "_coefficient_correlations"))]
             try:
-                with _open_text(path, self.block_size, columns) as reader:
+                with _open_text(path, self.block_size, columns, header) as reader:
                     for batch in reader:
                         yield batch, fmt, ecsv
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
