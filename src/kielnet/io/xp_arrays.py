@@ -6,7 +6,7 @@ a whole column of them into an ``(n, k)`` float64 array with pyarrow compute ker
 so no Python code runs per cell. The common case (every non-empty cell bracketed and
 well formed) takes a fast path: the cells' bodies are joined into one newline-separated
 buffer and read by ``pyarrow.csv`` as rows of ``n_values`` float columns (its
-multi-threaded number parser, ~8x faster than splitting). Anything else — a value that is
+multi-threaded number parser, faster than splitting). Anything else — a value that is
 not a number, a wrong count, stray text — falls back to the general path (bracket strip,
 split on ``","``, whitespace trim, one cast of all values at once), which gives the same
 numbers and finds the bad cells; only those are re-read one by one, to say why

@@ -117,7 +117,7 @@ def _text_header(path: Path) -> tuple[int, str, list[str], bool]:
 
 def _binary_stream(path: Path) -> Any:
     """The file's bytes for ``pyarrow.csv``: a ``.gz`` file decompressed by ISA-L's igzip
-    when ``isal`` is installed (about 3x zlib on the bulk files), else by pyarrow's zlib
+    when ``isal`` is installed (faster than zlib), else by pyarrow's zlib
     stream; a plain file as its path."""
     import pyarrow as pa
 
