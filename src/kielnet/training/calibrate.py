@@ -39,8 +39,8 @@ from kielnet.stats import robust_sigma
 from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
 from kielnet.training.plan import TrainingPlan, TrainingRows, training_rows
 
-__all__ = ["Calibration", "calibrate", "calibrate_ensemble", "oof_sigma", "fit_neighbours", "recalibrate",
-           "training_stars_digest"]
+__all__ = ["Calibration", "bundle_out_of_fold", "calibrate", "calibrate_ensemble", "oof_sigma", "fit_neighbours",
+           "recalibrate", "training_stars_digest"]
 
 
 def training_stars_digest(table: StarTable, config: KielnetConfig) -> dict:
@@ -138,16 +138,17 @@ def calibrate_ensemble(plan: TrainingPlan, split_nets: list[list], nets: list | 
     return calibrate(cfg, pre, table, tr, oof, nets)
 
 
-def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | None = None, selection=None,
-                log=print) -> Bundle:
-    """Refit the out-of-fold parts of ``bundle`` (module docstring) and return it
-    (modified in place).
+def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfig | None = None, selection=None,
+                       log=print) -> tuple[KielnetConfig, StarTable, TrainingRows, OutOfFold, list]:
+    """The out-of-fold predictions of ``bundle``'s training stars, rebuilt from the
+    table it was trained on: ``(config, the selected table, training rows, out-of-fold,
+    networks)``.
 
-    ``table`` must be the table the bundle was trained on (after the same
-    ``selection``, if one was used; it is applied here first): its stars are split
-    again as in training, and each split's validation stars are predicted by the
-    members that record that split. ``config``: a config whose ``uncertainty`` and
-    ``quality.neighbours`` sections replace the bundle's (the rest must not differ).
+    ``table`` must be the training table (after the same ``selection``, applied here
+    first); its stars are split again as in training and each split's validation stars
+    are predicted by the members recording that split. ``config``: a config whose
+    ``uncertainty`` and ``quality.neighbours`` sections replace the bundle's (the rest
+    must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
     """
     from kielnet.data.label_columns import resolve_labels
 
@@ -183,7 +184,23 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
         raise InputError("the bundle's members do not cover every split of its config "
                          f"(splits {sorted(set(split_of))}, n_splits {cfg.ensemble.n_splits})", source=table.source)
     oof = out_of_fold(cfg, pre, table, tr.prep, tr.rows, tr.heldout, split_nets)
-    cal = calibrate(cfg, pre, table, tr, oof, nets)
+    return cfg, table, tr, oof, nets
+
+
+def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | None = None, selection=None,
+                log=print) -> Bundle:
+    """Refit the out-of-fold parts of ``bundle`` (module docstring) and return it
+    (modified in place).
+
+    ``table`` must be the table the bundle was trained on (after the same
+    ``selection``, if one was used; it is applied here first): its stars are split
+    again as in training, and each split's validation stars are predicted by the
+    members that record that split (:func:`bundle_out_of_fold`). ``config``: a config
+    whose ``uncertainty`` and ``quality.neighbours`` sections replace the bundle's (the
+    rest must not differ).
+    """
+    cfg, table, tr, oof, nets = bundle_out_of_fold(bundle, table, config=config, selection=selection, log=log)
+    cal = calibrate(cfg, bundle.preprocessor, table, tr, oof, nets)
     bundle.config = cfg
     bundle.running_dispersion, bundle.sigma_model = cal.running, cal.sigma_model
     bundle.neighbours, bundle.validation = cal.neighbours, cal.validation
