@@ -33,6 +33,12 @@ Three questions, one section each of ``benchmarks/results/xp_tail_sources.json``
     control; APOGEE's A_K of these stars against that of the well-fitted hot stars of the
     same BP−RP; and how many of them a flag on the predicted-Teff range they fall in
     would catch, at what cost in usable rows.
+``ensemble_size``
+    How much of σ the members' spread is: these stars are predicted by the
+    ``members_per_split`` members of one split, new stars by all members, whose mean
+    scatters less by (1/m_split − 1/m_all) × spread². The σ factor that would remove that
+    difference, per label (median over stars), bounds what an ensemble-size-aware σ model
+    could change in the 1σ coverage of new stars.
 
     python benchmarks/xp_tail_sources.py [--bundle xp-apogee-dr17]   # ~2 min on 2 cores
 """
@@ -79,7 +85,8 @@ def out_of_fold_stars(bundle_name: str) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = flux / np.nanmedian(flux, axis=1, keepdims=True)
     hidden = np.concatenate([p - oof.pred for p, _s, _h in oof.hidden.values()], axis=1) if oof.hidden else None
-    return {"names": cfg.label_names, "pred": oof.pred, "truth": oof.truth, "spread": oof.spread, "sigma": sig,
+    return {"names": cfg.label_names, "m_split": cfg.ensemble.members_per_split, "m_all": len(bundle.members),
+            "pred": oof.pred, "truth": oof.truth, "spread": oof.spread, "sigma": sig,
             "snr": oof.snr, "score": a.outlier_score, "outlier": bundle.neighbours.outliers(a),
             "withheld": bundle.neighbours.withheld(a), "scalars": scal, "flux": norm, "hidden": hidden}
 
@@ -230,6 +237,18 @@ def hot_stars(s: dict, z: np.ndarray, usable: np.ndarray) -> dict:
     return res
 
 
+def ensemble_size(s: dict, usable: np.ndarray) -> dict:
+    """The ``ensemble_size`` section (module docstring)."""
+    share = (s["spread"] / s["sigma"]) ** 2
+    d = 1.0 / s["m_split"] - 1.0 / s["m_all"]
+    factor = np.sqrt(np.clip(1.0 - d * share, 0.0, None))
+    return {"members_per_split": s["m_split"], "members": s["m_all"],
+            "labels": {n: {"median_spread2_over_sigma2": float(np.median(share[usable[:, j], j])),
+                           "mean_spread2_over_sigma2": float(np.mean(share[usable[:, j], j])),
+                           "median_sigma_factor_for_all_members": float(np.median(factor[usable[:, j], j]))}
+                       for j, n in enumerate(s["names"])}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="xp-apogee-dr17")
@@ -254,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                             "features": fnames,
                             "labels": identifiability(s, X, z, usable)},
         "hot_stars": hot_stars(s, z, usable),
+        "ensemble_size": ensemble_size(s, usable),
         **provenance(commit, dirty),
     }
     write_result(result, args.out)

@@ -31,6 +31,7 @@ from kielnet.diagnostics.metrics import label_metrics
 from kielnet.artifact import load_bundle, save_bundle
 from kielnet.inference.predict import predict
 from kielnet.io import XP_LIBRARY, read_stars, load_xp_library
+from kielnet.io.atomic import atomic_write_text
 from kielnet.io.tables import atomic_write_table
 from kielnet.pipeline import holdout_split
 from kielnet.training.ensemble import train_ensemble
@@ -116,9 +117,9 @@ def limitation_lines(cat, test) -> list[str]:
         f"{m['robust_sigma']:.0f} K, 1 sigma coverage {m['coverage_1sigma']:.2f}); {int((hot & ~use).sum())} have "
         f"their Teff flagged, and {t['hot_ok_beyond_3sigma'] * t['n_hot_ok']:.0f} of the {t['n_hot_ok']} whose Teff "
         f"is usable lie beyond 3 sigma ({100 * t['hot_ok_beyond_3sigma']:.1f} %): their XP spectra and colours "
-        "resemble cooler stars' (extinction); neither the ensemble's disagreement, nor the network's own sigma, nor "
-        "the out-of-fold neighbours in predicted labels (and colours) separate them, so treat Teff above ~8,000 K "
-        "with care.",
+        "resemble cooler stars' (out of fold: see 'Where the tails come from'); neither the ensemble's "
+        "disagreement, nor the network's own sigma, nor the out-of-fold neighbours in predicted labels (and "
+        "colours) separate them, so treat Teff above ~8,000 K with care.",
         "- Tails: usable labels beyond 3 sigma / 5 sigma of their APOGEE label (Gaussian: 0.27 % / 0.00006 %): "
         + ", ".join(f"{n} {100 * tails[n]['ok_beyond_3sigma']:.2f} % / {100 * tails[n]['ok_beyond_5sigma']:.2f} %"
                     for n in names)
@@ -131,6 +132,67 @@ def limitation_lines(cat, test) -> list[str]:
         f"- Usable rows: {100 * tails['rows_ok_fraction']:.1f} % of the test stars have no flag but possibly "
         f"label_not_reported ({100 * tails['rows_status_ok_fraction']:.1f} % have status ok).",
     ]
+
+
+def tail_source_lines(res: dict) -> list[str]:
+    """The model card's "Where the tails come from" section, from
+    ``benchmarks/results/xp_tail_sources.json`` (out-of-fold training stars only)."""
+    pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
+    sc, ident, hot = res["sigma_scale"], res["identifiability"]["labels"], res["hot_stars"]
+    rms, ak, rng = hot["spectrum_rms"], hot.get("ak_targ"), hot["predicted_range_flag"]
+    lines = ["## Where the tails come from (out-of-fold training stars; benchmarks/results/xp_tail_sources.json)",
+             f"Measured on the {res['n_out_of_fold']:,} out-of-fold training stars (no test star), usable labels "
+             "as in the catalogue (ensemble_disagreement not applied).",
+             "- A larger sigma alone does not remove them: beyond 3 sigma as shipped / at the largest uniform sigma "
+             f"scale that keeps 1 sigma coverage <= {res['coverage_bands']['cov1_max']} and 2 sigma coverage <= "
+             f"{res['coverage_bands']['cov2_max']}: "
+             + ", ".join(f"{n} {pct(v['as_shipped']['beyond_3sigma'])} / {pct(v['largest_scale_in_bands']['beyond_3sigma'])}"
+                         f" (x{v['largest_scale_in_bands']['scale']:.3g})" for n, v in sc.items() if v["largest_scale_in_bands"])
+             + "; 1 % beyond 3 sigma would need sigma x "
+             + ", ".join(f"{v['scale_for_1pct_beyond_3sigma']['scale']:.3g} ({n}, 1 sigma coverage "
+                         f"{v['scale_for_1pct_beyond_3sigma']['cov1']:.2f})" for n, v in sc.items()
+                         if v["scale_for_1pct_beyond_3sigma"]) + ".",
+             "- They are not identifiable star by star: a gradient-boosting classifier on "
+             f"{len(res['identifiability']['features'])} per-star quantities (labels, sigma, spread, S/N, outlier "
+             "score, predictions with each input group hidden, colours, 20 XP principal components; 5-fold "
+             "cross-validated) separates the stars beyond 3 sigma with ROC AUC "
+             + ", ".join(f"{v['roc_auc']:.2f} ({n})" for n, v in ident.items())
+             + "; flagging its worst 15 % would leave "
+             + ", ".join(f"{n} {pct(v['after_flagging_top']['0.15']['beyond_3sigma'])}" for n, v in ident.items())
+             + " beyond 3 sigma.",
+             f"- Hot stars: {hot['n_beyond_3sigma']} of the {hot['n_usable_hot']} usable stars with APOGEE Teff > "
+             f"10,000 K lie beyond 3 sigma ({pct(hot['beyond_3sigma'])}); {hot['n_beyond_3sigma_predicted_below_10000K']} "
+             "of them are predicted at "
+             f"{hot['predicted_teff_of_those_p5_p50_p95'][0]:.0f}-{hot['predicted_teff_of_those_p5_p50_p95'][2]:.0f} K "
+             "(5-95 %). Their normalised XP spectra differ from the median spectrum of well-fitted stars of that "
+             f"Teff and the same BP-RP by RMS {rms['misses_to_cool']['median_rms']:.3f} (such stars among themselves: "
+             f"{rms['control_cool_to_cool']['median_rms']:.3f}) and from that of well-fitted hot stars of the same "
+             f"BP-RP by {rms['misses_to_hot']['median_rms']:.3f} (hot stars among themselves: "
+             f"{rms['control_hot_to_hot']['median_rms']:.3f}): their inputs are those of cooler stars, which a model of "
+             "these inputs cannot tell them from; the APOGEE Teff of these stars is doubtful."
+             + ("" if not ak else f" APOGEE's A_K does not separate them either (median {ak['misses_median']:.3f} "
+                f"mag against {ak['well_fitted_hot_same_bp_rp_median']:.3f} for well-fitted hot stars of the same "
+                "BP-RP), so extinction as an auxiliary target has nothing to learn here.")
+             + f" Flagging the predicted range {rng['teff_range'][0]:.0f}-{rng['teff_range'][1]:.0f} K would cost "
+             f"{100 * rng['fraction_of_usable']:.1f} % of the usable rows for {rng['misses_in_range']} of them; a "
+             f"classifier of APOGEE Teff > 10,000 K inside that range reaches ROC AUC "
+             f"{rng['hot_vs_cool_classifier_auc']:.2f} and catches "
+             f"{rng['misses_caught_when_flagging_top_fraction_of_range']['0.10']} of them when flagging 10 % of it.",
+             ""]
+    return lines
+
+
+def replace_card_section(card: str, section: list[str], before: str = "## Use") -> str:
+    """``card`` with the section whose title is ``section[0]`` replaced by ``section``
+    (inserted before the ``before`` heading when absent)."""
+    lines = card.split("\n")
+    title = section[0].split("(")[0].strip()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(title)), None)
+    if start is None:
+        at = lines.index(before)
+        return "\n".join(lines[:at] + section + lines[at:])
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[:start] + section + lines[end:])
 
 
 def trust_lines(bundle, result: dict) -> list[str]:
@@ -183,7 +245,7 @@ def trained_minutes(result: dict) -> str:
 
 def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str = "float32",
                half_change: float | None = None, flips: list[dict] | None = None,
-               limitations: list[str] | None = None) -> str:
+               limitations: list[str] | None = None, tail_sources: dict | None = None) -> str:
     cfg = bundle.config
     m, cal = result["kielnet"], result.get("calibration", {})
     first_seed = (result.get("seeds") or {}).get("seeds", [cfg.ensemble.seed])[0]
@@ -237,6 +299,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
               "",
               *trust_lines(bundle, result),
               *(["## Known limitations (test fifth, shipped weights)", *limitations, ""] if limitations else []),
+              *(tail_source_lines(tail_sources) if tail_sources else []),
               "## Use",
               "```",
               f"kielnet predict --bundle {NAME} --data stars.parquet --out labels.parquet",
@@ -273,7 +336,24 @@ def main(argv: list[str] | None = None) -> int:
                          "moves by 0.05 sigma or more)")
     ap.add_argument("--select", default=str(ROOT / "benchmarks" / "configs" / "xp_label_quality.yaml"),
                     help="the benchmark's training selection file ('none' if it used none)")
+    ap.add_argument("--tail-sources", default=str(RESULTS / "xp_tail_sources.json"),
+                    help="out-of-fold tail diagnosis (benchmarks/xp_tail_sources.py) for the card's 'Where the tails "
+                         "come from' section ('none' to leave it out)")
+    ap.add_argument("--update-card", action="store_true",
+                    help="only rewrite that section of the existing OUT/MODEL_CARD.md from --tail-sources (no "
+                         "training, no test star read)")
     args = ap.parse_args(argv)
+    tails = None
+    if args.tail_sources and args.tail_sources.lower() != "none":
+        tails = json.loads(Path(args.tail_sources).read_text())
+    if args.update_card:
+        if tails is None:
+            print("error: --update-card needs --tail-sources")
+            return 1
+        card = Path(args.out) / "MODEL_CARD.md"
+        atomic_write_text(card, replace_card_section(card.read_text(), tail_source_lines(tails)))
+        print(f"updated {card}")
+        return 0
     result = json.loads(Path(args.result).read_text())
     cfg = load_config(args.config)
     if result.get("config") != cfg.model_dump(mode="json"):
@@ -310,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_table(ref, ref_path)
     sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
-    (out / "MODEL_CARD.md").write_text(model_card(bundle, result, sha, size, args.weights_dtype, half_change, flips,
-                                                     limitations))
+    atomic_write_text(out / "MODEL_CARD.md", model_card(bundle, result, sha, size, args.weights_dtype, half_change,
+                                                        flips, limitations, tails))
     (out / "reference.json").write_text(json.dumps({"file": ref_path.name, "sha256": sha,
                                                      "data": "xp_library/" + SUBSET.name,
                                                      "columns": reference_columns(cat)}, indent=1))

@@ -94,3 +94,20 @@ def _copy(bundle):
     import copy
 
     return copy.copy(bundle)
+
+
+def test_bundle_out_of_fold_rebuilds_the_training_time_predictions(partial):
+    from kielnet.training.calibrate import bundle_out_of_fold
+
+    table, bundle, wd = partial
+    saved, ids = load_out_of_fold(wd / "out_of_fold.parquet")
+    _, used, _, oof, nets = bundle_out_of_fold(bundle, table, log=lambda *_: None)
+    assert len(nets) == len(bundle.members)
+    np.testing.assert_array_equal(np.asarray(used.ids)[oof.rows].astype(str), np.asarray(ids).astype(str))
+    np.testing.assert_allclose(oof.pred, saved.pred, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.isfinite(oof.truth), np.isfinite(saved.truth))
+    # any other table is refused, naming what differs
+    from kielnet.errors import InputError
+
+    with pytest.raises(InputError, match="not the table the bundle was trained on"):
+        bundle_out_of_fold(bundle, table.take(np.arange(len(table)) != 3), log=lambda *_: None)
