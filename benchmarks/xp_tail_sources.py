@@ -74,7 +74,7 @@ def out_of_fold_stars(bundle_name: str) -> dict:
 
     bundle = load_bundle(bundle_name)
     train, _ = holdout_split(read_stars(XP_LIBRARY))  # the test fifth is dropped here, unread
-    cfg, table, _tr, oof, _ = bundle_out_of_fold(bundle, train, selection=load_selection(LABEL_CLEANING),
+    cfg, table, tr, oof, nets = bundle_out_of_fold(bundle, train, selection=load_selection(LABEL_CLEANING),
                                                  log=lambda *a: None)
     sig = oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof)
     a = bundle.neighbours.assess(positions(bundle.preprocessor.forward_labels(oof.pred), oof.snr), exclude_self=True)
@@ -86,9 +86,36 @@ def out_of_fold_stars(bundle_name: str) -> dict:
         norm = flux / np.nanmedian(flux, axis=1, keepdims=True)
     hidden = np.concatenate([p - oof.pred for p, _s, _h in oof.hidden.values()], axis=1) if oof.hidden else None
     return {"names": cfg.label_names, "m_split": cfg.ensemble.members_per_split, "m_all": len(bundle.members),
-            "pred": oof.pred, "truth": oof.truth, "spread": oof.spread, "sigma": sig,
+            "spread_score": split_spread_score(bundle, tr, oof, nets), "pred": oof.pred, "truth": oof.truth, "spread": oof.spread, "sigma": sig,
             "snr": oof.snr, "score": a.outlier_score, "outlier": bundle.neighbours.outliers(a),
             "withheld": bundle.neighbours.withheld(a), "scalars": scal, "flux": norm, "hidden": hidden}
+
+
+def split_spread_score(bundle, tr, oof, nets) -> np.ndarray | None:
+    """The ``ensemble_disagreement`` score of each out-of-fold star from the members of
+    the split that held it out (the bundle's calibration, with the log-spread bias of that
+    many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it)."""
+    from kielnet.compute import member_predictions
+    from kielnet.quality.spread import member_spread
+
+    sp = bundle.spread
+    if sp is None or not sp.fitted:
+        return None
+    pre = bundle.preprocessor
+    split_of = [m.split for m in bundle.member_info]
+    pos = {int(r): i for i, r in enumerate(oof.rows)}
+    score = np.full(len(oof.rows), np.nan)
+    for k in range(bundle.config.ensemble.n_splits):
+        members = [net for net, s in zip(nets, split_of) if s == k]
+        held = np.flatnonzero(tr.heldout[:, k])
+        if len(members) < 2 or not len(held):
+            continue
+        p = member_predictions(members, tr.prep.take(held), pre.inverse_labels)
+        scaled = np.stack([pre.forward_labels(m) for m in p])
+        rel = sp._relative(sp._log_spread(member_spread(scaled), len(members)))
+        idx = [pos[int(r)] for r in tr.rows[held]]
+        score[idx] = np.exp(rel - sp.threshold)  # a star held out twice keeps its last split's score
+    return score
 
 
 def sigma_scale(z: np.ndarray) -> dict:
@@ -249,6 +276,35 @@ def ensemble_size(s: dict, usable: np.ndarray) -> dict:
                        for j, n in enumerate(s["names"])}}
 
 
+def ensemble_disagreement(s: dict, z: np.ndarray, usable: np.ndarray) -> dict | None:
+    """What the ``ensemble_disagreement`` flag does to the tails, out of fold: at score
+    thresholds 1 (the shipped flag), 1.5, 2 and 3, the fraction flagged, the fraction of
+    flagged / unflagged stars beyond 3σ in some usable label, and the usable fraction
+    beyond 3σ per label (and for hot stars' Teff) left unflagged."""
+    sc = s["spread_score"]
+    if sc is None:
+        return None
+    anyt = np.nanmax(np.where(usable, z, 0.0), axis=1) > 3
+    t = s["names"].index("teff") if "teff" in s["names"] else None
+    hot = s["truth"][:, t] > HOT_K if t is not None else np.zeros(len(z), bool)
+    rows = []
+    for thr in (1.0, 1.5, 2.0, 3.0, float("inf")):
+        f = sc > thr
+        row = {"threshold": thr if np.isfinite(thr) else None, "flagged": float(f.mean()),
+               "beyond_3sigma_any_label_flagged": float(anyt[f].mean()) if f.any() else None,
+               "beyond_3sigma_any_label_unflagged": float(anyt[~f].mean()),
+               "unflagged_beyond_3sigma": {n: float(np.mean(z[usable[:, j] & ~f, j] > 3))
+                                           for j, n in enumerate(s["names"])}}
+        if t is not None:
+            uh = usable[:, t] & ~f & hot
+            row["hot_unflagged"] = int(uh.sum())
+            row["hot_unflagged_beyond_3sigma"] = float(np.mean(z[uh, t] > 3)) if uh.any() else None
+        rows.append(row)
+    return {"score": "the bundle's ensemble_disagreement calibration on the spread of the "
+                     f"{s['m_split']} members that did not train on the star (new stars get all {s['m_all']})",
+            "thresholds": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="xp-apogee-dr17")
@@ -274,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                             "labels": identifiability(s, X, z, usable)},
         "hot_stars": hot_stars(s, z, usable),
         "ensemble_size": ensemble_size(s, usable),
+        "ensemble_disagreement": ensemble_disagreement(s, z, usable),
         **provenance(commit, dirty),
     }
     write_result(result, args.out)

@@ -177,9 +177,21 @@ def tail_source_lines(res: dict) -> list[str]:
              f"{100 * rng['fraction_of_usable']:.1f} % of the usable rows for {rng['misses_in_range']} of them; a "
              f"classifier of APOGEE Teff > 10,000 K inside that range reaches ROC AUC "
              f"{rng['hot_vs_cool_classifier_auc']:.2f} and catches "
-             f"{rng['misses_caught_when_flagging_top_fraction_of_range']['0.10']} of them when flagging 10 % of it.",
-             ""]
-    return lines
+             f"{rng['misses_caught_when_flagging_top_fraction_of_range']['0.10']} of them when flagging 10 % of it."]
+    ed = res.get("ensemble_disagreement")
+    if ed:
+        row, off = ed["thresholds"][0], ed["thresholds"][-1]
+        lines.append(
+            f"- ensemble_disagreement is an out-of-distribution guard, not a tail filter: out of fold (the spread of "
+            f"the members that did not train on each star) it flags {100 * row['flagged']:.1f} % of these stars, "
+            f"{100 * row['beyond_3sigma_any_label_flagged']:.1f} % of them beyond 3 sigma in some label against "
+            f"{100 * row['beyond_3sigma_any_label_unflagged']:.1f} % of the others; it leaves "
+            + ", ".join(f"{n} {pct(v)}" for n, v in row["unflagged_beyond_3sigma"].items())
+            + " beyond 3 sigma (without it: " + ", ".join(f"{n} {pct(v)}" for n, v in off["unflagged_beyond_3sigma"].items())
+            + f"), and it flags {off['hot_unflagged'] - row['hot_unflagged']} of the {off['hot_unflagged']} hot stars, "
+            f"mostly well-fitted ones: {pct(row['hot_unflagged_beyond_3sigma'])} of the hot stars it leaves lie "
+            f"beyond 3 sigma ({pct(off['hot_unflagged_beyond_3sigma'])} of all).")
+    return lines + [""]
 
 
 def replace_card_section(card: str, section: list[str], before: str = "## Use") -> str:
