@@ -41,3 +41,69 @@ def _shift_g(t: StarTable) -> StarTable:
     out = t.take(np.arange(len(t)))
     out.scalars["g"] = out.scalars["g"] + 1
     return out
+
+
+def test_read_ahead_keeps_order_and_reads_one_item_ahead():
+    import threading
+
+    from kielnet.data.source import read_ahead
+
+    produced, consumer = [], threading.get_ident()
+
+    def items():
+        for i in range(5):
+            produced.append((i, threading.get_ident()))
+            yield i
+
+    seen = []
+    for x in read_ahead(items(), depth=1):
+        seen.append(x)
+        if x == 1:  # while item 1 is worked on, item 2 gets read (bounded: not all of them)
+            import time
+
+            for _ in range(100):
+                if len(produced) >= 3:
+                    break
+                time.sleep(0.01)
+            assert len(produced) <= 4
+    assert seen == list(range(5))
+    assert {t for _, t in produced} != {consumer}       # produced in another thread
+    assert list(read_ahead(items(), depth=0)) == list(range(5))
+
+
+def test_read_ahead_raises_the_producers_error_at_its_item():
+    from kielnet.data.source import read_ahead
+    from kielnet.errors import InputError
+
+    def items():
+        yield 1
+        raise InputError("bad cell in row 7", source="x.csv")
+
+    got = []
+    with pytest.raises(InputError, match="bad cell in row 7"):
+        for x in read_ahead(items()):
+            got.append(x)
+    assert got == [1]
+
+
+def test_read_ahead_stops_the_producer_when_the_consumer_stops():
+    import time
+
+    from kielnet.data.source import read_ahead
+
+    closed = []
+
+    def items():
+        try:
+            for i in range(10**6):
+                yield i
+        finally:
+            closed.append(True)  # e.g. an open file closed
+
+    it = read_ahead(items(), depth=2)
+    assert next(it) == 0
+    it.close()
+    t0 = time.time()
+    while not closed and time.time() - t0 < 5:
+        time.sleep(0.01)
+    assert closed == [True]
