@@ -96,7 +96,6 @@ def split_spread_score(bundle, tr, oof, nets) -> np.ndarray | None:
     the split that held it out (the bundle's calibration, with the log-spread bias of that
     many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it)."""
     from kielnet.compute import member_predictions
-    from kielnet.quality.spread import member_spread
 
     sp = bundle.spread
     if sp is None or not sp.fitted:
@@ -112,9 +111,8 @@ def split_spread_score(bundle, tr, oof, nets) -> np.ndarray | None:
             continue
         p = member_predictions(members, tr.prep.take(held), pre.inverse_labels)
         scaled = np.stack([pre.forward_labels(m) for m in p])
-        rel = sp._relative(sp._log_spread(member_spread(scaled), len(members)))
         idx = [pos[int(r)] for r in tr.rows[held]]
-        score[idx] = np.exp(rel - sp.threshold)  # a star held out twice keeps its last split's score
+        score[idx] = sp.score(scaled, any_size=True)  # a star held out twice keeps its last split's score
     return score
 
 

@@ -127,3 +127,18 @@ def test_out_of_bag_calibration_uses_only_the_unmasked_members():
     assert 0.06 < oob.flag(new).mean() <= 0.11   # 8 members' noisier spread: a little conservative
     with pytest.raises(ValueError, match="member_mask"):
         EnsembleSpread().fit(preds, NAMES, member_mask=mask[:, :5])
+
+
+def test_any_size_scores_fewer_members_comparably_in_the_mean():
+    rng = np.random.default_rng(11)
+    sp = EnsembleSpread(quantile=0.9).fit(ensemble_preds(rng, 20_000, n_members=8), NAMES)
+    small = ensemble_preds(rng, 20_000, n_members=3)
+    with pytest.raises(ValueError, match="calibrated with 8 members"):
+        sp.score(small)
+    s3 = sp.score(small, any_size=True)
+    s8 = sp.score(ensemble_preds(rng, 20_000, n_members=8))
+    # the bias of the log spread is corrected: same median score, wider spread of scores
+    assert abs(np.median(np.log(s3)) - np.median(np.log(s8))) < 0.03
+    assert np.std(np.log(s3)) > np.std(np.log(s8))
+    with pytest.raises(ValueError, match="calibrated with 8 members"):
+        sp.score(small[:1], any_size=True)

@@ -138,19 +138,26 @@ class EnsembleSpread:
         self.calibration = "training" if member_mask is None else "out_of_bag"
         return self
 
-    def score(self, preds_scaled: np.ndarray) -> np.ndarray:
+    def score(self, preds_scaled: np.ndarray, *, any_size: bool = False) -> np.ndarray:
         """(n_stars,) ``exp(r − t)``; > 1 = the members disagree more than on the
-        ``quantile``-th training star. NaN where a prediction is not finite."""
+        ``quantile``-th training star. NaN where a prediction is not finite.
+
+        ``preds_scaled`` must come from as many members as the calibration's
+        (``n_members``): a catalogue's flag is defined for the whole ensemble. With
+        ``any_size`` (diagnostics, e.g. a split's members on its held-out stars) any
+        number ≥ 2 is scored with the log-spread bias of that number, as the out-of-bag
+        calibration does — comparable in the mean, noisier with fewer members."""
         if not self.fitted:
             raise RuntimeError("EnsembleSpread.score called before fit/from_dict")
         preds_scaled = np.asarray(preds_scaled)
         if preds_scaled.ndim != 3 or preds_scaled.shape[2] != len(self.label_names):
             raise ValueError(f"expected (n_members, n_stars, {len(self.label_names)}), got {preds_scaled.shape}")
-        if preds_scaled.shape[0] != self.n_members:
-            raise ValueError(f"calibrated with {self.n_members} members, got {preds_scaled.shape[0]}: "
+        m = preds_scaled.shape[0]
+        if m != self.n_members and not (any_size and m >= 2):
+            raise ValueError(f"calibrated with {self.n_members} members, got {m}: "
                              "the score of another ensemble size is not comparable; refit")
         with np.errstate(invalid="ignore"):
-            log_spread = self._log_spread(member_spread(preds_scaled), self.n_members)
+            log_spread = self._log_spread(member_spread(preds_scaled), m)
             return np.exp(self._relative(log_spread) - self.threshold)
 
     def flag(self, preds_scaled: np.ndarray) -> np.ndarray:
