@@ -14,17 +14,13 @@ Dask worker can read its own partition.
 
 from __future__ import annotations
 
-import queue
-import threading
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from kielnet.data.startable import StarTable
 
-__all__ = ["StarSource", "TableSource", "MappedSource", "rebatch", "read_ahead"]
-
-T = TypeVar("T")
+__all__ = ["StarSource", "TableSource", "MappedSource", "rebatch"]
 
 
 @runtime_checkable
@@ -84,65 +80,6 @@ def rebatch(tables: Iterator[StarTable], size: int, start: int = 0) -> Iterator[
             del head
     if n_pending:
         yield pending[0] if len(pending) == 1 else StarTable.concat(pending)
-
-
-def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
-    """``items`` in order, produced by a background thread that runs up to ``depth``
-    items ahead of the consumer: while the caller labels batch k, batch k + 1 is read
-    (decompression, text parsing and calibration release the GIL, as do the networks).
-
-    An exception raised while producing an item is raised here, at that item, with its
-    original type and message. When the caller stops early (``break``, an exception,
-    ``close()``), the thread stops at its next item and the items it holds are dropped.
-    ``depth`` 0 iterates in the caller's thread (no thread).
-    """
-    if depth < 1:
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(x) -> bool:  # False once the consumer has gone
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for it in items:
-                if not put((it, None)):
-                    return
-                del it  # not held while the consumer works on it
-            put((done, None))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put((None, exc))
-
-    worker = threading.Thread(target=produce, name="kielnet-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            it, exc = q.get()
-            if exc is not None:
-                raise exc
-            if it is done:
-                return
-            yield it
-            del it
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.1)
-        close = getattr(items, "close", None)
-        if close is not None:  # a generator's finally blocks (open files) run now
-            close()
 
 
 class TableSource:

@@ -54,7 +54,7 @@ from astropy.table import Table, vstack
 from kielnet import __version__
 from kielnet.compute import PRECISIONS
 from kielnet.data.fingerprint import array_digest, describe_differences, dict_differences, table_fingerprint
-from kielnet.data.source import StarSource, TableSource, read_ahead
+from kielnet.data.source import StarSource, TableSource
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError, KielnetError, RunMismatchError, UsageError
 from kielnet.artifact import Bundle
@@ -460,16 +460,11 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
                              computed_rows=sum(s["n_rows"] for s in summaries if not s["reused"]))
 
 
-#: chunks read ahead of the one being labelled in a single-process run (a background thread)
-_READ_AHEAD = 1
-
-
 def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[dict]:
-    """The chunk loop in this process: the chunk being labelled and at most
-    :data:`_READ_AHEAD` more (read meanwhile by a background thread) in memory."""
+    """The chunk loop in this process: one chunk in memory at a time."""
     nets = bundle.build_members()
     summaries = []
-    for k, chunk in enumerate(read_ahead(source.batches(opts["chunk_size"]), _READ_AHEAD)):
+    for k, chunk in enumerate(source.batches(opts["chunk_size"])):
         if len(chunk) == 0:
             break
         n = len(chunk)
