@@ -153,20 +153,30 @@ def features(s: dict) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(cols), fnames
 
 
+CLASSIFIER = ("HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, "
+              "l2_regularization=1.0), 5-fold stratified CV")
+
+
+def cv_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Out-of-fold class-1 probabilities of :data:`CLASSIFIER` for ``X`` → ``y``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
+                                         random_state=0)
+    return cross_val_predict(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                             method="predict_proba")[:, 1]
+
+
 def identifiability(s: dict, X: np.ndarray, z: np.ndarray, usable: np.ndarray) -> dict:
     """Cross-validated classifier of "beyond 3σ" per label (module docstring)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     out = {}
     for j, name in enumerate(s["names"]):
         m = usable[:, j]
         y = (z[m, j] > 3).astype(int)
-        clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
-                                             l2_regularization=1.0, random_state=0)
-        p = cross_val_predict(clf, X[m], y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                              method="predict_proba")[:, 1]
+        p = cv_scores(X[m], y)
         after = {}
         for q in BUDGETS:
             keep = p <= np.quantile(p, 1 - q)
@@ -192,11 +202,9 @@ def _twin_rms(stars: np.ndarray, twins: np.ndarray, bprp: np.ndarray, flux: np.n
     return {"n": len(rms), "median_rms": float(np.median(rms)) if rms else None}
 
 
-def hot_stars(s: dict, z: np.ndarray, usable: np.ndarray) -> dict:
-    """The hot-star section (module docstring)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+def hot_stars(s: dict, X: np.ndarray, z: np.ndarray, usable: np.ndarray) -> dict:
+    """The hot-star section (module docstring); ``X`` from :func:`features`."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     t = s["names"].index("teff")
     pred, truth = s["pred"][:, t], s["truth"][:, t]
@@ -219,12 +227,8 @@ def hot_stars(s: dict, z: np.ndarray, usable: np.ndarray) -> dict:
                 ak_twins.append((ak[i], float(np.nanmedian(ak[near]))))
     in_range = use & (pred >= lo) & (pred <= hi)
     # a classifier of "APOGEE Teff > 10,000 K" among the stars predicted in that range
-    X, _ = features(s)
     y = (truth[in_range] > HOT_K).astype(int)
-    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
-                                         random_state=0)
-    p = cross_val_predict(clf, X[in_range], y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                          method="predict_proba")[:, 1]
+    p = cv_scores(X[in_range], y)
     miss_r = miss[in_range]
     caught = {f"{q:.2f}": int(miss_r[p > np.quantile(p, 1 - q)].sum()) for q in (0.02, 0.05, 0.10, 0.25)}
     res = {
@@ -322,11 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         "usable_definition": "label reported (support) and not likely_outlier; ensemble_disagreement not applied",
         "coverage_bands": {"cov1_max": COV1_MAX, "cov2_max": COV2_MAX},
         "sigma_scale": {n: sigma_scale(z[usable[:, j], j]) for j, n in enumerate(s["names"])},
-        "identifiability": {"classifier": "HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, "
-                                          "max_leaf_nodes=15, l2_regularization=1.0), 5-fold stratified CV",
-                            "features": fnames,
+        "identifiability": {"classifier": CLASSIFIER, "features": fnames,
                             "labels": identifiability(s, X, z, usable)},
-        "hot_stars": hot_stars(s, z, usable),
+        "hot_stars": hot_stars(s, X, z, usable),
         "ensemble_size": ensemble_size(s, usable),
         "ensemble_disagreement": ensemble_disagreement(s, z, usable),
         **provenance(commit, dirty),
