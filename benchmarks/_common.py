@@ -28,10 +28,28 @@ def git_dirty() -> bool:
     return subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; None where it is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict:
+    """The machine a figure came from: platform, CPU model and the vector ISA torch uses
+    (timings from an AVX2 and an AVX-512 machine are not comparable; bf16 kernels need
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT), cores, threads, versions."""
     import torch
 
+    from kielnet.compute.plan import bf16_supported
+
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_kernels": bf16_supported(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__}
 

@@ -829,8 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=_positive_int, default=256, help="stars per forward pass")
     pr.add_argument("--precision", default=None, metavar="fp32|bf16",
                     help="arithmetic of the forward pass: fp32 (default) or bf16 (bfloat16; faster on CPUs with "
-                         "AVX-512 BF16 / AMX, labels change by a small fraction of their uncertainties); part of "
-                         "the run identity")
+                         "AVX-512 BF16 / AMX, labels change by a small fraction of their uncertainties; a CPU "
+                         "without oneDNN bf16 kernels, e.g. AVX2 only, runs the plain path under bf16 autocast, "
+                         "with a warning); part of the run identity")
     pr.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", default=None, help=CLUSTER_HELP)
     pr.add_argument("--fresh", action="store_true",
                     help="discard the parts of an interrupted earlier run (OUT.parts) instead of resuming")

@@ -13,7 +13,7 @@ import torch
 from kielnet import presets
 from kielnet.compute import EnsembleRunner, fused_supported
 from kielnet.compute import plan
-from kielnet.compute.plan import PROBE_TOLERANCE, FusedExecutor, ModuleExecutor, make_executor
+from kielnet.compute.plan import PROBE_TOLERANCE, FusedExecutor, ModuleExecutor, bf16_supported, make_executor
 from kielnet.config import load_config
 from kielnet.data.preprocess import Preprocessor
 from kielnet.models.hybrid import HybridNet
@@ -24,6 +24,11 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even 
 #: spectrum length of each preset's survey (pixels); a preset not listed gets DEFAULT_N_PIX
 N_PIX = {"xp_hybrid": 343, "apogee_net_2": 8575, "apogee_net_2_official": 8575, "gaia_rvs_hybrid": 2401}
 DEFAULT_N_PIX = 1024
+#: the fused bf16 cases need a CPU with oneDNN bf16 kernels (an AVX2-only CPU has none:
+#: there the fallback is tested instead, test_a_cpu_without_bf16_kernels_falls_back)
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no oneDNN bf16 kernels")
+#: precisions whose fused path this CPU can run
+FUSED_PRECISIONS = ["fp32", pytest.param("bf16", marks=needs_bf16)]
 #: rows per fused convolution pass in these tests: 20 rows = two full chunks and a partial one
 CHUNK, N_ROWS = 8, 20
 
@@ -60,6 +65,7 @@ def test_every_preset_is_tested():
     assert set(presets.available()) >= {"xp_hybrid", "apogee_net_2", "gaia_rvs_hybrid"}
 
 
+@needs_bf16
 @pytest.mark.parametrize("preset", presets.available())
 def test_fused_fp32_and_bf16_equal_the_plain_forward(preset):
     net = _net(preset)
@@ -85,7 +91,7 @@ def test_fused_fp32_and_bf16_equal_the_plain_forward(preset):
     assert _dev(y16, ya) < 2e-2 and _dev(z16, za) < 2e-2, (_dev(y16, ya), _dev(z16, za))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", FUSED_PRECISIONS)
 @pytest.mark.parametrize("preset", presets.available())
 def test_the_fused_path_passes_its_probe_on_this_torch(preset, precision):
     """No silent fallback where the fused path works: make_executor keeps it."""
@@ -123,13 +129,13 @@ def _check_fallback(caplog, precision: str, why: str) -> None:
     assert len(lines) == 1 and why in lines[0], lines  # two members, one line
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", FUSED_PRECISIONS)
 def test_a_missing_operator_falls_back_to_the_plain_path(monkeypatch, fresh_log, precision):
     monkeypatch.delattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
     _check_fallback(fresh_log, precision, "AttributeError")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", FUSED_PRECISIONS)
 def test_an_operator_that_fails_falls_back(monkeypatch, fresh_log, precision):
     def broken(*args, **kwargs):
         raise RuntimeError("no such kernel")
@@ -139,7 +145,7 @@ def test_an_operator_that_fails_falls_back(monkeypatch, fresh_log, precision):
     _check_fallback(fresh_log, precision, "RuntimeError: no such kernel")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", FUSED_PRECISIONS)
 def test_an_operator_with_wrong_numbers_falls_back(monkeypatch, fresh_log, precision):
     real = torch.ops.mkldnn._convolution_pointwise
 
@@ -149,6 +155,18 @@ def test_an_operator_with_wrong_numbers_falls_back(monkeypatch, fresh_log, preci
 
     monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", no_activation)
     _check_fallback(fresh_log, precision, "differ from the plain forward")
+
+
+def test_a_cpu_without_bf16_kernels_falls_back(monkeypatch, fresh_log):
+    """bf16 on an AVX2-only CPU: the plain path under bf16 autocast, one warning naming the CPU."""
+    monkeypatch.setattr(plan, "bf16_supported", lambda: False)
+    _check_fallback(fresh_log, "bf16", "no oneDNN bf16 kernels")
+
+
+def test_the_fp32_fused_path_does_not_need_bf16_kernels(monkeypatch):
+    monkeypatch.setattr(plan, "bf16_supported", lambda: False)
+    ex = make_executor(_net("xp_hybrid"), layout="fused", precision="fp32")
+    assert ex.layout == "fused" and isinstance(ex, FusedExecutor)
 
 
 def test_the_probe_sees_a_wrong_operator_directly(monkeypatch):

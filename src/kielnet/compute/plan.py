@@ -45,7 +45,7 @@ from torch import nn
 
 from kielnet.models.hybrid import HybridNet
 
-__all__ = ["ModuleExecutor", "FusedExecutor", "fused_supported", "make_executor", "conv_chunk_rows",
+__all__ = ["ModuleExecutor", "FusedExecutor", "fused_supported", "bf16_supported", "make_executor", "conv_chunk_rows",
            "probe_fused", "LAYOUTS", "PRECISIONS", "PROBE_ROWS", "PROBE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,16 @@ PROBE_ROWS = 3
 PROBE_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
 
 _fallback_logged = False  # the fallback warning is logged once per process
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has oneDNN's bfloat16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT;
+    an AVX2-only CPU has none). Asked of torch's private ``mkldnn`` namespace; where that
+    question is missing or fails, the answer is False (the fused bf16 path is then not tried)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -370,18 +380,24 @@ def make_executor(net: HybridNet, *, layout: str, precision: str = "fp32", devic
     ``net`` is never modified: "conv1d" converts a copy, and on another device the
     module is copied there. A "fused" executor is checked on a probe batch first
     (:func:`probe_fused`); where it fails, the "conv1d" executor is returned instead
-    (its ``layout`` attribute says which one it is) and a warning is logged once.
+    (its ``layout`` attribute says which one it is) and a warning is logged once. A
+    bf16 fused executor is not even built on a CPU without bf16 kernels
+    (:func:`bf16_supported`): the same fallback, saying so.
     """
     device = torch.device(device)
     if layout == "fused":
         if device.type != "cpu":
             raise ValueError("layout='fused' runs on the CPU only")
         plain = net.eval() if not net.training else _eval_copy(net)
-        try:
-            ex = FusedExecutor(plain, precision=precision, conv_chunk=conv_chunk, threads=threads)
-            problem = probe_fused(ex, plain)
-        except (AttributeError, RuntimeError) as err:  # an operator missing or changed in this torch
-            problem = f"{type(err).__name__}: {err}"
+        if precision == "bf16" and not bf16_supported():
+            problem = (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bf16 kernels: "
+                       "they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT")
+        else:
+            try:
+                ex = FusedExecutor(plain, precision=precision, conv_chunk=conv_chunk, threads=threads)
+                problem = probe_fused(ex, plain)
+            except (AttributeError, RuntimeError) as err:  # an operator missing or changed in this torch
+                problem = f"{type(err).__name__}: {err}"
         if problem is None:
             return ex
         _log_fallback(problem)
