@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import median_abs_deviation
 from sklearn.metrics import cohen_kappa_score
 
 from kielnet.data.plausibility import spectrum_statistics
-from kielnet.stats import cohen_kappa, robust_sigma
+from kielnet.stats import cohen_kappa, robust_sigma, row_nanmedian
 from kielnet.training.trainer import robust_score
 
 
@@ -70,3 +72,25 @@ def test_cohen_kappa_hand_values_and_the_undefined_case():
     assert np.isnan(cohen_kappa(np.ones(5, bool), np.ones(5, bool)))  # p_e = 1
     assert cohen_kappa(np.ones(5, bool), np.zeros(5, bool)) == 0.0
     assert np.isnan(cohen_kappa(np.zeros(0, bool), np.zeros(0, bool)))
+
+
+def test_row_nanmedian_equals_numpy_nanmedian():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 343))
+    x[::4, :7] = np.nan          # some NaN pixels
+    x[5] = np.nan                # an all-NaN row: NaN, no warning
+    x[6, :3] = [np.inf, -np.inf, np.inf]
+    x[7] = np.round(x[7])        # ties
+    x[8, :] = 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmedian(x, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = row_nanmedian(x)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(row_nanmedian(x[::4]), ref[::4])     # every row with a NaN
+    np.testing.assert_array_equal(row_nanmedian(x[1:4]), ref[1:4])     # none with a NaN
+    assert row_nanmedian(np.empty((3, 0))).shape == (3,) and np.isnan(row_nanmedian(np.empty((3, 0)))).all()
+    with pytest.raises(ValueError, match="2-D"):
+        row_nanmedian(x[0])

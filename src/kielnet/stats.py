@@ -6,6 +6,9 @@ Bottom layer: imports numpy, scipy and scikit-learn only, so that every other mo
 * :func:`robust_sigma` — the normal-consistent median absolute deviation
   (``scipy.stats.median_abs_deviation(scale="normal")``, i.e. 1.482602… × MAD) of the
   finite values, in the unit of its input;
+* :func:`row_nanmedian` — ``numpy.nanmedian(x, axis=1)`` of a 2-D array, with rows
+  that hold no NaN taken by ``numpy.median`` (a partition; ``nanmedian`` sorts masked
+  rows, 3× slower on the 343-pixel XP spectra), in the unit of its input;
 * :func:`cohen_kappa` — Cohen's κ of two boolean classifications
   (``sklearn.metrics.cohen_kappa_score``), dimensionless.
 """
@@ -17,7 +20,7 @@ import warnings
 import numpy as np
 from scipy.stats import median_abs_deviation
 
-__all__ = ["robust_sigma", "cohen_kappa"]
+__all__ = ["robust_sigma", "row_nanmedian", "cohen_kappa"]
 
 
 def robust_sigma(x: np.ndarray, axis: int | None = None) -> float | np.ndarray:
@@ -38,6 +41,27 @@ def robust_sigma(x: np.ndarray, axis: int | None = None) -> float | np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # a slice without a finite value: NaN
         out = median_abs_deviation(v, axis=axis, scale="normal", nan_policy="omit")
     return float(out) if axis is None else np.asarray(out, dtype=np.float64)
+
+
+def row_nanmedian(x: np.ndarray) -> np.ndarray:
+    """Median of each row of the 2-D ``x`` over its non-NaN values: the numbers of
+    ``numpy.nanmedian(x, axis=1)`` (NaN for a row without one, silently), in the unit of
+    ``x``; rows without a NaN go through ``numpy.median``, the others through
+    ``numpy.nanmedian``."""
+    v = np.asarray(x, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"row_nanmedian needs a 2-D array, got shape {v.shape}")
+    if v.shape[1] == 0:
+        return np.full(len(v), np.nan)
+    nan = np.isnan(v).any(axis=1)
+    out = np.empty(len(v))
+    if not nan.all():
+        out[~nan] = np.median(v[~nan] if nan.any() else v, axis=1)
+    if nan.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows → NaN
+            out[nan] = np.nanmedian(v[nan], axis=1)
+    return out
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:

@@ -203,3 +203,17 @@ def test_coefficients_only_reads_the_same_coefficients_without_uncertainties(bul
     assert src.identity()["xp"] == "coefficients only" != XpContinuousSource(folder).identity()["xp"]
     with pytest.raises(ValueError, match="need the coefficient uncertainties"):
         XpContinuousSource(folder, sampled=True, uncertainties=False)
+
+
+def test_null_inside_a_json_array_is_nan_in_ecsv_only():
+    """ECSV arrays write a missing element as null: with null_as_nan (the streamed ECSV
+    reader's setting) it reads as NaN; elsewhere it is not a number and its cell is bad."""
+    from kielnet.io.xp_arrays import bad_cell_reasons, parse_array_strings
+
+    cells = ["[1.0, null, 3.0]", "[4.0, 5.0, 6.0]", None]
+    values, bad = parse_array_strings(cells, 3, null_as_nan=True)
+    np.testing.assert_array_equal(values[:2], [[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]])
+    assert np.isnan(values[2]).all() and not bad.any()
+    values, bad = parse_array_strings(cells, 3)
+    assert list(np.flatnonzero(bad)) == [0] and np.isnan(values[0]).all()
+    assert bad_cell_reasons(cells, [0], 3) == {0: "cannot parse the cell: value 1 of the cell is 'null', not a number"}

@@ -63,7 +63,7 @@ GOOD = [c for i, c in enumerate(CELLS) if i not in (2, 5, 8, 9, 10, 11, 12, 13, 
 
 
 def test_fast_path_takes_well_formed_cells_and_equals_the_per_cell_reader():
-    """Bracketed cells (and null / "" / "()") go through the pyarrow.csv fast path; its
+    """Bracketed cells (and null / "" / "()") go through the split-and-cast fast path; its
     numbers are the per-cell reader's, an all-NaN cell is empty there too."""
     fast = _parse_fast(array_strings(GOOD), 3)
     assert fast is not None
@@ -84,6 +84,24 @@ def test_fast_path_hands_anything_else_to_the_general_path(odd):
     ref, ref_bad = _legacy(cells, 3)
     np.testing.assert_array_equal(values, ref)
     np.testing.assert_array_equal(bad, ref_bad)
+
+
+def test_fast_path_in_parts_on_threads(monkeypatch):
+    """Cut into parts run on threads (2 cells a part here), the same numbers; one bad cell
+    in a late part still hands the whole column to the general path."""
+    from kielnet.io import xp_arrays
+
+    monkeypatch.setattr(xp_arrays, "_MIN_PART", 2)
+    monkeypatch.setattr(xp_arrays.pa, "cpu_count", lambda: 3)
+    cells = GOOD * 4
+    fast = _parse_fast(array_strings(cells), 3)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, _legacy(cells, 3)[0])
+    broken = cells[:-1] + ["(1.0, two, 3.0)"]
+    assert _parse_fast(array_strings(broken), 3) is None
+    values, bad = parse_array_strings(broken, 3)
+    assert list(np.flatnonzero(bad)) == [len(broken) - 1]
+    np.testing.assert_array_equal(values[:-1], fast[:-1])
 
 
 def test_bad_cells_say_why():

@@ -27,6 +27,7 @@ from kielnet.data.transforms import LabelTransform, Scaler
 from kielnet.data.label_columns import resolve_labels
 from kielnet.errors import InputError
 from kielnet.labels import column_candidates
+from kielnet.stats import row_nanmedian
 
 __all__ = ["Prepared", "Preprocessor", "repair_spectra", "spectrum_snr"]
 
@@ -108,7 +109,7 @@ def spectrum_snr(flux: np.ndarray | None, err: np.ndarray | None) -> np.ndarray:
     out = np.full(len(f), np.nan)
     has = np.isfinite(ratio).any(axis=1) if ratio.ndim == 2 and ratio.shape[1] else np.zeros(len(f), bool)
     if has.any():
-        out[has] = np.nanmedian(ratio[has], axis=1)
+        out[has] = row_nanmedian(ratio[has])
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from kielnet.errors import InputError
+from kielnet.stats import row_nanmedian
 
 __all__ = ["clip_flux_errors", "noise_realisations", "fill_nan_window_quantile"]
 
@@ -37,9 +38,7 @@ def clip_flux_errors(flux_err: np.ndarray, clip_factor: float = 5.0
                          field="clip_factor")
     err = np.atleast_2d(np.asarray(flux_err, dtype=np.float64))
     good = np.isfinite(err) & (err > 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a good error → NaN
-        median = np.nanmedian(np.where(good, err, np.nan), axis=1)
+    median = row_nanmedian(np.where(good, err, np.nan))  # rows without a good error → NaN
     limit = (clip_factor * median)[:, None]
     over = good & (err > limit)
     out = np.where(good & ~over, err, limit)

@@ -26,7 +26,6 @@ median flux — the convention of the APOGEE DR17 × Gaia XP library.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.stats import row_nanmedian
 
 __all__ = ["N_XP_COEFFICIENTS", "N_XP_CORRELATIONS", "XP_BANDS", "coefficient_names",
            "xp_coefficients", "correlation_matrix", "pack_correlations",
@@ -129,9 +129,7 @@ def normalise_by_median(flux: np.ndarray, flux_err: np.ndarray | None = None
         not finite and positive gets NaN spectra (reported downstream as missing).
     """
     f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows → NaN
-        med = np.nanmedian(f, axis=1) if f.shape[1] else np.full(len(f), np.nan)
+    med = row_nanmedian(f)  # all-NaN rows → NaN
     ok = np.isfinite(med) & (med > 0)
     scale = np.where(ok, med, np.nan)[:, None]
     err = None if flux_err is None else np.atleast_2d(np.asarray(flux_err, dtype=np.float64)) / scale

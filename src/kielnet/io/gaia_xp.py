@@ -104,19 +104,20 @@ def _band_arrays(cells: list[np.ndarray | None], expected: int, field: str, bad:
 
 
 def _string_arrays(column: Any, expected: int, field: str, bad: BadStars,
-                   square: bool = False) -> np.ndarray:
+                   square: bool = False, null_as_nan: bool = False) -> np.ndarray:
     """``"(c1, c2, …)"`` cells → ``(n, expected)``, vectorised (:mod:`kielnet.io.xp_arrays`);
-    bad cells are noted in ``bad`` (their rows stay NaN) as :func:`_band_arrays` does."""
-    values, is_bad = parse_array_strings(column, expected)
+    bad cells are noted in ``bad`` (their rows stay NaN) as :func:`_band_arrays` does.
+    ``null_as_nan``: a ``null`` value is NaN (ECSV's JSON arrays)."""
+    values, is_bad = parse_array_strings(column, expected, null_as_nan=null_as_nan)
     rows = np.flatnonzero(is_bad)
     if square and rows.size:  # full 55×55 matrices written out: pack them
         full, full_bad = parse_array_strings(array_strings(column).take(pa.array(rows)),
-                                             N_XP_COEFFICIENTS ** 2)
+                                             N_XP_COEFFICIENTS ** 2, null_as_nan=null_as_nan)
         ok = ~full_bad & ~np.isnan(full).all(axis=1)
         values[rows[ok]] = pack_correlations(
             full[ok].reshape(-1, N_XP_COEFFICIENTS, N_XP_COEFFICIENTS))
         rows = rows[~ok]
-    for row, reason in bad_cell_reasons(column, rows, expected).items():
+    for row, reason in bad_cell_reasons(column, rows, expected, null_as_nan=null_as_nan).items():
         _note_bad(bad, row, field, reason, row)
     return values
 
@@ -171,7 +172,7 @@ def _is_text(column: Any) -> bool:
 
 
 def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = True,
-                  uncertainties: bool = True) -> StarTable:
+                  uncertainties: bool = True, null_as_nan: bool = False) -> StarTable:
     """The star table of rows of an archive XP continuous file (see :func:`read_xp_continuous`).
 
     Parameters
@@ -189,6 +190,9 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
         Also read the coefficient errors and correlations (``extra``); ``False`` reads
         the coefficients alone (for a model that reads coefficients and no spectrum:
         the correlations are 27 of every 28 numbers of a row).
+    null_as_nan
+        In array strings, a value spelled ``null`` is NaN (the JSON arrays of an ECSV
+        file read as text); otherwise it makes its cell bad.
     """
     sid = _source_ids(tab[_need(tab, source, "source_id")], source)
     n = len(sid)
@@ -211,7 +215,7 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
         def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
             col = cols[kind]
             if _is_text(tab[col]):  # CSV "(c1, c2, …)" strings
-                return _string_arrays(tab[col], expected, col, bad, square=square)
+                return _string_arrays(tab[col], expected, col, bad, square=square, null_as_nan=null_as_nan)
             return _band_arrays(_array_column(tab[col], source, col, sid, bad), expected, col, bad,
                                 square=square)
 

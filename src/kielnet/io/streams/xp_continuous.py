@@ -192,8 +192,8 @@ class _Columns:
     columns as pyarrow strings, the others as (masked) NumPy int64 / float64 columns
     where every cell converts, else text (refused with its row by the reader)."""
 
-    def __init__(self, batch: Any, ecsv: bool) -> None:
-        self.batch, self.ecsv = batch, ecsv
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
         self.colnames = list(batch.schema.names)
 
     def __getitem__(self, name: str) -> Any:
@@ -201,9 +201,7 @@ class _Columns:
         import pyarrow.compute as pc
 
         col = self.batch.column(name)
-        if name.lower() in _ARRAYS:
-            if self.ecsv:  # JSON arrays: a missing element is written null
-                col = pc.replace_substring(col, "null", "nan")
+        if name.lower() in _ARRAYS:  # parsed by xp_star_table (null_as_nan for ECSV)
             return col
         text = pc.utf8_trim_whitespace(col)
         null = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
@@ -390,9 +388,9 @@ class XpContinuousSource(FileSource):
     def _convert(self, part: Any, kind: str, fmt: str, ecsv: bool, source: str) -> StarTable:
         from kielnet.io.gaia_xp import xp_sampled_spectra, xp_star_table
 
-        rows = _Columns(part, ecsv) if kind == "text" else part
+        rows = _Columns(part) if kind == "text" else part
         table = xp_star_table(rows, source=source, fmt=fmt, refuse_unusable=False,
-                              uncertainties=self.uncertainties)
+                              uncertainties=self.uncertainties, null_as_nan=ecsv)
         if not self.sampled:
             return table
         out = xp_sampled_spectra(table)
