@@ -62,6 +62,22 @@ def test_sample_band_equals_the_full_covariance_product():
     assert sample_band(design, coef, with_errors=False)[1] is None
 
 
+def test_the_same_batch_gives_the_same_bits_on_any_blas_thread_count():
+    """One process and a Dask worker (one BLAS thread each, or two) must give identical
+    rows: multi-threaded OpenBLAS splits a product by rows and changes last bits, so the
+    calibration runs on one thread whatever the caller's setting."""
+    from threadpoolctl import threadpool_limits
+
+    design, coef, err, corr = _random_case(np.random.default_rng(2), n=3, n_pix=343)
+    big = [np.tile(a, (700, 1)) for a in (coef, err, corr)]  # rows beyond a BLAS tile
+    runs = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            runs.append(sample_band(design, *big))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_truncation_equals_slicing_the_bases():
     design, coef, err, corr = _random_case(np.random.default_rng(2), n=3)
     keep = np.array([10, 55, np.nan])  # NaN keeps all, as GaiaXPy

@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
@@ -107,7 +108,20 @@ def sample_band(design: np.ndarray, coef: Any, err: Any = None, corr: Any = None
     flux, flux_err
         ``(n, n_pix)`` float64 each in the design matrix's flux unit; ``flux_err`` is
         ``None`` without ``with_errors``.
+
+    Notes
+    -----
+    The matrix products run on one BLAS thread: multi-threaded OpenBLAS splits a product
+    by rows, so a star's flux could change in its last bit with its place in the batch
+    and with the number of threads — a Dask worker would not reproduce one process's
+    rows. On one thread they are the same bits wherever the star is.
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _sample_band(design, coef, err, corr, n_bases, with_errors)
+
+
+def _sample_band(design: Any, coef: Any, err: Any, corr: Any, n_bases: Any, with_errors: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     a = np.asarray(design, dtype=np.float64)
     if a.ndim != 2:
         raise InputError(f"design matrix must be 2-D (n_pix, k), got shape {a.shape}",
