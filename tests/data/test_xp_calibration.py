@@ -76,6 +76,18 @@ def test_the_same_batch_gives_the_same_bits_on_any_blas_thread_count():
             runs.append(sample_band(design, *big))
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+    # both bands at once on the thread pool (XPSampling.sample): the same bits as one by one
+    rng = np.random.default_rng(4)
+    w = np.clip(np.linspace(-1, 2, 343), 0, 1)
+    sampling = XPSampling(np.linspace(336, 1020, 343), design, rng.normal(size=(343, 55)), 1 - w, w)
+    rp = [np.tile(a, (700, 1)) for a in _random_case(rng, n=3, n_pix=343)[1:]]
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            flux, err = sampling.sample(big[0], rp[0], big[1], rp[1], big[2], rp[2])
+        f_bp, e_bp = runs[0]
+        f_rp, e_rp = sample_band(sampling.rp_design, *rp)
+        np.testing.assert_array_equal(flux, (1 - w) * f_bp + w * f_rp)
+        np.testing.assert_array_equal(err, np.sqrt(((1 - w) * e_bp) ** 2 + (w * e_rp) ** 2))
 
 
 def test_truncation_equals_slicing_the_bases():

@@ -92,7 +92,7 @@ def test_fast_path_in_parts_on_threads(monkeypatch):
     from kielnet.io import xp_arrays
 
     monkeypatch.setattr(xp_arrays, "_MIN_PART", 2)
-    monkeypatch.setattr(xp_arrays.pa, "cpu_count", lambda: 3)
+    monkeypatch.setenv("KIELNET_THREADS", "3")
     cells = GOOD * 4
     fast = _parse_fast(array_strings(cells), 3)
     assert fast is not None

@@ -54,6 +54,7 @@ from threadpoolctl import threadpool_limits
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
 from kielnet.errors import InputError
+from kielnet.threads import thread_map
 
 __all__ = ["XPSampling", "sample_band", "with_xp_coefficients"]
 
@@ -267,10 +268,11 @@ class XPSampling:
         """
         bp = _rows("bp_coef", bp_coef, N_XP_COEFFICIENTS)
         rp = _rows("rp_coef", rp_coef, N_XP_COEFFICIENTS, len(bp))
-        f_bp, e_bp = sample_band(self.bp_design, bp, bp_err, bp_corr, n_bases=bp_n_bases,
-                                 with_errors=with_errors)
-        f_rp, e_rp = sample_band(self.rp_design, rp, rp_err, rp_corr, n_bases=rp_n_bases,
-                                 with_errors=with_errors)
+        bands = ((self.bp_design, bp, bp_err, bp_corr, bp_n_bases),
+                 (self.rp_design, rp, rp_err, rp_corr, rp_n_bases))
+        with threadpool_limits(limits=1, user_api="blas"):  # set once: the two bands run at once
+            (f_bp, e_bp), (f_rp, e_rp) = thread_map(
+                lambda b: _sample_band(*b, with_errors=with_errors), bands)
         has_bp = ~np.isnan(bp).all(axis=1)[:, None]
         has_rp = ~np.isnan(rp).all(axis=1)[:, None]
         w_bp, w_rp = self.bp_weight[None, :], self.rp_weight[None, :]

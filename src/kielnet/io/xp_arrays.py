@@ -30,14 +30,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from kielnet.io.checks import shown
+from kielnet.threads import n_threads, thread_map
 
 __all__ = ["parse_array_strings", "bad_cell_reasons", "array_strings"]
 
@@ -113,16 +111,6 @@ def _values(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 #: Cells per part below which the fast path does not split its work between threads.
 _MIN_PART = 256
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _threads() -> ThreadPoolExecutor:
-    """The process's pool for the fast path (``pyarrow.cpu_count()`` threads: the
-    pyarrow kernels release the GIL), made again in a forked child."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max(1, pa.cpu_count()), thread_name_prefix="kielnet-xp"))
-    return _pool[1]
 
 
 def _split_cast(cells: pa.Array, n_values: int) -> np.ndarray | None:
@@ -147,7 +135,8 @@ def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
     else → ``None``.
 
     The bracketed cells are split on ``","``, trimmed and all their values cast to float64
-    at once by Arrow kernels, in a few parts run on threads (the kernels release the GIL).
+    at once by Arrow kernels, in a few parts run on threads (:func:`kielnet.threads.thread_map`;
+    the kernels release the GIL).
     """
     n = len(arr)
     valid = (np.ones(n, bool) if arr.null_count == 0 else
@@ -168,14 +157,13 @@ def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
     if not (np.isin(data[offsets[:-1]], _OPEN).all() and np.isin(data[offsets[1:] - 1], _CLOSE).all()):
         return None
     m = len(cells)
-    parts = max(1, min(pa.cpu_count(), m // _MIN_PART))
+    parts = max(1, min(n_threads(), m // _MIN_PART))
     bounds = np.linspace(0, m, parts + 1).astype(int)
     slices = [cells.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    done = (list(_threads().map(lambda c: _split_cast(c, n_values), slices)) if parts > 1
-            else [_split_cast(slices[0], n_values)])
+    done = thread_map(lambda c: _split_cast(c, n_values), slices)
     if any(d is None for d in done):
         return None
-    values[full] = done[0] if parts == 1 else np.concatenate(done)
+    values[full] = done[0] if len(done) == 1 else np.concatenate(done)
     return values
 
 

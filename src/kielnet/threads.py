@@ -1,0 +1,43 @@
+"""One process-wide thread pool for kernels that release the GIL (pyarrow compute,
+single-threaded BLAS products), shared by the readers and the XP calibration.
+
+Bottom layer: imports the standard library only, so that every other module can use it.
+The pool has ``os.cpu_count()`` threads, or ``KIELNET_THREADS`` where that is set (a
+Dask worker given one core sets it to 1: the work then runs in the calling thread), and
+it is made again in a forked child (a parent's threads do not survive a fork).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+__all__ = ["n_threads", "thread_map"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def n_threads() -> int:
+    """Threads of the pool: ``KIELNET_THREADS`` when set to a positive integer, else
+    the machine's CPU count."""
+    env = os.environ.get("KIELNET_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, os.cpu_count() or 1)
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` with the items run on the pool's threads, results in
+    order; a single item, or a pool of one thread, runs in the calling thread. ``fn``
+    should spend its time in GIL-releasing kernels, else nothing is gained."""
+    items = list(items)
+    n = n_threads()
+    if len(items) <= 1 or n == 1:
+        return [fn(x) for x in items]
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] != n:
+        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="kielnet"))
+    return list(_pool[2].map(fn, items))

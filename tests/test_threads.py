@@ -1,0 +1,37 @@
+"""kielnet.threads: the shared pool keeps order, honours KIELNET_THREADS and runs a single
+item, or a pool of one, in the calling thread."""
+
+from __future__ import annotations
+
+import threading
+
+from kielnet import threads
+
+
+def test_results_in_order_on_the_pool(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "3")
+    names = []
+
+    def work(x):
+        names.append(threading.current_thread().name)
+        return x * x
+
+    assert threads.thread_map(work, range(20)) == [x * x for x in range(20)]
+    assert threads.n_threads() == 3
+    assert all(n.startswith("kielnet") for n in names)
+
+
+def test_one_thread_or_one_item_runs_here(monkeypatch):
+    here = threading.current_thread().name
+    monkeypatch.setenv("KIELNET_THREADS", "1")
+    assert threads.thread_map(lambda x: threading.current_thread().name, [1, 2]) == [here, here]
+    monkeypatch.setenv("KIELNET_THREADS", "4")
+    assert threads.thread_map(lambda x: threading.current_thread().name, [1]) == [here]
+
+
+def test_bad_setting_falls_back_to_the_cpu_count(monkeypatch):
+    import os
+
+    for value in ("0", "-2", "many", ""):
+        monkeypatch.setenv("KIELNET_THREADS", value)
+        assert threads.n_threads() == max(1, os.cpu_count() or 1)
