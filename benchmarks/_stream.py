@@ -72,17 +72,19 @@ def train_bundle(work: Path) -> Path:
 
 
 def timed_predict(bundle: Path, data: Path, out: Path, *extra: str) -> dict:
-    """``kielnet predict`` in a child process: wall seconds and the child's peak RSS."""
+    """``kielnet predict`` in a child process: wall seconds, the child's peak RSS and its
+    CPU seconds (user + system; over wall × cores: how busy the cores were)."""
     out.unlink(missing_ok=True)
-    cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "kielnet.cli", "predict", "--bundle", str(bundle),
+    cmd = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-m", "kielnet.cli", "predict", "--bundle", str(bundle),
            "--data", str(data), "--out", str(out), "--quiet", "--fresh", *extra]
     t0 = time.time()
     run = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if run.returncode != 0:
         raise RuntimeError(run.stderr[-2000:])
-    peak_kib = int(run.stderr.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 3), "stdout": run.stdout.strip()}
+    peak_kib, user, system = run.stderr.strip().splitlines()[-1].split()
+    return {"wall_s": round(wall, 1), "peak_rss_gib": round(int(peak_kib) / 2**20, 3),
+            "cpu_s": round(float(user) + float(system), 1), "stdout": run.stdout.strip()}
 
 
 def rows_of(path: Path) -> int:
