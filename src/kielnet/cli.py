@@ -431,7 +431,9 @@ def cmd_predict(args) -> int:
     from kielnet.inference import streaming
     from kielnet.artifact import load_bundle
     from kielnet.io.outputs import check_output_file
+    from kielnet.runtime import keep_large_allocations
 
+    keep_large_allocations()  # this process is the CLI's: large arrays kept on the heap
     inputs = [args.data, *args.metadata, args.bundle]
     check_output_file(args.out, inputs=inputs)
     if args.table2:

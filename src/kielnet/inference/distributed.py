@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kielnet.cluster import check_cluster, cluster_client
+from kielnet.runtime import keep_large_allocations
 from kielnet.data.source import StarSource
 from kielnet.errors import RunMismatchError
 from kielnet.artifact import Bundle
@@ -83,6 +84,7 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
     import torch
 
     torch.set_num_threads(1)
+    keep_large_allocations()
     bundle, nets = _worker_bundle(ref, bundle_obj)
     size = opts["chunk_size"]
     batches = source.batches(size, start=k * size)
