@@ -113,3 +113,25 @@ def test_joint_fit_meets_both_coverage_bands_for_heavy_tails():
     assert cov["1sigma"][0] == pytest.approx(0.683, abs=0.02) and cov["1sigma"][1] < 0.92
     c1, c2 = cov["1and2sigma"]
     assert abs(c1 - 0.6827) <= 0.05 and abs(c2 - 0.9545) <= 0.03
+
+
+def test_count_below_equals_comparing_every_neighbour():
+    """The binary search behind the joint 1σ/2σ factor gives the brute-force counts,
+    ties, NaN neighbours (sorted last) and NaN thresholds included."""
+    from kielnet.quality.neighbours import _count_below
+
+    rng = np.random.default_rng(5)
+    z = np.round(np.abs(rng.standard_t(3, size=(60, 37, 3))), 1)   # ties
+    z[rng.random(z.shape) < 0.15] = np.nan
+    z[7] = np.nan                                                  # a star without neighbours
+    zs = np.sort(z, axis=1)
+    g = np.round(np.abs(rng.normal(size=(60, 3, 9))) * 2, 1)
+    g[0, 0, :] = np.nan
+    g[1, 1, 3] = zs[1, 0, 1]                                       # a threshold equal to a neighbour
+    g[2, 2, :] = np.inf
+    with np.errstate(invalid="ignore"):
+        ref = (zs[..., None] < g[:, None]).sum(axis=1)
+    got = _count_below(zs, g)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, ref)
+    assert (got[2, 2] == np.isfinite(zs[2, :, 2]).sum()).all() and (got[0, 0] == 0).all()

@@ -318,13 +318,35 @@ def _joint_factor(zn: np.ndarray, count: np.ndarray, f1: np.ndarray, f2: np.ndar
     lo, hi = np.fmin(f1, f2), np.fmax(f1, f2)
     grid = lo[..., None] + (hi - lo)[..., None] * np.linspace(0.0, 1.0, steps)  # (m, L, steps)
     n = np.maximum(count, 1)[..., None]
-    z = zn[..., None]  # (m, k, L, 1)
     with np.errstate(invalid="ignore"):
-        cov1 = (z < grid[:, None]).sum(axis=1) / n
-        cov2 = (z < 2.0 * grid[:, None]).sum(axis=1) / n
+        cov1 = _count_below(zn, grid) / n
+        cov2 = _count_below(zn, 2.0 * grid) / n
     cost = np.maximum(np.abs(cov1 - target) / COVERAGE_BANDS[0], np.abs(cov2 - GAUSSIAN_2SIGMA) / COVERAGE_BANDS[1])
     best = np.take_along_axis(grid, cost.argmin(axis=-1)[..., None], axis=-1)[..., 0]
     return np.where(np.isfinite(f1) & np.isfinite(f2), best, f1)
+
+
+def _count_below(zs: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``(zs[:, :, l] < g[m, l, s]).sum()`` for every star ``m``, label ``l`` and value ``s``:
+    ``zs`` (m, k, L) sorted along axis 1 with NaN last, ``g`` (m, L, S) → (m, L, S) int64.
+    A binary search along k, all rows at once (log2 k steps of one gather each): the same
+    counts as comparing every neighbour with every value, without the (m, k, L, S) array.
+    A NaN ``g`` counts 0, as its comparisons do."""
+    m, k, _ = zs.shape
+    zt = np.moveaxis(zs, 1, 2)  # (m, L, k): a view
+    lo = np.zeros(g.shape, np.int64)
+    hi = np.full(g.shape, k, np.int64)
+    rows = np.arange(m)[:, None, None]
+    cols = np.arange(zs.shape[2])[None, :, None]
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = (lo + hi) // 2
+        with np.errstate(invalid="ignore"):
+            below = zt[rows, cols, np.minimum(mid, k - 1)] < g  # z < g holds for a prefix of the sorted row
+        lo = np.where(open_ & below, mid + 1, lo)
+        hi = np.where(open_ & ~below, mid, hi)
 
 
 def _sorted_quantile(zs: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
