@@ -10,7 +10,8 @@ loop to :func:`predict_chunks`. Each task
   ``source.batches(chunk_size, start=k * chunk_size)`` (a source made of files whose
   row counts are unknown, e.g. Gaia XP bulk files, counts the rows of every file first,
   one task per file, ``source.plan_rows``, so that a task skips to its file at once);
-* labels it with one torch thread exactly as a single process does
+* labels it with one torch thread (and ``KIELNET_THREADS=1`` unless the worker's
+  environment says otherwise: :mod:`kielnet.threads`) exactly as a single process does
   (:func:`kielnet.inference.streaming.run_chunk`: same part file, same content, same
   per-part input fingerprint, random generator ``default_rng([seed, k])``), or checks
   and reuses the part an earlier run wrote;
@@ -32,6 +33,7 @@ single-threaded worker processes, started here and closed at the end),
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -84,6 +86,7 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
     import torch
 
     torch.set_num_threads(1)
+    os.environ.setdefault("KIELNET_THREADS", "1")  # one core per worker: no pool of cpu_count threads each
     keep_large_allocations()
     bundle, nets = _worker_bundle(ref, bundle_obj)
     size = opts["chunk_size"]
