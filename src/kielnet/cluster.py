@@ -64,8 +64,7 @@ def cluster_client(cluster: Any) -> Iterator[Any]:
     if m is not None:
         lc = LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=logging.ERROR,
-                          env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                               "KIELNET_THREADS": "1"})
+                          env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         try:
             client = Client(lc)
             try:

@@ -39,5 +39,7 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return [fn(x) for x in items]
     global _pool
     if _pool is None or _pool[0] != os.getpid() or _pool[1] != n:
+        if _pool is not None and _pool[0] == os.getpid():  # KIELNET_THREADS changed: let the old threads go
+            _pool[2].shutdown(wait=False)
         _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="kielnet"))
     return list(_pool[2].map(fn, items))
