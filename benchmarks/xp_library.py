@@ -41,7 +41,13 @@ Targets (issue 12): Teff ≤ 60 K, log g ≤ 0.14, [Fe/H] ≤ 0.085, [α/M] ≤ 
 
 Run (from the repository root, after the README's set-up)::
 
-    python benchmarks/xp_library.py [--seeds 0,1,2] [--select none]
+    python benchmarks/xp_library.py [--seeds 0,1,2] [--select none] [--cluster local:2]
+
+A seed run with its own result file joins the main result without training or predicting
+(``--combine``; same configuration, other seeds)::
+
+    python benchmarks/xp_library.py --seed 1 --out benchmarks/results/xp_library_seed1.json
+    python benchmarks/xp_library.py --combine benchmarks/results/xp_library_seed1.json
 
 The training stars are cleaned by ``benchmarks/configs/xp_label_quality.yaml`` (APOGEE
 label errors, XP S/N; every test star is still predicted and scored).
@@ -322,6 +328,69 @@ def earlier_seed_statistics(per_seed: list[dict], files: list[str], cfg, names: 
     return out
 
 
+def _without_seed(config: dict) -> dict:
+    """A run's full config (members, σ model, quality settings) without ``ensemble.seed``, read
+    through today's schema (fields added since the run compare at their defaults)."""
+    from kielnet.config import KielnetConfig
+
+    c = KielnetConfig.from_dict(config).model_dump(mode="json")
+    c["ensemble"].pop("seed", None)
+    return c
+
+
+def combine_seed_runs(main: dict, runs: list[tuple[str, dict]], commit: str, dirty: bool) -> dict:
+    """``main`` (a result of this benchmark) with the fully scored seeds of ``runs`` (name,
+    result) joined to it: seed statistics, headline, issue-20 checks, the validation score of
+    the preset, the count of test-fifth scorings and the history. No star is predicted here.
+
+    Each run must be this benchmark on the same configuration (every section of it, the σ
+    model and quality settings included; only ``ensemble.seed`` differs) with seeds not in
+    ``main``: its tails, coverage and robust σ were measured exactly as ``main``'s. The detailed
+    sections (regimes, calibration, σ models, missing inputs, report) stay those of ``main``'s
+    first seed, the shipped model's."""
+    names = [lab["name"] for lab in main["config"]["labels"]]
+    mine = _without_seed(main["config"])
+    per_seed = [{**p, "source": p.get("source", f"this file's run at {str(main.get('git_commit'))[:7]}")}
+                for p in main["seeds"]["per_seed"]]
+    history, runs_record = main, []
+    for name, d in runs:
+        if _without_seed(d["config"]) != mine:
+            diff = config_changes(mine, _without_seed(d["config"]))
+            raise SystemExit(f"{name}: another configuration than the result it would join ({sorted(diff)[:5]}); "
+                             "only seed repeats of the same configuration can be combined")
+        for p in d["seeds"]["per_seed"]:
+            if p["seed"] in {q["seed"] for q in per_seed}:
+                raise SystemExit(f"{name}: seed {p['seed']} is already in the result it would join")
+            per_seed.append({**p, "source": f"{Path(name).name} (commit {str(d.get('git_commit'))[:7]})"})
+        history = {**d, "history": run_history(history, d)}
+        runs_record.append({"file": name, **{k: d.get(k) for k in ("git_commit", "git_dirty_at_start", "command",
+                                                                    "date", "machine", "train_seconds")},
+                            "seeds": [p["seed"] for p in d["seeds"]["per_seed"]]})
+    stats = seed_statistics(per_seed, names)
+    seeds = stats["seeds"]
+    out = dict(main)
+    out["headline"] = {**headline(stats, seeds, names),
+                       "definition": f"mean over {len(seeds)} ensemble seeds {seeds} of the test robust sigma, each "
+                                     "a full run of this benchmark on the same configuration (see combined)"}
+    out["seeds"] = {**stats, "per_seed": per_seed}
+    out["checks"] = {**main["checks"], "issue20": issue20_checks(per_seed, stats, names)}
+    sel = selection_record(per_seed, names, main, main["selection_protocol"]["neighbour_settings_out_of_fold"])
+    n_new = len(runs)
+    sel["test_fifth_scorings"] = {**sel["test_fifth_scorings"], "this_run": n_new,
+                                  "total": sel["test_fifth_scorings"]["before_this_run"] + n_new,
+                                  "this_run_is": "the combined runs' scorings (this step scores nothing)"}
+    out["selection_protocol"] = sel
+    out["train_seconds_per_seed"] = [p["train_seconds"] for p in per_seed]
+    out["combined"] = {
+        "definition": "seed statistics over the first seed's full run (its detailed sections are this file's) "
+                      "and the fully scored seed runs of the same configuration listed here",
+        "first_run": {k: main.get(k) for k in ("git_commit", "git_dirty_at_start", "command", "date", "machine")},
+        "runs": runs_record}
+    out.update(provenance(commit, dirty))
+    out["history"] = history["history"]
+    return out
+
+
 def seed_statistics(per_seed: list[dict], names: list[str]) -> dict:
     """Mean and spread (sample std) over seeds of the robust σ, coverage and tails."""
     out: dict = {"n": len(per_seed), "seeds": [p["seed"] for p in per_seed]}
@@ -431,8 +500,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select", default=str(LABEL_CLEANING),
                     help="selection file applied to the training stars only (kielnet train --select; default "
                          "the label cleaning benchmarks/configs/xp_label_quality.yaml; 'none' for all stars)")
+    ap.add_argument("--cluster", default=None,
+                    help="train the members as Dask tasks: 'local:N' (N one-thread workers on this machine; on 2 "
+                         "cores local:2 trains ~1.6x faster than one process on 2 threads) or a scheduler address")
+    ap.add_argument("--combine", nargs="+", default=[], metavar="RESULT_JSON",
+                    help="train and predict nothing: join the fully scored seeds of these result files (runs of this "
+                         "benchmark on the same configuration with other seeds, e.g. --seed 1 --out "
+                         "benchmarks/results/xp_library_seed1.json) to --out's seed mean, tails and checks; --out's "
+                         "detailed sections stay those of its first seed")
     args = ap.parse_args(argv)
     commit, dirty = git_commit(), git_dirty()  # the code that runs is the code at start
+    if args.combine:
+        main_result = json.loads(Path(args.out).read_text())
+        runs = [(f, json.loads(Path(f).read_text())) for f in args.combine]
+        out = combine_seed_runs(main_result, runs, commit, dirty)
+        write_result(out, args.out)
+        print(json.dumps({"headline": out["headline"], "issue20": out["checks"]["issue20"]}, indent=1))
+        return 0
     seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x.strip()]
 
     base_cfg = load_config(args.config)
@@ -454,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         cfg_s = base_cfg.with_overrides(ensemble={**ens, "seed": seed})
         wd = Path(args.workdir) if seed == 0 else Path(f"{args.workdir}_seed{seed}")
-        res = run_holdout(table, cfg_s, workdir=wd, progress=False, selection=selection)
+        res = run_holdout(table, cfg_s, workdir=wd, progress=False, selection=selection, cluster=args.cluster)
         print(f"seed {seed}:")
         print(metrics_table(res.metrics, units))
         masks_s = regime_masks(res.test.labels, res.test.scalars)

@@ -68,3 +68,22 @@ def test_validation_uncertainties_are_sensible(tiny_holdout):
         assert (sigma >= e - 1e-9).all() and (e >= 0).all()
         cov = tiny_holdout.metrics[name]["coverage_1sigma"]
         assert 0.3 < cov < 0.95, (name, cov)
+
+
+def test_run_holdout_passes_the_cluster_to_training(xp_subset, monkeypatch):
+    """``run_holdout(cluster=...)`` trains the members on that cluster (the benchmark's
+    ``--cluster``); stop at training: the call is what is checked."""
+    import kielnet.pipeline as pipeline
+
+    seen = {}
+
+    def fake_train(train, config, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "train_ensemble", fake_train)
+    from kielnet.config import load_config
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        pipeline.run_holdout(xp_subset, load_config("xp_hybrid"), cluster="local:2", log=lambda *a: None)
+    assert seen["cluster"] == "local:2"

@@ -50,17 +50,20 @@ def catalogue_metrics(cat: Table, truth: StarTable, labels: list[str]) -> dict:
 
 def run_holdout(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None,
                 bundle_dir: str | Path | None = None, progress: bool = True, log=print,
-                selection=None) -> HoldoutResult:
+                selection=None, cluster=None) -> HoldoutResult:
     """Train ``config`` on the crc32 training part of ``table``, predict the test part.
 
     ``selection`` (a :class:`kielnet.data.selection.Selection`) cleans the *training*
-    stars only; every test star is predicted and scored. Returns the bundle, the test
+    stars only; every test star is predicted and scored. ``cluster`` (``"local:N"``, a
+    scheduler address or a ``distributed.Client``) trains the members as Dask tasks
+    (:func:`kielnet.training.ensemble.train_ensemble`). Returns the bundle, the test
     catalogue and per-label test metrics.
     """
     train, test = holdout_split(table)
     log(f"{len(table)} stars: {len(train)} for training, {len(test)} held out (crc32(id) % 5 == 0)")
     t0 = time.time()
-    bundle = train_ensemble(train, config, workdir=workdir, progress=progress, log=log, selection=selection)
+    bundle = train_ensemble(train, config, workdir=workdir, progress=progress, log=log, selection=selection,
+                            cluster=cluster)
     t_train = time.time() - t0
     if bundle_dir is not None:
         save_bundle(bundle, bundle_dir)

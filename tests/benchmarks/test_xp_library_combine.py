@@ -1,0 +1,76 @@
+"""``benchmarks/xp_library.py --combine``: seed runs of one configuration join a result's
+seed statistics; another configuration or a repeated seed is refused."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT = ROOT / "benchmarks" / "results" / "xp_library.json"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("xp_library_bench", ROOT / "benchmarks" / "xp_library.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _seed_run(main: dict, seed: int, scale: float) -> dict:
+    """A result of another seed: ``main``'s first seed with robust σ and tails scaled."""
+    from kielnet.config import KielnetConfig
+
+    d = copy.deepcopy(main)
+    d["config"] = KielnetConfig.from_dict(main["config"]).model_dump(mode="json")  # as today's runs write it
+    d["config"]["ensemble"]["seed"] = seed
+    p = copy.deepcopy(main["seeds"]["per_seed"][0])
+    p["seed"] = seed
+    for n, m in p["kielnet"].items():
+        m["robust_sigma"] *= scale
+        p["tails"][n]["ok_beyond_3sigma"] *= scale
+    d["seeds"] = {"per_seed": [p]}
+    d["git_commit"] = "f" * 40
+    return d
+
+
+def test_combine_joins_fully_scored_seeds(bench):
+    main = json.loads(RESULT.read_text())
+    n0 = len(main["seeds"]["per_seed"])
+    before = main["selection_protocol"]["test_fifth_scorings"]["total"]
+    run = _seed_run(main, 7, 1.5)
+    out = bench.combine_seed_runs(main, [("xp_library_seed7.json", run)], "a" * 40, False)
+    names = [lab["name"] for lab in main["config"]["labels"]]
+    assert out["seeds"]["n"] == n0 + 1 and out["seeds"]["seeds"][-1] == 7
+    for n in names:
+        vals = [p["kielnet"][n]["robust_sigma"] for p in main["seeds"]["per_seed"]]
+        vals.append(main["seeds"]["per_seed"][0]["kielnet"][n]["robust_sigma"] * 1.5)
+        assert out["headline"]["robust_sigma"][n] == pytest.approx(np.mean(vals))
+        assert out["seeds"]["ok_beyond_3sigma"][n]["values"][-1] == pytest.approx(
+            main["seeds"]["per_seed"][0]["tails"][n]["ok_beyond_3sigma"] * 1.5)
+        assert out["checks"]["issue20"][n]["seed_mean_robust_sigma"]["n_seeds"] == n0 + 1
+    assert "with_earlier" not in out["seeds"]  # only fully scored seeds count
+    assert out["selection_protocol"]["test_fifth_scorings"]["total"] == before + 1
+    assert out["history"][-1]["changes"] == {"ensemble.seed": [main["config"]["ensemble"]["seed"], 7]}
+    assert out["git_commit"] == "a" * 40 and out["combined"]["first_run"]["git_commit"] == main["git_commit"]
+    # the detailed sections stay the first seed's
+    assert out["kielnet"] == main["kielnet"] and out["tails"] == main["tails"]
+
+
+def test_combine_refuses_other_configuration_and_repeated_seed(bench):
+    main = json.loads(RESULT.read_text())
+    other = _seed_run(main, 7, 1.0)
+    other["config"]["training"]["lr"] *= 2
+    with pytest.raises(SystemExit, match="another configuration.*training.lr"):
+        bench.combine_seed_runs(main, [("x.json", other)], "a" * 40, False)
+    again = _seed_run(main, main["seeds"]["per_seed"][0]["seed"], 1.0)
+    with pytest.raises(SystemExit, match="already in"):
+        bench.combine_seed_runs(main, [("y.json", again)], "a" * 40, False)
