@@ -9,7 +9,8 @@ threshold is mapped afresh and its pages faulted in again every time — always 
 thread other than the main one (a Dask task, the XP calibration's band threads), and
 Dask's workers also trim freed memory back to the OS at once
 (``MALLOC_TRIM_THRESHOLD_=65536``). ``kielnet predict`` sets it for its own process
-and in every Dask worker that runs a chunk.
+and in every Dask worker that runs a chunk; every Dask worker that trains a member sets
+it too.
 """
 
 from __future__ import annotations
