@@ -59,7 +59,9 @@ def test_combine_joins_fully_scored_seeds(bench):
         assert out["checks"]["issue20"][n]["seed_mean_robust_sigma"]["n_seeds"] == n0 + 1
     assert "with_earlier" not in out["seeds"]  # only fully scored seeds count
     assert out["selection_protocol"]["test_fifth_scorings"]["total"] == before + 1
-    assert out["history"][-1]["changes"] == {"ensemble.seed": [main["config"]["ensemble"]["seed"], 7]}
+    # the history gains the seed run, its changes against the run before it
+    assert len(out["history"]) == len(main["history"]) + 1
+    assert out["history"][-1]["changes"] == {"ensemble.seed": [main["history"][-1]["config"]["ensemble"]["seed"], 7]}
     assert out["git_commit"] == "a" * 40 and out["combined"]["first_run"]["git_commit"] == main["git_commit"]
     # the detailed sections stay the first seed's
     assert out["kielnet"] == main["kielnet"] and out["tails"] == main["tails"]
