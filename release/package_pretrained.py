@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.result and args.result.lower() != "none":
             result = json.loads(Path(args.result).read_text())
             names = [lab["name"] for lab in result["config"]["labels"]]
-            text = replace_card_section(text, seed_lines(result, names), before="## Label support, local sigma and outliers")
+            text = replace_card_section(text, seed_lines(result, names),
+                                        before="## Label support, local sigma and outliers")
         atomic_write_text(card, text)
         print(f"updated {card}")
         return 0
