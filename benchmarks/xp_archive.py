@@ -117,9 +117,12 @@ def networks_rate(folder: Path, n: int, bundle_path: str | Path = BUNDLE) -> flo
 
 def gaiaxpy_rate(folder: Path, n: int) -> float | None:
     """Stars/s of today's GaiaXPy path on ``n`` rows: reading, parsing, ``gaiaxpy.calibrate``."""
-    try:
-        import gaiaxpy  # noqa: F401
-    except ImportError:
+    from kielnet.errors import InputError
+    from kielnet.io.xp_matrices import _require_gaiaxpy
+
+    try:  # imported with the user's matplotlib settings kept (GaiaXPy turns on text.usetex)
+        _require_gaiaxpy()
+    except InputError:
         return None
     from kielnet.io.gaia_xp import xp_sampled_spectra
 
@@ -139,9 +142,12 @@ def gaiaxpy_rate(folder: Path, n: int) -> float | None:
 def gaiaxpy_differences() -> dict:
     """Max relative flux / error difference of the streamed calibration against
     ``gaiaxpy.calibrate`` over the real stars (pixels where GaiaXPy's value is finite)."""
-    try:
-        import gaiaxpy
-    except ImportError:
+    from kielnet.errors import InputError
+    from kielnet.io.xp_matrices import _require_gaiaxpy
+
+    try:  # imported with the user's matplotlib settings kept (GaiaXPy turns on text.usetex)
+        gaiaxpy = _require_gaiaxpy()
+    except InputError:
         return {"max_rel_flux_diff_vs_gaiaxpy": None, "max_rel_error_diff_vs_gaiaxpy": None}
     from kielnet.io.gaia_xp import to_gaiaxpy_frame, xp_sampled_spectra
     from kielnet.io.streams.xp_continuous import XpContinuousSource

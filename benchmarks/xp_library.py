@@ -293,9 +293,102 @@ def seed_summary(res, cfg, masks: dict) -> dict:
                         "labels": support_metrics(cat, test.labels, names,
                                                   min_support=None if nb is None else nb.min_support)},
             "flags": flags, "calibration": cal,
+            "tail_regimes": tail_regime_summary(res, names),
             "out_of_fold": {"validation": res.bundle.validation,
-                            "neighbours": None if nb is None else nb.report},
+                            "neighbours": None if nb is None else nb.report,
+                            "tail_regimes": None if res.bundle.tail_regimes is None
+                            else res.bundle.tail_regimes.report},
             "train_seconds": round(res.train_seconds, 1), "n_members": len(res.bundle.members)}
+
+
+def tail_regime_summary(res, names: list[str]) -> dict | None:
+    """What the tail-regime withholding did on the test fifth: per label, the rows it
+    withheld and how many of them would have lain beyond 3σ (the same bundle predicting
+    without its tail regimes), so the false-withhold rate is measured, not assumed."""
+    import copy
+
+    from kielnet.diagnostics.metrics import withheld_by
+
+    tr = res.bundle.tail_regimes
+    if tr is None:
+        return None
+    plain_bundle = copy.copy(res.bundle)
+    plain_bundle.tail_regimes = None
+    plain = predict(plain_bundle, res.test)
+    reasons = np.asarray(res.catalogue["not_reported"]).astype(str)
+    hot = res.test.labels["teff"] > 10000
+    out = {"rule": tr.describe({lab.name: lab.unit for lab in res.bundle.config.labels}),
+           "intervals": tr.to_dict()["intervals"], "labels": {}}
+    for n in names:
+        w = withheld_by(reasons, n, "tails")
+        v, s, t = (np.asarray(plain[n], float), np.asarray(plain[f"sigma_{n}"], float),
+                   np.asarray(res.test.labels[n], float))
+        m = w & np.isfinite(v) & np.isfinite(t) & np.isfinite(s)
+        beyond = np.abs(v - t)[m] > 3 * s[m]
+        out["labels"][n] = {"n_withheld": int(w.sum()), "withheld_fraction": float(w.mean()),
+                            "n_with_reference": int(m.sum()),
+                            "beyond_3sigma_fraction": float(beyond.mean()) if m.any() else None,
+                            "false_withhold_rate": float(1 - beyond.mean()) if m.any() else None,
+                            "n_hot": int((w & hot).sum()),
+                            "n_hot_beyond_3sigma": int((beyond & hot[m]).sum()) if m.any() else 0}
+    return out
+
+
+#: max_rate candidates of the tail regimes compared out of fold (None: no tail regimes)
+TAIL_RATES = (None, 0.15, 0.10, 0.07, 0.05)
+
+
+def tail_regime_variants(bundle, workdir: Path, cfg) -> dict:
+    """The tail-regime rates of :data:`TAIL_RATES`, cross-fitted on the first seed's
+    out-of-fold stars: fitted on one half (crc32(id) % 2, bins of half the configured
+    stars, so that a bin spans the same range of the predicted label) and judged on the
+    other, both ways. Per label: the fraction withheld and, of the rest, the fractions
+    beyond 3 and 5 σ (σ as the catalogue reports it); for teff also the hot stars'."""
+    import zlib
+
+    from kielnet.quality.neighbours import positions
+    from kielnet.quality.tails import TailRegimes
+    from kielnet.training.calibrate import oof_sigma
+
+    oof_path = workdir / "out_of_fold.parquet"
+    if not oof_path.is_file() or bundle.sigma_model is None:
+        return {}
+    oof, ids = load_out_of_fold(oof_path)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(oof.pred - oof.truth) / oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof)
+    z[~oof.complete] = np.nan
+    nb = bundle.neighbours
+    support = np.ones_like(z, dtype=bool)
+    if nb is not None:
+        a = nb.assess(positions(bundle.preprocessor.forward_labels(oof.pred), oof.snr), exclude_self=True)
+        z = z / np.where(np.isfinite(a.factor), a.factor, 1.0)
+        support = ~nb.withheld(a)
+    half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+    hot = oof.truth[:, 0] > 10000
+    tc = cfg.quality.tail_regimes
+    bins = max(tc.bin_stars // 2, 20)
+    names = cfg.label_names
+    out = {"method": f"cross-fitted on the out-of-fold stars' two halves (crc32(id) % 2), bins of {bins} stars "
+                     "per half; fractions of the held-out half's stars with a reference value and label support",
+           "n_stars": int(len(z)), "rates": {}}
+    for rate in TAIL_RATES:
+        w = np.zeros(z.shape, dtype=bool)
+        if rate is not None:
+            for h in (0, 1):
+                fit = TailRegimes.fit(names, oof.pred[half == h], z[half == h], bin_stars=bins, max_rate=rate,
+                                      tail=tc.tail)
+                w[half != h] = fit.withheld(oof.pred[half != h])
+        labels = {}
+        for j, n in enumerate(names):
+            fin = np.isfinite(z[:, j]) & support[:, j]
+            keep = fin & ~w[:, j]
+            labels[n] = {"withheld_fraction": float(w[fin, j].mean()) if fin.any() else None,
+                         "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)) if keep.any() else None,
+                         "beyond_5sigma_kept": float(np.mean(z[keep, j] > 5)) if keep.any() else None}
+        keep_hot = np.isfinite(z[:, 0]) & ~w[:, 0] & hot
+        labels[names[0]]["hot_beyond_3sigma_kept"] = float(np.mean(z[keep_hot, 0] > 3)) if keep_hot.any() else None
+        out["rates"]["none" if rate is None else f"{rate:g}"] = labels
+    return out
 
 
 def earlier_seed_statistics(per_seed: list[dict], files: list[str], cfg, names: list[str]) -> dict:
@@ -420,7 +513,8 @@ def _git_json(spec: str) -> dict | None:
         return None
 
 
-def selection_record(per_seed: list[dict], names: list[str], previous: dict | None, neighbour_variants: dict) -> dict:
+def selection_record(per_seed: list[dict], names: list[str], previous: dict | None, neighbour_variants: dict,
+                     tail_variants: dict | None = None) -> dict:
     """How the configuration was chosen (validation stars only) and how often the test
     fifth has been scored."""
     def score(v: dict, ref: dict) -> float:  # mean over labels of robust σ relative to the reference
@@ -447,6 +541,7 @@ def selection_record(per_seed: list[dict], names: list[str], previous: dict | No
         "validation_robust_sigma": validation,
         "chosen": min(validation, key=lambda k: validation[k]["relative_score"]),
         "neighbour_settings_out_of_fold": neighbour_variants,
+        "tail_regime_rates_out_of_fold": tail_variants or {},
         "test_fifth_scorings": {"before_this_run": before, "this_run": 1, "total": before + 1,
                                 "counted_from": ["history of this file"] + others,
                                 "note": "each entry is one configuration scored on the test fifth (a seed repeat of "
@@ -504,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the members as Dask tasks: 'local:N' (N one-thread workers on this machine; on 2 "
                          "cores local:2 trained the 8 members in ~1.7 h against ~2.5 h serially on 2 threads) or a "
                          "scheduler address")
+    ap.add_argument("--members-note", default=None, metavar="TEXT",
+                    help="where the work directory's trained members came from, recorded as members_note (e.g. "
+                         "when they were rebuilt from a shipped bundle rather than trained by this run)")
     ap.add_argument("--combine", nargs="+", default=[], metavar="RESULT_JSON",
                     help="train and predict nothing: join the fully scored seeds of these result files (runs of this "
                          "benchmark on the same configuration with other seeds, e.g. --seed 1 --out "
@@ -580,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         sigma_models = compare_sigma_models(res.bundle, cfg, res.test, oof, masks)
     missing = missing_input_metrics(res.bundle, cfg, res.test)
     variants = neighbour_variants(res.bundle, first_wd, cfg)
+    tail_variants = tail_regime_variants(res.bundle, first_wd, cfg)
     sigma_seconds = time.time() - t0
 
     checks = {}
@@ -613,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "tails": per_seed[0]["tails"],
         "support": per_seed[0]["support"],
         "flags": per_seed[0]["flags"],
-        "selection_protocol": selection_record(per_seed, names, previous, variants),
+        "selection_protocol": selection_record(per_seed, names, previous, variants, tail_variants),
         "regimes": regimes,
         "calibration": calibration,
         "sigma_models": sigma_models,
@@ -628,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": len(res.train), "n_test": len(res.test),
         "n_members": len(res.bundle.members),
         "config": cfg.model_dump(mode="json"),
+        **({"members_note": args.members_note} if args.members_note else {}),
         "selection": res.bundle.training_data.get("selection"),
         "validation_heldout": res.bundle.validation,
         "baseline_sigma_definition": "robust sigma of the baseline's residuals on a random 10% of the "

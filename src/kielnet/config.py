@@ -485,10 +485,26 @@ class NeighboursConfig(_Strict):
     snr_weight: float = Field(default=1.0, gt=0, description="weight of log S/N against the scaled labels")
 
 
+class TailRegimesConfig(_Strict):
+    """Regimes of a predicted label where the out-of-fold training stars lie beyond
+    ``tail`` σ more often than ``max_rate`` (:mod:`kielnet.quality.tails`): ``predict``
+    withholds the label there (NaN, flag ``label_not_reported``, ``<label>:tails``).
+    Fitted on out-of-fold stars when the ensemble is trained (or by ``kielnet
+    calibrate``), stored in the bundle."""
+
+    enabled: bool = False
+    bin_stars: int = Field(default=250, ge=20, description="out-of-fold stars per bin of the predicted label")
+    max_rate: float = Field(default=0.10, gt=0, le=1,
+                            description="largest fraction of a bin beyond `tail` sigma at which the label is "
+                                        "still reported")
+    tail: float = Field(default=3.0, gt=0, description="|residual| / sigma that counts as a tail")
+
+
 class QualityConfig(_Strict):
     """Quality machinery carried by a bundle and applied by ``predict``."""
 
     neighbours: NeighboursConfig = NeighboursConfig()
+    tail_regimes: TailRegimesConfig = TailRegimesConfig()
     embedding_ood: EmbeddingOODConfig = EmbeddingOODConfig()
     ensemble_spread: EnsembleSpreadConfig = EnsembleSpreadConfig()
     tsne: TsneConfig = TsneConfig()

@@ -114,3 +114,15 @@ def test_support_and_flag_metrics():
     assert f["likely_outlier"]["n"] == 1 and f["likely_outlier"]["false_flag_rate"] == 0.0
     assert f["likely_outlier"]["beyond_3sigma_rate_unflagged"] == pytest.approx(2 / 39)
     assert f["outside_training_x"]["n"] == 0
+
+
+def test_withheld_by_reads_each_label_and_reason():
+    from kielnet.diagnostics.metrics import withheld_by
+
+    reasons = ["", "fe_h:support,alpha_m:support", "teff:tails", "fe_h:rule+support", "teff:support+tails",
+               "teff_x:tails"]
+    assert withheld_by(reasons, "teff", "tails").tolist() == [False, False, True, False, True, False]
+    assert withheld_by(reasons, "fe_h", "support").tolist() == [False, True, False, True, False, False]
+    assert withheld_by(reasons, "fe_h", "rule").tolist() == [False, False, False, True, False, False]
+    assert withheld_by(reasons, "teff", "support").tolist() == [False, False, False, False, True, False]
+    assert withheld_by([], "teff", "tails").shape == (0,)

@@ -364,15 +364,29 @@ def test_matrix_method_equals_the_gaiaxpy_method(gaiaxpy, tables):
     assert both.flux.shape == (2, 343)
 
 
-def test_importing_gaiaxpy_leaves_matplotlib_settings_alone():
-    pytest.importorskip("gaiaxpy")
+def test_importing_gaiaxpy_leaves_matplotlib_settings_alone(monkeypatch):
+    import importlib
+    import importlib.util
+    import sys
+
     import matplotlib
 
     from kielnet.io.gaia_xp import _require_gaiaxpy
 
-    before = matplotlib.rcParams["text.usetex"]
+    if importlib.util.find_spec("gaiaxpy") is None:
+        pytest.skip("gaiaxpy is not installed")
+
+    def fresh() -> None:  # GaiaXPy's modules imported anew in this test, put back after it
+        for name in [m for m in sys.modules if m == "gaiaxpy" or m.startswith("gaiaxpy.")]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(matplotlib.rcParams, "text.usetex", False)
+
+    fresh()
+    importlib.import_module("gaiaxpy")
+    assert matplotlib.rcParams["text.usetex"] is True  # what a bare import does (else this test proves nothing)
+    fresh()
     _require_gaiaxpy()
-    assert matplotlib.rcParams["text.usetex"] == before
+    assert matplotlib.rcParams["text.usetex"] is False
 
 
 def test_coefficients_recovered_only_where_a_model_needs_and_the_input_can_give_them(tables):

@@ -111,3 +111,48 @@ def test_bundle_out_of_fold_rebuilds_the_training_time_predictions(partial):
 
     with pytest.raises(InputError, match="not the table the bundle was trained on"):
         bundle_out_of_fold(bundle, table.take(np.arange(len(table)) != 3), log=lambda *_: None)
+
+
+def test_tail_regime_withholds_only_that_label_there_and_survives_save_load(partial, tmp_path):
+    from conftest import synthetic_table
+
+    from kielnet.artifact import load_bundle, save_bundle
+    from kielnet.quality.tails import TailRegimes
+
+    _, bundle, _ = partial
+    new = synthetic_table(n=300, n_pix=48, seed=78)
+    plain = predict(bundle, new)
+    b = _copy(bundle)
+    names = b.config.label_names
+    b.tail_regimes = TailRegimes(names, {n: [] for n in names} | {"teff": [(4500.0, 5500.0, 0.2, 250)]})
+    cat = predict(b, new)
+    t0 = np.asarray(plain["teff"], float)
+    inside = (t0 >= 4500.0) & (t0 < 5500.0)
+    assert inside.sum() > 30 and (~inside & np.isfinite(t0)).sum() > 30
+    teff = np.asarray(cat["teff"], float)
+    assert np.isnan(teff[inside]).all() and np.isfinite(teff[~inside & np.isfinite(t0)]).all()
+    assert np.isnan(np.asarray(cat["sigma_teff"], float)[inside]).all()
+    reasons = np.asarray(cat["not_reported"])
+    assert all("teff:tails" in r for r in reasons[inside]) and not any("tails" in r for r in reasons[~inside])
+    flags = np.asarray(cat["flag"])
+    assert ((flags[inside] >> FLAG_BITS["label_not_reported"]) & 1).all()
+    np.testing.assert_array_equal(np.asarray(cat["logg"], float), np.asarray(plain["logg"], float))
+    assert any("tail regimes" in c and "teff predicted in [4500, 5500) K" in c for c in cat.meta["comments"])
+    save_bundle(b, tmp_path / "b")
+    back = load_bundle(tmp_path / "b")
+    assert back.tail_regimes.intervals == b.tail_regimes.intervals
+    assert back.fingerprint() == b.fingerprint() and back.fingerprint() != bundle.fingerprint()
+
+
+def test_recalibrate_fits_tail_regimes_on_out_of_fold_stars(partial, tiny_config_dict):
+    table, bundle, wd = partial
+    cfg = _config(tiny_config_dict)
+    cfg = cfg.with_overrides(quality={"tail_regimes": {"enabled": True, "bin_stars": 40, "max_rate": 0.2}})
+    again = recalibrate(_copy(bundle), table, config=cfg, log=lambda *_: None)
+    tr = again.tail_regimes
+    assert tr is not None and tr.bin_stars == 40 and tr.max_rate == 0.2
+    oof, _ = load_out_of_fold(wd / "out_of_fold.parquet")
+    rep = tr.report["labels"]["teff"]
+    assert rep["n_reference"] == (np.isfinite(oof.truth[:, 0]) & oof.complete).sum() and rep["n_bins"] == rep["n_reference"] // 40
+    assert all(rate > 0.2 for iv in tr.intervals.values() for _, _, rate, _ in iv)
+    assert bundle.tail_regimes is None  # the original bundle (config without it) has none

@@ -21,6 +21,7 @@ from kielnet.data.preprocess import Preprocessor
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.neighbours import NeighbourModel
+from kielnet.quality.tails import TailRegimes
 from kielnet.quality.sigma import SigmaModel
 from kielnet.quality.spread import EnsembleSpread
 from kielnet.quality.uncertainty import RunningDispersion
@@ -54,6 +55,7 @@ def content_meta(bundle: "Bundle") -> dict:
         "ensemble_spread": None if bundle.spread is None else bundle.spread.to_dict(),
         "sigma_model": None if bundle.sigma_model is None else bundle.sigma_model.to_dict(),
         "neighbours": None if bundle.neighbours is None else bundle.neighbours._meta(),
+        "tail_regimes": None if bundle.tail_regimes is None else bundle.tail_regimes.to_dict(),
     }
 
 
@@ -82,6 +84,8 @@ class Bundle:
     sigma_model: SigmaModel | None = None
     #: label support, local σ factor, 95 % intervals, outlier score (config.quality.neighbours)
     neighbours: NeighbourModel | None = None
+    #: predicted-label intervals where a label is withheld (config.quality.tail_regimes)
+    tail_regimes: TailRegimes | None = None
     # built networks and what they were built from (see build_members)
     _nets: list | None = field(default=None, init=False, repr=False, compare=False)
     _nets_key: tuple | None = field(default=None, init=False, repr=False, compare=False)

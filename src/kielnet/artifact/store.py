@@ -44,6 +44,8 @@ Every key below is written by :func:`save_bundle` and required by :func:`load_bu
     sigma_model         SigmaModel.to_dict() (kielnet.quality.sigma: σ terms, recalibration,
                         missing-input factors); optional — bundles without it give
                         sigma = e_X (+) running dispersion
+    tail_regimes        TailRegimes.to_dict() (kielnet.quality.tails: predicted-label
+                        intervals where a label is withheld), or null / absent
     quality             {"embedding_ood": file, "tsne_reference": file, "neighbours": file}
                         (optional entries)
     checksums           {file: sha256} for every file named in ``quality``
@@ -97,6 +99,7 @@ from kielnet.artifact.registry import resolve_bundle
 from kielnet.data.preprocess import Preprocessor
 from kielnet.errors import BundleError
 from kielnet.quality.sigma import SigmaModel
+from kielnet.quality.tails import TailRegimes
 from kielnet.quality.uncertainty import RunningDispersion
 from kielnet.quality.embedding import EmbeddingOOD
 from kielnet.quality.spread import EnsembleSpread
@@ -213,6 +216,7 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
             "validation": bundle.validation,
             "ensemble_spread": content["ensemble_spread"],
             "sigma_model": content["sigma_model"],
+            "tail_regimes": content["tail_regimes"],
             "quality": {},
             "checksums": {},
         }
@@ -440,6 +444,14 @@ def load_bundle(path: str | Path) -> Bundle:
                           f"scalar columns are {config.scalar_columns()}")
         if "head" in sigma_model.terms and not config.model.heteroscedastic:
             raise r.error("bundle.json key 'sigma_model.terms' uses 'head' but config.model.heteroscedastic is false")
+    tail_regimes = None
+    tr_meta = meta.get("tail_regimes")
+    if tr_meta is not None:
+        tail_regimes = r.parse("tail_regimes", TailRegimes.from_dict, r.typed(tr_meta, "a JSON object",
+                                                                              "tail_regimes"))
+        if tail_regimes.label_names != labels:
+            raise r.error(f"bundle.json key 'tail_regimes.label_names' is {tail_regimes.label_names}, but the "
+                          f"config's labels are {labels}")
     extras = {}
     for key in ("training_data", "validation", "versions"):
         extras[key] = r.typed(meta.get(key, {}), "a JSON object", key)
@@ -535,7 +547,7 @@ def load_bundle(path: str | Path) -> Bundle:
         config=config, preprocessor=pre, members=members, member_info=infos, neighbours=neighbours,
         running_dispersion=running, label_ranges=label_ranges, feature_ranges=feature_ranges,
         training_data=extras["training_data"], validation=extras["validation"], versions=extras["versions"],
-        ood=ood, tsne_reference=tsne_ref, spread=spread, sigma_model=sigma_model,
+        ood=ood, tsne_reference=tsne_ref, spread=spread, sigma_model=sigma_model, tail_regimes=tail_regimes,
     )
 
     # ---- config against tensors

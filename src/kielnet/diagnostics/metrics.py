@@ -9,8 +9,8 @@ import numpy as np
 
 from kielnet.stats import robust_sigma
 
-__all__ = ["label_metrics", "metrics_table", "REGIMES", "regime_masks", "coverage_summary", "calibration_report",
-           "worst_bin", "CURVE_K", "G_BINS"]
+__all__ = ["withheld_by", "label_metrics", "metrics_table", "REGIMES", "regime_masks", "coverage_summary",
+           "calibration_report", "worst_bin", "CURVE_K", "G_BINS"]
 
 
 def label_metrics(pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray | None = None) -> dict:
@@ -194,6 +194,20 @@ def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None 
     return out
 
 
+def withheld_by(reasons, name: str, reason: str) -> np.ndarray:
+    """(n,) bool: the ``not_reported`` strings (``"fe_h:support,teff:rule+tails"``,
+    :func:`kielnet.inference.predict.not_reported_reasons`) that withhold label ``name``
+    for ``reason`` (``rule``, ``support`` or ``tails``)."""
+    def hit(r: str) -> bool:
+        for item in r.split(","):
+            label, _, why = item.partition(":")
+            if label == name and reason in why.split("+"):
+                return True
+        return False
+
+    return np.fromiter((hit(str(r)) for r in reasons), dtype=bool, count=len(reasons))
+
+
 def support_metrics(cat, truth: dict, names: list[str], *, min_support: float | None = None) -> dict:
     """Label support on a labelled catalogue, per label: ``n_withheld`` (rows whose
     ``not_reported`` names the label for lack of support), ``n_reported_outside_support``
@@ -206,8 +220,7 @@ def support_metrics(cat, truth: dict, names: list[str], *, min_support: float | 
     for name in names:
         v = _col(cat, name)
         t = np.asarray(truth[name], dtype=float)
-        withheld = np.array([f"{name}:support" in r or f"{name}:rule+support" in r for r in reasons]) \
-            if reasons is not None else np.zeros(len(v), dtype=bool)
+        withheld = withheld_by(reasons, name, "support") if reasons is not None else np.zeros(len(v), dtype=bool)
         d = {"n_withheld": int(withheld.sum()),
              "n_withheld_with_reference": int((withheld & np.isfinite(t)).sum())}
         if f"support_{name}" in cat.colnames and min_support is not None:

@@ -111,7 +111,8 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                 hit |= when < rule.below
         by_rule[:, names.index(rule.label)] |= hit
     no_support = np.zeros_like(mean, dtype=bool) if near is None else nb.withheld(near)
-    withheld = by_rule | no_support
+    tails = np.zeros_like(mean, dtype=bool) if bundle.tail_regimes is None else bundle.tail_regimes.withheld(mean)
+    withheld = by_rule | no_support | tails
     flags |= withheld.any(axis=1).astype(np.int64) << FLAG_BITS["label_not_reported"]
     if near is not None:
         flags |= (~unlabelled & nb.outliers(near)).astype(np.int64) << FLAG_BITS["likely_outlier"]
@@ -158,9 +159,10 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     cat["flag"] = flags
     cat["status"] = status_strings(flags, names)
     cat["not_reported"] = not_reported_reasons(names, by_rule & ~unlabelled[:, None],
-                                               no_support & ~unlabelled[:, None])
+                                               no_support & ~unlabelled[:, None], tails & ~unlabelled[:, None])
     cat["not_reported"].description = "labels withheld and why: rule (a reporting rule), support (no reference " \
-                                      "values near the star)"
+                                      "values near the star), tails (too many stars predicted alike were wrong " \
+                                      "by > 3 sigma)"
     cat["n_bad_pixels"] = prep.n_bad_pixels
     feat_names = np.array([f.name for f in cfg.features])
     cat["missing_inputs"] = [",".join(feat_names[m]) for m in prep.missing_features] if len(feat_names) \
@@ -184,13 +186,23 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     return cat
 
 
-def not_reported_reasons(names: list[str], by_rule: np.ndarray, no_support: np.ndarray) -> np.ndarray:
-    """Per star, the withheld labels and why, e.g. ``"fe_h:support,alpha_m:support"``
-    (empty string where every label is reported)."""
-    codes = by_rule.astype(np.int64) + 2 * no_support.astype(np.int64)  # 1 rule, 2 support, 3 both
+#: the reasons a label is withheld, in the order :func:`not_reported_reasons` joins them
+WITHHOLD_REASONS = ("rule", "support", "tails")
+
+
+def not_reported_reasons(names: list[str], by_rule: np.ndarray, no_support: np.ndarray,
+                         tails: np.ndarray | None = None) -> np.ndarray:
+    """Per star, the withheld labels and why, e.g. ``"fe_h:support,alpha_m:support"`` or
+    ``"teff:tails"``; reasons of one label are joined by ``+`` (``"fe_h:rule+support"``);
+    empty string where every label is reported."""
+    masks = [by_rule, no_support, np.zeros_like(by_rule) if tails is None else tails]
+    codes = sum(np.asarray(m, dtype=np.int64) << b for b, m in enumerate(masks))
     keys, inverse = np.unique(codes, axis=0, return_inverse=True)
-    words = {1: "rule", 2: "support", 3: "rule+support"}
-    text = [",".join(f"{n}:{words[int(c)]}" for n, c in zip(names, row) if c) for row in keys]
+
+    def word(c: int) -> str:
+        return "+".join(r for b, r in enumerate(WITHHOLD_REASONS) if c >> b & 1)
+
+    text = [",".join(f"{n}:{word(int(c))}" for n, c in zip(names, row) if c) for row in keys]
     return np.asarray(text, dtype=str)[inverse.reshape(-1)] if len(keys) else np.zeros(0, dtype=str)
 
 
@@ -227,7 +239,8 @@ def catalogue_meta(bundle: Bundle) -> dict:
             "NMEMBERS": len(bundle.members),
             "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]
             + ["sigma model: " + sigma]
-            + ([] if bundle.neighbours is None else ["neighbour model: " + bundle.neighbours.describe()])}
+            + ([] if bundle.neighbours is None else ["neighbour model: " + bundle.neighbours.describe()])
+            + ([] if bundle.tail_regimes is None else [bundle.tail_regimes.describe({lab.name: lab.unit for lab in bundle.config.labels})])}
 
 
 def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,

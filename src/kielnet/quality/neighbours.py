@@ -73,12 +73,15 @@ def positions(pred_scaled: np.ndarray, snr: np.ndarray | None) -> np.ndarray:
 class NeighbourAssessment:
     """Per star (n rows) and label (columns): ``support`` (fraction of the nearest
     reference stars carrying the label), ``factor`` (local σ factor), ``q95`` (0.95
-    quantile of the neighbours' |residual| / σ), and ``outlier_score`` (n,). NaN for
-    stars without a finite position."""
+    quantile of the neighbours' |residual| / σ), ``tail_rate`` (fraction of the
+    neighbours with a residual beyond ``tail`` local σ; 0 where too few have one) and
+    ``outlier_score`` (n,), the largest ``tail_rate`` over labels. NaN for stars without
+    a finite position."""
 
     support: np.ndarray
     factor: np.ndarray
     q95: np.ndarray
+    tail_rate: np.ndarray
     outlier_score: np.ndarray
 
 
@@ -142,8 +145,7 @@ class NeighbourModel:
         reference stars themselves (in order), each assessed without itself."""
         raw = np.asarray(raw, dtype=np.float64)
         n, nl = len(raw), len(self.label_names)
-        out = NeighbourAssessment(np.full((n, nl), np.nan), np.full((n, nl), np.nan), np.full((n, nl), np.nan),
-                                  np.full(n, np.nan))
+        out = NeighbourAssessment(*(np.full((n, nl), np.nan) for _ in range(4)), np.full(n, np.nan))
         good = np.flatnonzero(np.isfinite(raw[:, :-1]).all(axis=1))
         if not len(good):
             return out
@@ -168,6 +170,7 @@ class NeighbourModel:
             beyond = np.where(enough, beyond, 0.0)
             out.factor[rows] = f if self.local_calibration else 1.0
             out.q95[rows] = q
+            out.tail_rate[rows] = beyond
             out.outlier_score[rows] = beyond.max(axis=1)
         return out
 

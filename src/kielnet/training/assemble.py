@@ -52,5 +52,5 @@ def assemble_bundle(plan: TrainingPlan, states: list[dict[str, torch.Tensor]], i
     bundle = Bundle(config=cfg, preprocessor=plan.preprocessor, members=states, member_info=infos,
                     running_dispersion=cal.running, label_ranges=label_ranges, feature_ranges=feature_ranges,
                     training_data=training_data, validation=cal.validation, sigma_model=cal.sigma_model,
-                    neighbours=cal.neighbours)
+                    neighbours=cal.neighbours, tail_regimes=cal.tail_regimes)
     return attach_quality(bundle, prep.take(rows), heldout=plan.rows.heldout, log=log)

@@ -9,13 +9,16 @@ stars a benchmark tests on — :func:`calibrate` fits
 * the σ model (:mod:`kielnet.quality.sigma`);
 * the neighbour model (``config.quality.neighbours``, :mod:`kielnet.quality.neighbours`):
   label support, local σ factors, 95 % intervals and the ``likely_outlier`` threshold;
+* the tail regimes (``config.quality.tail_regimes``, :mod:`kielnet.quality.tails`): where
+  a label is withheld because too many stars predicted alike lie beyond 3 σ;
 
 and reports the held-out validation metrics.
 
 :func:`recalibrate` does the same for an existing bundle: given the table it was trained
 on (and the same selection), it rebuilds the splits from the bundle's config and the
 members' ``split`` provenance, predicts the out-of-fold stars again and refits these
-parts — e.g. after changing ``uncertainty`` or ``quality.neighbours`` in the config —
+parts — e.g. after changing ``uncertainty``, ``quality.neighbours`` or
+``quality.tail_regimes`` in the config —
 without retraining any member (``kielnet calibrate``).
 """
 
@@ -32,15 +35,16 @@ from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
-from kielnet.quality.neighbours import NeighbourModel
+from kielnet.quality.neighbours import NeighbourModel, positions
 from kielnet.quality.sigma import OutOfFold, SigmaModel, fit_sigma_model
+from kielnet.quality.tails import TailRegimes
 from kielnet.quality.uncertainty import fit_running_dispersion
 from kielnet.stats import robust_sigma
 from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out_of_fold
 from kielnet.training.plan import TrainingPlan, TrainingRows, training_rows
 
 __all__ = ["Calibration", "bundle_out_of_fold", "calibrate", "calibrate_ensemble", "oof_sigma", "fit_neighbours",
-           "recalibrate", "training_stars_digest"]
+           "fit_tail_regimes", "recalibrate", "training_stars_digest"]
 
 
 def training_stars_digest(table: StarTable, config: KielnetConfig) -> dict:
@@ -84,12 +88,30 @@ def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sig
                               target=config.uncertainty.recalibration.target, fit_to=nc.fit_to)
 
 
+def fit_tail_regimes(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray,
+                     neighbours: NeighbourModel | None) -> TailRegimes:
+    """The tail regimes of ``config.quality.tail_regimes`` on the out-of-fold stars, with
+    |residual| / the σ the catalogue reports: ``sigma`` times the neighbour model's
+    local factor (each star assessed without itself), when there is one. Stars lacking an
+    input are left out, as of the σ model's and the neighbour model's fits."""
+    tc = config.quality.tail_regimes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(oof.pred - oof.truth) / sigma
+    z[~oof.complete] = np.nan
+    if neighbours is not None and neighbours.local_calibration:
+        a = neighbours.assess(positions(pre.forward_labels(oof.pred), oof.snr), exclude_self=True)
+        z = z / np.where(np.isfinite(a.factor), a.factor, 1.0)
+    return TailRegimes.fit(config.label_names, oof.pred, z, bin_stars=tc.bin_stars, max_rate=tc.max_rate,
+                           tail=tc.tail)
+
+
 @dataclass
 class Calibration:
     running: dict
     sigma_model: SigmaModel
     neighbours: NeighbourModel | None
     validation: dict
+    tail_regimes: TailRegimes | None = None
 
 
 def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: TrainingRows, oof: OutOfFold,
@@ -113,6 +135,7 @@ def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: Tr
     sigma_model = fit_sigma_model(config, oof, running)
     sig = oof_sigma(sigma_model, running, oof)
     neighbours = fit_neighbours(config, pre, oof, sig) if config.quality.neighbours.enabled else None
+    tails = fit_tail_regimes(config, pre, oof, sig, neighbours) if config.quality.tail_regimes.enabled else None
     validation = {}
     for j, name in enumerate(config.label_names):
         resid = oof.pred[:, j] - oof.truth[:, j]
@@ -123,7 +146,7 @@ def calibrate(config: KielnetConfig, pre: Preprocessor, table: StarTable, tr: Tr
                             "coverage_1sigma": float(np.mean(np.abs(resid[ok]) < tot[ok])) if ok.any() else None,
                             "note": "held-out validation stars, predicted by the members of their split "
                                     "(the σ model was fitted on these stars)"}
-    return Calibration(running, sigma_model, neighbours, validation)
+    return Calibration(running, sigma_model, neighbours, validation, tails)
 
 
 def calibrate_ensemble(plan: TrainingPlan, split_nets: list[list], nets: list | None = None) -> Calibration:
@@ -147,8 +170,8 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
     ``table`` must be the training table (after the same ``selection``, applied here
     first); its stars are split again as in training and each split's validation stars
     are predicted by the members recording that split. ``config``: a config whose
-    ``uncertainty`` and ``quality.neighbours`` sections replace the bundle's (the rest
-    must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
+    ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections replace
+    the bundle's (the rest must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
     """
     from kielnet.data.label_columns import resolve_labels
 
@@ -160,7 +183,8 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
         log(f"training-star selection '{selection.name}':\n{report}")
     cfg = bundle.config
     if config is not None:
-        quality = cfg.quality.model_copy(update={"neighbours": config.quality.neighbours})
+        quality = cfg.quality.model_copy(update={"neighbours": config.quality.neighbours,
+                                                 "tail_regimes": config.quality.tail_regimes})
         cfg = cfg.model_copy(update={"uncertainty": config.uncertainty, "quality": quality})
     pre = bundle.preprocessor
     table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names)
@@ -196,14 +220,15 @@ def recalibrate(bundle: Bundle, table: StarTable, *, config: KielnetConfig | Non
     ``selection``, if one was used; it is applied here first): its stars are split
     again as in training, and each split's validation stars are predicted by the
     members that record that split (:func:`bundle_out_of_fold`). ``config``: a config
-    whose ``uncertainty`` and ``quality.neighbours`` sections replace the bundle's (the
-    rest must not differ).
+    whose ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections
+    replace the bundle's (the rest must not differ).
     """
     cfg, table, tr, oof, nets = bundle_out_of_fold(bundle, table, config=config, selection=selection, log=log)
     cal = calibrate(cfg, bundle.preprocessor, table, tr, oof, nets)
     bundle.config = cfg
     bundle.running_dispersion, bundle.sigma_model = cal.running, cal.sigma_model
     bundle.neighbours, bundle.validation = cal.neighbours, cal.validation
+    bundle.tail_regimes = cal.tail_regimes
     bundle._nets = None  # the config object changed: rebuild on next use
     log(f"recalibrated on {len(oof.pred)} out-of-fold training stars")
     return bundle

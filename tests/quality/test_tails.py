@@ -1,0 +1,82 @@
+"""Tail regimes: a predicted-label range where too many out-of-fold stars lie beyond 3 σ
+is withheld; Gaussian residuals withhold nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kielnet.quality.tails import TailRegimes
+
+NAMES = ["teff", "logg"]
+
+
+def _stars(n=6000, seed=0, impostors=0.15, lo=6500.0, hi=7500.0):
+    """Gaussian z everywhere; inside [lo, hi) of predicted teff a fraction ``impostors``
+    of the stars are wrong by 10 σ (the hot stars that look like F stars)."""
+    rng = np.random.default_rng(seed)
+    pred = np.column_stack([rng.uniform(4000.0, 9000.0, n), rng.uniform(1.0, 5.0, n)])
+    z = np.abs(rng.normal(size=(n, 2)))
+    inside = (pred[:, 0] >= lo) & (pred[:, 0] < hi)
+    bad = inside & (rng.random(n) < impostors)
+    z[bad, 0] = 10.0
+    return pred, z, inside
+
+
+def test_heavy_tailed_regime_is_withheld_and_nothing_else():
+    pred, z, inside = _stars()
+    tr = TailRegimes.fit(NAMES, pred, z, bin_stars=200, max_rate=0.10)
+    assert len(tr.intervals["teff"]) == 1
+    lo, hi, rate, n = tr.intervals["teff"][0]
+    assert 6400 < lo < 6700 and 7300 < hi < 7600 and rate > 0.10 and n >= 200
+    assert tr.intervals["logg"] == []  # Gaussian: 0.27 % beyond 3 sigma, never above 10 %
+    w = tr.withheld(pred)
+    assert w[:, 0][inside].mean() > 0.8 and w[:, 0][~inside].mean() < 0.05 and not w[:, 1].any()
+    rep = tr.report["labels"]["teff"]
+    assert rep["beyond_tail_kept"] < rep["beyond_tail_all"] and rep["withheld_fraction"] > 0.1
+    assert "teff predicted in [" in tr.describe({"teff": "K"}) and " K " in tr.describe({"teff": "K"})
+
+
+def test_no_degeneracy_no_interval_and_a_lower_rate_catches_milder_tails():
+    pred, z, _ = _stars(impostors=0.0)
+    assert TailRegimes.fit(NAMES, pred, z, bin_stars=200, max_rate=0.10).intervals == {"teff": [], "logg": []}
+    pred, z, inside = _stars(impostors=0.06, seed=3)
+    assert TailRegimes.fit(NAMES, pred, z, bin_stars=200, max_rate=0.10).intervals["teff"] == []
+    assert TailRegimes.fit(NAMES, pred, z, bin_stars=400, max_rate=0.03).intervals["teff"]
+
+
+def test_edges_adjacent_bins_and_missing_references():
+    rng = np.random.default_rng(1)
+    n = 3000
+    pred = np.column_stack([np.linspace(0.0, 1.0, n), rng.uniform(size=n)])
+    z = np.abs(rng.normal(size=(n, 2))) * 0.5
+    z[pred[:, 0] > 0.8, 0] = 5.0            # the top fifth: wrong by 5 sigma
+    z[::3, 1] = np.nan                       # no reference for a third of logg
+    tr = TailRegimes.fit(NAMES, pred, z, bin_stars=100, max_rate=0.1)
+    (lo, hi, rate, n_s), = tr.intervals["teff"]  # adjacent bins merged into one interval
+    assert lo == pytest.approx(0.8, abs=0.01) and hi == np.inf and rate == pytest.approx(1.0, abs=0.05)
+    assert n_s == pytest.approx(600, abs=40)
+    assert tr.withheld(np.array([[5.0, 0.5], [np.nan, 0.5]]))[:, 0].tolist() == [True, False]
+    assert tr.report["labels"]["logg"]["n_reference"] == n - len(range(0, n, 3))
+    small = TailRegimes.fit(NAMES, pred[:150], z[:150], bin_stars=100)
+    assert small.intervals == {"teff": [], "logg": []} and small.report["labels"]["teff"]["n_bins"] == 1
+
+
+def test_state_round_trip_and_refusals():
+    pred, z, _ = _stars()
+    tr = TailRegimes.fit(NAMES, pred, z, bin_stars=200)
+    back = TailRegimes.from_dict(json.loads(json.dumps(tr.to_dict(), allow_nan=False)))
+    assert back.intervals == tr.intervals and back.max_rate == tr.max_rate and back.bin_stars == tr.bin_stars
+    np.testing.assert_array_equal(back.withheld(pred), tr.withheld(pred))
+    bad = tr.to_dict()
+    bad["intervals"]["teff"] = [[7000.0, 6000.0, 0.2, 10]]
+    with pytest.raises(ValueError, match="empty"):
+        TailRegimes.from_dict(bad)
+    with pytest.raises(ValueError, match="not a tail-regime state"):
+        TailRegimes.from_dict({**tr.to_dict(), "kind": "neighbours"})
+    with pytest.raises(ValueError, match="not in"):
+        TailRegimes.from_dict({**tr.to_dict(), "intervals": {"fe_h": []}})
+    with pytest.raises(ValueError, match="must both be"):
+        TailRegimes.fit(NAMES, pred, z[:, :1])
