@@ -101,7 +101,7 @@ def limitation_lines(cat, test) -> list[str]:
     (of the shipped weights) against the APOGEE labels of ``test``: the hot stars, and the
     usable labels (reported, no flag but label_not_reported) that lie beyond 3 and 5 sigma
     (Gaussian: 0.27 % and 0.00006 %)."""
-    from kielnet.diagnostics.metrics import tail_metrics
+    from kielnet.diagnostics.metrics import tail_metrics, withheld_by
     from kielnet.quality.flags import usable_mask
 
     names = [c[6:] for c in cat.colnames if c.startswith("sigma_")]
@@ -110,16 +110,21 @@ def limitation_lines(cat, test) -> list[str]:
     tails = tail_metrics(cat, test.labels, names, label_errs=test.label_errs, hot=hot)
     m = label_metrics(teff[hot], truth[hot], np.asarray(cat["sigma_teff"], float)[hot])
     use = usable_mask(np.asarray(cat["flag"]), teff)
+    reasons = np.asarray(cat["not_reported"]).astype(str) if "not_reported" in cat.colnames else np.zeros(0, str)
+    tails_withheld = withheld_by(reasons, "teff", "tails") if len(reasons) else np.zeros(len(teff), bool)
     t = tails["teff"]
     return [
         f"- Hot stars: of the {int(hot.sum())} test stars with APOGEE Teff > 10,000 K, "
         f"{int((hot & (teff < 9000)).sum())} are predicted below 9,000 K (bias {m['bias']:.0f} K, robust sigma "
         f"{m['robust_sigma']:.0f} K, 1 sigma coverage {m['coverage_1sigma']:.2f}); {int((hot & ~use).sum())} have "
-        f"their Teff flagged, and {t['hot_ok_beyond_3sigma'] * t['n_hot_ok']:.0f} of the {t['n_hot_ok']} whose Teff "
+        f"their Teff flagged or withheld ({int((hot & tails_withheld).sum())} by the tail regime), and "
+        f"{t['hot_ok_beyond_3sigma'] * t['n_hot_ok']:.0f} of the {t['n_hot_ok']} whose Teff "
         f"is usable lie beyond 3 sigma ({100 * t['hot_ok_beyond_3sigma']:.1f} %): their XP spectra and colours "
         "resemble cooler stars' (out of fold: see 'Where the tails come from'); neither the ensemble's "
         "disagreement, nor the network's own sigma, nor the out-of-fold neighbours in predicted labels (and "
-        "colours) separate them, so treat Teff above ~8,000 K with care.",
+        "colours) separate them star by star; the tail regime withholds Teff where they are most common among "
+        "the stars predicted alike, and the rest are spread over 7,500-10,000 K predictions, so treat Teff above "
+        "~7,500 K with care.",
         "- Tails: usable labels beyond 3 sigma / 5 sigma of their APOGEE label (Gaussian: 0.27 % / 0.00006 %): "
         + ", ".join(f"{n} {100 * tails[n]['ok_beyond_3sigma']:.2f} % / {100 * tails[n]['ok_beyond_5sigma']:.2f} %"
                     for n in names)
@@ -276,6 +281,34 @@ def trust_lines(bundle, result: dict) -> list[str]:
                 f"value), reported outside support {d.get('n_reported_outside_support', 0)}" for n, d in sup.items()
                 if d["n_withheld"] or d.get("n_reported_outside_support")) + ".")
         lines.append("")
+    lines += tail_regime_lines(bundle, result)
+    return lines
+
+
+def tail_regime_lines(bundle, result: dict) -> list[str]:
+    """The model card's tail-regime section: the rule and intervals, what it withheld among
+    the out-of-fold stars it was fitted on, and on the test fifth (from the result)."""
+    tr = bundle.tail_regimes
+    if tr is None:
+        return []
+    units = {lab.name: lab.unit for lab in bundle.config.labels}
+    lines = ["## Tail regimes (labels withheld where stars like it are too often wrong by > 3 sigma)",
+             tr.describe(units) + ".",
+             "Out-of-fold training stars (in sample): " + ", ".join(
+                 f"{n} withheld for {100 * r['withheld_fraction']:.1f} %, beyond 3 sigma "
+                 f"{100 * r['beyond_tail_all']:.2f} % -> {100 * r['beyond_tail_kept']:.2f} % of the rest"
+                 for n, r in tr.report["labels"].items() if r["withheld_fraction"] and r["beyond_tail_all"] is not None)
+             + "."]
+    per_seed = (result.get("seeds") or {}).get("per_seed") or []
+    test = per_seed[0].get("tail_regimes") if per_seed else None
+    if test:
+        lines.append("Test fifth: " + ", ".join(
+            f"{n} withheld for {d['n_withheld']} stars ({100 * d['withheld_fraction']:.1f} %); of the "
+            f"{d['n_with_reference']} with an APOGEE value, {100 * d['beyond_3sigma_fraction']:.0f} % would have "
+            f"lain beyond 3 sigma (false-withhold rate {100 * d['false_withhold_rate']:.0f} %), "
+            f"{d['n_hot']} are hot stars (APOGEE Teff > 10,000 K)"
+            for n, d in test["labels"].items() if d["n_withheld"] and d["n_with_reference"]) + ".")
+    lines.append("")
     return lines
 
 
@@ -290,7 +323,8 @@ def trained_minutes(result: dict) -> str:
 
 def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str = "float32",
                half_change: float | None = None, flips: list[dict] | None = None,
-               limitations: list[str] | None = None, tail_sources: dict | None = None) -> str:
+               limitations: list[str] | None = None, tail_sources: dict | None = None,
+               members_note: str | None = None) -> str:
     cfg = bundle.config
     m, cal = result["kielnet"], result.get("calibration", {})
     first_seed = (result.get("seeds") or {}).get("seeds", [cfg.ensemble.seed])[0]
@@ -356,7 +390,7 @@ def model_card(bundle, result: dict, ref_sha: str, size_mb: float, storage: str 
               + ("" if half_change is None else
                  f" (loaded as float32; largest catalogue change against the float32 weights on the 8,017 "
                  f"test stars: {half_change:.4f} sigma{flips_text(flips)})")
-              + f", {size_mb:.1f} MB in all.",
+              + f", {size_mb:.1f} MB in all." + (f" {members_note}" if members_note else ""),
               f"- reference_subset1000.parquet: the catalogue of the 1,000-star subset, SHA-256 {ref_sha}.",
               "",
               "## Licence and citation",
@@ -384,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tail-sources", default=str(RESULTS / "xp_tail_sources.json"),
                     help="out-of-fold tail diagnosis (benchmarks/xp_tail_sources.py) for the card's 'Where the tails "
                          "come from' section ('none' to leave it out)")
+    ap.add_argument("--members-note", default=None, metavar="TEXT",
+                    help="a sentence for the card's Files section on where the work directory's members came from "
+                         "(e.g. rebuilt from the previously shipped float16 weights)")
     ap.add_argument("--update-card", action="store_true",
                     help="only rewrite the sections of the existing OUT/MODEL_CARD.md that come from result files "
                          "(no training, no test star read): 'Where the tails come from' from --tail-sources and "
@@ -442,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     atomic_write_text(out / "MODEL_CARD.md", model_card(bundle, result, sha, size, args.weights_dtype, half_change,
-                                                        flips, limitations, tails))
+                                                        flips, limitations, tails, args.members_note))
     (out / "reference.json").write_text(json.dumps({"file": ref_path.name, "sha256": sha,
                                                      "data": "xp_library/" + SUBSET.name,
                                                      "columns": reference_columns(cat)}, indent=1))

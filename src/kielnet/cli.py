@@ -58,7 +58,11 @@ SUPPORT_HELP = ("Label support, local sigma and outliers (bundles whose config e
                 "is calibrated for stars like this one; (3) ci95_X, the half-width of the 95% interval (their "
                 "0.95 quantile, wider than 1.96 sigma where residuals have heavy tails); (4) outlier_score, the "
                 "fraction of them wrong by more than 3 local sigma in some label, and flag bit likely_outlier "
-                "above the threshold fitted on the out-of-fold stars (config outlier_budget). A label value is "
+                "above the threshold fitted on the out-of-fold stars (config outlier_budget). Tail regimes "
+                "(quality.tail_regimes, enabled in xp_hybrid): where more than max_rate (10%) of the out-of-fold "
+                "stars predicted alike (bins of 250 in one predicted label) lay beyond 3 sigma, that label is "
+                "withheld ('teff:tails'; on the XP library Teff of stars predicted at ~6,600-7,500 K, where hot "
+                "stars look like F stars); the catalogue header gives the intervals. A label value is "
                 "good to use when it is finite and the row has no flag but label_not_reported "
                 "(kielnet.quality.flags.usable_mask); status 'ok' means every label is.")
 QUALITY_HELP = ("Bundles whose config enables the quality machinery (e.g. preset gaia_rvs_hybrid) add: "

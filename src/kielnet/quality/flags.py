@@ -16,10 +16,12 @@ missing_input               2      a scalar input was missing and imputed with t
                                    group covering it (:mod:`kielnet.quality.sigma`)
 input_outside_training      3      a scalar input lies outside its training range
 label_not_reported          4      a label was withheld (value NaN; which and why in
-                                   ``not_reported``): a reporting rule, or no reference
+                                   ``not_reported``): a reporting rule, no reference
                                    values for it near the star (label support,
-                                   :mod:`kielnet.quality.neighbours`). The row's other
-                                   labels are unaffected (:func:`usable_mask`)
+                                   :mod:`kielnet.quality.neighbours`), or a predicted
+                                   range where out-of-fold stars were too often > 3σ off
+                                   (tail regimes, :mod:`kielnet.quality.tails`). The row's
+                                   other labels are unaffected (:func:`usable_mask`)
 out_of_distribution         5      the fast embedding score (``ood_score``) exceeds 1: the
                                    star is farther from the training stars than 99 % of
                                    them are from each other (bundles with embedding_ood)
@@ -114,7 +116,8 @@ def describe_flags(label_names: list[str]) -> str:
         "interpolated_pixels": "non-finite pixels interpolated (see n_bad_pixels)",
         "missing_input": "a scalar input was missing, imputed by the training mean (sigma widened for it)",
         "input_outside_training": "a scalar input outside its training range",
-        "label_not_reported": "a label withheld (NaN; see not_reported): a reporting rule or no label support",
+        "label_not_reported": "a label withheld (NaN; see not_reported): a reporting rule, no label support or a "
+                              "tail regime",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
         "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars",
         "implausible_spectrum": "spectrum cannot be a star for this model (see spectrum_issues), labels NaN",
