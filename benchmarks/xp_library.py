@@ -304,7 +304,9 @@ def seed_summary(res, cfg, masks: dict) -> dict:
 def tail_regime_summary(res, names: list[str]) -> dict | None:
     """What the tail-regime withholding did on the test fifth: per label, the rows it
     withheld and how many of them would have lain beyond 3σ (the same bundle predicting
-    without its tail regimes), so the false-withhold rate is measured, not assumed."""
+    without its tail regimes), so the false-withhold rate is measured, not assumed; and the
+    robust σ over every star with a prediction, withheld or not (the headline's robust σ
+    is over the reported labels)."""
     import copy
 
     from kielnet.diagnostics.metrics import withheld_by
@@ -325,7 +327,10 @@ def tail_regime_summary(res, names: list[str]) -> dict | None:
                    np.asarray(res.test.labels[n], float))
         m = w & np.isfinite(v) & np.isfinite(t) & np.isfinite(s)
         beyond = np.abs(v - t)[m] > 3 * s[m]
-        out["labels"][n] = {"n_withheld": int(w.sum()), "withheld_fraction": float(w.mean()),
+        every = np.isfinite(v) & np.isfinite(t)  # every star with a prediction, withheld or not
+        out["labels"][n] = {"robust_sigma_without_withholding": robust_sigma(v[every] - t[every]),
+                            "n_without_withholding": int(every.sum()),
+                            "n_withheld": int(w.sum()), "withheld_fraction": float(w.mean()),
                             "n_with_reference": int(m.sum()),
                             "beyond_3sigma_fraction": float(beyond.mean()) if m.any() else None,
                             "false_withhold_rate": float(1 - beyond.mean()) if m.any() else None,
