@@ -76,3 +76,20 @@ def test_combine_refuses_other_configuration_and_repeated_seed(bench):
     again = _seed_run(main, main["seeds"]["per_seed"][0]["seed"], 1.0)
     with pytest.raises(SystemExit, match="already in"):
         bench.combine_seed_runs(main, [("y.json", again)], "a" * 40, False)
+
+
+def test_seed_statistics_names_the_seeds_behind_a_measure_some_runs_lack(bench):
+    main = json.loads(RESULT.read_text())
+    p0 = copy.deepcopy(main["seeds"]["per_seed"][0])
+    p0["seed"] = 0
+    p0.pop("tail_regimes", None)  # a run from before the tail regimes
+    p1, p2 = copy.deepcopy(p0), copy.deepcopy(p0)
+    p1["seed"], p2["seed"] = 1, 2
+    p1["tail_regimes"] = {"labels": {"teff": {"robust_sigma_without_withholding": 58.0}}}
+    p2["tail_regimes"] = {"labels": {"teff": {"robust_sigma_without_withholding": 60.0}}}
+    names = [lab["name"] for lab in main["config"]["labels"]]
+    st = bench.seed_statistics([p0, p1, p2], names)
+    r = st["robust_sigma_without_withholding"]
+    assert r["teff"]["values"] == [58.0, 60.0] and r["teff"]["mean"] == pytest.approx(59.0)
+    assert r["teff"]["seeds"] == [1, 2] and r["logg"]["values"] == [] and r["logg"]["mean"] is None
+    assert "seeds" not in st["robust_sigma"]["teff"] and len(st["ok_fraction"]["teff"]["values"]) == 3
