@@ -319,7 +319,7 @@ def tail_regime_summary(res, names: list[str]) -> dict | None:
     plain = predict(plain_bundle, res.test)
     reasons = np.asarray(res.catalogue["not_reported"]).astype(str)
     hot = res.test.labels["teff"] > 10000
-    out = {"rule": tr.describe({lab.name: lab.unit for lab in res.bundle.config.labels}),
+    out = {"rule": tr.describe(res.bundle.config.label_units),
            "intervals": tr.to_dict()["intervals"], "labels": {}}
     for n in names:
         w = withheld_by(reasons, n, "tails")

@@ -291,7 +291,7 @@ def tail_regime_lines(bundle, result: dict) -> list[str]:
     tr = bundle.tail_regimes
     if tr is None:
         return []
-    units = {lab.name: lab.unit for lab in bundle.config.labels}
+    units = bundle.config.label_units
     lines = ["## Tail regimes (labels withheld where stars like it are too often wrong by > 3 sigma)",
              tr.describe(units) + ".",
              "Out-of-fold training stars (in sample): " + ", ".join(

@@ -243,6 +243,8 @@ def cmd_train(args) -> int:
     from kielnet.diagnostics.metrics import metrics_table
 
     print("held-out validation metrics:\n" + metrics_table(bundle.validation))
+    if bundle.tail_regimes is not None:
+        print(bundle.tail_regimes.describe(bundle.config.label_units))
     return 0
 
 
@@ -274,6 +276,8 @@ def cmd_calibrate(args) -> int:
         for name, r in rep["labels"].items():
             print(f"  {name}: withheld {r['withheld_fraction']:.3f}, 1-sigma coverage {r['cov1']:.3f}, "
                   f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}")
+    if bundle.tail_regimes is not None:
+        print(bundle.tail_regimes.describe(bundle.config.label_units))
     return 0
 
 

@@ -16,8 +16,7 @@ from kielnet.quality.tails import TailRegimes  # noqa: E402
 
 
 def _bundle(tr):
-    labels = [SimpleNamespace(name="teff", unit="K"), SimpleNamespace(name="logg", unit="dex")]
-    return SimpleNamespace(tail_regimes=tr, config=SimpleNamespace(labels=labels))
+    return SimpleNamespace(tail_regimes=tr, config=SimpleNamespace(label_units={"teff": "K", "logg": "dex"}))
 
 
 def test_card_states_the_interval_and_the_measured_test_withholding():

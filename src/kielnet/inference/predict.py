@@ -240,7 +240,7 @@ def catalogue_meta(bundle: Bundle) -> dict:
             "comments": ["flag bits: " + line for line in describe_flags(names).splitlines()]
             + ["sigma model: " + sigma]
             + ([] if bundle.neighbours is None else ["neighbour model: " + bundle.neighbours.describe()])
-            + ([] if bundle.tail_regimes is None else [bundle.tail_regimes.describe({lab.name: lab.unit for lab in bundle.config.labels})])}
+            + ([] if bundle.tail_regimes is None else [bundle.tail_regimes.describe(bundle.config.label_units)])}
 
 
 def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTable, n: int,
