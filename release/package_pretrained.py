@@ -253,7 +253,25 @@ def seed_lines(result: dict, names: list[str]) -> list[str]:
             "",
             f"Usable rows: {100 * rows['mean']:.1f} % of the test stars (per seed: "
             + ", ".join(f"{100 * v:.1f} %" for v in rows["values"]) + ")." if rows else "",
+            *_without_withholding_lines(seeds, names),
             ""]
+
+
+def _without_withholding_lines(seeds: dict, names: list[str]) -> list[str]:
+    """The robust σ over every test star with a prediction, withheld labels included, where
+    it differs from the table's (over the reported labels): withholding must not flatter it."""
+    ww = seeds.get("robust_sigma_without_withholding") or {}
+    parts = []
+    for n in names:
+        v, r = ww.get(n) or {}, (seeds.get("robust_sigma") or {}).get(n) or {}
+        if v.get("mean") is None or r.get("mean") is None or abs(v["mean"] - r["mean"]) <= 1e-3 * abs(r["mean"]):
+            continue
+        parts.append(f"{n} {v['mean']:.4g} +- {v.get('std') or 0:.2g}"
+                     + (f" (seeds {v['seeds']})" if v.get("seeds") else ""))
+    if not parts:
+        return []
+    return ["", "Robust sigma over every test star with a prediction, labels withheld by a tail regime included "
+                "(the table's is over the reported labels): " + ", ".join(parts) + "."]
 
 
 def trust_lines(bundle, result: dict) -> list[str]:

@@ -36,3 +36,18 @@ def test_card_states_the_interval_and_the_measured_test_withholding():
     assert "teff withheld for 210 stars (2.6 %)" in text and "false-withhold rate 88 %" in text
     assert "27 are hot stars" in text and "logg withheld" not in text
     assert tail_regime_lines(_bundle(None), result) == []
+
+
+def test_card_gives_the_robust_sigma_with_withheld_labels_where_it_differs():
+    from package_pretrained import seed_lines
+
+    stat = {"values": [1.0], "mean": 56.5, "std": 0.27}
+    seeds = {"n": 3, "seeds": [0, 1, 2], "robust_sigma": {"teff": stat, "logg": {"mean": 0.139, "std": 0.001}},
+             "robust_sigma_without_withholding": {"teff": {"mean": 58.9, "std": 0.09, "seeds": [1, 2]},
+                                                  "logg": {"mean": 0.139, "std": 0.001}},
+             "rows_ok_fraction": {"values": [0.86], "mean": 0.86}}
+    text = "\n".join(seed_lines({"seeds": seeds}, ["teff", "logg"]))
+    assert "labels withheld by a tail regime included" in text and "teff 58.9 +- 0.09 (seeds [1, 2])" in text
+    assert "logg 0.139" not in text.split("included")[1]
+    seeds.pop("robust_sigma_without_withholding")
+    assert "tail regime" not in "\n".join(seed_lines({"seeds": seeds}, ["teff", "logg"]))
