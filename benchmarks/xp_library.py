@@ -351,23 +351,16 @@ def tail_regime_variants(bundle, workdir: Path, cfg) -> dict:
     beyond 3 and 5 σ (σ as the catalogue reports it); for teff also the hot stars'."""
     import zlib
 
-    from kielnet.quality.neighbours import positions
     from kielnet.quality.tails import TailRegimes
-    from kielnet.training.calibrate import oof_sigma
+    from kielnet.training.calibrate import oof_sigma, reported_z
 
     oof_path = workdir / "out_of_fold.parquet"
     if not oof_path.is_file() or bundle.sigma_model is None:
         return {}
     oof, ids = load_out_of_fold(oof_path)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.abs(oof.pred - oof.truth) / oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof)
-    z[~oof.complete] = np.nan
     nb = bundle.neighbours
-    support = np.ones_like(z, dtype=bool)
-    if nb is not None:
-        a = nb.assess(positions(bundle.preprocessor.forward_labels(oof.pred), oof.snr), exclude_self=True)
-        z = z / np.where(np.isfinite(a.factor), a.factor, 1.0)
-        support = ~nb.withheld(a)
+    z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
+    support = np.ones_like(z, dtype=bool) if a is None else ~nb.withheld(a)
     half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
     hot = oof.truth[:, 0] > 10000
     tc = cfg.quality.tail_regimes

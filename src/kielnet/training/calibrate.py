@@ -35,7 +35,7 @@ from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
-from kielnet.quality.neighbours import NeighbourModel, positions
+from kielnet.quality.neighbours import NeighbourAssessment, NeighbourModel, positions
 from kielnet.quality.sigma import OutOfFold, SigmaModel, fit_sigma_model
 from kielnet.quality.tails import TailRegimes
 from kielnet.quality.uncertainty import fit_running_dispersion
@@ -44,7 +44,7 @@ from kielnet.training.out_of_fold import out_of_fold, reference_labels, save_out
 from kielnet.training.plan import TrainingPlan, TrainingRows, training_rows
 
 __all__ = ["Calibration", "bundle_out_of_fold", "calibrate", "calibrate_ensemble", "oof_sigma", "fit_neighbours",
-           "fit_tail_regimes", "recalibrate", "training_stars_digest"]
+           "fit_tail_regimes", "recalibrate", "reported_z", "training_stars_digest"]
 
 
 def training_stars_digest(table: StarTable, config: KielnetConfig) -> dict:
@@ -88,19 +88,29 @@ def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sig
                               target=config.uncertainty.recalibration.target, fit_to=nc.fit_to)
 
 
-def fit_tail_regimes(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray,
-                     neighbours: NeighbourModel | None) -> TailRegimes:
-    """The tail regimes of ``config.quality.tail_regimes`` on the out-of-fold stars, with
-    |residual| / the σ the catalogue reports: ``sigma`` times the neighbour model's
-    local factor (each star assessed without itself), when there is one. Stars lacking an
-    input are left out, as of the σ model's and the neighbour model's fits."""
-    tc = config.quality.tail_regimes
+def reported_z(pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray, neighbours: NeighbourModel | None
+               ) -> tuple[np.ndarray, NeighbourAssessment | None]:
+    """(n, n_labels) |residual| / the σ the catalogue reports for the out-of-fold stars:
+    ``sigma`` times the neighbour model's local factor (each star assessed without itself),
+    when there is one; NaN for stars lacking an input (left out, as of the σ model's and
+    the neighbour model's fits). Also returns that assessment (None without neighbours)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(oof.pred - oof.truth) / sigma
     z[~oof.complete] = np.nan
-    if neighbours is not None and neighbours.local_calibration:
+    a = None
+    if neighbours is not None:
         a = neighbours.assess(positions(pre.forward_labels(oof.pred), oof.snr), exclude_self=True)
-        z = z / np.where(np.isfinite(a.factor), a.factor, 1.0)
+        if neighbours.local_calibration:
+            z = z / np.where(np.isfinite(a.factor), a.factor, 1.0)
+    return z, a
+
+
+def fit_tail_regimes(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray,
+                     neighbours: NeighbourModel | None) -> TailRegimes:
+    """The tail regimes of ``config.quality.tail_regimes`` on the out-of-fold stars, with
+    |residual| / the σ the catalogue reports (:func:`reported_z`)."""
+    tc = config.quality.tail_regimes
+    z, _ = reported_z(pre, oof, sigma, neighbours)
     return TailRegimes.fit(config.label_names, oof.pred, z, bin_stars=tc.bin_stars, max_rate=tc.max_rate,
                            tail=tc.tail)
 
