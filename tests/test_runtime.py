@@ -36,3 +36,29 @@ def test_without_glibc_nothing_is_set(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert runtime.keep_large_allocations() is False
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="Linux only")
+def test_huge_pages_are_turned_off_for_the_process(monkeypatch):
+    # run in a child: the setting cannot be undone in this process
+    import subprocess
+    import sys
+
+    code = ("from kielnet import runtime; import pathlib, re\n"
+            "def thp(): return re.search(r'THP_enabled:\\s*(\\d)', pathlib.Path('/proc/self/status').read_text())\n"
+            "before = thp()\n"
+            "assert runtime.keep_large_allocations() in (True, False)\n"
+            "assert runtime.no_huge_pages() is True\n"
+            "after = thp()\n"
+            "print(before and before.group(1), after and after.group(1))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "None":  # the kernel reports it (Linux >= 5.0): on before, off after
+        assert out == ["1", "0"]
+
+
+def test_without_linux_huge_pages_are_left_alone(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(runtime, "_no_thp", False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert runtime.no_huge_pages() is False

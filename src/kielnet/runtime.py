@@ -11,11 +11,20 @@ Dask's workers also trim freed memory back to the OS at once
 (``MALLOC_TRIM_THRESHOLD_=65536``). ``kielnet predict`` sets it for its own process
 and in every Dask worker that runs a chunk; every Dask worker that trains a member sets
 it too.
+
+It also turns transparent huge pages off for the process (Linux
+``prctl(PR_SET_THP_DISABLE)``, :func:`no_huge_pages`). NumPy asks for huge pages on
+every array above 4 MB and pyarrow's mimalloc on its arenas; where the kernel grants
+them on request (``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``), every
+fresh 2 MB page is zeroed whole when first touched, and a labelling run frees and
+faults such memory again chunk after chunk. Measured with ``kielnet predict`` on 4 Gaia
+XP bulk files (4×10^4 stars, 2 cores, a KVM guest): system time 11.8 s → 4.4 s, wall
+48 s → 41 s; the numbers written do not change.
 """
 
 from __future__ import annotations
 
-__all__ = ["keep_large_allocations", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["keep_large_allocations", "no_huge_pages", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 #: glibc ``mallopt`` parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -23,16 +32,21 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 256 << 20
 #: freed heap kept by the process before it is returned to the OS (bytes)
 TRIM_THRESHOLD = 1 << 30
+#: Linux ``prctl`` option that turns transparent huge pages off for the process (linux/prctl.h)
+_PR_SET_THP_DISABLE = 41
 _done = False
+_no_thp = False
 
 
 def keep_large_allocations() -> bool:
     """Once per process, on glibc (elsewhere nothing): serve allocations up to
     :data:`MMAP_THRESHOLD` from the heap and keep up to :data:`TRIM_THRESHOLD` of freed
-    heap. Measured on 2 cores, 4 Gaia XP bulk files (4×10^4 stars): ``--cluster
-    local:2`` 88 s → 58 s (system time 54 s → 12 s), one process 45–49 s → 40 s; peak
-    memory is still bounded by the chunk. Returns whether the setting is in force."""
+    heap; on Linux also :func:`no_huge_pages`. Measured on 2 cores, 4 Gaia XP bulk files
+    (4×10^4 stars): ``--cluster local:2`` 88 s → 58 s (system time 54 s → 12 s), one
+    process 45–49 s → 40 s; peak memory is still bounded by the chunk. Returns whether
+    the allocator setting is in force."""
     global _done
+    no_huge_pages()
     if _done:
         return True
     import ctypes
@@ -44,3 +58,24 @@ def keep_large_allocations() -> bool:
         return False
     _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
+
+
+def no_huge_pages() -> bool:
+    """Once per process, on Linux (elsewhere nothing): no transparent huge pages for this
+    process and the processes it starts (``prctl(PR_SET_THP_DISABLE, 1)``; module
+    docstring). Memory already mapped keeps its pages. Returns whether the setting is in
+    force."""
+    global _no_thp
+    if _no_thp:
+        return True
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return False
+    _no_thp = prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    return _no_thp
