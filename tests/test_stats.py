@@ -82,6 +82,9 @@ def test_row_nanmedian_equals_numpy_nanmedian():
     x[6, :3] = [np.inf, -np.inf, np.inf]
     x[7] = np.round(x[7])        # ties
     x[8, :] = 2.0
+    for i in range(9, 50, 3):    # an odd and an even number of values left, infinities among them
+        x[i, rng.choice(343, size=i, replace=False)] = np.nan
+        x[i, i % 343] = np.inf if i % 2 else -np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = np.nanmedian(x, axis=1)
