@@ -135,3 +135,17 @@ def test_count_below_equals_comparing_every_neighbour():
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, ref)
     assert (got[2, 2] == np.isfinite(zs[2, :, 2]).sum()).all() and (got[0, 0] == 0).all()
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_assessment_does_not_depend_on_parts_or_threads(model, monkeypatch, threads):
+    rng = np.random.default_rng(5)
+    raw = positions(rng.uniform(-2.2, 2.2, (900, 2)), 10 ** rng.uniform(1, 2.5, 900))
+    raw[::37, 0] = np.nan  # stars without a position keep NaN, in their rows
+    monkeypatch.setenv("KIELNET_THREADS", "1")
+    whole = model.assess(raw, chunk=10_000)
+    monkeypatch.setenv("KIELNET_THREADS", threads)
+    parts = model.assess(raw, chunk=64)
+    for name in ("support", "factor", "q95", "tail_rate", "outlier_score"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=name)
+    assert np.isnan(parts.support[::37]).all() and np.isfinite(parts.support[1]).all()

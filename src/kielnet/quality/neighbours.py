@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kielnet.threads import n_threads, thread_map
+
 __all__ = ["NeighbourModel", "NeighbourAssessment", "positions"]
 
 _FORMAT = 1
@@ -150,9 +152,13 @@ class NeighbourModel:
         if not len(good):
             return out
         x = self.standardise(raw[good])
-        for s in range(0, len(good), chunk):
-            rows = good[s:s + chunk]
-            xs = x[s:s + chunk]
+        # parts of at most ``chunk`` stars, at least one per thread (KD-tree queries and
+        # NumPy sorts release the GIL); each star's numbers do not depend on its part
+        step = max(1, min(chunk, -(-len(good) // n_threads())))
+
+        def part(s: int) -> None:
+            rows = good[s:s + step]
+            xs = x[s:s + step]
             idx = self._neighbours(xs, max(self.k_support, self.k_local), exclude_self)
             out.support[rows] = self.has_label[idx[:, :self.k_support]].mean(axis=1)
             zn = np.sort(self.z[idx[:, :self.k_local]].astype(np.float64), axis=1)  # (m, k, L), NaN last
@@ -172,6 +178,9 @@ class NeighbourModel:
             out.q95[rows] = q
             out.tail_rate[rows] = beyond
             out.outlier_score[rows] = beyond.max(axis=1)
+
+        self._index()  # built once, before the threads share it
+        thread_map(part, range(0, len(good), step))
         return out
 
     def withheld(self, a: NeighbourAssessment) -> np.ndarray:
