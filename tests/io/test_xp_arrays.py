@@ -86,6 +86,21 @@ def test_fast_path_hands_anything_else_to_the_general_path(odd):
     np.testing.assert_array_equal(bad, ref_bad)
 
 
+@pytest.mark.parametrize("odd", ["(1.0, 2.0), 3.0)", "(1.0, (2.0, 3.0)", "(1.0, 2(.0, 3.0)", "((1.0, 2.0, 3.0))",
+                                 "(1.0, 2.0, 3.0]]", "(1.0,\t2.0, 3.0)", "(1.0, 2 .0, 3.0)", "(1.0, 2.0, 3.0,)",
+                                 "(,1.0, 2.0, 3.0)", "(1.0, 2.0,, 3.0)"])
+def test_fast_path_never_strips_a_bracket_or_separator_inside_a_cell(odd):
+    """The fast path strips the separators and the cells' own brackets from the values'
+    ends; a bracket, comma or whitespace of another kind inside a cell makes it decline,
+    and the result is the per-cell reader's (the cell bad where that reader finds it bad)."""
+    cells = GOOD[:3] + [odd] + GOOD[3:]
+    assert _parse_fast(array_strings(cells), 3) is None
+    values, bad = parse_array_strings(cells, 3)
+    ref, ref_bad = _legacy(cells, 3)
+    np.testing.assert_array_equal(values, ref)
+    np.testing.assert_array_equal(bad, ref_bad)
+
+
 def test_fast_path_in_parts_on_threads(monkeypatch):
     """Cut into parts run on threads (2 cells a part here), the same numbers; one bad cell
     in a late part still hands the whole column to the general path."""
