@@ -40,11 +40,13 @@ def test_without_glibc_nothing_is_set(monkeypatch):
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="Linux only")
 def test_huge_pages_are_turned_off_for_the_process(monkeypatch):
-    # run in a child: the setting cannot be undone in this process
+    # in a child, so that this process keeps its own setting
     import subprocess
     import sys
 
-    code = ("from kielnet import runtime; import pathlib, re\n"
+    # the child inherits this process's setting (another test may have turned it off here): on first
+    code = ("import ctypes; ctypes.CDLL(None).prctl(41, 0, 0, 0, 0)\n"
+            "from kielnet import runtime; import pathlib, re\n"
             "def thp(): return re.search(r'THP_enabled:\\s*(\\d)', pathlib.Path('/proc/self/status').read_text())\n"
             "before = thp()\n"
             "assert runtime.keep_large_allocations() in (True, False)\n"
