@@ -35,3 +35,21 @@ def test_bad_setting_falls_back_to_the_cpu_count(monkeypatch):
     for value in ("0", "-2", "many", ""):
         monkeypatch.setenv("KIELNET_THREADS", value)
         assert threads.n_threads() == max(1, os.cpu_count() or 1)
+
+
+def test_a_call_from_a_pool_thread_runs_there_without_deadlock(monkeypatch):
+    """fn calling thread_map (e.g. a reader part that computes plausibility statistics):
+    the inner calls run in the pool thread that makes them instead of waiting for a pool
+    whose threads are all busy waiting."""
+    import concurrent.futures
+
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+
+    def outer(x):
+        here = threading.current_thread().name
+        inner = threads.thread_map(lambda y: (threading.current_thread().name, x * y), range(3))
+        assert all(name == here for name, _ in inner)
+        return sum(v for _, v in inner)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as guard:  # a deadlock fails the test, not the run
+        assert guard.submit(threads.thread_map, outer, range(6)).result(timeout=30) == [3 * x for x in range(6)]

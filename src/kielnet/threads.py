@@ -10,6 +10,7 @@ it is made again in a forked child (a parent's threads do not survive a fork).
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
@@ -18,6 +19,11 @@ __all__ = ["n_threads", "thread_map"]
 T = TypeVar("T")
 R = TypeVar("R")
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
+_inside = threading.local()
+
+
+def _mark_pool_thread() -> None:
+    _inside.pool = True
 
 
 def n_threads() -> int:
@@ -31,15 +37,16 @@ def n_threads() -> int:
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]`` with the items run on the pool's threads, results in
-    order; a single item, or a pool of one thread, runs in the calling thread. ``fn``
+    order; a single item, a pool of one thread, or a call made from one of the pool's
+    threads (``fn`` itself calling :func:`thread_map`) runs in the calling thread. ``fn``
     should spend its time in GIL-releasing kernels, else nothing is gained."""
     items = list(items)
     n = n_threads()
-    if len(items) <= 1 or n == 1:
-        return [fn(x) for x in items]
+    if len(items) <= 1 or n == 1 or getattr(_inside, "pool", False):
+        return [fn(x) for x in items]  # a call from one of the pool's own threads runs here: no deadlock
     global _pool
     if _pool is None or _pool[0] != os.getpid() or _pool[1] != n:
         if _pool is not None and _pool[0] == os.getpid():  # KIELNET_THREADS changed: let the old threads go
             _pool[2].shutdown(wait=False)
-        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="kielnet"))
+        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="kielnet", initializer=_mark_pool_thread))
     return list(_pool[2].map(fn, items))
