@@ -46,7 +46,7 @@ import numpy as np
 
 from scipy.stats import median_abs_deviation
 
-from kielnet.stats import robust_sigma
+from kielnet.stats import robust_sigma, row_nanmedian
 from kielnet.threads import n_threads, thread_map
 
 __all__ = ["SPECTRUM_TESTS", "spectrum_statistics", "SpectrumPlausibility", "ColumnRanges",
@@ -57,43 +57,28 @@ SPECTRUM_TESTS = ("nonpositive", "constant", "scale", "spike")
 _QUANTILES = (0.001, 0.999)
 
 
-def _full_rows(x: np.ndarray) -> dict[str, np.ndarray]:
-    """The statistics of rows without a non-finite pixel: plain medians, the row median
-    computed once and reused as the MAD's centre."""
+def _rows_statistics(x: np.ndarray, fin: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The statistics of rows that each hold a finite pixel. ``fin``: the finite pixels of
+    rows with a non-finite one (``x`` NaN there; NaN-aware reductions); ``None``: every
+    pixel finite (plain reductions, the row median reused as the MAD's centre)."""
+    nan = fin is not None
+    median = row_nanmedian if nan else (lambda a: np.median(a, axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         absx = np.abs(x)
-        mean_abs = absx.mean(axis=1)
-        out = {"nonpositive": (x <= 0).sum(axis=1) / x.shape[1],
-               "scatter": np.where(mean_abs == 0, 0.0, x.std(axis=1) / mean_abs)}
-        med = np.median(x, axis=1)
+        mean_abs = np.nanmean(absx, axis=1) if nan else absx.mean(axis=1)
+        std = np.nanstd(x, axis=1) if nan else x.std(axis=1)
+        nonpositive = ((x <= 0) & fin).sum(axis=1) / fin.sum(axis=1) if nan else (x <= 0).sum(axis=1) / x.shape[1]
+        med = median(x)
         med_abs = med.copy()  # median |x| = median x for rows without a pixel <= 0
         signed = np.flatnonzero((x <= 0).any(axis=1))
         if len(signed):
-            med_abs[signed] = np.median(absx[signed], axis=1)
-        out["scale"] = np.log10(med_abs)
-        peak = np.abs(x - med[:, None]).max(axis=1)
-        mad = median_abs_deviation(x, axis=1, scale="normal", center=lambda _x, axis: med)
-        out["spike"] = np.where(peak == 0, 0.0, peak / mad)
-    return out
-
-
-def _partial_rows(x: np.ndarray, fin: np.ndarray) -> dict[str, np.ndarray]:
-    """The statistics of rows with a non-finite pixel (``x`` NaN there) and at least one
-    finite one: NaN-aware reductions."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        absx = np.abs(x)
-        mean_abs = np.nanmean(absx, axis=1)
-        out = {"nonpositive": ((x <= 0) & fin).sum(axis=1) / fin.sum(axis=1),
-               "scatter": np.where(mean_abs == 0, 0.0, np.nanstd(x, axis=1) / mean_abs)}
-        med = np.nanmedian(x, axis=1)
-        med_abs = med.copy()
-        signed = np.flatnonzero((x <= 0).any(axis=1))
-        if len(signed):
-            med_abs[signed] = np.nanmedian(absx[signed], axis=1)
-        out["scale"] = np.log10(med_abs)
-        peak = np.nanmax(np.abs(x - med[:, None]), axis=1)
-        out["spike"] = np.where(peak == 0, 0.0, peak / robust_sigma(x, axis=1))
-    return out
+            med_abs[signed] = median(absx[signed])
+        dev = np.abs(x - med[:, None])
+        peak = np.nanmax(dev, axis=1) if nan else dev.max(axis=1)
+        mad = (robust_sigma(x, axis=1) if nan else
+               median_abs_deviation(x, axis=1, scale="normal", center=lambda _x, axis: med))
+        return {"nonpositive": nonpositive, "scatter": np.where(mean_abs == 0, 0.0, std / mean_abs),
+                "scale": np.log10(med_abs), "spike": np.where(peak == 0, 0.0, peak / mad)}
 
 
 #: Rows per part below which the statistics are not split between threads.
@@ -102,7 +87,7 @@ _MIN_PART = 1024
 
 def _statistics_rows(f: np.ndarray, finite: np.ndarray) -> dict[str, np.ndarray]:
     """The statistics of rows that each hold at least one finite pixel. Rows without a
-    non-finite pixel take the fast path (:func:`_full_rows`), in parts run on threads
+    non-finite pixel take the plain path (:func:`_rows_statistics`), in parts run on threads
     (NumPy's reductions release the GIL); the numbers do not depend on the parts."""
     n = len(f)
     out = {k: np.empty(n) for k in ("nonpositive", "scatter", "scale", "spike")}
@@ -111,12 +96,12 @@ def _statistics_rows(f: np.ndarray, finite: np.ndarray) -> dict[str, np.ndarray]
     if len(rows):
         parts = max(1, min(n_threads(), len(rows) // _MIN_PART))
         chunks = np.array_split(rows, parts)
-        for idx, part in zip(chunks, thread_map(lambda r: _full_rows(f[r]), chunks)):
+        for idx, part in zip(chunks, thread_map(lambda r: _rows_statistics(f[r]), chunks)):
             for k in out:
                 out[k][idx] = part[k]
     rows = np.flatnonzero(~full)
     if len(rows):
-        part = _partial_rows(np.where(finite[rows], f[rows], np.nan), finite[rows])
+        part = _rows_statistics(np.where(finite[rows], f[rows], np.nan), finite[rows])
         for k in out:
             out[k][rows] = part[k]
     return out
