@@ -53,3 +53,17 @@ def test_a_call_from_a_pool_thread_runs_there_without_deadlock(monkeypatch):
 
     with concurrent.futures.ThreadPoolExecutor(1) as guard:  # a deadlock fails the test, not the run
         assert guard.submit(threads.thread_map, outer, range(6)).result(timeout=30) == [3 * x for x in range(6)]
+
+
+def test_parts_cover_the_items_once_within_their_bounds(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "3")
+    for n, lo, hi in ((0, 1, None), (5, 1, None), (10, 4, None), (3000, 256, None), (10000, 1, 4096), (7, 100, 2)):
+        parts = threads.thread_parts(n, lo, hi)
+        assert [i for a, b in parts for i in range(a, b)] == list(range(n))  # consecutive, each item once
+        if n:
+            assert len(parts) <= max(3, -(-n // hi) if hi else 1)
+            assert all(b - a >= min(lo, n) for a, b in parts) or hi is not None
+            if hi:
+                assert all(b - a <= hi for a, b in parts)
+    assert len(threads.thread_parts(3000, 256)) == 3 and len(threads.thread_parts(10000, 1, 4096)) == 3
+    assert len(threads.thread_parts(100, 256)) == 1

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
-__all__ = ["n_threads", "thread_map"]
+__all__ = ["n_threads", "thread_map", "thread_parts"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,3 +50,16 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
             _pool[2].shutdown(wait=False)
         _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="kielnet", initializer=_mark_pool_thread))
     return list(_pool[2].map(fn, items))
+
+
+def thread_parts(n: int, min_part: int = 1, max_part: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges cutting ``n`` items into consecutive parts for
+    :func:`thread_map`: one per thread at most, each of at least ``min_part`` items (one
+    part when there are fewer), and more parts where that keeps each within ``max_part``."""
+    if n <= 0:
+        return []
+    parts = max(1, min(n_threads(), n // max(min_part, 1)))
+    if max_part:
+        parts = max(parts, -(-n // max_part))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))

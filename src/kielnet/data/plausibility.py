@@ -47,7 +47,7 @@ import numpy as np
 from scipy.stats import median_abs_deviation
 
 from kielnet.stats import robust_sigma, row_nanmedian
-from kielnet.threads import n_threads, thread_map
+from kielnet.threads import thread_map, thread_parts
 
 __all__ = ["SPECTRUM_TESTS", "spectrum_statistics", "SpectrumPlausibility", "ColumnRanges",
            "placeholder_mask"]
@@ -94,8 +94,7 @@ def _statistics_rows(f: np.ndarray, finite: np.ndarray) -> dict[str, np.ndarray]
     full = finite.all(axis=1)
     rows = np.flatnonzero(full)
     if len(rows):
-        parts = max(1, min(n_threads(), len(rows) // _MIN_PART))
-        chunks = np.array_split(rows, parts)
+        chunks = [rows[a:b] for a, b in thread_parts(len(rows), _MIN_PART)]
         for idx, part in zip(chunks, thread_map(lambda r: _rows_statistics(f[r]), chunks)):
             for k in out:
                 out[k][idx] = part[k]

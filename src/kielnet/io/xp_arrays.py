@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kielnet.io.checks import shown
-from kielnet.threads import n_threads, thread_map
+from kielnet.threads import thread_map, thread_parts
 
 __all__ = ["parse_array_strings", "bad_cell_reasons", "array_strings"]
 
@@ -189,10 +189,7 @@ def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
     data = np.frombuffer(cells.buffers()[2], np.uint8)
     if not (np.isin(data[offsets[:-1]], _OPEN).all() and np.isin(data[offsets[1:] - 1], _CLOSE).all()):
         return None
-    m = len(cells)
-    parts = max(1, min(n_threads(), m // _MIN_PART))
-    bounds = np.linspace(0, m, parts + 1).astype(int)
-    slices = [cells.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    slices = [cells.slice(lo, hi - lo) for lo, hi in thread_parts(len(cells), _MIN_PART)]
     done = thread_map(lambda c: _split_cast(c, n_values), slices)
     if any(d is None for d in done):
         return None

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kielnet.threads import n_threads, thread_map
+from kielnet.threads import thread_map, thread_parts
 
 __all__ = ["NeighbourModel", "NeighbourAssessment", "positions"]
 
@@ -152,13 +152,12 @@ class NeighbourModel:
         if not len(good):
             return out
         x = self.standardise(raw[good])
-        # parts of at most ``chunk`` stars, at least one per thread (KD-tree queries and
+        # parts of at most ``chunk`` stars, one per thread at least (KD-tree queries and
         # NumPy sorts release the GIL); each star's numbers do not depend on its part
-        step = max(1, min(chunk, -(-len(good) // n_threads())))
 
-        def part(s: int) -> None:
-            rows = good[s:s + step]
-            xs = x[s:s + step]
+        def part(bounds: tuple[int, int]) -> None:
+            rows = good[bounds[0]:bounds[1]]
+            xs = x[bounds[0]:bounds[1]]
             idx = self._neighbours(xs, max(self.k_support, self.k_local), exclude_self)
             out.support[rows] = self.has_label[idx[:, :self.k_support]].mean(axis=1)
             zn = np.sort(self.z[idx[:, :self.k_local]].astype(np.float64), axis=1)  # (m, k, L), NaN last
@@ -180,7 +179,7 @@ class NeighbourModel:
             out.outlier_score[rows] = beyond.max(axis=1)
 
         self._index()  # built once, before the threads share it
-        thread_map(part, range(0, len(good), step))
+        thread_map(part, thread_parts(len(good), 1, chunk))
         return out
 
     def withheld(self, a: NeighbourAssessment) -> np.ndarray:
