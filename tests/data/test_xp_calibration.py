@@ -111,6 +111,35 @@ def _toy_sampling(rng) -> XPSampling:
                       rp_weight=w_rp, origin="toy")
 
 
+def test_each_band_computed_only_where_weighted_gives_the_full_merge_with_bad_inputs():
+    """sample() computes a band only where its merge weight is > 0; the merged flux and
+    error are the bits of merging both bands computed at every pixel, and a star with a
+    non-finite coefficient, error or correlation (not a whole missing band) is NaN at
+    every pixel of the merge it reaches, as the full products make it."""
+    rng = np.random.default_rng(11)
+    s = _toy_sampling(rng)
+    _, bp, bp_e, bp_r = _random_case(rng, n=6)
+    _, rp, rp_e, rp_r = _random_case(rng, n=6)
+    rp[1, 4] = np.nan      # one RP coefficient: NaN over the RP side and the overlap
+    bp_r[2, 7] = np.nan    # one BP correlation: the error only
+    bp_e[3, 0] = np.inf    # an infinite BP error
+    rp[4] = np.nan         # BP only (the whole band missing)
+    flux, err = s.sample(bp, rp, bp_e, rp_e, bp_r, rp_r)
+    f_bp, e_bp = sample_band(s.bp_design, bp, bp_e, bp_r)
+    f_rp, e_rp = sample_band(s.rp_design, rp, rp_e, rp_r)
+    w_bp, w_rp = s.bp_weight, s.rp_weight
+    with np.errstate(invalid="ignore"):
+        want_f = w_bp * f_bp + w_rp * f_rp
+        want_e = np.sqrt((w_bp * e_bp) ** 2 + (w_rp * e_rp) ** 2)
+    for i in (0, 1, 2, 3):
+        np.testing.assert_array_equal(flux[i], want_f[i])
+        np.testing.assert_array_equal(err[i], want_e[i])
+    assert np.isnan(flux[1]).all() and np.isfinite(flux[2]).all() and np.isnan(err[2]).all()
+    assert np.isnan(err[3]).all() and np.isfinite(err[0]).all()
+    np.testing.assert_array_equal(flux[4, w_bp > 0], f_bp[4, w_bp > 0])
+    assert np.isnan(flux[4, w_bp == 0]).all()
+
+
 def test_merge_and_missing_bands():
     rng = np.random.default_rng(3)
     s = _toy_sampling(rng)
