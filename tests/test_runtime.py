@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+import weakref
 
 import pytest
 
@@ -64,3 +65,33 @@ def test_without_linux_huge_pages_are_left_alone(monkeypatch):
     monkeypatch.setattr(runtime, "_no_thp", False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert runtime.no_huge_pages() is False
+
+
+def test_startup_objects_are_frozen_after_the_block_and_collection_restored():
+    import gc
+
+    class Node:
+        pass
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    try:
+        with runtime.startup_objects_frozen(False):   # another caller's process: nothing changes
+            assert gc.isenabled()
+        assert gc.get_freeze_count() == 0
+        with runtime.startup_objects_frozen():
+            assert not gc.isenabled()
+            made = [Node() for _ in range(100)]
+        assert gc.isenabled() and gc.get_freeze_count() >= 100
+        later = Node()
+        later.me = later                              # made after the start-up: collected as always
+        ref = weakref.ref(later)
+        del later
+        gc.collect()
+        assert ref() is None and len(made) == 100
+        with pytest.raises(RuntimeError):
+            with runtime.startup_objects_frozen():
+                raise RuntimeError("boom")
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()
