@@ -813,7 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"to {IN_MEMORY_ROW_LIMIT:,} rows (a larger input is refused before any "
                                     "compute when its size is known, else at the first chunk beyond the limit, "
                                     "keeping the finished parts). At the end kielnet prints the rows, the wall "
-                                    "time, stars/s and the rows per status name (ok, implausible_spectrum, ...).")
+                                    "time, stars/s, the rows per status name (ok, implausible_spectrum, ...) "
+                                    "and the seconds spent reading, in the networks, making labels and flags, "
+                                    "writing and assembling (summed over the chunks; over the workers with "
+                                    "--cluster).")
     pr.add_argument("--bundle", required=True, help="model bundle directory, or a shipped model name (kielnet models)")
     pr.add_argument("--data", required=True, help=DATA_HELP)
     pr.add_argument("--format", metavar="NAME", help=FORMAT_HELP)

@@ -85,6 +85,8 @@ def test_cluster_rows_equal_the_single_process_run(client, bundle_dir, stars, tm
     got = predict_to_file(bundle_dir, stars, tmp_path / "cluster.parquet", chunk_size=10, progress=False,
                           cluster=client)
     assert got.rows == ref.rows == 95 and got.chunks == 10 and got.flag_counts == ref.flag_counts
+    assert set(got.stage_seconds) == set(ref.stage_seconds) == {"reading", "networks", "labels", "writing",
+                                                                "assembling"}  # summed over the workers
     same_rows(ref.read(), got.read())
     cached = client.run(lambda: [k[:2] for k in __import__("kielnet.inference.distributed",
                                                           fromlist=["_BUNDLES"])._BUNDLES])

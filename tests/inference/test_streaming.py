@@ -118,6 +118,21 @@ def test_chunked_output_equals_one_shot_prediction(tiny_bundle, stars, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
+def test_the_summary_gives_each_stage_its_time(tiny_bundle, stars, tmp_path):
+    summary = predict_to_file(tiny_bundle, stars, tmp_path / "cat.parquet", chunk_size=10, progress=False)
+    stages = summary.stage_seconds
+    assert tuple(stages) == streaming.STAGES
+    assert all(v >= 0 for v in stages.values()) and stages["networks"] > 0 and stages["reading"] > 0
+    assert sum(stages.values()) <= summary.seconds
+    line = summary.report().splitlines()[-1]
+    assert line.startswith("  time: reading ") and "networks" in line and line.endswith(" s")
+    timings: dict[str, float] = {}
+    predict(tiny_bundle, stars, timings=timings)
+    first = dict(timings)
+    predict(tiny_bundle, stars, timings=timings)  # added to, not replaced
+    assert set(timings) == {"networks", "labels"} and all(timings[k] > first[k] > 0 for k in timings)
+
+
 def test_a_source_of_unknown_size_gives_the_same_catalogue(synthetic_bundle, make_table, tmp_path):
     table = awkward_stars(make_table, n=40)  # 4 full chunks: the end is found by an empty one
     a = predict_to_file(synthetic_bundle, TableSource(table), tmp_path / "a.parquet", chunk_size=10,
@@ -158,6 +173,7 @@ def test_existing_part_files_are_reused(tiny_bundle, stars, tmp_path):
     assert (teff[10:] > 2000).all()           # the rest was computed
     assert back["id"].tolist() == stars.ids.tolist()
     assert summary.rows == 25 and summary.reused_chunks == 1 and summary.computed_rows == 15
+    assert set(summary.stage_seconds) == set(streaming.STAGES)  # the two computed chunks' stages
     assert "kielnet_part" not in back.meta
     assert not parts.exists()
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -90,6 +91,7 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
     keep_large_allocations()
     bundle, nets = _worker_bundle(ref, bundle_obj)
     size = opts["chunk_size"]
+    t0 = time.perf_counter()
     batches = source.batches(size, start=k * size)
     try:
         chunk = next(iter(batches), None)
@@ -97,9 +99,12 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+    reading = time.perf_counter() - t0
     if chunk is None or len(chunk) == 0:
         return {"k": int(k), "n_rows": 0, "beyond_end": True}
-    return run_chunk(bundle, nets, chunk, k, **opts)
+    summary = run_chunk(bundle, nets, chunk, k, **opts)
+    summary.setdefault("seconds", {})["reading"] = reading
+    return summary
 
 
 # ----------------------------------------------------------------------------- driver side

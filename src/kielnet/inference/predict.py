@@ -19,6 +19,8 @@ valid range gives NaN labels and a flag naming the reason, and a row with status
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from astropy.table import Table
 
@@ -272,7 +274,8 @@ def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTa
 
 def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
             nets: list[HybridNet] | None = None, n_realisations: int | None = None,
-            rng: np.random.Generator | None = None, precision: str = "fp32", mark_duplicates: bool = True) -> Table:
+            rng: np.random.Generator | None = None, precision: str = "fp32", mark_duplicates: bool = True,
+            timings: dict[str, float] | None = None) -> Table:
     """Label every star of ``table`` with the bundle's ensemble.
 
     Parameters
@@ -297,6 +300,10 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
     mark_duplicates
         Add the column ``duplicate_id`` (the star's id occurs more than once in ``table``)
         and warn with the count (the streaming driver marks them over the whole input instead).
+    timings
+        If a dict is given, wall seconds are added to its entries ``"networks"`` (the
+        members' forward passes, noise realisations included) and ``"labels"`` (all the
+        rest: preprocessing, σ, quality scores and flags, the catalogue).
 
     An input column the bundle reads but ``table`` lacks entirely is treated as missing
     for every star when the bundle's σ model covers it
@@ -314,14 +321,17 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         raise UsageError(f"n_realisations must be >= 0, got {n_real}")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    t_start = time.perf_counter()
     table = fill_absent_inputs(bundle, table)
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
+    t_nets = time.perf_counter()
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         head: list = []
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision,
                                            head_sigma=head)
+        t_nets = time.perf_counter() - t_nets
         cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0),
                                          head_sigma=head[0] if head else None)
         embeddings, preds = None, med
@@ -330,9 +340,13 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         head = []
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings,
                                    precision=precision, head_sigma=head)
+        t_nets = time.perf_counter() - t_nets
         cat = catalogue_from_predictions(bundle, table, prep, preds, head_sigma=head[0] if head else None)
     cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
     cat = enforce_status(cat, bundle.config.label_names)
+    if timings is not None:
+        timings["networks"] = timings.get("networks", 0.0) + t_nets
+        timings["labels"] = timings.get("labels", 0.0) + (time.perf_counter() - t_start - t_nets)
     if mark_duplicates:
         dup = duplicate_id_mask(table.ids)
         add_duplicate_column(cat, dup)

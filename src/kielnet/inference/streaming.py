@@ -40,11 +40,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import itertools
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -83,6 +84,10 @@ _PART_KEY = "kielnet_part"
 
 
 # ----------------------------------------------------------------------------- summary
+#: the stages of :attr:`PredictionSummary.stage_seconds`, in the order a chunk passes them
+STAGES = ("reading", "networks", "labels", "writing", "assembling")
+
+
 @dataclass
 class PredictionSummary:
     """What :func:`predict_to_file` did (the catalogue itself is in ``output``).
@@ -98,6 +103,12 @@ class PredictionSummary:
     chunks: int
     reused_chunks: int = 0
     computed_rows: int = 0
+    #: wall seconds per stage, summed over the chunks (over the workers with a cluster):
+    #: ``reading`` (the input's rows into a star table: parsing, XP calibration),
+    #: ``networks`` (the members' forward passes), ``labels`` (preprocessing, σ, quality
+    #: scores, flags, the catalogue), ``writing`` (each chunk's part) and ``assembling``
+    #: (the parts into the output); a chunk reused from an interrupted run counts its reading only
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.rows
@@ -123,6 +134,9 @@ class PredictionSummary:
                          f"{self.computed_rows} stars computed now")
         flags = sorted(((n, c) for n, c in self.flag_counts.items() if n != "ok"), key=lambda x: (-x[1], x[0]))
         lines.append("  status: " + ", ".join([f"ok: {self.n_ok}"] + [f"{n}: {c}" for n, c in flags]))
+        if self.stage_seconds:
+            lines.append("  time: " + ", ".join(f"{n} {self.stage_seconds[n]:.1f} s" for n in STAGES
+                                               if n in self.stage_seconds))
         return "\n".join(lines)
 
 
@@ -320,15 +334,18 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
     chunk.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
     rng = np.random.default_rng([cfg.inference.seed, k])  # per chunk: resumable anywhere
     kw = {} if precision is None else {"precision": precision}  # None: predict has no such option
+    seconds: dict[str, float] = {}
     cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng,
-                  mark_duplicates=False, **kw)
+                  mark_duplicates=False, timings=seconds, **kw)
     add_duplicate_column(cat, duplicate_id_mask(chunk.ids))  # within the chunk; over the input at assembly
     status = np.asarray(cat["status"]).astype(str)
     _check_statuses(status, f"chunk {k}")
     cat.meta[_PART_KEY] = {"chunk": int(k), "start": int(start), "n_rows": int(len(chunk)), "run": digest,
                            "input": fp}
+    t0 = time.perf_counter()
     _write_part(cat, part)
-    summary.update(counts=_status_counts(status), reused=False)
+    seconds["writing"] = time.perf_counter() - t0
+    summary.update(counts=_status_counts(status), reused=False, seconds=seconds)
     return summary
 
 
@@ -447,7 +464,9 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
         if bar is not None:
             bar.close()
             bar = None
+        t_assemble = time.perf_counter()
         rows, counts = _assemble(bundle, parts, output, fmt, summaries)
+        t_assemble = time.perf_counter() - t_assemble
     except BaseException:
         if bar is not None:
             bar.close()
@@ -455,26 +474,52 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
             shutil.rmtree(parts, ignore_errors=True)
         raise
     shutil.rmtree(parts, ignore_errors=True)
+    stages = stage_seconds(summaries)
+    if stages:
+        stages["assembling"] = t_assemble
     return PredictionSummary(output=output, rows=rows, flag_counts=counts, seconds=time.perf_counter() - t0,
                              chunks=len(summaries), reused_chunks=sum(bool(s["reused"]) for s in summaries),
-                             computed_rows=sum(s["n_rows"] for s in summaries if not s["reused"]))
+                             computed_rows=sum(s["n_rows"] for s in summaries if not s["reused"]),
+                             stage_seconds=stages)
 
 
 def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[dict]:
     """The chunk loop in this process: one chunk in memory at a time."""
     nets = bundle.build_members()
     summaries = []
-    for k, chunk in enumerate(source.batches(opts["chunk_size"])):
-        if len(chunk) == 0:
+    batches = iter(source.batches(opts["chunk_size"]))
+    for k in itertools.count():
+        t0 = time.perf_counter()
+        chunk = next(batches, None)
+        reading = time.perf_counter() - t0
+        if chunk is None or len(chunk) == 0:
             break
         n = len(chunk)
-        summaries.append(run_chunk(bundle, nets, chunk, k, **opts))
+        summaries.append(add_seconds(run_chunk(bundle, nets, chunk, k, **opts), reading=reading))
         del chunk  # not held while the next chunk is read
         if bar is not None:
             bar.update(n)
     if not summaries:
         raise InputError("the input holds no stars", source=source.spec)
     return summaries
+
+
+def add_seconds(summary: dict, **stages: float) -> dict:
+    """``summary`` (of :func:`run_chunk`) with ``stages`` (name → wall seconds) added to
+    its ``seconds``; returned for chaining."""
+    seconds = summary.setdefault("seconds", {})
+    for name, value in stages.items():
+        seconds[name] = seconds.get(name, 0.0) + float(value)
+    return summary
+
+
+def stage_seconds(summaries: list[dict]) -> dict[str, float]:
+    """Wall seconds per stage (:data:`STAGES`) summed over the chunk summaries."""
+    total: dict[str, float] = {}
+    for s in summaries:
+        for name, value in s.get("seconds", {}).items():
+            total[name] = total.get(name, 0.0) + value
+    return {name: total[name] for name in STAGES if name in total}
 
 
 # ----------------------------------------------------------------------------- final output
