@@ -87,6 +87,17 @@ def timed_predict(bundle: Path, data: Path, out: Path, *extra: str) -> dict:
             "cpu_s": round(float(user) + float(system), 1), "stdout": run.stdout.strip()}
 
 
+def stage_seconds_of(report: str) -> dict[str, float]:
+    """Seconds per stage from the ``  time: reading 12.3 s, networks 45.6 s, ...`` line
+    that ``kielnet predict`` closes with (``PredictionSummary.report``)."""
+    import re
+
+    line = next((ln for ln in report.splitlines() if ln.strip().startswith("time:")), None)
+    if line is None:
+        raise RuntimeError(f"no 'time:' line in the predict report:\n{report}")
+    return {name: float(sec) for name, sec in re.findall(r"([a-z]+) ([0-9.]+) s", line)}
+
+
 def rows_of(path: Path) -> int:
     import pyarrow.parquet as pq
 
