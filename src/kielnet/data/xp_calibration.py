@@ -54,12 +54,14 @@ from threadpoolctl import threadpool_limits
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
 from kielnet.errors import InputError
-from kielnet.threads import thread_map
+from kielnet.threads import thread_map, thread_parts
 
 __all__ = ["XPSampling", "sample_band", "with_xp_coefficients"]
 
 #: Stars per block in the error products (bounds memory: a few (block × 1485) arrays).
 _BLOCK = 2048
+#: Stars per part below which :meth:`XPSampling.sample` does not split its work between threads.
+_MIN_PART = 256
 
 
 def _rows(name: str, x: Any, width: int, n: int | None = None) -> np.ndarray:
@@ -295,13 +297,42 @@ class XPSampling:
         """
         bp = _rows("bp_coef", bp_coef, N_XP_COEFFICIENTS)
         rp = _rows("rp_coef", rp_coef, N_XP_COEFFICIENTS, len(bp))
-        bands = ((self.bp_design, bp, bp_err, bp_corr, bp_n_bases, self.bp_weight),
-                 (self.rp_design, rp, rp_err, rp_corr, rp_n_bases, self.rp_weight))
-        with threadpool_limits(limits=1, user_api="blas"):  # set once: the two bands run at once
+        n = len(bp)
+        k, k_corr = N_XP_COEFFICIENTS, N_XP_COEFFICIENTS * (N_XP_COEFFICIENTS - 1) // 2
+        per_star = {  # (n, ...) arrays, cut into parts below; a single count of bases holds for all
+            "bp_err": None if bp_err is None else _rows("bp_err", bp_err, k, n),
+            "rp_err": None if rp_err is None else _rows("rp_err", rp_err, k, n),
+            "bp_corr": None if bp_corr is None else _rows("bp_corr", bp_corr, k_corr, n),
+            "rp_corr": None if rp_corr is None else _rows("rp_corr", rp_corr, k_corr, n),
+            "bp_n_bases": None if bp_n_bases is None else np.broadcast_to(np.asarray(bp_n_bases, float), (n,)),
+            "rp_n_bases": None if rp_n_bases is None else np.broadcast_to(np.asarray(rp_n_bases, float), (n,))}
+        flux = np.empty((n, self.n_pix))
+        err = np.empty((n, self.n_pix)) if with_errors else None
+
+        def part(bounds: tuple[int, int]) -> None:
+            lo, hi = bounds
+            cut = {name: None if v is None else v[lo:hi] for name, v in per_star.items()}
+            f, e = self._sample_rows(bp[lo:hi], rp[lo:hi], with_errors=with_errors, **cut)
+            flux[lo:hi] = f
+            if err is not None:
+                err[lo:hi] = e
+
+        # parts of the stars on the pool's threads, each both bands and their merge, one BLAS
+        # thread each (the products' bits do not depend on a star's place in its part)
+        with threadpool_limits(limits=1, user_api="blas"):
+            thread_map(part, thread_parts(n, _MIN_PART) or [(0, 0)])
+        return flux, err
+
+    def _sample_rows(self, bp: np.ndarray, rp: np.ndarray, *, with_errors: bool, bp_err: Any, rp_err: Any,
+                     bp_corr: Any, rp_corr: Any, bp_n_bases: Any, rp_n_bases: Any
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`sample` of some stars in the calling thread."""
+        (f_bp, e_bp), (f_rp, e_rp) = [
             # each band only where its merge weight is > 0 (BP below, RP above the overlap):
             # half the products of computing both bands at every pixel, the same merged numbers
-            (f_bp, e_bp), (f_rp, e_rp) = thread_map(
-                lambda b: _sample_band(*b[:5], with_errors=with_errors, pixels=np.flatnonzero(b[5] > 0)), bands)
+            _sample_band(design, coef, e, c, nb, with_errors=with_errors, pixels=np.flatnonzero(w > 0))
+            for design, coef, e, c, nb, w in ((self.bp_design, bp, bp_err, bp_corr, bp_n_bases, self.bp_weight),
+                                               (self.rp_design, rp, rp_err, rp_corr, rp_n_bases, self.rp_weight))]
         has_bp = ~np.isnan(bp).all(axis=1)[:, None]
         has_rp = ~np.isnan(rp).all(axis=1)[:, None]
         w_bp, w_rp = self.bp_weight[None, :], self.rp_weight[None, :]
