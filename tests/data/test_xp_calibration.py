@@ -111,6 +111,27 @@ def _toy_sampling(rng) -> XPSampling:
                       rp_weight=w_rp, origin="toy")
 
 
+@pytest.mark.parametrize("n", [943, 1001, 256, 1])
+def test_sampled_bits_do_not_depend_on_the_number_of_threads(monkeypatch, n):
+    """A Dask worker runs on one thread, one process on several: every star's flux and
+    error must be the same bits (the parts of the stars are cut by place, not by thread;
+    with two parts of 471 and 472 stars, OpenBLAS gave the last star of each other bits)."""
+    rng = np.random.default_rng(7)
+    w = np.clip(np.linspace(-1, 2, 343), 0, 1)
+    sampling = XPSampling(np.linspace(336, 1020, 343), rng.normal(size=(343, 55)), rng.normal(size=(343, 55)),
+                          1 - w, w)
+    bp, rp = rng.normal(size=(n, 55)) * 100, rng.normal(size=(n, 55)) * 100
+    errs = [rng.uniform(0.5, 3.0, size=(n, 55)) for _ in range(2)]
+    corrs = [rng.uniform(-0.3, 0.3, size=(n, 1485)) for _ in range(2)]
+    runs = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("KIELNET_THREADS", threads)
+        runs.append(sampling.sample(bp, rp, errs[0], errs[1], corrs[0], corrs[1]))
+    for flux, err in runs[1:]:
+        np.testing.assert_array_equal(flux, runs[0][0])
+        np.testing.assert_array_equal(err, runs[0][1])
+
+
 def test_each_band_computed_only_where_weighted_gives_the_full_merge_with_bad_inputs():
     """sample() computes a band only where its merge weight is > 0; the merged flux and
     error are the bits of merging both bands computed at every pixel, and a star with a

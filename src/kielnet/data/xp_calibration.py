@@ -54,14 +54,14 @@ from threadpoolctl import threadpool_limits
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
 from kielnet.errors import InputError
-from kielnet.threads import thread_map, thread_parts
+from kielnet.threads import thread_map
 
 __all__ = ["XPSampling", "sample_band", "with_xp_coefficients"]
 
 #: Stars per block in the error products (bounds memory: a few (block × 1485) arrays).
 _BLOCK = 2048
-#: Stars per part below which :meth:`XPSampling.sample` does not split its work between threads.
-_MIN_PART = 256
+#: Stars per part of :meth:`XPSampling.sample` (the parts run on the pool's threads).
+_PART_ROWS = 256
 
 
 def _rows(name: str, x: Any, width: int, n: int | None = None) -> np.ndarray:
@@ -317,10 +317,13 @@ class XPSampling:
             if err is not None:
                 err[lo:hi] = e
 
-        # parts of the stars on the pool's threads, each both bands and their merge, one BLAS
-        # thread each (the products' bits do not depend on a star's place in its part)
+        # parts of _PART_ROWS stars on the pool's threads, each both bands and their merge on
+        # one BLAS thread. The parts are cut by the stars' places alone, never by the number of
+        # threads: a star's last bits depend on its place in the product (OpenBLAS computes the
+        # rows beyond a multiple of its kernel's unroll differently), so a Dask worker on one
+        # thread reproduces one process's rows on two
         with threadpool_limits(limits=1, user_api="blas"):
-            thread_map(part, thread_parts(n, _MIN_PART) or [(0, 0)])
+            thread_map(part, [(lo, min(lo + _PART_ROWS, n)) for lo in range(0, n, _PART_ROWS)] or [(0, 0)])
         return flux, err
 
     def _sample_rows(self, bp: np.ndarray, rp: np.ndarray, *, with_errors: bool, bp_err: Any, rp_err: Any,
