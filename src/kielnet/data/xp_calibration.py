@@ -45,11 +45,12 @@ cached); this module reads no files.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from kielnet.data.startable import StarTable
 from kielnet.data.xp import N_XP_COEFFICIENTS, coefficient_names
@@ -62,6 +63,19 @@ __all__ = ["XPSampling", "sample_band", "with_xp_coefficients"]
 _BLOCK = 2048
 #: Stars per part of :meth:`XPSampling.sample` (the parts run on the pool's threads).
 _PART_ROWS = 256
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's thread pools, found once (``threadpoolctl.threadpool_limits`` looks
+    them up again on every call: ~1.4 ms, once per piece of an XP file)."""
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """A context in which the BLAS libraries loaded when it was first asked for (NumPy's
+    among them, which computes the products here) run on one thread."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _rows(name: str, x: Any, width: int, n: int | None = None) -> np.ndarray:
@@ -119,7 +133,7 @@ def sample_band(design: np.ndarray, coef: Any, err: Any = None, corr: Any = None
     and with the number of threads — a Dask worker would not reproduce one process's
     rows. On one thread they are the same bits wherever the star is.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         return _sample_band(design, coef, err, corr, n_bases, with_errors)
 
 
@@ -322,7 +336,7 @@ class XPSampling:
         # threads: a star's last bits depend on its place in the product (OpenBLAS computes the
         # rows beyond a multiple of its kernel's unroll differently), so a Dask worker on one
         # thread reproduces one process's rows on two
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _one_blas_thread():
             thread_map(part, [(lo, min(lo + _PART_ROWS, n)) for lo in range(0, n, _PART_ROWS)] or [(0, 0)])
         return flux, err
 
