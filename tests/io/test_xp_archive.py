@@ -217,3 +217,20 @@ def test_null_inside_a_json_array_is_nan_in_ecsv_only():
     values, bad = parse_array_strings(cells, 3)
     assert list(np.flatnonzero(bad)) == [0] and np.isnan(values[0]).all()
     assert bad_cell_reasons(cells, [0], 3) == {0: "cannot parse the cell: value 1 of the cell is 'null', not a number"}
+
+
+def test_a_reader_left_unfinished_closes_quietly_at_exit(tmp_path):
+    """A caller that takes one batch and exits: the suspended reader is closed during the
+    interpreter's shutdown, and its error handling must not need modules torn down by
+    then (it printed "Exception ignored ... TypeError: catching classes that do not
+    inherit from BaseException")."""
+    import subprocess
+
+    (f,) = write_bulk(tmp_path, RAW, [6])
+    code = ("import kielnet.inference.streaming\n"
+            "from kielnet.io.streams.xp_continuous import XpContinuousSource\n"
+            f"it = iter(XpContinuousSource({str(f)!r}, sampled=True, piece_rows=2).batches(2))\n"
+            "next(it)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -344,13 +344,18 @@ class XpContinuousSource(FileSource):
             if not self.uncertainties:  # the error / correlation cells are not converted
                 columns = [c for c in header[2] if not c.lower().endswith(("_coefficient_errors",
                                                                            "_coefficient_correlations"))]
+            # the error classes looked up before the reading starts: a generator left unfinished
+            # is closed at interpreter shutdown, when pyarrow's and the decompressor's modules may
+            # already be torn down (their names None)
+            arrow_errors = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
+            read_errors = (EOFError, OSError, _gzip_errors())
             try:
                 with _open_text(path, self.block_size, columns, header) as reader:
                     for batch in reader:
                         yield batch, fmt, ecsv
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            except arrow_errors as exc:
                 raise InputError(f"cannot read as {fmt}: {exc}", source=str(path)) from exc
-            except (EOFError, OSError, _gzip_errors()) as exc:  # truncated / corrupt .gz
+            except read_errors as exc:  # truncated / corrupt .gz
                 raise InputError(f"cannot read as {fmt}: the file is truncated or not valid gzip "
                                  f"({type(exc).__name__}: {exc})", source=str(path)) from exc
         elif kind == "fits":
