@@ -12,6 +12,13 @@ the usable Teff rows (reported, no flag but ``label_not_reported``) and the frac
 beyond 3σ of APOGEE's Teff, split by APOGEE Teff > 10,000 K and by APOGEE's Teff error.
 Beside it: how many hot stars the cleaning kept and dropped, by Teff error.
 
+``out_of_fold`` (when the first seed's work directory ``benchmarks/.work/xp_library`` with its
+``out_of_fold.parquet`` is present, e.g. rebuilt by ``benchmarks/workdir_from_bundle.py``): the
+usable hot stars beyond 3σ in Teff among the shipped bundle's out-of-fold stars, with the
+tail rule of Teff alone at several rates, each cross-fitted on the stars' two halves
+(``crc32(id) % 2``) as ``benchmarks/xp_library.py`` chooses the rate: the fraction of Teff
+withheld and, of the rest, the fractions beyond 3σ overall and among the hot stars.
+
 The question: the benchmark's ``hot_ok_beyond_3sigma`` is scored on every test star,
 whatever APOGEE's Teff error, while the tail regimes and σ were fitted on out-of-fold
 stars of the cleaned training set. Hot stars have far larger APOGEE Teff errors than the
@@ -41,6 +48,49 @@ def _rates(z: np.ndarray, usable: np.ndarray, mask: np.ndarray) -> dict:
     return {"n": int(mask.sum()), "n_usable": int(keep.sum()),
             "usable_fraction": float(keep.sum() / mask.sum()) if mask.any() else None,
             "n_beyond_3sigma": n_bad, "beyond_3sigma": n_bad / int(keep.sum()) if keep.any() else None}
+
+
+WORKDIR = ROOT / "benchmarks" / ".work" / "xp_library"
+TEFF_RATES = (None, 0.10, 0.07, 0.05)
+
+
+def out_of_fold(bundle) -> dict | None:
+    """Teff-only tail rules at :data:`TEFF_RATES` on the out-of-fold stars (module docstring)."""
+    import zlib
+
+    from kielnet.quality.tails import TailRegimes
+    from kielnet.training.calibrate import oof_sigma, reported_z
+    from kielnet.training.out_of_fold import load_out_of_fold
+
+    path = WORKDIR / "out_of_fold.parquet"
+    if not path.is_file() or bundle.sigma_model is None:
+        return None
+    oof, ids = load_out_of_fold(path)
+    nb = bundle.neighbours
+    z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
+    j = bundle.config.label_names.index("teff")
+    fin = np.isfinite(z[:, j]) & (True if a is None else ~nb.withheld(a)[:, j])
+    half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+    hot = oof.truth[:, j] > HOT_K
+    bins = max(bundle.config.quality.tail_regimes.bin_stars // 2, 20)
+    rates = {}
+    for rate in TEFF_RATES:
+        w = np.zeros(len(z), bool)
+        if rate is not None:
+            for h in (0, 1):
+                fit = TailRegimes.fit(["teff"], oof.pred[half == h][:, j:j + 1], z[half == h][:, j:j + 1],
+                                      bin_stars=bins, max_rate=rate, tail=3.0)
+                w[half != h] = fit.withheld(oof.pred[half != h][:, j:j + 1])[:, 0]
+        keep = fin & ~w
+        kh = keep & hot
+        rates["none" if rate is None else f"{rate:g}"] = {
+            "teff_withheld_fraction": float(w[fin].mean()), "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)),
+            "n_hot_kept": int(kh.sum()), "n_hot_beyond_3sigma": int(np.sum(z[kh, j] > 3)),
+            "hot_beyond_3sigma_kept": float(np.mean(z[kh, j] > 3)) if kh.any() else None}
+    return {"stars": int(len(z)), "hot": int(hot.sum()), "workdir": str(WORKDIR.relative_to(ROOT)),
+            "method": f"Teff alone, cross-fitted on the two halves (crc32(id) % 2), bins of {bins} stars per half; "
+                      "usable = Teff reported with label support (likely_outlier not applied)",
+            "rates": rates}
 
 
 def main() -> int:
@@ -84,9 +134,11 @@ def main() -> int:
         "hot_teff_err_ge_250": _rates(z, usable, h & (e >= TEFF_ERR_CUT)),
         "not_hot": _rates(z, usable, ~h),
         "not_hot_teff_err_ge_250": _rates(z, usable, ~h & (e >= TEFF_ERR_CUT))}
+    oof = out_of_fold(bundle)
     res = {"bundle": BUNDLE, "test_fifth_read": False,
            "cleaning": {"file": str(CLEANING.relative_to(ROOT)), **cleaning},
            "dropped_stars_predicted": dropped_rates,
+           "out_of_fold": oof,
            "definition": "usable = Teff reported and no flag but label_not_reported; beyond_3sigma = fraction of "
                          "the usable rows with |Teff - APOGEE Teff| > 3 sigma_teff; hot = APOGEE Teff > 10,000 K",
            **provenance(commit, dirty)}
@@ -95,6 +147,8 @@ def main() -> int:
     print(f"cleaning: {cleaning}")
     for k, v in dropped_rates.items():
         print(f"{k:26s} {v}")
+    for k, v in ((oof or {}).get("rates") or {}).items():
+        print(f"out of fold, Teff rate {k:5s} {v}")
     print(f"written {out}")
     return 0
 
