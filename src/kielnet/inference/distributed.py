@@ -102,9 +102,7 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
     reading = time.perf_counter() - t0
     if chunk is None or len(chunk) == 0:
         return {"k": int(k), "n_rows": 0, "beyond_end": True}
-    summary = run_chunk(bundle, nets, chunk, k, **opts)
-    summary.setdefault("seconds", {})["reading"] = reading
-    return summary
+    return run_chunk(bundle, nets, chunk, k, reading=reading, **opts)
 
 
 # ----------------------------------------------------------------------------- driver side

@@ -311,12 +311,14 @@ def _write_part(cat: Table, part: Path) -> None:
 
 def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int, parts: Path, digest: str,
               batch_size: int, n_realisations: int, precision: str | None = None,
-              row_limit: int | None = None) -> dict:
+              row_limit: int | None = None, reading: float | None = None) -> dict:
     """Label chunk ``k`` (input rows ``[k*chunk_size, k*chunk_size + len(chunk))``) into
     its part, or check and reuse the part a run already wrote. The same in a single
     process and in a Dask worker. Returns a small JSON-able summary: ``k``, ``start``,
     ``n_rows``, ``ids`` (digest, for the final check), ``counts`` (rows per status
-    name), ``reused``."""
+    name), ``reused``, ``seconds`` (wall seconds per stage of :data:`STAGES`: the
+    caller's ``reading`` of the chunk when given, and for a computed chunk its
+    ``networks``, ``labels`` and ``writing``)."""
     start = k * chunk_size
     part = part_path(parts, k)
     if row_limit is not None and start + len(chunk) > row_limit:
@@ -326,15 +328,15 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
                          f"kept in {parts}; rename that directory to <new output>.parts to reuse them")
     fp = chunk_fingerprint(bundle, chunk)
     summary = {"k": int(k), "start": int(start), "n_rows": int(len(chunk)), "ids": fp["ids"]}
+    seconds: dict[str, float] = {} if reading is None else {"reading": float(reading)}
     if part.is_file():
-        summary.update(counts=_reuse_part(part, chunk, k, start, fp, digest), reused=True)
+        summary.update(counts=_reuse_part(part, chunk, k, start, fp, digest), reused=True, seconds=seconds)
         return summary
     cfg = bundle.config
     chunk = fill_absent_inputs(bundle, chunk)
     chunk.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
     rng = np.random.default_rng([cfg.inference.seed, k])  # per chunk: resumable anywhere
     kw = {} if precision is None else {"precision": precision}  # None: predict has no such option
-    seconds: dict[str, float] = {}
     cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng,
                   mark_duplicates=False, timings=seconds, **kw)
     add_duplicate_column(cat, duplicate_id_mask(chunk.ids))  # within the chunk; over the input at assembly
@@ -495,22 +497,13 @@ def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[
         if chunk is None or len(chunk) == 0:
             break
         n = len(chunk)
-        summaries.append(add_seconds(run_chunk(bundle, nets, chunk, k, **opts), reading=reading))
+        summaries.append(run_chunk(bundle, nets, chunk, k, reading=reading, **opts))
         del chunk  # not held while the next chunk is read
         if bar is not None:
             bar.update(n)
     if not summaries:
         raise InputError("the input holds no stars", source=source.spec)
     return summaries
-
-
-def add_seconds(summary: dict, **stages: float) -> dict:
-    """``summary`` (of :func:`run_chunk`) with ``stages`` (name → wall seconds) added to
-    its ``seconds``; returned for chaining."""
-    seconds = summary.setdefault("seconds", {})
-    for name, value in stages.items():
-        seconds[name] = seconds.get(name, 0.0) + float(value)
-    return summary
 
 
 def stage_seconds(summaries: list[dict]) -> dict[str, float]:
