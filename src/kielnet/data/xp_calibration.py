@@ -131,32 +131,53 @@ def sample_band(design: np.ndarray, coef: Any, err: Any = None, corr: Any = None
     The matrix products run on one BLAS thread: multi-threaded OpenBLAS splits a product
     by rows, so a star's flux could change in its last bit with its place in the batch
     and with the number of threads — a Dask worker would not reproduce one process's
-    rows. On one thread they are the same bits wherever the star is.
+    rows. On one thread a star's bits depend on its place in the batch only (OpenBLAS
+    computes the rows past a multiple of its kernel's unroll differently), never on the
+    number of threads.
     """
+    band = _band_map(design)
     with _one_blas_thread():
-        return _sample_band(design, coef, err, corr, n_bases, with_errors)
+        return _sample_band(band, coef, err, corr, n_bases, with_errors)
 
 
-def _sample_band(design: Any, coef: Any, err: Any, corr: Any, n_bases: Any, with_errors: bool,
-                 pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`sample_band` on one BLAS thread. ``pixels``: if given, only those rows of
-    ``design`` are computed; every other pixel holds 0 for a star whose inputs are all
-    finite and NaN otherwise (what the product gives there, up to a sign, once multiplied
-    by a merge weight of 0: :meth:`XPSampling.sample` computes each band only where its
-    weight is > 0)."""
+@dataclass(frozen=True, eq=False)
+class _BandMap:
+    """One band's design matrix on the pixels it is computed at, with the fixed products
+    its variance needs (made once per design and pixels, not per batch)."""
+
+    design: np.ndarray            #: (n computed pixels, k)
+    a_sq: np.ndarray              #: (n computed pixels, k): ``design²``
+    a_cross: np.ndarray           #: (n computed pixels, k(k−1)/2): ``2 A_pj A_pk``, packed as the archive
+    pixels: np.ndarray | None     #: the computed pixels of the ``n_pix``; None: all
+    n_pix: int
+
+
+def _band_map(design: Any, pixels: np.ndarray | None = None) -> _BandMap:
     a = np.asarray(design, dtype=np.float64)
     if a.ndim != 2:
         raise InputError(f"design matrix must be 2-D (n_pix, k), got shape {a.shape}",
                          field="design")
     n_pix, k = a.shape
+    if pixels is not None:
+        a = a[pixels]
+    lo_row, lo_col = np.tril_indices(k, k=-1)  # the archive's packing order
+    return _BandMap(a, a * a, 2.0 * a[:, lo_row] * a[:, lo_col], pixels, n_pix)
+
+
+def _sample_band(band: _BandMap, coef: Any, err: Any, corr: Any, n_bases: Any, with_errors: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`sample_band` on one BLAS thread. Where ``band`` leaves pixels out, they
+    hold 0 for a star whose inputs are all finite and NaN otherwise (what the product
+    gives there, up to a sign, once multiplied by a merge weight of 0:
+    :meth:`XPSampling.sample` computes each band only where its weight is > 0)."""
+    a = band.design
+    k = a.shape[1]
     c = _rows("coef", coef, k)
     n = len(c)
     mask = _truncate(n_bases, n, k)
     if mask is not None:
         c = c * mask
-    if pixels is not None:
-        a = a[pixels]
-    flux = _all_pixels(c @ a.T, np.isfinite(c).all(axis=1), pixels, n_pix)
+    flux = _all_pixels(c @ a.T, np.isfinite(c).all(axis=1), band)
     if not with_errors:
         return flux, None
     if err is None or corr is None:
@@ -165,36 +186,34 @@ def _sample_band(design: Any, coef: Any, err: Any, corr: Any, n_bases: Any, with
     r = _rows("corr", corr, k * (k - 1) // 2, n)
     if mask is not None:
         s = s * mask
-    var = _variance(a, s, r)
+    var = _variance(band, s, r)
     finite = np.isfinite(s).all(axis=1) & np.isfinite(r).all(axis=1)
-    return flux, _all_pixels(np.sqrt(np.maximum(var, 0.0)), finite, pixels, n_pix)
+    return flux, _all_pixels(np.sqrt(np.maximum(var, 0.0)), finite, band)
 
 
-def _all_pixels(values: np.ndarray, finite: np.ndarray, pixels: np.ndarray | None, n_pix: int) -> np.ndarray:
-    """``values`` (n, len(pixels)) placed into (n, n_pix): 0 at the other pixels of a row
-    whose inputs are all ``finite`` (n,), NaN in the rest of a row with a non-finite input."""
-    if pixels is None:
+def _all_pixels(values: np.ndarray, finite: np.ndarray, band: _BandMap) -> np.ndarray:
+    """``values`` (n, computed pixels) placed into (n, n_pix): 0 at the other pixels of a
+    row whose inputs are all ``finite`` (n,), NaN in the rest of a row with a non-finite input."""
+    if band.pixels is None:
         return values
-    out = np.zeros((len(values), n_pix))
+    out = np.zeros((len(values), band.n_pix))
     out[~finite] = np.nan
-    out[:, pixels] = values
+    out[:, band.pixels] = values
     return out
 
 
-def _variance(a: np.ndarray, s: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """(n, n_pix) flux variance from the design ``a`` (n_pix, k), the coefficient errors
+def _variance(band: _BandMap, s: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(n, computed pixels) flux variance from the band's products, the coefficient errors
     ``s`` (n, k) and the packed correlations ``r`` (n, k(k-1)/2)."""
     n, k = s.shape
     lo_row, lo_col = np.tril_indices(k, k=-1)  # the archive's packing order
-    a_sq = a * a                                          # (n_pix, k)
-    a_cross = 2.0 * a[:, lo_row] * a[:, lo_col]           # (n_pix, k(k-1)/2)
-    var = np.empty((n, a.shape[0]))
+    var = np.empty((n, band.design.shape[0]))
     for lo in range(0, n, _BLOCK):
         hi = min(lo + _BLOCK, n)
         sb = s[lo:hi]
         # np.take, not fancy indexing: the same numbers, 4× faster on (2048, 1485) blocks
         pairs = r[lo:hi] * np.take(sb, lo_row, axis=1) * np.take(sb, lo_col, axis=1)
-        var[lo:hi] = (sb * sb) @ a_sq.T + pairs @ a_cross.T
+        var[lo:hi] = (sb * sb) @ band.a_sq.T + pairs @ band.a_cross.T
     return var
 
 
@@ -340,16 +359,23 @@ class XPSampling:
             thread_map(part, [(lo, min(lo + _PART_ROWS, n)) for lo in range(0, n, _PART_ROWS)] or [(0, 0)])
         return flux, err
 
+    @functools.cached_property
+    def _bands(self) -> tuple[_BandMap, _BandMap]:
+        """BP and RP, each only where its merge weight is > 0 (BP below, RP above the
+        overlap): half the products of computing both bands at every pixel, the same
+        merged numbers."""
+        return (_band_map(self.bp_design, np.flatnonzero(self.bp_weight > 0)),
+                _band_map(self.rp_design, np.flatnonzero(self.rp_weight > 0)))
+
     def _sample_rows(self, bp: np.ndarray, rp: np.ndarray, *, with_errors: bool, bp_err: Any, rp_err: Any,
                      bp_corr: Any, rp_corr: Any, bp_n_bases: Any, rp_n_bases: Any
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`sample` of some stars in the calling thread."""
+        band_bp, band_rp = self._bands
         (f_bp, e_bp), (f_rp, e_rp) = [
-            # each band only where its merge weight is > 0 (BP below, RP above the overlap):
-            # half the products of computing both bands at every pixel, the same merged numbers
-            _sample_band(design, coef, e, c, nb, with_errors=with_errors, pixels=np.flatnonzero(w > 0))
-            for design, coef, e, c, nb, w in ((self.bp_design, bp, bp_err, bp_corr, bp_n_bases, self.bp_weight),
-                                               (self.rp_design, rp, rp_err, rp_corr, rp_n_bases, self.rp_weight))]
+            _sample_band(band, coef, e, c, nb, with_errors=with_errors)
+            for band, coef, e, c, nb in ((band_bp, bp, bp_err, bp_corr, bp_n_bases),
+                                         (band_rp, rp, rp_err, rp_corr, rp_n_bases))]
         has_bp = ~np.isnan(bp).all(axis=1)[:, None]
         has_rp = ~np.isnan(rp).all(axis=1)[:, None]
         w_bp, w_rp = self.bp_weight[None, :], self.rp_weight[None, :]
