@@ -98,6 +98,32 @@ def stage_seconds_of(report: str) -> dict[str, float]:
     return {name: float(sec) for name, sec in re.findall(r"([a-z]+) ([0-9.]+) s", line)}
 
 
+#: the stages a chunk's task spends on a worker (``assembling`` runs on the driver, once)
+WORKER_STAGES = ("reading", "networks", "labels", "writing")
+
+
+def worker_busy_rate(stars: int, stages: dict[str, float]) -> float:
+    """Stars per second of one busy worker: ``stars`` over the worker seconds of
+    :data:`WORKER_STAGES` summed over every task (``kielnet predict --cluster`` sums its
+    ``time:`` line over the workers). The cluster's start, the bundle's loading and the
+    row count of the files are left out: they do not grow with the stars per worker."""
+    busy = sum(stages[name] for name in WORKER_STAGES)
+    if busy <= 0:
+        raise ValueError(f"no worker seconds in {stages}")
+    return stars / busy
+
+
+def all_sky_hours(stars: float, workers: int, busy_rate: float, count_s_per_star: float = 0.0) -> float:
+    """Hours for ``stars`` on ``workers`` Dask workers, each labelling at ``busy_rate``
+    stars/s (:func:`worker_busy_rate`) after counting its share of the input's rows at
+    ``count_s_per_star`` worker seconds per star (a directory of bulk files is counted
+    once, one task per file, before the chunks start). Scheduler and file-system limits at
+    that scale are not in it."""
+    if workers < 1 or busy_rate <= 0 or count_s_per_star < 0:
+        raise ValueError("workers >= 1, busy_rate > 0 and count_s_per_star >= 0 are required")
+    return stars * (1.0 / busy_rate + count_s_per_star) / workers / 3600.0
+
+
 def rows_of(path: Path) -> int:
     import pyarrow.parquet as pq
 

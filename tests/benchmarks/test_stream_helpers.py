@@ -1,4 +1,5 @@
-"""benchmarks/_stream.py: the seconds per stage read back from kielnet predict's report."""
+"""benchmarks/_stream.py: the seconds per stage read back from kielnet predict's report, and
+the all-sky projection made from them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from kielnet.inference.streaming import PredictionSummary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _stream import stage_seconds_of  # noqa: E402
+from _stream import all_sky_hours, stage_seconds_of, worker_busy_rate  # noqa: E402
 
 
 def test_stage_seconds_round_trip_through_the_report():
@@ -26,3 +27,21 @@ def test_a_report_without_times_is_refused():
     summary = PredictionSummary(output=Path("cat.parquet"), rows=10, flag_counts={"ok": 10}, seconds=9.0, chunks=1)
     with pytest.raises(RuntimeError, match="no 'time:' line"):
         stage_seconds_of(summary.report())
+
+
+def test_the_busy_rate_counts_every_worker_stage_and_not_the_assembly():
+    stages = {"reading": 30.0, "networks": 50.0, "labels": 15.0, "writing": 5.0, "assembling": 40.0}
+    assert worker_busy_rate(40_000, stages) == pytest.approx(400.0)
+    with pytest.raises(KeyError):  # a report without one of the worker stages is not read as zero
+        worker_busy_rate(40_000, {"reading": 30.0, "networks": 50.0})
+
+
+def test_all_sky_hours_scale_with_stars_and_workers_and_add_the_row_count():
+    base = all_sky_hours(2.2e8, 100, 500.0)
+    assert base == pytest.approx(2.2e8 / 500.0 / 100 / 3600)
+    assert all_sky_hours(2.2e8, 200, 500.0) == pytest.approx(base / 2)
+    # counting the rows at 1e-4 worker seconds per star adds 2.2e4 worker seconds in all
+    assert all_sky_hours(2.2e8, 100, 500.0, 1e-4) == pytest.approx(base + 2.2e8 * 1e-4 / 100 / 3600)
+    for bad in ((0, 500.0, 0.0), (100, 0.0, 0.0), (100, 500.0, -1.0)):
+        with pytest.raises(ValueError):
+            all_sky_hours(2.2e8, *bad)
