@@ -183,6 +183,14 @@ def tail_source_lines(res: dict) -> list[str]:
              f"classifier of APOGEE Teff > 10,000 K inside that range reaches ROC AUC "
              f"{rng['hot_vs_cool_classifier_auc']:.2f} and catches "
              f"{rng['misses_caught_when_flagging_top_fraction_of_range']['0.10']} of them when flagging 10 % of it."]
+    reg = res.get("regimes")
+    if reg:
+        lines.append(
+            "- 1 sigma coverage per regime out of fold (every predicted star, flagged or not; APOGEE labels and S/N): "
+            + "; ".join(f"{name} " + ", ".join(f"{n} {v['cov1']:.2f}" for n, v in r["labels"].items() if v["n"])
+                        for name, r in reg.items())
+            + ". A regime's miss on the test fifth that is not there out of fold has nothing to be recalibrated on "
+            "without the test fifth.")
     ed = res.get("ensemble_disagreement")
     if ed:
         row, off = ed["thresholds"][0], ed["thresholds"][-1]

@@ -1,4 +1,4 @@
-"""The model card's tail-regime section is written from the bundle and the benchmark result."""
+"""The model card's tail sections are written from the bundle and the benchmark results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "release"))
 
-from package_pretrained import tail_regime_lines  # noqa: E402
+from package_pretrained import tail_regime_lines, tail_source_lines  # noqa: E402
 
 from kielnet.quality.tails import TailRegimes  # noqa: E402
 
@@ -51,3 +51,20 @@ def test_card_gives_the_robust_sigma_with_withheld_labels_where_it_differs():
     assert "logg 0.139" not in text.split("included")[1]
     seeds.pop("robust_sigma_without_withholding")
     assert "tail regime" not in "\n".join(seed_lines({"seeds": seeds}, ["teff", "logg"]))
+
+
+def test_card_gives_the_out_of_fold_coverage_per_regime_from_the_tail_diagnosis():
+    repo = Path(__file__).resolve().parents[2]
+    import json
+
+    res = json.loads((repo / "benchmarks" / "results" / "xp_tail_sources.json").read_text())
+    res["regimes"] = {"cool_dwarfs_teff_lt_4000": {"n_stars": 211, "labels": {
+                          "teff": {"n": 211, "cov1": 0.7156, "cov2": 0.94, "beyond_3sigma": 0.03},
+                          "fe_h": {"n": 0}}},
+                      "teff_gt_10000": {"n_stars": 422, "labels": {
+                          "teff": {"n": 422, "cov1": 0.5734, "cov2": 0.79, "beyond_3sigma": 0.14}}}}
+    line = next(ln for ln in tail_source_lines(res) if "per regime out of fold" in ln)
+    assert "cool_dwarfs_teff_lt_4000 teff 0.72; teff_gt_10000 teff 0.57." in line
+    assert "fe_h" not in line  # a label without stars in the regime is left out
+    del res["regimes"]  # a diagnosis written before the section existed
+    assert not any("per regime" in ln for ln in tail_source_lines(res))
