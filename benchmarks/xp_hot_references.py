@@ -19,6 +19,12 @@ tail rule of Teff alone at several rates, each cross-fitted on the stars' two ha
 (``crc32(id) % 2``) as ``benchmarks/xp_library.py`` chooses the rate: the fraction of Teff
 withheld and, of the rest, the fractions beyond 3σ overall and among the hot stars.
 
+``out_of_fold_gap_checks`` (the shipped bundle's own out-of-fold predictions, rebuilt from
+its members as ``benchmarks/xp_tail_sources.py`` does): whether the catalogue's
+``ensemble_disagreement`` flag, which the rates above leave out, or the number of members
+averaged (two per split out of fold, eight for a new star: the Teff tail interval was
+fitted on two-member means) makes the test fifth's hot tail larger than the out-of-fold one.
+
 The question: the benchmark's ``hot_ok_beyond_3sigma`` is scored on every test star,
 whatever APOGEE's Teff error, while the tail regimes and σ were fitted on out-of-fold
 stars of the cleaned training set. Hot stars have far larger APOGEE Teff errors than the
@@ -93,6 +99,74 @@ def out_of_fold(bundle) -> dict | None:
             "rates": rates}
 
 
+def _halves(ids) -> np.ndarray:
+    import zlib
+
+    return np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+
+
+def out_of_fold_gap_checks(bundle) -> dict:
+    """Two causes the gap between the test fifth's hot tail and the out-of-fold one could
+    have, checked out of fold (module docstring): the ``ensemble_disagreement`` flag, which
+    the catalogue applies and the out-of-fold rates above do not, and the number of members
+    averaged (two per split out of fold, all eight for a new star)."""
+    from xp_tail_sources import out_of_fold_stars
+
+    from kielnet.quality.tails import TailRegimes
+
+    s = out_of_fold_stars(BUNDLE)
+    j = s["names"].index("teff")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(s["pred"][:, j] - s["truth"][:, j]) / s["sigma"][:, j]
+    usable = np.isfinite(z) & ~s["withheld"][:, j] & ~s["outlier"]
+    hot = s["truth"][:, j] > HOT_K
+    half = _halves(s["ids"])
+    bins = max(bundle.config.quality.tail_regimes.bin_stars // 2, 20)
+    ed = s["spread_score"] > 1.0 if s["spread_score"] is not None else np.zeros(len(z), bool)
+    flag_rows = {}
+    for rate in (None, bundle.config.quality.tail_regimes.max_rate):
+        w = np.zeros(len(z), bool)
+        if rate is not None:
+            for h in (0, 1):
+                m = (half == h) & usable
+                fit = TailRegimes.fit(["teff"], s["pred"][m][:, j:j + 1], z[m][:, None], bin_stars=bins,
+                                      max_rate=rate, tail=3.0)
+                w[half != h] = fit.withheld(s["pred"][half != h][:, j:j + 1])[:, 0]
+        for applied in (False, True):
+            keep = usable & ~w & (~ed if applied else True)
+            kh = keep & hot
+            flag_rows[f"rate {'none' if rate is None else f'{rate:g}'}, ensemble_disagreement "
+                      f"{'applied' if applied else 'not applied'}"] = {
+                "n_hot_kept": int(kh.sum()), "n_hot_beyond_3sigma": int(np.sum(z[kh] > 3)),
+                "hot_beyond_3sigma_kept": float(np.mean(z[kh] > 3)) if kh.any() else None,
+                "beyond_3sigma_kept": float(np.mean(z[keep] > 3))}
+    members = s["member_pred"][:, :, j]
+    mean = np.nanmean(members, axis=0)
+    confused = hot & (mean < 9_000.0)
+    window = bundle.tail_regimes.intervals.get("teff", []) if bundle.tail_regimes is not None else []
+
+    def in_window(t: np.ndarray) -> float:
+        m = np.zeros(len(t), bool)
+        for lo, hi, _, _ in window:
+            m |= (t >= lo) & (t < hi)
+        return float(m.mean())
+
+    size = {"definition": "hot stars whose split members' mean Teff is below 9,000 K ('confused'); the fraction "
+                          "of them inside the bundle's Teff tail-regime intervals and their median predicted Teff, "
+                          "from each member alone and from the members' mean",
+            "teff_intervals": [[float(lo), float(hi)] for lo, hi, _, _ in window], "n_confused": int(confused.sum()),
+            "members": [{"in_intervals": in_window(members[k, confused]),
+                         "median_teff": float(np.median(members[k, confused]))} for k in range(len(members))],
+            "mean_of_members": {"in_intervals": in_window(mean[confused]),
+                                "median_teff": float(np.median(mean[confused]))}}
+    return {"stars": int(len(z)), "hot": int(hot.sum()),
+            "method": "the shipped bundle's members of each split predict that split's held-out stars; sigma as "
+                      "predict gives it; usable = Teff reported with label support and not likely_outlier; the "
+                      f"Teff-only tail rule cross-fitted on the halves crc32(id) % 2, bins of {bins}; "
+                      "ensemble_disagreement = the split members' spread score > 1",
+            "ensemble_disagreement": flag_rows, "ensemble_size": size}
+
+
 def main() -> int:
     from kielnet.artifact import load_bundle
     from kielnet.data.selection import load_selection, star_columns
@@ -135,10 +209,12 @@ def main() -> int:
         "not_hot": _rates(z, usable, ~h),
         "not_hot_teff_err_ge_250": _rates(z, usable, ~h & (e >= TEFF_ERR_CUT))}
     oof = out_of_fold(bundle)
+    gap = out_of_fold_gap_checks(bundle)
     res = {"bundle": BUNDLE, "test_fifth_read": False,
            "cleaning": {"file": str(CLEANING.relative_to(ROOT)), **cleaning},
            "dropped_stars_predicted": dropped_rates,
            "out_of_fold": oof,
+           "out_of_fold_gap_checks": gap,
            "definition": "usable = Teff reported and no flag but label_not_reported; beyond_3sigma = fraction of "
                          "the usable rows with |Teff - APOGEE Teff| > 3 sigma_teff; hot = APOGEE Teff > 10,000 K",
            **provenance(commit, dirty)}
@@ -149,6 +225,9 @@ def main() -> int:
         print(f"{k:26s} {v}")
     for k, v in ((oof or {}).get("rates") or {}).items():
         print(f"out of fold, Teff rate {k:5s} {v}")
+    for k, v in gap["ensemble_disagreement"].items():
+        print(f"out of fold, {k}: {v}")
+    print(f"out of fold, members averaged: {gap['ensemble_size']}")
     print(f"written {out}")
     return 0
 

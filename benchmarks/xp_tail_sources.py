@@ -90,35 +90,39 @@ def out_of_fold_stars(bundle_name: str) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = flux / np.nanmedian(flux, axis=1, keepdims=True)
     hidden = np.concatenate([p - oof.pred for p, _s, _h in oof.hidden.values()], axis=1) if oof.hidden else None
+    score, members = split_spread_score(bundle, tr, oof, nets)
     return {"names": cfg.label_names, "m_split": cfg.ensemble.members_per_split, "m_all": len(bundle.members),
-            "spread_score": split_spread_score(bundle, tr, oof, nets), "pred": oof.pred, "truth": oof.truth, "spread": oof.spread, "sigma": sig,
+            "ids": np.asarray(table.ids)[rows], "spread_score": score, "member_pred": members, "pred": oof.pred,
+            "truth": oof.truth, "spread": oof.spread, "sigma": sig,
             "snr": oof.snr, "score": a.outlier_score, "outlier": bundle.neighbours.outliers(a),
             "withheld": bundle.neighbours.withheld(a), "scalars": scal, "flux": norm, "hidden": hidden}
 
 
-def split_spread_score(bundle, tr, oof, nets) -> np.ndarray | None:
+def split_spread_score(bundle, tr, oof, nets) -> tuple[np.ndarray | None, np.ndarray]:
     """The ``ensemble_disagreement`` score of each out-of-fold star from the members of
     the split that held it out (the bundle's calibration, with the log-spread bias of that
-    many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it)."""
+    many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it; None
+    without one), and those members' own predictions, (members per split, n stars,
+    labels) in physical units (a star held out twice keeps its last split's)."""
     from kielnet.compute import member_predictions
 
     sp = bundle.spread
-    if sp is None or not sp.fitted:
-        return None
     pre = bundle.preprocessor
     split_of = [m.split for m in bundle.member_info]
     pos = {int(r): i for i, r in enumerate(oof.rows)}
     score = np.full(len(oof.rows), np.nan)
+    members_pred = np.full((bundle.config.ensemble.members_per_split, *oof.pred.shape), np.nan)
     for k in range(bundle.config.ensemble.n_splits):
         members = [net for net, s in zip(nets, split_of) if s == k]
         held = np.flatnonzero(tr.heldout[:, k])
-        if len(members) < 2 or not len(held):
+        if not members or not len(held):
             continue
         p = member_predictions(members, tr.prep.take(held), pre.inverse_labels)
-        scaled = np.stack([pre.forward_labels(m) for m in p])
         idx = [pos[int(r)] for r in tr.rows[held]]
-        score[idx] = sp.score(scaled, any_size=True)  # a star held out twice keeps its last split's score
-    return score
+        members_pred[:len(members), idx] = p
+        if sp is not None and sp.fitted and len(members) >= 2:
+            score[idx] = sp.score(np.stack([pre.forward_labels(m) for m in p]), any_size=True)
+    return (score if sp is not None and sp.fitted else None), members_pred
 
 
 def sigma_scale(z: np.ndarray) -> dict:
