@@ -43,6 +43,25 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     assert any("bad_spectrum" in c for c in cat.meta["comments"])
 
 
+def test_every_catalogue_column_is_described(tiny_bundle, clean):
+    cat = predict(tiny_bundle, clean)
+    assert [c for c in cat.colnames if not cat[c].description] == []
+    assert "flag bits" in cat["flag"].description  # where the bits are listed
+    assert cat["source_id"].description.startswith("Gaia DR3 source_id")
+
+
+def test_a_reader_description_of_a_pass_through_column_is_kept():
+    from astropy.table import Table
+
+    from kielnet.inference.predict import describe_columns
+
+    cat = Table({"id": ["a"], "source_id": [1], "other": [2.0]})
+    cat["source_id"].description = "the survey's own id"
+    describe_columns(cat)
+    assert cat["source_id"].description == "the survey's own id"
+    assert cat["id"].description == "the star's id in the input" and not cat["other"].description
+
+
 def test_catalogue_values(tiny_bundle, clean):
     cat = predict(tiny_bundle, clean)
     nets = tiny_bundle.build_members()

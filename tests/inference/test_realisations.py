@@ -36,6 +36,9 @@ def test_same_seed_same_catalogue_other_seed_differs(synthetic_bundle, noisy):
         for col in (name, f"e_{name}", f"e_{name}_noise", f"sigma_{name}"):
             np.testing.assert_array_equal(_arr(a, col), _arr(b, col))
     assert not np.array_equal(_arr(a, "teff"), _arr(c, "teff"))
+    for name in LABELS:  # described, in the label's unit
+        assert "noise realisations" in a[f"e_{name}_noise"].description
+        assert a[f"e_{name}_noise"].unit == a[name].unit
 
 
 def test_default_rng_is_seeded_by_the_bundle(synthetic_bundle, noisy):

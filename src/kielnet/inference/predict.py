@@ -41,7 +41,7 @@ from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_f
                                    unlabelled_mask)
 
 __all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions",
-           "catalogue_meta", "enforce_status", "not_reported_reasons"]
+           "catalogue_meta", "enforce_status", "not_reported_reasons", "describe_columns", "COLUMN_DESCRIPTIONS"]
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                                preds: np.ndarray, noise_var: np.ndarray | None = None,
@@ -151,6 +151,10 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         if noise_var is not None:
             cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | unlabelled, np.nan,
                                                   np.sqrt(noise_var[:, j]))
+            cat[f"e_{lab.name}_noise"].description = (f"scatter of {lab.name} over the noise realisations of the "
+                                                      "flux errors (root mean of the members' variances)")
+            if unit is not None:
+                cat[f"e_{lab.name}_noise"].unit = unit
         for c in (lab.name, f"e_{lab.name}", f"sigma_{lab.name}"):
             if unit is not None:
                 cat[c].unit = unit
@@ -185,6 +189,30 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "
                                            "recalibration uses")
     cat.meta.update(catalogue_meta(bundle))
+    return cat
+
+
+#: descriptions of the catalogue's generic columns and of the pass-through columns the
+#: built-in readers add, for the columns that carry none (:func:`describe_columns`)
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "id": "the star's id in the input",
+    "source_id": "Gaia DR3 source_id, passed through from the input",
+    "medflux": "median of the star's sampled XP flux (W m-2 nm-1), by which its spectrum was divided",
+    "missing_bp": "the input has no BP spectrum for the star (its coefficients are NaN)",
+    "missing_rp": "the input has no RP spectrum for the star (its coefficients are NaN)",
+    "flag": "quality flag bitmask: bit k set = flag k (the bits are listed in the header comments, 'flag bits')",
+    "status": "ok, or the names of the set flag bits joined by ','",
+    "n_bad_pixels": "non-finite or masked spectrum pixels, interpolated",
+    "missing_inputs": "the model's input features missing for the star, joined by ','",
+}
+
+
+def describe_columns(cat: Table) -> Table:
+    """Give every column of :data:`COLUMN_DESCRIPTIONS` that has no description its
+    description, in place (a pass-through column a reader described keeps its own)."""
+    for name, text in COLUMN_DESCRIPTIONS.items():
+        if name in cat.colnames and not cat[name].description:
+            cat[name].description = text
     return cat
 
 
@@ -352,7 +380,7 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         add_duplicate_column(cat, dup)
         if dup.any():
             warn_duplicates(int(dup.sum()), len(np.unique(np.asarray(table.ids)[dup])), table.source)
-    return cat
+    return describe_columns(cat)
 
 
 def add_duplicate_column(cat: Table, dup: np.ndarray) -> None:
