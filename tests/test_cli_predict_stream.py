@@ -168,3 +168,25 @@ def test_metadata_match_counts_are_printed(files, tmp_path, capsys):
     assert f"metadata: 25/40 stars found in {tmp_path / 'phot.csv'}" in printed
     status = np.asarray(read_catalogue(out)["status"]).astype(str)
     assert all("missing_input" in s for s in status[25:])
+
+
+def test_a_cluster_run_counts_no_match_by_reading_a_range_joined_table_whole(tmp_path, monkeypatch, capsys):
+    """After a --cluster run the joins happened in the workers; a photometry table joined by
+    id range (kielnet.io.sources.metadata_index) is not read whole to count them."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import kielnet.io.registry as registry
+    import kielnet.io.sources as sources
+    from kielnet import cli
+
+    phot = tmp_path / "phot.parquet"
+    pq.write_table(pa.table({"source_id": pa.array(np.arange(2000, dtype=np.int64) + 10**15),
+                             "g": np.full(2000, 15.0)}), phot, row_group_size=250)
+    monkeypatch.setattr(sources, "RANGE_JOIN_ROWS", 100)
+    monkeypatch.setattr(registry, "read_stars", lambda *a, **k: pytest.fail("the table was read whole"))
+    summary = SimpleNamespace(rows=10, output=tmp_path / "labels.parquet")
+    cli._print_metadata_matches(summary, [str(phot)], SimpleNamespace(n_joined=0, matched={}))
+    assert f"metadata: {phot} joined in the workers by id range" in capsys.readouterr().out

@@ -402,10 +402,15 @@ def _print_metadata_matches(summary, metadata, source) -> None:
         if isinstance(matched, dict):
             n = matched.get(str(path), matched.get(str(Path(path).resolve())))
         if n is None:
-            from kielnet.io import read_stars
+            from kielnet.io.sources import metadata_index
 
+            known = metadata_index(path).ids_in_memory()
+            if known is None:  # joined by id range in the workers: never read whole here either
+                print(f"metadata: {path} joined in the workers by id range; stars it lacks are flagged "
+                      "missing_input")
+                continue
             ids = _output_ids(summary.output) if ids is None else ids
-            n = int(np.isin(ids, np.asarray(read_stars(path).ids).astype(str)).sum())
+            n = int(np.isin(ids, np.asarray(known).astype(str)).sum())
         print(f"metadata: {n}/{summary.rows} stars found in {path}")
 
 
@@ -677,6 +682,7 @@ def cmd_presets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kielnet.io.sources import RANGE_JOIN_ROWS
     from kielnet.quality.boundary import describe_boundary_flag
     from kielnet.quality.flags import describe_flags
 
@@ -826,7 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--metadata", action="append", default=[],
                     help="table (FITS/Parquet/CSV, or a Gaia XP continuous file) of scalar inputs joined "
                          "by id, e.g. parallax [mas], g, bp, rp [mag] for apStar or RVS spectra; repeat "
-                         "to join several; stars without a row are flagged missing_input")
+                         "to join several; stars without a row are flagged missing_input. Read whole, except "
+                         f"a Parquet table of more than {RANGE_JOIN_ROWS:,} rows with an integer id column "
+                         "(e.g. source_id) and row-group statistics: each chunk then reads only the row groups "
+                         "of its ids (sort it by id)")
     pr.add_argument("--table2", metavar="PATH",
                     help="also write the Gaia-RVS hybrid CNN catalogue (paper Table 2: source_id, teff, "
                          "eteff, sigma_teff, ..., flag_boundary) as FITS or Parquet; needs a bundle with "

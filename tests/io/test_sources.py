@@ -371,6 +371,76 @@ def test_metadata_joined_onto_every_batch(tmp_path, make_table, monkeypatch):
     assert str(dup) in str(info.value)
 
 
+def _photometry(path, sid, row_group, seed=0):
+    """A Gaia-like photometry table sorted by integer ``source_id``, in row groups."""
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(10.0, 18.0, len(sid))
+    g[::17] = np.nan
+    pq.write_table(pa.table({"source_id": pa.array(sid, pa.int64()), "g": g,
+                             "bp": g + rng.uniform(0.2, 1.5, len(sid)), "rp": g - rng.uniform(0.2, 1.0, len(sid))}),
+                   path, row_group_size=row_group)
+    return path
+
+
+def test_a_large_parquet_metadata_table_is_joined_from_the_row_groups_a_batch_needs(tmp_path, make_table,
+                                                                                   monkeypatch):
+    import kielnet.io.sources as sources
+    from kielnet.io.streams.parquet import ParquetSource
+
+    sid = np.arange(4000, dtype=np.int64) * 7 + 10**15
+    phot = _photometry(tmp_path / "phot.parquet", sid, row_group=250)
+    rng = np.random.default_rng(1)
+    # the stars: 300 of the table's ids, contiguous as a bulk file's are, plus 20 it does not hold
+    ids = np.concatenate([sid[1200:1500], 10**15 + 7 * 5000 + np.arange(20)]).astype(str)
+    base = make_table(n=len(ids), n_pix=6, ids=ids)
+    base.scalars["g"][:] = np.nan
+    base.scalars["g"][rng.choice(len(ids), 30, replace=False)] = 9.0  # the table's finite value wins
+    base_path = write_table(base, tmp_path / "base.parquet")
+    expected = read_stars(base_path).join_scalars(read_stars(phot))
+
+    read = []
+    original = ParquetSource.read_row_groups
+    monkeypatch.setattr(ParquetSource, "read_row_groups", lambda self, groups: read.append(groups) or
+                        original(self, groups))
+    monkeypatch.setattr(sources, "RANGE_JOIN_ROWS", 1000)
+    src = open_stars(base_path, metadata=[phot])
+    index = src.fn.keywords["indexes"][0]
+    assert type(index).__name__ == "_RangeIndex" and len(index.ranges) == 16 and read == []
+    for size in (64, 320):
+        assert_same(concat(list(src.batches(size))), expected)
+    assert src.matched == {str(phot): 300} and src.n_joined == 320
+    # only the row groups that can hold the stars' ids (rows 1200-1499: groups 4 and 5)
+    assert {rg for groups in read for _, rg in groups} == {4, 5}
+    back = pickle.loads(pickle.dumps(src))
+    assert back.fn.keywords["indexes"][0]._cache is None  # a worker reads its own row groups
+    assert_same(concat(list(back.batches(100))), expected)
+
+    # small, or keyed by text ids: read whole and indexed as before
+    monkeypatch.setattr(sources, "RANGE_JOIN_ROWS", 10**6)
+    assert type(open_stars(base_path, metadata=[phot]).fn.keywords["indexes"][0]).__name__ == "_MetaIndex"
+    monkeypatch.setattr(sources, "RANGE_JOIN_ROWS", 1000)
+    text = tmp_path / "text_ids.parquet"
+    pq.write_table(pa.table({"source_id": pa.array(sid.astype(str)), "g": np.ones(len(sid))}), text,
+                   row_group_size=250)
+    assert type(open_stars(base_path, metadata=[text]).fn.keywords["indexes"][0]).__name__ == "_MetaIndex"
+
+
+def test_a_range_joined_metadata_table_refuses_an_id_given_twice_where_a_star_needs_it(tmp_path, make_table,
+                                                                                      monkeypatch):
+    import kielnet.io.sources as sources
+
+    sid = np.arange(2000, dtype=np.int64) + 10**15
+    sid[1001] = sid[1000]  # twice, across no group boundary: rows 1000 and 1001 of group 4
+    phot = _photometry(tmp_path / "phot.parquet", sid, row_group=250)
+    monkeypatch.setattr(sources, "RANGE_JOIN_ROWS", 100)
+    clean = write_table(make_table(n=10, n_pix=6, ids=sid[:10].astype(str)), tmp_path / "clean.parquet")
+    assert len(concat(list(open_stars(clean, metadata=[phot]).batches(10)))) == 10  # its groups hold no twin
+    needs = write_table(make_table(n=10, n_pix=6, ids=sid[995:1005].astype(str)), tmp_path / "needs.parquet")
+    with pytest.raises(InputError, match="more than once") as info:
+        list(open_stars(needs, metadata=[phot]).batches(10))
+    assert str(phot) in str(info.value) and str(sid[1000]) in str(info.value)
+
+
 # --------------------------------------------------------------- pickling and identity
 def test_sources_pickle_with_paths_only(tables, xp_subset_path):
     for spec in (tables / "stars.parquet", tables / "stars.fits", tables / "stars.csv", xp_subset_path):

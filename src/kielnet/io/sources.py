@@ -40,7 +40,12 @@ joined by id (vectorised ``searchsorted``), exactly as successive
 :meth:`StarTable.join_scalars` calls would (a finite value of a later table wins; a
 star absent from every table keeps NaN, reported as a missing input and flagged
 ``missing_input`` downstream). :attr:`MetadataSource.matched` counts, per table, the
-stars of the last pass found in it.
+stars of the last pass found in it. A table of more than :data:`RANGE_JOIN_ROWS` rows
+whose source can list the id range of each of its row groups (``id_ranges``, integer ids,
+e.g. a whole sky's photometry by source id) is not read whole: each batch reads only the
+row groups whose id range holds one of its ids (``read_row_groups``,
+:func:`metadata_index`), so memory stays bounded when the table is sorted by id; an id
+given twice is refused when a batch's row groups hold it.
 
 Sources are picklable (paths, options and small plans only; files are opened inside
 ``batches``), so a Dask worker can read its own partition.
@@ -65,7 +70,7 @@ from kielnet.io.paths import check_readable
 from kielnet.io.registry import SHARED_META, ReaderSpec, files_of, guarded, reading, registered_readers, resolve
 
 __all__ = ["open_stars", "FileSource", "ReaderSource", "FileBatchSource", "MetadataSource", "JoinStats",
-           "join_metadata", "rows_from", "slices", "PIECE_ROWS"]
+           "join_metadata", "metadata_index", "rows_from", "slices", "PIECE_ROWS", "RANGE_JOIN_ROWS"]
 
 #: Rows per piece when no batch size is given (``pieces()``, plan scans).
 PIECE_ROWS = 10_000
@@ -348,13 +353,14 @@ class _MetaIndex:
     scalars: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, table: StarTable) -> "_MetaIndex":
+    def of(cls, table: StarTable, source: str | None = None) -> "_MetaIndex":
+        source = table.source if source is None else source
         uniq, counts = np.unique(table.ids, return_counts=True)
         if (counts > 1).any():
             raise InputError(f"ids appear more than once in the metadata table, e.g. "
-                             f"{uniq[counts > 1][0]}", source=table.source, field="id")
+                             f"{uniq[counts > 1][0]}", source=source, field="id")
         order = np.argsort(table.ids, kind="stable")
-        return cls(table.source, table.ids[order], order, dict(table.scalars))
+        return cls(source, table.ids[order], order, dict(table.scalars))
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, row)`` per id (row valid where found)."""
@@ -364,6 +370,96 @@ class _MetaIndex:
         pos = np.minimum(pos, len(self.sorted_ids) - 1)
         found = self.sorted_ids[pos] == ids
         return found, self.rows[pos]
+
+    def ids_in_memory(self) -> np.ndarray | None:
+        """Every id of the table (sorted)."""
+        return self.sorted_ids
+
+    def values(self, ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(found, columns)``: per id whether the table holds it, and each scalar
+        column's value for every id (NaN where not found)."""
+        found, rows = self.lookup(ids)
+        out = {}
+        for c, col in self.scalars.items():
+            v = np.full(len(ids), np.nan)
+            v[found] = col[rows[found]]
+            out[c] = v
+        return found, out
+
+
+#: a metadata table with more rows than this whose source lists its row groups' id ranges
+#: is not read whole but joined batch by batch from the row groups that can hold the
+#: batch's ids (:func:`metadata_index`)
+RANGE_JOIN_ROWS = 5_000_000
+
+
+@dataclass
+class _RangeIndex:
+    """A large metadata table with integer ids in row groups: their id ranges are kept,
+    and each batch reads only the row groups whose range holds one of its ids (the last
+    ones read are kept for the next batch). Ids that occur more than once are refused as
+    :class:`_MetaIndex` refuses them, among the rows a batch reads: every row group that
+    could hold a batch star's id is among them."""
+
+    source: str
+    table: Any                                         #: its source (``id_ranges``, ``read_row_groups``)
+    ranges: list[tuple[str, int, int, int]]            #: (file, row group, min id, max id)
+    columns: tuple[str, ...]                           #: the scalar columns it joins
+    _cache: tuple[tuple, _MetaIndex] | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # a worker reads its own row groups
+        return state
+
+    def ids_in_memory(self) -> None:
+        """None: the ids are read batch by batch, never all at once."""
+        return None
+
+    def values(self, ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        ids = np.asarray(ids)
+        wanted = np.sort(_integer_ids(ids))
+        groups = tuple((f, rg) for f, rg, lo, hi in self.ranges
+                       if np.searchsorted(wanted, hi, "right") > np.searchsorted(wanted, lo, "left"))
+        if not groups:
+            return np.zeros(len(ids), bool), {c: np.full(len(ids), np.nan) for c in self.columns}
+        if self._cache is None or self._cache[0] != groups:
+            self._cache = (groups, _MetaIndex.of(self.table.read_row_groups(list(groups)), source=self.source))
+        found, out = self._cache[1].values(ids)
+        return found, {c: out.get(c, np.full(len(ids), np.nan)) for c in self.columns}
+
+
+def _integer_ids(ids: np.ndarray) -> np.ndarray:
+    """The ids written as decimal integers (as an integer id column's ids read), as
+    int64; the others cannot match such a column and are left out."""
+    text = np.char.strip(np.asarray(ids).astype(str))
+    ok = np.char.isdigit(np.char.lstrip(text, "-")) & (np.char.str_len(text) <= 19)
+    ok &= np.char.str_len(np.char.lstrip(text, "-")) > 0
+    return text[ok].astype(np.int64) if ok.any() else np.zeros(0, np.int64)
+
+
+def metadata_index(path: str | os.PathLike) -> "_MetaIndex | _RangeIndex":
+    """The index a metadata table is joined with: read whole and indexed by id, or, for a
+    table of more than :data:`RANGE_JOIN_ROWS` rows whose source lists the id range of
+    every row group (``id_ranges``: integer ids with min/max statistics, e.g. a whole
+    sky's photometry by source id), those ranges, its rows read batch by batch (bounded
+    memory)."""
+    from kielnet.io.registry import read_stars
+
+    try:
+        source = open_stars(path)
+    except InputError:  # read whole below, which names the problem
+        return _MetaIndex.of(read_stars(path))
+    ranges = getattr(source, "id_ranges", None)
+    if callable(ranges) and callable(getattr(source, "read_row_groups", None)):
+        n = source.n_rows
+        if n is not None and n > RANGE_JOIN_ROWS:
+            with reading(source._reader(), str(path)):
+                found = ranges()
+                columns = tuple(source.plan().scalars)
+            if found is not None:
+                return _RangeIndex(str(path), source, found, columns)
+    return _MetaIndex.of(read_stars(path))
 
 
 @dataclass
@@ -379,17 +475,16 @@ class JoinStats:
         self.matched = {k: 0 for k in self.matched}
 
 
-def join_metadata(table: StarTable, *, indexes: tuple[_MetaIndex, ...], stats: JoinStats | None = None
+def join_metadata(table: StarTable, *, indexes: tuple["_MetaIndex | _RangeIndex", ...],
+                  stats: JoinStats | None = None
                   ) -> StarTable:
     """``table`` with the scalar columns of each indexed metadata table joined by id,
     as successive :meth:`StarTable.join_scalars` calls would (module docstring)."""
     scalars = dict(table.scalars)
     meta = dict(table.meta)
     for index in indexes:
-        found, rows = index.lookup(table.ids)
-        for c, values in index.scalars.items():
-            v = np.full(len(table), np.nan)
-            v[found] = values[rows[found]]
+        found, columns = index.values(table.ids)
+        for c, v in columns.items():
             if c in scalars:
                 v = np.where(np.isfinite(v), v, scalars[c])
             scalars[c] = v
@@ -405,10 +500,8 @@ class MetadataSource(MappedSource):
     """A source whose batches get metadata tables joined by id (see the module docstring)."""
 
     def __init__(self, base: StarSource, metadata: Sequence[str | os.PathLike]) -> None:
-        from kielnet.io.registry import read_stars
-
         paths = [metadata] if isinstance(metadata, (str, os.PathLike)) else list(metadata)
-        indexes = tuple(_MetaIndex.of(read_stars(p)) for p in paths)
+        indexes = tuple(metadata_index(p) for p in paths)
         self.metadata = [str(p) for p in paths]
         self.stats = JoinStats(matched={ix.source: 0 for ix in indexes})
         super().__init__(base, functools.partial(join_metadata, indexes=indexes, stats=self.stats),

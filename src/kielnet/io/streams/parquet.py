@@ -215,6 +215,58 @@ class ParquetSource(TableFileSource):
                     max_abs = max(max_abs, abs(float(mm["min"].as_py())), abs(float(mm["max"].as_py())))
         return has_null, max_abs
 
+    def id_ranges(self) -> list[tuple[str, int, int, int]] | None:
+        """``(file, row group, smallest id, largest id)`` of every non-empty row group,
+        from the id column's statistics; ``None`` unless the id column is an integer column
+        of every file (not a partition key) and every row group has its min/max and no
+        null id. Lets a reader load only the row groups that can hold given ids
+        (:func:`kielnet.io.sources.metadata_index`)."""
+        import pyarrow as pa
+
+        id_col = self.plan().id_col
+        out = []
+        with self._errors():
+            for path, keys in self.parts():
+                if id_col in keys:
+                    return None
+                md = self._open(path).metadata
+                schema = md.schema.to_arrow_schema()
+                if id_col not in schema.names or not pa.types.is_integer(schema.field(id_col).type):
+                    return None
+                leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == id_col), None)
+                for rg in range(md.num_row_groups):
+                    n_rg = md.row_group(rg).num_rows
+                    if not n_rg:
+                        continue
+                    stats = None if leaf is None else md.row_group(rg).column(leaf).statistics
+                    if (stats is None or not stats.has_min_max or not stats.has_null_count
+                            or stats.null_count):
+                        return None
+                    out.append((path, rg, int(stats.min), int(stats.max)))
+        return out
+
+    def read_row_groups(self, groups: list[tuple[str, int]]) -> StarTable:
+        """The stars of the given ``(file, row group)`` pairs as one table, read with the
+        file's column plan as :meth:`batches` reads them (only the columns it uses)."""
+        plan = self.plan()
+        keys = dict(self.parts())
+        pieces = []
+        by_file: dict[str, list[int]] = {}
+        for path, rg in groups:
+            by_file.setdefault(path, []).append(rg)
+        for path, rgs in by_file.items():
+            with self._errors():
+                pf = self._open(path)
+                columns = [c for c in pf.schema_arrow.names if c in plan.columns_used()]
+                batch = pf.read_row_groups(sorted(rgs), columns=columns, use_threads=False)
+            with self._errors():
+                tab = arrow_to_table(self._with_keys(batch, keys.get(path, {})), source=path,
+                                     schema_metadata=self._schema_md, list_widths=self._widths)
+                pieces.append(build_startable(tab, plan, source=path, check_flux=False))
+        if not pieces:
+            raise ValueError("no row groups given")
+        return pieces[0] if len(pieces) == 1 else StarTable.concat(pieces)
+
     def _pieces(self, start: int, rows: int) -> tuple[Iterator[StarTable], int]:
         plan = self.plan()
         return self._iter(plan, start, rows), start
