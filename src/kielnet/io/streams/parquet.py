@@ -257,12 +257,10 @@ class ParquetSource(TableFileSource):
         for path, rgs in by_file.items():
             with self._errors():
                 pf = self._open(path)
-                columns = [c for c in pf.schema_arrow.names if c in plan.columns_used()]
-                batch = pf.read_row_groups(sorted(rgs), columns=columns, use_threads=False)
+                batch = pf.read_row_groups(sorted(rgs), columns=self._columns(pf, plan, keys[path], path),
+                                           use_threads=False)
             with self._errors():
-                tab = arrow_to_table(self._with_keys(batch, keys.get(path, {})), source=path,
-                                     schema_metadata=self._schema_md, list_widths=self._widths)
-                pieces.append(build_startable(tab, plan, source=path, check_flux=False))
+                pieces.append(self._star_table(batch, keys[path], plan, path))
         if not pieces:
             raise ValueError("no row groups given")
         return pieces[0] if len(pieces) == 1 else StarTable.concat(pieces)
@@ -288,12 +286,7 @@ class ParquetSource(TableFileSource):
                     continue
                 groups.append(rg)
             drop, skip = skip - row, 0
-            names = set(pf.schema_arrow.names)
-            columns = [c for c in pf.schema_arrow.names if c in plan.columns_used()]  # only what is used
-            missing = sorted(plan.columns_used() - names - set(keys))
-            if missing:
-                raise InputError(f"column '{missing[0]}' is missing (the first file has it)", source=path,
-                                 field=missing[0])
+            columns = self._columns(pf, plan, keys, path)
             batches = pf.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=False)
             while True:
                 with self._errors():
@@ -308,10 +301,25 @@ class ParquetSource(TableFileSource):
                     batch = batch.slice(drop)
                     row += drop
                     drop = 0
-                batch = self._with_keys(batch, keys)
                 with self._errors(), rows_from(row):
-                    tab = arrow_to_table(batch, source=path, schema_metadata=self._schema_md,
-                                         list_widths=self._widths)
-                    table = build_startable(tab, plan, source=path, check_flux=False)
+                    table = self._star_table(batch, keys, plan, path)
                 row += batch.num_rows
                 yield table
+
+    @staticmethod
+    def _columns(pf, plan: ColumnPlan, keys: dict, path: str) -> list[str]:
+        """The file columns the plan uses (only those are read); a used column missing
+        from this file (and not a partition key) is refused."""
+        names = pf.schema_arrow.names
+        missing = sorted(plan.columns_used() - set(names) - set(keys))
+        if missing:
+            raise InputError(f"column '{missing[0]}' is missing (the first file has it)", source=path,
+                             field=missing[0])
+        return [c for c in names if c in plan.columns_used()]
+
+    def _star_table(self, batch, keys: dict, plan: ColumnPlan, path: str) -> StarTable:
+        """Rows of one file (a record batch or table, partition keys added) as a star
+        table, by the file's column plan."""
+        tab = arrow_to_table(self._with_keys(batch, keys), source=path, schema_metadata=self._schema_md,
+                             list_widths=self._widths)
+        return build_startable(tab, plan, source=path, check_flux=False)
