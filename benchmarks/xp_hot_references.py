@@ -60,11 +60,31 @@ WORKDIR = ROOT / "benchmarks" / ".work" / "xp_library"
 TEFF_RATES = (None, 0.10, 0.07, 0.05)
 
 
-def out_of_fold(bundle) -> dict | None:
-    """Teff-only tail rules at :data:`TEFF_RATES` on the out-of-fold stars (module docstring)."""
+def _halves(ids) -> np.ndarray:
+    """``crc32(id) % 2`` per star: the two halves the tail rules are cross-fitted on."""
     import zlib
 
+    return np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+
+
+def cross_fitted_teff_rule(pred: np.ndarray, z: np.ndarray, half: np.ndarray, fit_on: np.ndarray, bins: int,
+                           rate: float | None) -> np.ndarray:
+    """Per star, whether a Teff-only tail rule of ``rate`` fitted on the other half's
+    ``fit_on`` stars withholds its Teff (``pred``, ``z``: Teff and |residual|/σ); none
+    withheld when ``rate`` is None."""
     from kielnet.quality.tails import TailRegimes
+
+    w = np.zeros(len(z), bool)
+    if rate is not None:
+        for h in (0, 1):
+            m = (half == h) & fit_on
+            fit = TailRegimes.fit(["teff"], pred[m][:, None], z[m][:, None], bin_stars=bins, max_rate=rate, tail=3.0)
+            w[half != h] = fit.withheld(pred[half != h][:, None])[:, 0]
+    return w
+
+
+def out_of_fold(bundle) -> dict | None:
+    """Teff-only tail rules at :data:`TEFF_RATES` on the out-of-fold stars (module docstring)."""
     from kielnet.training.calibrate import oof_sigma, reported_z
     from kielnet.training.out_of_fold import load_out_of_fold
 
@@ -76,17 +96,12 @@ def out_of_fold(bundle) -> dict | None:
     z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
     j = bundle.config.label_names.index("teff")
     fin = np.isfinite(z[:, j]) & (True if a is None else ~nb.withheld(a)[:, j])
-    half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+    half = _halves(ids)
     hot = oof.truth[:, j] > HOT_K
     bins = max(bundle.config.quality.tail_regimes.bin_stars // 2, 20)
     rates = {}
     for rate in TEFF_RATES:
-        w = np.zeros(len(z), bool)
-        if rate is not None:
-            for h in (0, 1):
-                fit = TailRegimes.fit(["teff"], oof.pred[half == h][:, j:j + 1], z[half == h][:, j:j + 1],
-                                      bin_stars=bins, max_rate=rate, tail=3.0)
-                w[half != h] = fit.withheld(oof.pred[half != h][:, j:j + 1])[:, 0]
+        w = cross_fitted_teff_rule(oof.pred[:, j], z[:, j], half, np.ones(len(z), bool), bins, rate)
         keep = fin & ~w
         kh = keep & hot
         rates["none" if rate is None else f"{rate:g}"] = {
@@ -99,20 +114,12 @@ def out_of_fold(bundle) -> dict | None:
             "rates": rates}
 
 
-def _halves(ids) -> np.ndarray:
-    import zlib
-
-    return np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
-
-
 def out_of_fold_gap_checks(bundle) -> dict:
     """Two causes the gap between the test fifth's hot tail and the out-of-fold one could
     have, checked out of fold (module docstring): the ``ensemble_disagreement`` flag, which
     the catalogue applies and the out-of-fold rates above do not, and the number of members
     averaged (two per split out of fold, all eight for a new star)."""
     from xp_tail_sources import out_of_fold_stars
-
-    from kielnet.quality.tails import TailRegimes
 
     s = out_of_fold_stars(BUNDLE)
     j = s["names"].index("teff")
@@ -125,13 +132,7 @@ def out_of_fold_gap_checks(bundle) -> dict:
     ed = s["spread_score"] > 1.0 if s["spread_score"] is not None else np.zeros(len(z), bool)
     flag_rows = {}
     for rate in (None, bundle.config.quality.tail_regimes.max_rate):
-        w = np.zeros(len(z), bool)
-        if rate is not None:
-            for h in (0, 1):
-                m = (half == h) & usable
-                fit = TailRegimes.fit(["teff"], s["pred"][m][:, j:j + 1], z[m][:, None], bin_stars=bins,
-                                      max_rate=rate, tail=3.0)
-                w[half != h] = fit.withheld(s["pred"][half != h][:, j:j + 1])[:, 0]
+        w = cross_fitted_teff_rule(s["pred"][:, j], z, half, usable, bins, rate)
         for applied in (False, True):
             keep = usable & ~w & (~ed if applied else True)
             kh = keep & hot
@@ -143,13 +144,15 @@ def out_of_fold_gap_checks(bundle) -> dict:
     members = s["member_pred"][:, :, j]
     mean = np.nanmean(members, axis=0)
     confused = hot & (mean < 9_000.0)
-    window = bundle.tail_regimes.intervals.get("teff", []) if bundle.tail_regimes is not None else []
+    tails = bundle.tail_regimes
+    window = tails.intervals.get("teff", []) if tails is not None else []
 
     def in_window(t: np.ndarray) -> float:
-        m = np.zeros(len(t), bool)
-        for lo, hi, _, _ in window:
-            m |= (t >= lo) & (t < hi)
-        return float(m.mean())
+        if tails is None:
+            return 0.0
+        p = np.full((len(t), len(tails.label_names)), np.nan)  # NaN: never withheld
+        p[:, tails.label_names.index("teff")] = t
+        return float(tails.withheld(p).any(axis=1).mean())
 
     size = {"definition": "hot stars whose split members' mean Teff is below 9,000 K ('confused'); the fraction "
                           "of them inside the bundle's Teff tail-regime intervals and their median predicted Teff, "
