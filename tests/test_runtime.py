@@ -25,8 +25,9 @@ def test_the_setting_is_made_once_and_then_kept(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
     assert runtime.keep_large_allocations() is True
-    assert sorted(calls) == sorted([(-3, runtime.MMAP_THRESHOLD), (-1, runtime.TRIM_THRESHOLD)])
-    assert runtime.keep_large_allocations() is True and len(calls) == 2  # not again
+    assert sorted(calls) == sorted([(-3, runtime.MMAP_THRESHOLD), (-1, runtime.TRIM_THRESHOLD),
+                                    (-8, runtime.ARENA_MAX)])
+    assert runtime.keep_large_allocations() is True and len(calls) == 3  # not again
 
 
 def test_without_glibc_nothing_is_set(monkeypatch):
@@ -95,3 +96,32 @@ def test_startup_objects_are_frozen_after_the_block_and_collection_restored():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("setting", [True, False])
+def test_threads_share_the_main_heap_after_the_setting(setting):
+    # in a child (a fresh allocator): a thread started after the setting allocates from the
+    # main arena, which mallinfo2 reports; without it the thread gets an arena of its own
+    import subprocess
+    import sys
+
+    code = ("import ctypes, threading, sys\n"
+            "from kielnet import runtime\n"
+            "class MI(ctypes.Structure):\n"
+            "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
+            "                'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = MI\n"
+            "libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]\n"
+            "libc.malloc.argtypes = [ctypes.c_size_t]\n"
+            f"if {setting}: runtime.keep_large_allocations()\n"
+            "else: libc.mallopt(-3, 256 << 20)  # the same mmap threshold, no arena limit\n"
+            "before = libc.mallinfo2().uordblks\n"
+            "seen = []\n"
+            "def work():\n"
+            "    p = libc.malloc(64 << 20); seen.append(libc.mallinfo2().uordblks - before); libc.free(p)\n"
+            "t = threading.Thread(target=work); t.start(); t.join()\n"
+            "print(seen[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    grew = int(out.split()[-1]) >= 64 << 20
+    assert grew is setting
