@@ -14,8 +14,8 @@ readers' and the calibration's pool threads) gets an arena of its own, and each 
 keeps its own freed memory, so a chunk's arrays freed in one arena are not reused by the
 next chunk's made in another and the peak grows chunk after chunk. Measured with
 ``kielnet predict`` on 2 cores (a KVM guest), peak RSS at 10^4 / 4×10^4 Gaia XP archive
-stars: 1.25 / 1.40 GiB → 1.12–1.14 / 1.25–1.31 GiB (set from the process's start,
-``MALLOC_ARENA_MAX=1``: 1.12 / 1.22 GiB); the wall time did not change within this
+stars: 1.19–1.27 / 1.33–1.37 GiB → 1.07–1.09 / 1.19–1.25 GiB (set from the process's
+start, ``MALLOC_ARENA_MAX=1``: 1.07 / 1.16–1.17 GiB); the wall time did not change within this
 machine's noise (its allocations are few and large) and the numbers written do not
 change. ``kielnet predict`` sets it for its own process
 and in every Dask worker that runs a chunk; every Dask worker that trains a member sets
