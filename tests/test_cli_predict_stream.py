@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import kielnet.inference.streaming as streaming
 from kielnet.cli import main
@@ -131,6 +132,24 @@ def test_a_bad_cluster_is_refused_before_any_compute(files, tmp_path, capsys, mo
     assert predict(files, tmp_path / "c.parquet", "--cluster", value, data="small") == 2
     assert "--cluster" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:99"])
+def test_a_device_this_process_cannot_use_is_refused_before_any_compute(files, tmp_path, capsys, monkeypatch,
+                                                                         value):
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
+    assert predict(files, tmp_path / "c.parquet", "--device", value, data="small") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kielnet predict: error:") and repr(value) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_cpu_gives_the_default_run_on_a_machine_without_a_gpu(files, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the default device is the GPU here")
+    assert predict(files, tmp_path / "a.parquet", data="small") == 0
+    assert predict(files, tmp_path / "b.parquet", "--device", "cpu", data="small") == 0
+    same_file_rows(tmp_path / "a.parquet", tmp_path / "b.parquet")
 
 
 def test_fits_above_the_row_limit_is_refused_before_any_compute(files, tmp_path, capsys, monkeypatch):

@@ -473,7 +473,8 @@ def cmd_predict(args) -> int:
     summary = streaming.predict_to_file(bundle, source, args.out, chunk_size=args.chunk_size,
                                         batch_size=args.batch_size, progress=not args.quiet,
                                         n_realisations=args.realisations, fresh=args.fresh, cluster=args.cluster,
-                                        precision=args.precision, bundle_path=args.bundle, inputs=inputs)
+                                        precision=args.precision, bundle_path=args.bundle, inputs=inputs,
+                                        device=args.device)
     if not printed:
         _print_metadata_matches(summary, args.metadata, source)
     print(summary.report())
@@ -854,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "AVX-512 BF16 / AMX, labels change by a small fraction of their uncertainties; a CPU "
                          "without oneDNN bf16 kernels, e.g. AVX2 only, runs the plain path under bf16 autocast, "
                          "with a warning); part of the run identity")
+    pr.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N",
+                    help="where the networks run (default: CUDA when torch sees a GPU, else the CPU); on a GPU "
+                         "the labels agree with the CPU's to float rounding (benchmarks/results/gpu_check.json)")
     pr.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", default=None, help=CLUSTER_HELP)
     pr.add_argument("--fresh", action="store_true",
                     help="discard the parts of an interrupted earlier run (OUT.parts) instead of resuming")

@@ -13,6 +13,7 @@ from torch import nn
 from kielnet.compute import EnsembleRunner, fused_supported, resolve_device, resolve_layout, thread_scope
 from kielnet.compute.plan import FusedExecutor, conv_chunk_rows
 from kielnet.config import ModelConfig, load_config
+from kielnet.errors import UsageError
 from kielnet.models.hybrid import HybridNet
 from kielnet.compute.embeddings import fusion_embeddings
 from kielnet.quality.embedding import FusionCapture
@@ -291,6 +292,9 @@ def test_inter_op_workers_give_the_serial_results_in_order(layout):
 def test_device_and_option_checks():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "tpu", f"cuda:{torch.cuda.device_count()}"):
+        with pytest.raises(UsageError, match=repr(bad)):
+            resolve_device(bad)
     net = _preset_net("xp_hybrid", 343, {"photometry": 16})
     for bad in ({"precision": "fp16"}, {"layout": "nhwc"}, {"batch_size": 0}, {"threads": -1}):
         with pytest.raises(ValueError):

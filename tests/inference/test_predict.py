@@ -5,8 +5,10 @@ from __future__ import annotations
 import astropy.units as u
 import numpy as np
 import pytest
+import torch
 
 from kielnet.data.startable import StarTable
+from kielnet.errors import UsageError
 from kielnet.inference.predict import member_predictions, predict
 from kielnet.quality.flags import FLAG_BITS, status_strings
 from kielnet.quality.neighbours import positions
@@ -125,3 +127,25 @@ def test_input_outside_training_range_is_flagged(tiny_bundle, clean):
     bit = 1 << FLAG_BITS["input_outside_training"]
     assert [bool(f & bit) for f in cat["flag"]] == [False, True, False]
     assert "input_outside_training" in cat["status"][1]
+
+
+def test_a_device_torch_does_not_know_or_cannot_see_is_refused(tiny_bundle, clean):
+    with pytest.raises(UsageError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        predict(tiny_bundle, clean, device="gpu")
+    with pytest.raises(UsageError, match="CUDA device"):
+        predict(tiny_bundle, clean, device=f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.py runs it there)")
+def test_labels_on_the_gpu_agree_with_the_cpu(tiny_bundle, clean):
+    cpu = predict(tiny_bundle, clean, device="cpu")
+    gpu = predict(tiny_bundle, clean, device="cuda")
+    assert cpu.colnames == gpu.colnames
+    for name in LABELS:
+        a, b = np.asarray(cpu[name], float), np.asarray(gpu[name], float)
+        s = np.asarray(cpu[f"sigma_{name}"], float)
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        ok = np.isfinite(a) & np.isfinite(s)
+        assert np.all(np.abs(a - b)[ok] <= 1e-3 * s[ok]), name
+    assert np.asarray(cpu["status"]).tolist() == np.asarray(gpu["status"]).tolist()
+    np.testing.assert_array_equal(np.asarray(cpu["flag"]), np.asarray(gpu["flag"]))

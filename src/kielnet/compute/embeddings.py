@@ -23,13 +23,14 @@ def _as_list(nets) -> list[nn.Module]:
 
 
 def fusion_embeddings(net: nn.Module, prepared: Prepared, *, batch_size: int = 512,
-                      precision: str = "fp32", layout: str = "auto") -> np.ndarray:
+                      precision: str = "fp32", layout: str = "auto", device: str | None = None) -> np.ndarray:
     """Activations entering ``net.head[0]`` (the fusion head) for every star:
     array (n_stars, width), float32. The net is run with eval semantics and is not
     modified (its mode is left as it is): the same batched forward as the label
     predictions (:class:`kielnet.compute.EnsembleRunner`), whose ``embeddings=True``
-    gives these arrays for every member in the label pass itself."""
-    runner = EnsembleRunner([net], batch_size=batch_size, precision=precision, layout=layout)
+    gives these arrays for every member in the label pass itself. ``device``: as for
+    :class:`~kielnet.compute.EnsembleRunner` (``None``: CUDA when available)."""
+    runner = EnsembleRunner([net], batch_size=batch_size, precision=precision, layout=layout, device=device)
     _, embs = runner.predict(prepared.spectrum, prepared.branches, embeddings=True)
     return embs[0]
 
@@ -44,7 +45,7 @@ def fit_embedding_ood(ood: EmbeddingOOD, nets, prepared_train: Prepared, *, batc
 
 
 def embedding_ood_member_scores(ood: EmbeddingOOD, nets, prepared: Prepared, *, batch_size: int = 512,
-                                check: bool = True) -> np.ndarray:
+                                check: bool = True, device: str | None = None) -> np.ndarray:
     """(n_members, n_stars): each member's distance to its nearest reference star / its
     scale. ``check`` refuses (ValueError) networks other than those ``ood`` was fitted with."""
     nets = _as_list(nets)
@@ -54,7 +55,8 @@ def embedding_ood_member_scores(ood: EmbeddingOOD, nets, prepared: Prepared, *, 
         raise ValueError(f"fitted with {ood.n_members} members, got {len(nets)} nets")
     if check:
         ood.check_members([digest_matches(net.state_dict(), d) for net, d in zip(nets, ood.digests)])
-    return ood.member_scores_of([fusion_embeddings(net, prepared, batch_size=batch_size) for net in nets])
+    return ood.member_scores_of([fusion_embeddings(net, prepared, batch_size=batch_size, device=device)
+                                 for net in nets])
 
 
 def embedding_ood_scores(ood: EmbeddingOOD, nets, prepared: Prepared, **kw) -> np.ndarray:

@@ -44,6 +44,7 @@ import torch
 
 from kielnet.compute.plan import LAYOUTS, PRECISIONS, fused_supported, make_executor
 from kielnet.data.preprocess import Prepared
+from kielnet.errors import UsageError
 from kielnet.models.hybrid import HybridNet, split_outputs
 
 __all__ = ["EnsembleRunner", "member_predictions", "decode_outputs", "resolve_device", "resolve_layout", "thread_scope",
@@ -58,10 +59,26 @@ DEFAULT_BATCH_SIZE = 256
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → ``cuda`` if available, else ``cpu``."""
+    """``None`` → ``cuda`` if available, else ``cpu``.
+
+    Raises :class:`~kielnet.errors.UsageError` for a name torch does not know
+    (``"gpu"``) or a CUDA device this process cannot see, before any work starts.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise UsageError(f"device {str(dev)!r} was asked for, but torch sees "
+                             f"{n} CUDA device(s) here (torch {torch.__version__}, CUDA build: "
+                             f"{torch.version.cuda or 'no'}); use 'cpu', or leave the device unset")
+    elif dev.type != "cpu":
+        raise UsageError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev
 
 
 def resolve_layout(layout: str, nets: Sequence[HybridNet], device: torch.device) -> str:

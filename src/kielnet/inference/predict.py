@@ -24,7 +24,8 @@ import time
 import numpy as np
 from astropy.table import Table
 
-from kielnet.compute import DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, member_predictions, realisation_statistics
+from kielnet.compute import (DEFAULT_BATCH_SIZE, PRECISIONS, EnsembleRunner, member_predictions,
+                             realisation_statistics, resolve_device)
 from kielnet.compute.realisations import DEFAULT_BLOCK_ROWS
 from kielnet.data.preprocess import Prepared
 from kielnet.errors import InputError, UsageError
@@ -303,7 +304,7 @@ def realisation_predictions(bundle: Bundle, nets: list[HybridNet], table: StarTa
 def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
             nets: list[HybridNet] | None = None, n_realisations: int | None = None,
             rng: np.random.Generator | None = None, precision: str = "fp32", mark_duplicates: bool = True,
-            timings: dict[str, float] | None = None) -> Table:
+            timings: dict[str, float] | None = None, device: str | None = None) -> Table:
     """Label every star of ``table`` with the bundle's ensemble.
 
     Parameters
@@ -332,6 +333,11 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         If a dict is given, wall seconds are added to its entries ``"networks"`` (the
         members' forward passes, noise realisations included) and ``"labels"`` (all the
         rest: preprocessing, σ, quality scores and flags, the catalogue).
+    device
+        Where the networks run: ``"cpu"``, ``"cuda"`` (``"cuda:1"``, …) or ``None``
+        (default: CUDA when torch sees a GPU, else the CPU). Everything else runs on the
+        CPU. On a GPU the labels agree with the CPU's to float rounding, far below σ
+        (``benchmarks/results/gpu_check.json``).
 
     An input column the bundle reads but ``table`` lacks entirely is treated as missing
     for every star when the bundle's σ model covers it
@@ -349,6 +355,7 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         raise UsageError(f"n_realisations must be >= 0, got {n_real}")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = str(resolve_device(device))
     t_start = time.perf_counter()
     table = fill_absent_inputs(bundle, table)
     prep = bundle.preprocessor.transform(table, with_labels=False)
@@ -358,7 +365,7 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
         head: list = []
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision,
-                                           head_sigma=head)
+                                           device=device, head_sigma=head)
         t_nets = time.perf_counter() - t_nets
         cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0),
                                          head_sigma=head[0] if head else None)
@@ -367,10 +374,10 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
         embeddings = [] if bundle.ood is not None else None
         head = []
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings,
-                                   precision=precision, head_sigma=head)
+                                   precision=precision, device=device, head_sigma=head)
         t_nets = time.perf_counter() - t_nets
         cat = catalogue_from_predictions(bundle, table, prep, preds, head_sigma=head[0] if head else None)
-    cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds)
+    cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds, device=device)
     cat = enforce_status(cat, bundle.config.label_names)
     if timings is not None:
         timings["networks"] = timings.get("networks", 0.0) + t_nets

@@ -71,13 +71,14 @@ def _scalar(bundle: Bundle, raw: np.ndarray, name: str) -> tuple[np.ndarray, tup
 
 def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table: StarTable,
                         prep: Prepared, *, embeddings: list[np.ndarray] | None = None,
-                        preds: np.ndarray | None = None) -> Table:
+                        preds: np.ndarray | None = None, device: str | None = None) -> Table:
     """Add the columns of the module docstring to ``cat`` (in place) and return it.
 
     ``embeddings``: the members' fusion embeddings of these stars if already captured
     with the label predictions (saves one forward pass per member). ``preds``: the
     members' predictions (n_members, n_stars, n_labels) in physical units, needed for
-    ``spread_score`` when the bundle carries its calibration.
+    ``spread_score`` when the bundle carries its calibration. ``device``: where the
+    networks run if the embeddings must be computed here (``None``: CUDA when available).
     """
     q = bundle.config.quality
     fast_unlike = None
@@ -97,7 +98,7 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
         if embeddings is not None:
             score = bundle.ood.member_scores_of(embeddings).mean(axis=0)
         else:
-            score = embedding_ood_scores(bundle.ood, nets, prep, check=False)
+            score = embedding_ood_scores(bundle.ood, nets, prep, check=False, device=device)
         cat["ood_score"] = score
         cat["ood_score"].description = "embedding nearest-neighbour distance / training 99% quantile (>1: OOD)"
         cat["flag"] |= (score > 1.0).astype(np.int64) << FLAG_BITS["out_of_distribution"]

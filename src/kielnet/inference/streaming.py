@@ -53,7 +53,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from kielnet import __version__
-from kielnet.compute import PRECISIONS
+from kielnet.compute import PRECISIONS, resolve_device
 from kielnet.data.fingerprint import array_digest, describe_differences, dict_differences, table_fingerprint
 from kielnet.data.source import StarSource, TableSource
 from kielnet.data.startable import StarTable
@@ -311,7 +311,7 @@ def _write_part(cat: Table, part: Path) -> None:
 
 def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int, parts: Path, digest: str,
               batch_size: int, n_realisations: int, precision: str | None = None,
-              row_limit: int | None = None, reading: float | None = None) -> dict:
+              row_limit: int | None = None, reading: float | None = None, device: str | None = None) -> dict:
     """Label chunk ``k`` (input rows ``[k*chunk_size, k*chunk_size + len(chunk))``) into
     its part, or check and reuse the part a run already wrote. The same in a single
     process and in a Dask worker. Returns a small JSON-able summary: ``k``, ``start``,
@@ -338,7 +338,7 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
     rng = np.random.default_rng([cfg.inference.seed, k])  # per chunk: resumable anywhere
     kw = {} if precision is None else {"precision": precision}  # None: predict has no such option
     cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng,
-                  mark_duplicates=False, timings=seconds, **kw)
+                  mark_duplicates=False, timings=seconds, device=device, **kw)
     add_duplicate_column(cat, duplicate_id_mask(chunk.ids))  # within the chunk; over the input at assembly
     status = np.asarray(cat["status"]).astype(str)
     _check_statuses(status, f"chunk {k}")
@@ -371,7 +371,7 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
                     chunk_size: int = 20000, batch_size: int = 256, progress: bool = True,
                     n_realisations: int | None = None, fresh: bool = False, cluster: Any = None,
                     precision: str | None = None, bundle_path: str | os.PathLike | None = None,
-                    inputs: Iterable[str | os.PathLike | None] = ()) -> PredictionSummary:
+                    inputs: Iterable[str | os.PathLike | None] = (), device: str | None = None) -> PredictionSummary:
     """Label the stars of ``source`` in resumable chunks and write the catalogue to ``output``.
 
     Parameters
@@ -406,6 +406,10 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
         part of the run identity.
     bundle_path
         Where ``bundle`` was loaded from (lets Dask workers load it themselves).
+    device
+        Where the networks run (:func:`~kielnet.inference.predict.predict`; ``None``: CUDA
+        when the process, or each Dask worker, sees a GPU). Not part of the run identity:
+        a GPU's rows differ from the CPU's by float rounding only.
 
     Returns
     -------
@@ -426,6 +430,8 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
     if n_real < 0:
         raise UsageError(f"n_realisations must be >= 0, got {n_real}")
     precision = _effective_precision(precision)
+    if device is not None:  # refuse a device this process cannot use before any work (workers: their own)
+        device = str(resolve_device(device))
     source = as_source(source)
     output = check_output_file(output, inputs=inputs)
     fmt = get_writer(output).name
@@ -449,7 +455,7 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
                                        n_realisations=n_real, precision=precision)
     _claim_parts(parts, identity, fresh)
     opts = dict(chunk_size=chunk_size, parts=parts, digest=run_digest(identity), batch_size=batch_size,
-                n_realisations=n_real, precision=precision, row_limit=row_limit)
+                n_realisations=n_real, precision=precision, row_limit=row_limit, device=device)
     bar = None
     try:
         if progress:
