@@ -6,13 +6,16 @@ writes ``benchmarks/results/gpu_check.json`` (``--out`` elsewhere). kielnet's
 training runs on the CPU. This checks that path and sizes it.
 
 * ``parity``: the shipped ``xp-apogee-dr17`` bundle labels the 1,000-star XP-library
-  subset (``../shared/data``, ``--subset``) on the CPU and on the GPU: fp32 with cuDNN's
-  TF32 convolutions as torch ships them (``allow_tf32`` on, the default), fp32 with TF32
-  off, and bf16. Per label the max and 99th percentile of ``|Δ label| / sigma_X``, the max
-  ``|Δ label|`` in label units, and the rows whose status or flag differs.
+  subset (``../shared/data``, ``--subset``) on the CPU and on the GPU, ``fp32`` and
+  ``bf16``, with torch's TF32 switches left on (their default for cuDNN): kielnet's fp32
+  must still be IEEE float32 there. Per label the max and 99th percentile of
+  ``|Δ label| / sigma_X``, the max ``|Δ label|`` in label units, and the rows whose
+  status or flag differs.
 * ``runner_parity``: random-init networks of each preset (the architectures of
   ``throughput.json``) through :class:`kielnet.compute.EnsembleRunner` on the CPU (its
   fused channels-last path) and on the GPU: max ``|Δ output|`` over 512 random rows.
+* ``before``: the same sections of the committed result, when it came from an earlier
+  commit (the first run measured TF32 convolutions, since switched off).
 * ``networks``: rows/s of each preset's whole ensemble on the GPU (inputs preprocessed,
   on the host, copies to the GPU included), fp32 and bf16, at several batch sizes;
   ``stars_per_s`` divides by the preset's noise realisations (20 for ``apogee_net_2``).
@@ -88,15 +91,10 @@ def parity(bundle, table) -> dict:
     predict(bundle, table.take(np.arange(64)), device=DEVICE)  # warm-up: cuDNN plans, allocator
     ref, t_cpu = timed_predict(bundle, table, device="cpu")
     res: dict = {"bundle": "xp-apogee-dr17", "n_stars": len(table), "cpu_seconds": t_cpu}
-    default_tf32 = torch.backends.cudnn.allow_tf32
-    res["cudnn_allow_tf32_default"] = bool(default_tf32)
-    for key, tf32, precision in (("fp32_tf32_convolutions", True, "fp32"), ("fp32_no_tf32", False, "fp32"),
-                                 ("bf16", default_tf32, "bf16")):
-        torch.backends.cudnn.allow_tf32 = tf32
-        try:
-            cat, t = timed_predict(bundle, table, device=DEVICE, precision=precision)
-        finally:
-            torch.backends.cudnn.allow_tf32 = default_tf32
+    res["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+    res["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    for key in ("fp32", "bf16"):
+        cat, t = timed_predict(bundle, table, device=DEVICE, precision=key)
         res[key] = {**compare(ref, cat), "device_seconds": t}
         log(f"parity {key}: " + ", ".join(f"{n} max {res[key][n]['max_abs_diff_over_sigma']:.2e} sigma"
                                            for n in LABELS))
@@ -109,16 +107,9 @@ def runner_parity() -> dict:
         nets = preset_nets(name, 2)
         spec, br = random_inputs(512, n_pix, widths)
         cpu, _ = EnsembleRunner(nets, device="cpu").predict(spec, br)
-        row = {}
-        for key, tf32 in (("tf32_convolutions", True), ("no_tf32", False)):
-            default = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-            try:
-                dev, _ = EnsembleRunner(nets, device=DEVICE).predict(spec, br)
-            finally:
-                torch.backends.cudnn.allow_tf32 = default
-            row[key] = {"max_abs_diff": float(np.max(np.abs(dev - cpu))),
-                        "output_rms": float(np.sqrt(np.mean(cpu.astype(np.float64) ** 2)))}
+        dev, _ = EnsembleRunner(nets, device=DEVICE).predict(spec, br)
+        row = {"max_abs_diff": float(np.max(np.abs(dev - cpu))),
+               "output_rms": float(np.sqrt(np.mean(cpu.astype(np.float64) ** 2)))}
         out[name] = row
         log(f"runner parity {name}: {row}")
     return out
@@ -126,7 +117,7 @@ def runner_parity() -> dict:
 
 def networks(quick: bool) -> dict:
     out = {}
-    batches = (256, 2048) if quick else (256, 1024, 4096, 16384)
+    batches = (256, 2048) if quick else (1024, 4096, 16384)
     for name, (n_pix, widths) in PRESETS.items():
         cfg = load_config(name)
         n_members = cfg.ensemble.n_splits * cfg.ensemble.members_per_split
@@ -167,7 +158,8 @@ def realisation_path(n_stars: int, n_cpu: int) -> dict:
     return out
 
 
-def end_to_end(bundle, table, n: int) -> dict:
+def end_to_end(bundle, table, n: int, n_cpu: int) -> dict:
+    """``n`` stars with the networks on the GPU, the first ``n_cpu`` of them on the CPU."""
     reps = -(-n // len(table))
     tiles = []
     for r in range(reps):
@@ -175,12 +167,28 @@ def end_to_end(bundle, table, n: int) -> dict:
         t.ids = np.char.add(t.ids, f"_{r}")
         tiles.append(t)
     big = StarTable.concat(tiles).take(np.arange(n))
-    out: dict = {"n_stars": n}
-    for device, batch in ((DEVICE, 4096), ("cpu", 256)):
-        cat, t = timed_predict(bundle, big, device=device, batch_size=batch)
-        out["gpu" if device != "cpu" else "cpu"] = {**t, "batch_size": batch, "stars_per_s": n / t["seconds"]}
-        log(f"end to end on {device}: {n / t['seconds']:,.0f} stars/s ({t})")
+    out: dict = {}
+    for device, batch, m in ((DEVICE, 4096, n), ("cpu", 256, n_cpu)):
+        cat, t = timed_predict(bundle, big.take(np.arange(m)), device=device, batch_size=batch)
+        out["gpu" if device != "cpu" else "cpu"] = {**t, "n_stars": m, "batch_size": batch,
+                                                    "stars_per_s": m / t["seconds"]}
+        log(f"end to end on {device}: {m / t['seconds']:,.0f} stars/s ({t})")
     return out
+
+
+def _earlier(path: Path, commit: str) -> dict | None:
+    """The committed result's sections (or its own ``before``) when it came from another commit."""
+    committed = RESULTS / "gpu_check.json"
+    src = committed if committed.is_file() else path
+    if not src.is_file():
+        return None
+    import json
+
+    old = json.loads(src.read_text())
+    if str(commit).startswith(old.get("git_commit", "?")[:7]) or str(old.get("git_commit", "?")).startswith(commit):
+        return old.get("before")
+    return {k: old[k] for k in ("git_commit", "date", "parity", "runner_parity", "networks", "realisation_path",
+                                "end_to_end") if k in old}
 
 
 def main() -> int:
@@ -211,10 +219,13 @@ def main() -> int:
     result["parity"] = parity(bundle, table)
     result["runner_parity"] = runner_parity()
     result["networks"] = networks(args.quick)
-    result["realisation_path"] = realisation_path(1000 if args.quick else 8000, 100 if args.quick else 500)
-    result["end_to_end"] = end_to_end(bundle, table, 20000 if args.quick else 100000)
+    result["realisation_path"] = realisation_path(1000 if args.quick else 4000, 100 if args.quick else 200)
+    result["end_to_end"] = end_to_end(bundle, table, 20000 if args.quick else 100000, 5000 if args.quick else 20000)
     result["seconds"] = time.time() - t0
     result.update(provenance(commit, dirty))
+    before = _earlier(Path(args.out), commit)
+    if before:
+        result["before"] = before
     path = write_result(result, args.out)
     log(f"wrote {path}")
     return 0

@@ -12,10 +12,10 @@ it, never the other way round.
 """
 
 from kielnet.compute.embeddings import fusion_embeddings
-from kielnet.compute.forward import (DEFAULT_BATCH_SIZE, EnsembleRunner, decode_outputs, member_predictions, resolve_device,
-                                     resolve_layout, thread_scope)
+from kielnet.compute.forward import (DEFAULT_BATCH_SIZE, EnsembleRunner, decode_outputs, ieee_fp32, member_predictions,
+                                     resolve_device, resolve_layout, thread_scope)
 from kielnet.compute.plan import LAYOUTS, PRECISIONS, FusedExecutor, ModuleExecutor, fused_supported
 from kielnet.compute.realisations import realisation_statistics
 
 __all__ = ["fusion_embeddings", "EnsembleRunner", "member_predictions", "decode_outputs", "DEFAULT_BATCH_SIZE", "LAYOUTS", "PRECISIONS", "FusedExecutor", "ModuleExecutor",
-           "fused_supported", "resolve_device", "resolve_layout", "thread_scope", "realisation_statistics"]
+           "fused_supported", "ieee_fp32", "resolve_device", "resolve_layout", "thread_scope", "realisation_statistics"]

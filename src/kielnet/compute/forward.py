@@ -29,6 +29,11 @@ fused path cannot run the network (or fails its probe when built:
 ``"conv1d"``); ``"native"`` runs the module as given (the 1×k
 Conv2d training form). Precision ``"bf16"`` runs convolutions and linear layers in
 bfloat16 (CPU autocast semantics, fp32 accumulation); the outputs are float32.
+Precision ``"fp32"`` is IEEE float32 on CUDA too: torch lets cuDNN run float32
+convolutions as TF32 by default (10-bit mantissa), which moved the shipped bundle's
+labels by up to 6.5e-3 σ on an H200 and APOGEE Net II's outputs by ~2e-3 relative; the
+runner switches TF32 off for its forward passes (:func:`ieee_fp32`), leaving the labels
+within 1.3e-5 σ of the CPU's (``benchmarks/results/gpu_check.json``).
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ from kielnet.data.preprocess import Prepared
 from kielnet.errors import UsageError
 from kielnet.models.hybrid import HybridNet, split_outputs
 
-__all__ = ["EnsembleRunner", "member_predictions", "decode_outputs", "resolve_device", "resolve_layout", "thread_scope",
-           "DEFAULT_BATCH_SIZE", "PARALLEL"]
+__all__ = ["EnsembleRunner", "member_predictions", "decode_outputs", "ieee_fp32", "resolve_device", "resolve_layout",
+           "thread_scope", "DEFAULT_BATCH_SIZE", "PARALLEL"]
 
 #: ways several CPU threads share a prediction (see :class:`EnsembleRunner`)
 PARALLEL = ("auto", "inter", "intra")
@@ -92,6 +97,22 @@ def resolve_layout(layout: str, nets: Sequence[HybridNet], device: torch.device)
     if device.type == "cpu" and all(fused_supported(n) for n in nets):
         return "fused"
     return "conv1d"
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """On CUDA, float32 convolutions and matrix products without TF32 inside the block
+    (``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32``
+    off, restored after; these are process-wide switches). Nothing on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 def _param_dtype(net: HybridNet) -> torch.dtype:
@@ -266,7 +287,7 @@ class EnsembleRunner:
 
         workers = min(self.workers, n)
         if workers <= 1:
-            with thread_scope(self.threads), torch.inference_mode():
+            with thread_scope(self.threads), torch.inference_mode(), ieee_fp32(self.device):
                 for s in range(0, n, self.batch_size):
                     run(s, min(s + self.batch_size, n))
         else:
