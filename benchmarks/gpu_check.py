@@ -219,7 +219,7 @@ def main() -> int:
     result["parity"] = parity(bundle, table)
     result["runner_parity"] = runner_parity()
     result["networks"] = networks(args.quick)
-    result["realisation_path"] = realisation_path(1000 if args.quick else 4000, 100 if args.quick else 200)
+    result["realisation_path"] = realisation_path(500 if args.quick else 1000, 100 if args.quick else 200)
     result["end_to_end"] = end_to_end(bundle, table, 20000 if args.quick else 100000, 5000 if args.quick else 20000)
     result["seconds"] = time.time() - t0
     result.update(provenance(commit, dirty))
