@@ -40,6 +40,21 @@ def _kielnet_cache_dir(tmp_path_factory):
 
 
 # --------------------------------------------------------------------- real data
+@pytest.fixture(autouse=True)
+def _compute_tests_run_on_the_cpu(request, monkeypatch):
+    """tests/compute checks the CPU paths (fused / conv1d / native layouts, threads,
+    operator fallbacks) exactly or at float32 rounding: there the runner's default device
+    is the CPU, also where torch sees a GPU. tests/compute/test_cuda.py checks the CUDA
+    path against it; everywhere else the default stays CUDA-when-available."""
+    path = Path(str(request.node.path))
+    if not torch.cuda.is_available() or path.parent.name != "compute" or path.name == "test_cuda.py":
+        return
+    import kielnet.compute.forward as forward
+
+    resolve = forward.resolve_device
+    monkeypatch.setattr(forward, "resolve_device", lambda device: resolve("cpu" if device is None else device))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = (REPO_ROOT / ".." / "shared" / "data").resolve()

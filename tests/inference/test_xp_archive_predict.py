@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.skipif(not RAW.is_file(), reason=f"real XP data {RAW} 
 
 
 @pytest.fixture(scope="module")
-def g_only(tmp_path_factory):
+def g_only(tmp_path_factory, gaiaxpy):  # the XP calibration matrices come from GaiaXPy once
     folder = tmp_path_factory.mktemp("gonly") / "bulk"
     return folder, write_bulk(folder, RAW, [7, 5], g=True)
 
