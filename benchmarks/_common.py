@@ -71,6 +71,30 @@ def bundle_arguments(doc: str | None):
     return ap.parse_args()
 
 
+def label_change(ref, other, label: str, mask=None) -> dict:
+    """How ``other``'s values of ``label`` differ from ``ref``'s (two catalogues of the same
+    stars, row for row), in units of ``ref``'s ``sigma_<label>``: on the rows finite in both
+    with sigma > 0 (and ``mask``), ``n``, the max / 99th percentile / median of
+    ``|Δ| / sigma``, the max ``|Δ|`` in the label's unit and the median sigma (None where
+    no row compares)."""
+    import numpy as np
+
+    a, b = np.asarray(ref[label], float), np.asarray(other[label], float)
+    sig = np.asarray(ref[f"sigma_{label}"], float)
+    m = np.isfinite(a) & np.isfinite(b) & (sig > 0)
+    if mask is not None:
+        m &= mask
+    d = np.abs(b - a)[m]
+    r = d / sig[m]
+    some = bool(m.any())
+    return {"n": int(m.sum()),
+            "max_delta_over_sigma": float(r.max()) if some else None,
+            "p99_delta_over_sigma": float(np.percentile(r, 99)) if some else None,
+            "median_delta_over_sigma": float(np.median(r)) if some else None,
+            "max_abs_delta": float(d.max()) if some else None,
+            "median_sigma": float(np.median(sig[m])) if some else None}
+
+
 def write_result(obj: dict, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file + rename)."""
     path = Path(path)

@@ -32,6 +32,7 @@ was copied from.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ from kielnet.inference.predict import predict
 from kielnet.io import load_xp_library
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+from _common import RESULTS, ROOT, git_commit, git_dirty, label_change, provenance, write_result  # noqa: E402
 from throughput import PRESETS, _fitted_preprocessor, best_seconds, preset_nets, random_inputs  # noqa: E402
 
 SUBSET = ROOT.parent / "shared" / "data" / "xp_library" / "apogee_dr17_gaiaxp_sampled_subset1000.npz"
@@ -67,14 +68,11 @@ def compare(ref, other) -> dict:
                  "status_differs": int(np.sum(np.asarray(ref["status"]) != np.asarray(other["status"]))),
                  "flag_differs": int(np.sum(np.asarray(ref["flag"]) != np.asarray(other["flag"])))}
     for name in LABELS:
-        a, b = np.asarray(ref[name], float), np.asarray(other[name], float)
-        s = np.asarray(ref[f"sigma_{name}"], float)
-        ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(s) & (s > 0)
-        z = np.abs(a - b)[ok] / s[ok]
-        out[name] = {"n": int(ok.sum()), "finite_differs": int(np.sum(np.isfinite(a) != np.isfinite(b))),
-                     "max_abs_diff_over_sigma": float(z.max()) if z.size else None,
-                     "p99_abs_diff_over_sigma": float(np.quantile(z, 0.99)) if z.size else None,
-                     "max_abs_diff": float(np.abs(a - b)[ok].max()) if z.size else None}
+        c = label_change(ref, other, name)
+        finite = [np.isfinite(np.asarray(cat[name], float)) for cat in (ref, other)]
+        out[name] = {"n": c["n"], "finite_differs": int(np.sum(finite[0] != finite[1])),
+                     "max_abs_diff_over_sigma": c["max_delta_over_sigma"],
+                     "p99_abs_diff_over_sigma": c["p99_delta_over_sigma"], "max_abs_diff": c["max_abs_delta"]}
     return out
 
 
@@ -182,8 +180,6 @@ def _earlier(path: Path, commit: str) -> dict | None:
     src = committed if committed.is_file() else path
     if not src.is_file():
         return None
-    import json
-
     old = json.loads(src.read_text())
     if str(commit).startswith(old.get("git_commit", "?")[:7]) or str(old.get("git_commit", "?")).startswith(commit):
         return old.get("before")

@@ -71,7 +71,7 @@ from kielnet.artifact import build_network
 from kielnet.training.trainer import _make_optimizer, member_loss, train_member
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+from _common import RESULTS, ROOT, git_commit, git_dirty, label_change, provenance, write_result  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 EMU_FILE = DATA / "apogee" / "emulator" / "NN_normalized_spectra_old.npz"
@@ -390,20 +390,9 @@ def catalogue_change(name: str, quick: bool, bundle_path: str | None) -> dict:
     ok = np.ones(len(test), dtype=bool)
     for lab in bundle.config.label_names:
         ok &= np.isfinite(np.asarray(a[lab], float)) & np.isfinite(np.asarray(b[lab], float))
-    per_label = {}
-    for lab in bundle.config.label_names:
-        xa, xb = np.asarray(a[lab], float), np.asarray(b[lab], float)
-        sig = np.asarray(a[f"sigma_{lab}"], float)
-        m = ok & np.isfinite(xa) & np.isfinite(xb) & (sig > 0)
-        d = np.abs(xb - xa)[m]
-        r = d / sig[m]
-        per_label[lab] = {"n": int(m.sum()),
-                          "max_delta_over_sigma": float(r.max()) if m.any() else None,
-                          "p99_delta_over_sigma": float(np.percentile(r, 99)) if m.any() else None,
-                          "median_delta_over_sigma": float(np.median(r)) if m.any() else None,
-                          "max_abs_delta": float(d.max()) if m.any() else None,
-                          "median_sigma": float(np.median(sig[m])) if m.any() else None,
-                          "unit": next(lb.unit for lb in bundle.config.labels if lb.name == lab)}
+    per_label = {lab: {**label_change(a, b, lab, ok), "unit": next(lb.unit for lb in bundle.config.labels
+                                                                      if lb.name == lab)}
+                 for lab in bundle.config.label_names}
     preset_members = load_config(name).ensemble.n_splits * load_config(name).ensemble.members_per_split
     full = _preset_sized_rate(bundle, test, preset_members) if len(nets) != preset_members else None
     return {"bundle": how, "data": source, "n_stars": int(len(test)), "n_labelled_both": int(ok.sum()),
