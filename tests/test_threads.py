@@ -67,3 +67,77 @@ def test_parts_cover_the_items_once_within_their_bounds(monkeypatch):
                 assert all(b - a <= hi for a, b in parts)
     assert len(threads.thread_parts(3000, 256)) == 3 and len(threads.thread_parts(10000, 1, 4096)) == 3
     assert len(threads.thread_parts(100, 256)) == 1
+
+
+# ------------------------------------------------------------------ prefetch
+def _made(log, n, fail_at=None, closed=None):
+    """Items 0..n-1, logging "made i" and the thread that made them."""
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad item {i}")
+            log.append(("made", i, threading.current_thread().name))
+            yield i
+    finally:
+        if closed is not None:
+            closed.append(threading.current_thread().name)
+
+
+def test_prefetch_keeps_order_and_makes_items_on_its_own_thread(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    log = []
+    assert list(threads.prefetch(_made(log, 50))) == list(range(50))
+    here = threading.current_thread().name
+    assert {name for _, _, name in log} == {"kielnet-prefetch"} != {here}
+
+
+def test_prefetch_raises_where_the_bad_item_would_come(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    got = []
+    import pytest
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        for item in threads.prefetch(_made([], 10, fail_at=3)):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_prefetch_closed_early_stops_and_closes_the_items(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    log, closed = [], []
+    before = threading.active_count()
+    it = threads.prefetch(_made(log, 1000, closed=closed))
+    assert [next(it), next(it)] == [0, 1]
+    it.close()
+    assert closed == ["kielnet-prefetch"]          # the items were closed in the thread that made them
+    assert len(log) <= 3                            # one item ahead at most, not the whole input
+    assert threading.active_count() == before       # the thread has ended
+
+
+def test_prefetch_makes_one_ahead_but_nothing_after_a_pause(monkeypatch):
+    """The item after one that ``pause`` marks (a complete batch of stars: the caller
+    then runs the networks on every core) is made only once the caller asks for it;
+    otherwise one item is made ahead while the caller works."""
+    import time
+
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+
+    def made_during_work(pause):
+        log = []
+        it = threads.prefetch(_made(log, 10), pause=pause)
+        assert next(it) == 0
+        assert next(it) == 1
+        time.sleep(0.3)                             # the caller works on item 1
+        made = [i for _, i, _ in log]
+        assert list(it) == list(range(2, 10))
+        return made
+
+    assert made_during_work(None) == [0, 1, 2]          # item 2 made ahead
+    assert made_during_work(lambda i: i == 1) == [0, 1]  # item 1 completes a batch: nothing ahead
+
+
+def test_prefetch_on_one_thread_runs_here(monkeypatch):
+    monkeypatch.setenv("KIELNET_THREADS", "1")
+    log = []
+    assert list(threads.prefetch(_made(log, 5))) == list(range(5))
+    assert {name for _, _, name in log} == {threading.current_thread().name}

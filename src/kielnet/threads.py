@@ -10,11 +10,12 @@ it is made again in a forked child (a parent's threads do not survive a fork).
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["n_threads", "thread_map", "thread_parts"]
+__all__ = ["n_threads", "thread_map", "thread_parts", "prefetch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,3 +64,71 @@ def thread_parts(n: int, min_part: int = 1, max_part: int | None = None) -> list
         parts = max(parts, -(-n // max_part))
     bounds = [n * i // parts for i in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def prefetch(items: Iterable[T], depth: int = 1, pause: Callable[[T], bool] | None = None) -> Iterator[T]:
+    """Iterate over ``items`` with up to ``depth`` items made ahead on a thread of their
+    own while the caller works on the current one: a two-stage pipeline (e.g. an archive
+    file's next block decompressed and tokenised while this one is parsed and
+    calibrated).
+
+    Items come in order; an exception raised while making one is raised here, where that
+    item would have come. ``pause(item)`` (called on the thread, after the item is made)
+    True: make nothing more until the caller asks for the item after it — so that nothing
+    runs beside what the caller does with the items so far (e.g. a batch of stars is
+    complete and goes to the networks, which use every core). Closing the iterator early
+    (``break``, garbage collection) stops the thread after at most the item it is making,
+    and ``items`` is closed in that thread, so that a file it holds is closed. With a pool
+    of one thread (``KIELNET_THREADS=1``: a Dask worker given one core) ``items`` is
+    iterated here, nothing ahead. Memory: at most ``depth`` items more than the caller
+    holds."""
+    if n_threads() == 1 or depth < 1:
+        yield from items
+        return
+    out: queue.Queue = queue.Queue()
+    cv = threading.Condition()
+    state = {"asked": 0, "stop": False}
+    done = object()
+
+    def make() -> None:
+        it = iter(items)
+        try:
+            made, hold = 0, False
+            while True:
+                with cv:  # item `made` may be made once the caller asked for item made - depth
+                    cv.wait_for(lambda: state["stop"] or state["asked"] > made - (0 if hold else depth))
+                    if state["stop"]:
+                        return
+                try:
+                    item = next(it)
+                except StopIteration:
+                    out.put((done, None))
+                    return
+                hold = bool(pause(item)) if pause is not None else False
+                out.put((item, None))
+                made += 1
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            out.put((done, exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=make, name="kielnet-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            with cv:
+                state["asked"] += 1
+                cv.notify_all()
+            item, exc = out.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        with cv:
+            state["stop"] = True
+            cv.notify_all()
+        thread.join()

@@ -106,6 +106,38 @@ def test_a_file_is_read_in_bounded_pieces(tmp_path):
     assert count_file_rows(str(f), 1 << 20) == 40
 
 
+@pytest.mark.parametrize("start", [0, 5])
+def test_blocks_are_read_ahead_but_not_past_a_complete_batch(tmp_path, monkeypatch, start):
+    """The next block is decompressed and tokenised on a thread while this one is
+    converted (:func:`kielnet.threads.prefetch`), except after the block that completes a
+    batch: the caller then runs the networks on every core. Two files, blocks of a few
+    rows, batches of 10 from ``start``: the blocks that complete a batch are exactly
+    those whose rows reach or cross a multiple of 10 rows from ``start``."""
+    import kielnet.io.streams.xp_continuous as xc
+
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    files = write_bulk(tmp_path, RAW, [23, 17], ecsv=False)
+    calls = []
+    real = xc.prefetch
+
+    def spy(items, depth=1, pause=None):
+        def recorded(item):
+            complete = pause(item)
+            calls.append((item[0].num_rows, complete))
+            return complete
+        return real(items, depth, recorded)
+
+    monkeypatch.setattr(xc, "prefetch", spy)
+    src = XpContinuousSource(files, sampled=True, block_size=1 << 17)
+    got = concat(src.batches(10, start=start))
+    assert_same(got, whole(files, True).take(np.arange(start, 40)))
+    rows = np.cumsum([n for n, _ in calls])
+    assert len(calls) > 8 and rows[-1] == 40                 # several blocks per batch
+    handed = np.maximum(rows - start, 0)                     # rows from `start` after each block
+    expected = handed // 10 > np.concatenate([[0], handed[:-1]]) // 10
+    assert [c for _, c in calls] == expected.tolist() and expected.sum() == 4 - (start > 0)
+
+
 def test_row_counts_planned_with_a_map(bulk):
     folder, files = bulk
     src = open_stars(folder, sampled=True)

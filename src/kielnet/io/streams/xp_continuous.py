@@ -50,6 +50,7 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 from kielnet.io.registry import files_of
 from kielnet.io.sources import FileSource, rows_from
+from kielnet.threads import prefetch
 
 __all__ = ["XpContinuousSource", "xp_files", "count_file_rows", "XP_SUFFIXES", "BLOCK_SIZE", "PIECE_ROWS"]
 
@@ -305,19 +306,41 @@ class XpContinuousSource(FileSource):
                 at += n
             else:
                 return iter(()), start
-        return self._iter(files, first, start - at), start
+        return self._iter(files, first, start - at, rows), start
 
-    def _iter(self, files: list[Path], first: int, skip: int) -> Iterator[StarTable]:
+    def _iter(self, files: list[Path], first: int, skip: int, batch_rows: int) -> Iterator[StarTable]:
+        handed = [0]  # rows handed out so far (from ``start``), counted as blocks are read
         for f in files[first:]:
-            for table in self._file_pieces(f, skip):
+            for table in self._file_pieces(f, skip, batch_rows, handed):
                 yield table
             skip = 0
 
-    def _file_pieces(self, path: Path, skip: int) -> Iterator[StarTable]:
-        """The stars of one file from its row ``skip`` on, piece by piece."""
+    def _file_pieces(self, path: Path, skip: int, batch_rows: int | None = None,
+                     handed: list[int] | None = None) -> Iterator[StarTable]:
+        """The stars of one file from its row ``skip`` on, piece by piece.
+
+        A text file's next block is decompressed and tokenised on a thread while this one
+        is parsed and calibrated (:func:`kielnet.threads.prefetch`; reading 10^5 archive
+        rows on 2 cores: ~14 % less wall time), except after a block that completes a batch
+        of ``batch_rows`` (``handed[0]``: rows of the blocks before, from the batches'
+        start): the caller then works on the batch (the networks, on every core) before
+        it asks for more."""
         kind = _kind(path)
         row = 0
-        for block, fmt, ecsv in self._blocks(path, kind):
+        blocks = self._blocks(path, kind)
+        if kind == "text":
+            handed = [0] if handed is None else handed
+            at = [0]  # rows of this file read so far
+
+            def batch_complete(item: tuple[Any, str, bool]) -> bool:
+                n = item[0].num_rows
+                before, at[0] = at[0], at[0] + n
+                new = max(0, at[0] - max(skip, before))  # rows of this block from row `skip` on
+                old, handed[0] = handed[0], handed[0] + new
+                return batch_rows is not None and handed[0] // batch_rows > old // batch_rows
+
+            blocks = prefetch(blocks, pause=batch_complete)
+        for block, fmt, ecsv in blocks:
             n = block.num_rows if kind == "text" else len(block)
             for a in range(0, n, self.piece_rows):
                 m = min(self.piece_rows, n - a)
