@@ -124,6 +124,26 @@ def all_sky_hours(stars: float, workers: int, busy_rate: float, count_s_per_star
     return stars * (1.0 / busy_rate + count_s_per_star) / workers / 3600.0
 
 
+def paired_ratios(rates: list[float], nets: list[float]) -> dict:
+    """End-to-end runs against the networks alone measured around them: ``nets[i]`` just
+    before run ``i`` and ``nets[i + 1]`` just after it (``len(nets) == len(rates) + 1``).
+
+    Returns ``median_run`` (the index of the median run by rate; with an even number of
+    runs the slower of the two middle ones), ``faster`` / ``slower`` (each run's rate over
+    the faster / slower of its two networks measurements) and their medians
+    ``median_faster`` / ``median_slower``."""
+    import numpy as np
+
+    if not rates or len(nets) != len(rates) + 1:
+        raise ValueError(f"need one networks rate before each run and one after the last: "
+                         f"{len(rates)} runs, {len(nets)} networks rates")
+    faster = [r / max(nets[i], nets[i + 1]) for i, r in enumerate(rates)]
+    slower = [r / min(nets[i], nets[i + 1]) for i, r in enumerate(rates)]
+    return {"median_run": int(np.argsort(rates, kind="stable")[(len(rates) - 1) // 2]),
+            "faster": faster, "slower": slower,
+            "median_faster": float(np.median(faster)), "median_slower": float(np.median(slower))}
+
+
 def rows_of(path: Path) -> int:
     import pyarrow.parquet as pq
 

@@ -51,7 +51,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
-from _stream import all_sky_hours, rows_of, same_rows, stage_seconds_of, timed_predict, worker_busy_rate  # noqa: E402
+from _stream import (all_sky_hours, paired_ratios, rows_of, same_rows, stage_seconds_of,  # noqa: E402
+                     timed_predict, worker_busy_rate)
 
 SHARED = (ROOT / ".." / "shared" / "data" / "gaia_xp").resolve()
 RAW = SHARED / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
@@ -290,7 +291,8 @@ def main() -> int:
         nets.append(networks_rate(folder, small))
         log(f"end to end: {stars / runs[-1]['wall_s']:.1f} stars/s, peak {runs[-1]['peak_rss_gib']} GiB")
     rates = [stars / r["wall_s"] for r in runs]
-    mid = int(np.argsort(rates)[(len(rates) - 1) // 2])  # the median run (even repeats: the slower middle one)
+    paired = paired_ratios(rates, nets)
+    mid = paired["median_run"]
     r = runs[mid]
     res.update(rows_in=stars, rows_out=rows_of(cat), wall_s=r["wall_s"],
                peak_rss_gib=float(np.median([x["peak_rss_gib"] for x in runs])),
@@ -311,14 +313,12 @@ def main() -> int:
     stages = stage_seconds_of(r["stdout"])
     res["stage_seconds_end_to_end"] = stages
     res["stars_per_s_networks_in_run"] = round(stars / stages["networks"], 1)
-    faster = [rate / max(nets[i], nets[i + 1]) for i, rate in enumerate(rates)]
-    slower = [rate / min(nets[i], nets[i + 1]) for i, rate in enumerate(rates)]
     in_run = [rate / (stars / stage_seconds_of(x["stdout"])["networks"]) for x, rate in zip(runs, rates)]
     res["end_to_end_over_networks"] = {
-        "isolated_faster": round(float(np.median(faster)), 3),
-        "isolated_slower": round(float(np.median(slower)), 3),
+        "isolated_faster": round(paired["median_faster"], 3),
+        "isolated_slower": round(paired["median_slower"], 3),
         "in_run": round(float(np.median(in_run)), 3),
-        "per_run_isolated_faster": [round(v, 3) for v in faster],
+        "per_run_isolated_faster": [round(v, 3) for v in paired["faster"]],
         "note": f"medians over {args.repeats} end-to-end runs; isolated: each run against the networks alone on "
                 "10^4 prepared stars, best of 3, measured just before and just after it (faster: the faster of the "
                 "two, slower: the slower); in_run: the networks' own seconds inside that run (first chunk's layout "

@@ -11,7 +11,7 @@ import pytest
 from kielnet.inference.streaming import PredictionSummary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _stream import all_sky_hours, stage_seconds_of, worker_busy_rate  # noqa: E402
+from _stream import all_sky_hours, paired_ratios, stage_seconds_of, worker_busy_rate  # noqa: E402
 
 
 def test_stage_seconds_round_trip_through_the_report():
@@ -45,3 +45,13 @@ def test_all_sky_hours_scale_with_stars_and_workers_and_add_the_row_count():
     for bad in ((0, 500.0, 0.0), (100, 0.0, 0.0), (100, 500.0, -1.0)):
         with pytest.raises(ValueError):
             all_sky_hours(2.2e8, *bad)
+
+
+def test_paired_ratios_use_the_networks_measured_around_each_run():
+    got = paired_ratios([2800.0, 3000.0, 2900.0], [5600.0, 6000.0, 5800.0, 5000.0])
+    assert got["faster"] == pytest.approx([2800 / 6000, 3000 / 6000, 2900 / 5800])
+    assert got["slower"] == pytest.approx([2800 / 5600, 3000 / 5800, 2900 / 5000])
+    assert got["median_faster"] == pytest.approx(0.5) and got["median_run"] == 2   # 2,900: the middle rate
+    assert paired_ratios([1.0, 3.0], [1.0, 1.0, 1.0])["median_run"] == 0          # even: the slower middle one
+    with pytest.raises(ValueError, match="one networks rate before each run"):
+        paired_ratios([1.0, 2.0], [1.0, 1.0])
