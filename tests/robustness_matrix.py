@@ -129,7 +129,7 @@ def interrupt_after_parts(n: int):
     after ``n`` parts were written."""
     import kielnet.inference.streaming as streaming
 
-    real, calls = streaming.predict_networks, {"n": 0}
+    real, calls = streaming.predict, {"n": 0}
 
     def flaky(*a, **kw):
         if calls["n"] >= n:
@@ -137,11 +137,11 @@ def interrupt_after_parts(n: int):
         calls["n"] += 1
         return real(*a, **kw)
 
-    streaming.predict_networks = flaky
+    streaming.predict = flaky
     try:
         yield
     finally:
-        streaming.predict_networks = real
+        streaming.predict = real
 
 
 # ----------------------------------------------------------------------------- context

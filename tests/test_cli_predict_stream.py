@@ -128,7 +128,7 @@ def test_cluster_option_gives_the_same_catalogue(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("value", ["local:0", "local", "http://x:1", "tcp://nohost"])
 def test_a_bad_cluster_is_refused_before_any_compute(files, tmp_path, capsys, monkeypatch, value):
-    monkeypatch.setattr(streaming, "predict_networks", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
     assert predict(files, tmp_path / "c.parquet", "--cluster", value, data="small") == 2
     assert "--cluster" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -137,7 +137,7 @@ def test_a_bad_cluster_is_refused_before_any_compute(files, tmp_path, capsys, mo
 @pytest.mark.parametrize("value", ["gpu", "cuda:99"])
 def test_a_device_this_process_cannot_use_is_refused_before_any_compute(files, tmp_path, capsys, monkeypatch,
                                                                          value):
-    monkeypatch.setattr(streaming, "predict_networks", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
     assert predict(files, tmp_path / "c.parquet", "--device", value, data="small") == 2
     err = capsys.readouterr().err
     assert err.startswith("kielnet predict: error:") and repr(value) in err
@@ -154,7 +154,7 @@ def test_device_cpu_gives_the_default_run_on_a_machine_without_a_gpu(files, tmp_
 
 def test_fits_above_the_row_limit_is_refused_before_any_compute(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(streaming, "IN_MEMORY_ROW_LIMIT", 30)
-    monkeypatch.setattr(streaming, "predict_networks", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
     assert predict(files, tmp_path / "c.fits", data="small") == 2
     err = capsys.readouterr().err
     assert err.startswith("kielnet predict: error:") and "more than the 30 rows" in err and ".parquet" in err

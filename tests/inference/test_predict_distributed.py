@@ -119,7 +119,7 @@ def test_an_interrupted_local_run_resumes_on_the_cluster(client, bundle_dir, sta
     bundle = load_bundle(bundle_dir)
     ref = predict_to_file(bundle, stars, tmp_path / "ref.parquet", chunk_size=10, progress=False).read()
     out = tmp_path / "cat.parquet"
-    real, calls = streaming.predict_networks, []
+    real, calls = streaming.predict, []
 
     def killed_after_four(*a, **kw):
         if len(calls) >= 4:
@@ -127,7 +127,7 @@ def test_an_interrupted_local_run_resumes_on_the_cluster(client, bundle_dir, sta
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(streaming, "predict_networks", killed_after_four)
+    monkeypatch.setattr(streaming, "predict", killed_after_four)
     with pytest.raises(KeyboardInterrupt):
         predict_to_file(bundle, stars, out, chunk_size=10, progress=False)
     monkeypatch.undo()
@@ -142,7 +142,7 @@ def test_an_interrupted_local_run_resumes_on_the_cluster(client, bundle_dir, sta
 def test_changed_content_is_refused_on_the_cluster(client, bundle_dir, stars, tmp_path, monkeypatch):
     bundle = load_bundle(bundle_dir)
     out = tmp_path / "cat.parquet"
-    real, calls = streaming.predict_networks, []
+    real, calls = streaming.predict, []
 
     def killed_after_two(*a, **kw):
         if len(calls) >= 2:
@@ -150,7 +150,7 @@ def test_changed_content_is_refused_on_the_cluster(client, bundle_dir, stars, tm
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(streaming, "predict_networks", killed_after_two)
+    monkeypatch.setattr(streaming, "predict", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         predict_to_file(bundle, stars, out, chunk_size=10, progress=False)
     monkeypatch.undo()

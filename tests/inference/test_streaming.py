@@ -123,7 +123,7 @@ def test_the_summary_gives_each_stage_its_time(tiny_bundle, stars, tmp_path):
     stages = summary.stage_seconds
     assert tuple(stages) == streaming.STAGES
     assert all(v >= 0 for v in stages.values()) and stages["networks"] > 0 and stages["reading"] > 0
-    assert stages["reading"] + stages["networks"] <= summary.seconds  # labels overlap the next chunk's reading
+    assert sum(stages.values()) <= summary.seconds
     line = summary.report().splitlines()[-1]
     assert line.startswith("  time: reading ") and "networks" in line and line.endswith(" s")
     timings: dict[str, float] = {}
@@ -306,7 +306,7 @@ def test_parts_without_run_stamp_are_refused(tiny_bundle, stars, tmp_path):
                                 {"n_realisations": -1}, {"cluster": "local:0"}, {"cluster": "somewhere"},
                                 {"precision": "float16"}])
 def test_bad_options_are_refused_before_any_compute(synthetic_bundle, make_table, tmp_path, monkeypatch, kw):
-    monkeypatch.setattr(streaming, "predict_networks", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
     with pytest.raises(UsageError):
         predict_to_file(synthetic_bundle, make_table(n=12), tmp_path / "cat.parquet", progress=False, **kw)
     assert list(tmp_path.iterdir()) == []
@@ -323,7 +323,7 @@ def test_chunk_larger_than_table(tiny_bundle, stars, tmp_path):
 def test_fits_above_the_row_limit_is_refused_before_any_compute(synthetic_bundle, make_table, tmp_path,
                                                                monkeypatch):
     monkeypatch.setattr(streaming, "IN_MEMORY_ROW_LIMIT", 20)
-    monkeypatch.setattr(streaming, "predict_networks", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(streaming, "predict", lambda *a, **k: pytest.fail("computed"))
     with pytest.raises(UsageError, match=r"more than the 20 rows.*\.parquet"):
         predict_to_file(synthetic_bundle, make_table(n=25), tmp_path / "cat.fits", chunk_size=10, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -384,69 +384,3 @@ def test_table2_of_a_large_catalogue_is_streamed(tmp_path):
     assert_same_catalogue(read_catalogue(tmp_path / "t2.parquet"), read_catalogue(tmp_path / "ref.parquet"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f.name for f in files] + ["cat.parquet", "t2.parquet", "ref.parquet"])
-
-
-def test_a_chunks_labels_are_made_while_the_next_chunk_is_read(tiny_bundle, stars, tmp_path, monkeypatch):
-    """One process: chunk k's catalogue is made (and its part written) on a thread while
-    chunk k+1 is read, and finished before chunk k+1's networks start, which then run
-    alone; the catalogue is the in-line one."""
-    import threading
-    import time as _time
-
-    events: list[tuple[str, int, float, float, str]] = []
-    real_networks, real_labels = streaming.predict_networks, streaming.predict_labels
-
-    def timed(kind, fn, pause=0.0):
-        def run(*a, **kw):
-            t0 = _time.perf_counter()
-            _time.sleep(pause)
-            out = fn(*a, **kw)
-            events.append((kind, len([e for e in events if e[0] == kind]), t0, _time.perf_counter(),
-                           threading.current_thread().name))
-            return out
-        return run
-
-    class SlowSource(TableSource):                       # reading a chunk takes 0.2 s
-        def batches(self, size, start=0):
-            for i, b in enumerate(super().batches(size, start)):
-                t0 = _time.perf_counter()
-                _time.sleep(0.2)
-                events.append(("read", i, t0, _time.perf_counter(), threading.current_thread().name))
-                yield b
-
-    monkeypatch.setattr(streaming, "predict_networks", timed("networks", real_networks))
-    monkeypatch.setattr(streaming, "predict_labels", timed("labels", real_labels, pause=0.2))
-    out = predict_to_file(tiny_bundle, SlowSource(stars), tmp_path / "cat.parquet", chunk_size=5, progress=False)
-    span = {(kind, k): (t0, t1, name) for kind, k, t0, t1, name in events}
-    assert {name for (kind, _), (_, _, name) in span.items() if kind == "labels"} == {"kielnet-labels_0"}
-    for k in range(1, 5):
-        read, labels_before, nets = span[("read", k)], span[("labels", k - 1)], span[("networks", k)]
-        assert labels_before[0] < read[1] and read[0] < labels_before[1]   # made while chunk k was read
-        assert nets[0] >= labels_before[1]                                 # networks alone
-    monkeypatch.undo()
-    assert_same_catalogue(out.read(), predict_to_file(tiny_bundle, stars, tmp_path / "ref.parquet", chunk_size=5,
-                                                      progress=False).read())
-
-
-def test_a_failure_while_making_a_catalogue_keeps_the_parts_before_it(tiny_bundle, stars, tmp_path, monkeypatch):
-    """The catalogue of chunk 2 fails on the labels thread: the error reaches the caller,
-    chunks 0 and 1 are written, no later one; the rerun reuses them."""
-    real, calls = streaming.predict_labels, []
-
-    def failing(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("catalogue failed")
-        return real(*a, **kw)
-
-    out = tmp_path / "cat.parquet"
-    monkeypatch.setattr(streaming, "predict_labels", failing)
-    with pytest.raises(RuntimeError, match="catalogue failed"):
-        predict_to_file(tiny_bundle, stars, out, chunk_size=5, progress=False)
-    monkeypatch.undo()
-    parts = tmp_path / "cat.parquet.parts"
-    assert sorted(p.name for p in parts.glob("part_*.parquet")) == ["part_000000.parquet", "part_000001.parquet"]
-    summary = predict_to_file(tiny_bundle, stars, out, chunk_size=5, progress=False)
-    assert summary.reused_chunks == 2 and summary.computed_rows == 15
-    assert_same_catalogue(summary.read(), predict_to_file(tiny_bundle, stars, tmp_path / "ref.parquet",
-                                                          chunk_size=5, progress=False).read())

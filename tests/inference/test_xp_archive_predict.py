@@ -92,7 +92,7 @@ def test_dask_over_a_two_file_directory_gives_the_single_process_rows_and_resume
     same_rows(one.read(), many.read())
     # a local run killed after one chunk resumes on the cluster: same rows
     out = tmp_path / "killed.parquet"
-    real, calls = streaming.predict_networks, []
+    real, calls = streaming.predict, []
 
     def killed_after_one(*a, **kw):
         if calls:
@@ -100,7 +100,7 @@ def test_dask_over_a_two_file_directory_gives_the_single_process_rows_and_resume
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(streaming, "predict_networks", killed_after_one)
+    monkeypatch.setattr(streaming, "predict", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         predict_to_file(bundle, open_stars(folder, sampled=True), out, chunk_size=4, progress=False,
                         bundle_path=bundle_dir)

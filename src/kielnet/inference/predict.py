@@ -20,7 +20,6 @@ valid range gives NaN labels and a flag naming the reason, and a row with status
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
@@ -42,8 +41,7 @@ from kielnet.models.hybrid import HybridNet
 from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
                                    unlabelled_mask)
 
-__all__ = ["member_predictions", "realisation_predictions", "predict", "predict_networks", "predict_labels",
-           "NetworkStage", "catalogue_from_predictions",
+__all__ = ["member_predictions", "realisation_predictions", "predict", "catalogue_from_predictions",
            "catalogue_meta", "enforce_status", "not_reported_reasons", "describe_columns", "COLUMN_DESCRIPTIONS"]
 
 def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
@@ -350,38 +348,6 @@ def predict(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH
     astropy.table.Table
         One row per input star, in input order (see module docstring).
     """
-    stage = predict_networks(bundle, table, batch_size=batch_size, nets=nets, n_realisations=n_realisations,
-                             rng=rng, precision=precision, device=device)
-    return predict_labels(bundle, stage, mark_duplicates=mark_duplicates, timings=timings)
-
-
-@dataclass
-class NetworkStage:
-    """A table after the networks of :func:`predict`: what :func:`predict_labels` makes
-    the catalogue from. Split so that a driver can make one chunk's catalogue while it
-    reads the next (:func:`kielnet.inference.streaming.predict_to_file`)."""
-
-    table: StarTable                      #: the input, absent columns filled in
-    prep: Prepared
-    preds: np.ndarray                     #: (n_members, n_stars, n_labels), label units
-    noise_var: np.ndarray | None          #: members' mean variance over the noise realisations
-    head_sigma: np.ndarray | None
-    embeddings: list | None               #: fusion embeddings (only where the bundle's OOD model reads them)
-    nets: list
-    device: str
-    seconds_before: float                 #: wall seconds before the networks (inputs, preprocessing)
-    seconds_networks: float               #: wall seconds of the networks
-    #: :func:`predict_labels` runs networks again (the bundle's OOD model needs embeddings
-    #: that were not captured, as on the noise-realisation path)
-    labels_run_networks: bool = False
-
-
-def predict_networks(bundle: Bundle, table: StarTable, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     nets: list[HybridNet] | None = None, n_realisations: int | None = None,
-                     rng: np.random.Generator | None = None, precision: str = "fp32",
-                     device: str | None = None) -> NetworkStage:
-    """The first part of :func:`predict` (same arguments): inputs, preprocessing and the
-    members' forward passes."""
     if int(batch_size) < 1:
         raise UsageError(f"batch_size must be a positive number of stars, got {batch_size}")
     n_real = bundle.config.inference.n_realisations if n_realisations is None else n_realisations
@@ -395,37 +361,27 @@ def predict_networks(bundle: Bundle, table: StarTable, *, batch_size: int = DEFA
     prep = bundle.preprocessor.transform(table, with_labels=False)
     nets = nets if nets is not None else bundle.build_members()
     t_nets = time.perf_counter()
-    head: list = []
     if n_real > 0:
         rng = rng if rng is not None else np.random.default_rng(bundle.config.inference.seed)
+        head: list = []
         med, var = realisation_predictions(bundle, nets, table, n_real, rng, batch_size, precision=precision,
                                            device=device, head_sigma=head)
-        preds, noise_var, embeddings = med, var.mean(axis=0), None
+        t_nets = time.perf_counter() - t_nets
+        cat = catalogue_from_predictions(bundle, table, prep, med, noise_var=var.mean(axis=0),
+                                         head_sigma=head[0] if head else None)
+        embeddings, preds = None, med
     else:
         embeddings = [] if bundle.ood is not None else None
+        head = []
         preds = member_predictions(nets, prep, bundle.preprocessor.inverse_labels, batch_size, embeddings,
                                    precision=precision, device=device, head_sigma=head)
-        noise_var = None
-    t_end = time.perf_counter()
-    return NetworkStage(table, prep, preds, noise_var, head[0] if head else None, embeddings, nets, device,
-                        t_nets - t_start, t_end - t_nets,
-                        labels_run_networks=embeddings is None and bundle.ood is not None)
-
-
-def predict_labels(bundle: Bundle, stage: NetworkStage, *, mark_duplicates: bool = True,
-                   timings: dict[str, float] | None = None) -> Table:
-    """The second part of :func:`predict`: the catalogue of a :class:`NetworkStage` (σ,
-    quality scores and flags, status); ``mark_duplicates`` and ``timings`` as there."""
-    t0 = time.perf_counter()
-    table, prep = stage.table, stage.prep
-    cat = catalogue_from_predictions(bundle, table, prep, stage.preds, noise_var=stage.noise_var,
-                                     head_sigma=stage.head_sigma)
-    cat = add_quality_columns(cat, bundle, stage.nets, table, prep, embeddings=stage.embeddings, preds=stage.preds,
-                              device=stage.device)
+        t_nets = time.perf_counter() - t_nets
+        cat = catalogue_from_predictions(bundle, table, prep, preds, head_sigma=head[0] if head else None)
+    cat = add_quality_columns(cat, bundle, nets, table, prep, embeddings=embeddings, preds=preds, device=device)
     cat = enforce_status(cat, bundle.config.label_names)
     if timings is not None:
-        timings["networks"] = timings.get("networks", 0.0) + stage.seconds_networks
-        timings["labels"] = timings.get("labels", 0.0) + stage.seconds_before + (time.perf_counter() - t0)
+        timings["networks"] = timings.get("networks", 0.0) + t_nets
+        timings["labels"] = timings.get("labels", 0.0) + (time.perf_counter() - t_start - t_nets)
     if mark_duplicates:
         dup = duplicate_id_mask(table.ids)
         add_duplicate_column(cat, dup)

@@ -60,7 +60,7 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError, KielnetError, RunMismatchError, UsageError
 from kielnet.artifact import Bundle
 from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn_duplicates
-from kielnet.inference.predict import add_duplicate_column, catalogue_meta, predict_labels, predict_networks
+from kielnet.inference.predict import add_duplicate_column, catalogue_meta, predict
 from kielnet.io.atomic import atomic_path, atomic_write_text
 from kielnet.io.outputs import check_output_file
 from kielnet.io.tables import atomic_write_table, read_catalogue
@@ -84,9 +84,7 @@ _PART_KEY = "kielnet_part"
 
 
 # ----------------------------------------------------------------------------- summary
-#: the stages of :attr:`PredictionSummary.stage_seconds`, in the order a chunk passes them. In one
-#: process a chunk's labels and writing run on a thread while the next chunk is read, so the
-#: stages' seconds can add up to more than the run's wall time; reading and networks never overlap
+#: the stages of :attr:`PredictionSummary.stage_seconds`, in the order a chunk passes them
 STAGES = ("reading", "networks", "labels", "writing", "assembling")
 
 
@@ -320,50 +318,7 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
     ``n_rows``, ``ids`` (digest, for the final check), ``counts`` (rows per status
     name), ``reused``, ``seconds`` (wall seconds per stage of :data:`STAGES`: the
     caller's ``reading`` of the chunk when given, and for a computed chunk its
-    ``networks``, ``labels`` and ``writing``).
-
-    :func:`start_chunk` then :meth:`PendingChunk.finish`."""
-    started = start_chunk(bundle, nets, chunk, k, chunk_size=chunk_size, parts=parts, digest=digest,
-                          batch_size=batch_size, n_realisations=n_realisations, precision=precision,
-                          row_limit=row_limit, reading=reading, device=device)
-    return started if isinstance(started, dict) else started.finish()
-
-
-@dataclass
-class PendingChunk:
-    """A chunk after its networks: :meth:`finish` makes its catalogue and writes its part
-    (on any thread: the single-process driver makes it while it reads the next chunk)."""
-
-    bundle: Bundle
-    stage: Any                  #: :class:`kielnet.inference.predict.NetworkStage`
-    chunk: StarTable
-    part: Path
-    summary: dict
-    seconds: dict
-
-    def finish(self) -> dict:
-        """Catalogue, duplicate column, status check, part written atomically → the
-        chunk's summary (:func:`run_chunk`)."""
-        k, fp = self.summary["k"], self.summary.pop("fingerprint")
-        cat = predict_labels(self.bundle, self.stage, mark_duplicates=False, timings=self.seconds)
-        add_duplicate_column(cat, duplicate_id_mask(self.chunk.ids))  # within the chunk; over the input at assembly
-        status = np.asarray(cat["status"]).astype(str)
-        _check_statuses(status, f"chunk {k}")
-        cat.meta[_PART_KEY] = {"chunk": int(k), "start": self.summary["start"], "n_rows": self.summary["n_rows"],
-                               "run": self.summary.pop("digest"), "input": fp}
-        t0 = time.perf_counter()
-        _write_part(cat, self.part)
-        self.seconds["writing"] = time.perf_counter() - t0
-        self.summary.update(counts=_status_counts(status), reused=False, seconds=self.seconds)
-        return self.summary
-
-
-def start_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int, parts: Path, digest: str,
-                batch_size: int, n_realisations: int, precision: str | None = None,
-                row_limit: int | None = None, reading: float | None = None,
-                device: str | None = None) -> dict | PendingChunk:
-    """The first part of :func:`run_chunk` (same arguments): the summary of a chunk whose
-    part a run already wrote (checked), or a :class:`PendingChunk` after the networks."""
+    ``networks``, ``labels`` and ``writing``)."""
     start = k * chunk_size
     part = part_path(parts, k)
     if row_limit is not None and start + len(chunk) > row_limit:
@@ -381,15 +336,24 @@ def start_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: i
     chunk = fill_absent_inputs(bundle, chunk)
     chunk.require(scalars=cfg.scalar_columns(), n_pix=bundle.preprocessor.n_pix if cfg.spectrum else None)
     rng = np.random.default_rng([cfg.inference.seed, k])  # per chunk: resumable anywhere
-    kw = {} if precision is None else {"precision": precision}  # None: predict's default
-    stage = predict_networks(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations,
-                             rng=rng, device=device, **kw)
-    return PendingChunk(bundle, stage, chunk, part, dict(summary, fingerprint=fp, digest=digest), seconds)
+    kw = {} if precision is None else {"precision": precision}  # None: predict has no such option
+    cat = predict(bundle, chunk, batch_size=batch_size, nets=nets, n_realisations=n_realisations, rng=rng,
+                  mark_duplicates=False, timings=seconds, device=device, **kw)
+    add_duplicate_column(cat, duplicate_id_mask(chunk.ids))  # within the chunk; over the input at assembly
+    status = np.asarray(cat["status"]).astype(str)
+    _check_statuses(status, f"chunk {k}")
+    cat.meta[_PART_KEY] = {"chunk": int(k), "start": int(start), "n_rows": int(len(chunk)), "run": digest,
+                           "input": fp}
+    t0 = time.perf_counter()
+    _write_part(cat, part)
+    seconds["writing"] = time.perf_counter() - t0
+    summary.update(counts=_status_counts(status), reused=False, seconds=seconds)
+    return summary
 
 
 # ----------------------------------------------------------------------------- driver
 #: the precision :func:`predict` runs at when none is named (bound at import)
-_DEFAULT_PRECISION: str = inspect.signature(predict_networks).parameters["precision"].default
+_DEFAULT_PRECISION: str = inspect.signature(predict).parameters["precision"].default
 
 
 def _effective_precision(precision: str | None) -> str:
@@ -528,51 +492,21 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
 
 
 def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[dict]:
-    """The chunk loop in this process. A chunk's catalogue is made and its part written
-    on a thread while the next chunk is read (:meth:`PendingChunk.finish`), and waited
-    for before that chunk's networks, which then run alone on every core: two chunks in
-    memory at most, the second only while it is read. Where the catalogue itself runs
-    networks (an OOD score without captured embeddings), it is made before the next
-    chunk is read."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """The chunk loop in this process: one chunk in memory at a time."""
     nets = bundle.build_members()
-    summaries: list[dict] = []
+    summaries = []
     batches = iter(source.batches(opts["chunk_size"]))
-    pending = None  # (future of the previous chunk's finish, its rows)
-
-    def collect() -> None:
-        nonlocal pending
-        if pending is not None:
-            future, n_prev = pending
-            pending = None
-            summaries.append(future.result())
-            if bar is not None:
-                bar.update(n_prev)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="kielnet-labels") as labels:
-        for k in itertools.count():
-            t0 = time.perf_counter()
-            chunk = next(batches, None)
-            reading = time.perf_counter() - t0
-            collect()
-            if chunk is None or len(chunk) == 0:
-                break
-            n = len(chunk)
-            started = start_chunk(bundle, nets, chunk, k, reading=reading, **opts)
-            del chunk  # not held while the next chunk is read
-            if isinstance(started, dict):
-                summaries.append(started)
-                if bar is not None:
-                    bar.update(n)
-            elif started.stage.labels_run_networks:
-                summaries.append(started.finish())
-                if bar is not None:
-                    bar.update(n)
-            else:
-                pending = (labels.submit(started.finish), n)
-            del started
-        collect()
+    for k in itertools.count():
+        t0 = time.perf_counter()
+        chunk = next(batches, None)
+        reading = time.perf_counter() - t0
+        if chunk is None or len(chunk) == 0:
+            break
+        n = len(chunk)
+        summaries.append(run_chunk(bundle, nets, chunk, k, reading=reading, **opts))
+        del chunk  # not held while the next chunk is read
+        if bar is not None:
+            bar.update(n)
     if not summaries:
         raise InputError("the input holds no stars", source=source.spec)
     return summaries
