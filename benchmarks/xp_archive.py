@@ -313,7 +313,7 @@ def main() -> int:
     stages = stage_seconds_of(r["stdout"])
     res["stage_seconds_end_to_end"] = stages
     res["stars_per_s_networks_in_run"] = round(stars / stages["networks"], 1)
-    in_run = [rate / (stars / stage_seconds_of(x["stdout"])["networks"]) for x, rate in zip(runs, rates)]
+    in_run = [rate / (stars / x["stage_seconds"]["networks"]) for x, rate in zip(res["runs_end_to_end"], rates)]
     res["end_to_end_over_networks"] = {
         "isolated_faster": round(paired["median_faster"], 3),
         "isolated_slower": round(paired["median_slower"], 3),
