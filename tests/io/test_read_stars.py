@@ -43,3 +43,34 @@ def test_a_broken_rvs_like_file_names_itself(tmp_path):
     with pytest.raises(InputError) as info:
         read_stars(bad)
     assert "rvs.csv" in str(info.value)
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".ecsv", ".csv.gz"])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, suffix):
+    """Spreadsheets save "CSV UTF-8" with a byte-order mark: the table reads as without it,
+    whole and streamed (the first column is the id column, not '\\ufeffsource_id')."""
+    import gzip
+
+    from kielnet.io import open_stars
+
+    t = Table({"source_id": [7, 8, 9], "g": [10.0, 11.0, 12.5], "bp": [10.4, 11.5, 12.9]})
+    t.write(tmp_path / f"plain{suffix}", format="ascii.ecsv" if suffix == ".ecsv" else "ascii.csv")
+    text = (tmp_path / f"plain{suffix}").read_text()
+    marked = tmp_path / f"marked{suffix}"
+    if suffix.endswith(".gz"):
+        with gzip.open(marked, "wt", encoding="utf-8") as fh:
+            fh.write(BOM + text)
+    else:
+        marked.write_text(BOM + text, encoding="utf-8")
+    opened = gzip.open(marked, "rb") if suffix.endswith(".gz") else open(marked, "rb")
+    with opened as fh:
+        assert fh.read(3) == BOM.encode()
+    ref = read_stars(tmp_path / f"plain{suffix}")
+    for got in (read_stars(marked), next(iter(open_stars(marked).batches(10)))):
+        assert list(got.ids) == ["7", "8", "9"] == list(ref.ids)
+        assert set(got.scalars) == set(ref.scalars) == {"g", "bp"}
+        for k in ref.scalars:
+            np.testing.assert_array_equal(got.scalars[k], ref.scalars[k])

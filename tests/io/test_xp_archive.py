@@ -205,6 +205,28 @@ def test_a_garbled_cell_keeps_the_star_with_nan(tmp_path):
     np.testing.assert_array_equal(got.flux, whole_.flux)
 
 
+def test_a_byte_order_mark_before_the_header_is_ignored(bulk, tmp_path):
+    """A file saved with a UTF-8 byte-order mark (a plain CSV, and an ECSV-headed bulk
+    .csv.gz whose ``# %ECSV`` line then starts with it) is recognised as XP continuous and
+    gives the same rows, streamed and whole."""
+    import gzip
+
+    _, files = bulk
+    plain = tmp_path / "XpContinuousMeanSpectrum_bom.csv"
+    plain.write_bytes(b"\xef\xbb\xbf" + RAW.read_bytes())
+    ecsv = tmp_path / "XpContinuousMeanSpectrum_bom_ecsv.csv.gz"
+    with gzip.open(files[0], "rb") as fh:
+        text = fh.read()
+    assert text.startswith(b"# %ECSV")
+    ecsv.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text))
+    for marked, original in ((plain, RAW), (ecsv, files[0])):
+        assert get_reader(marked).name == "gaia-xp"
+        for sampled in (False, True):
+            ref = (xp_sampled_spectra if sampled else read_xp_continuous)(original)
+            assert_same(concat(XpContinuousSource(marked, sampled=sampled, piece_rows=2).batches(3)), ref)
+            assert_same((xp_sampled_spectra if sampled else read_xp_continuous)(marked), ref)
+
+
 @pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
 def test_gzip_streams_equal_and_a_truncated_file_is_named(bulk, tmp_path, monkeypatch, isal):
     """The .gz files decompress to the same rows with ISA-L's igzip and with pyarrow's zlib

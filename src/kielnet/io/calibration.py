@@ -29,6 +29,7 @@ from astropy.table import Column, Table, vstack
 
 from kielnet.data.spectral_types import parse_spectral_type
 from kielnet.errors import InputError
+from kielnet.io.paths import TEXT_ENCODING
 
 __all__ = ["read_mamajek_table", "read_calibration_csv", "read_calibration", "stack_calibrations",
            "is_mamajek_table", "CALIBRATION_COLUMNS", "LOGG_SUN"]
@@ -101,7 +102,7 @@ def read_mamajek_table(path: str | Path) -> Table:
     """
     p = _check_file(path)
     source = str(p)
-    lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = p.read_text(encoding=TEXT_ENCODING, errors="replace").splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith("#SpT")), None)
     if start is None:
         raise InputError("no '#SpT ...' header line: is this Mamajek's dwarf sequence table?", source=source)
@@ -202,7 +203,7 @@ def read_calibration_csv(path: str | Path) -> Table:
     """
     p = _check_file(path)
     source = str(p)
-    with p.open(newline="", encoding="utf-8-sig") as fh:
+    with p.open(newline="", encoding=TEXT_ENCODING) as fh:
         rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     if not rows:
         raise InputError("file holds no header line", source=source)

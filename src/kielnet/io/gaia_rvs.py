@@ -68,7 +68,7 @@ from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
 from kielnet.io.checks import (as_floats, as_text, check_csv_complete, read_error_message, shown,
                                truncation_as_error)
-from kielnet.io.paths import check_readable, expand_paths
+from kielnet.io.paths import TEXT_ENCODING, check_readable, expand_paths
 from kielnet.io.tables import _read_fits
 
 __all__ = ["RVS_N_PIX", "RVS_WAVELENGTH_NM", "RVS_Q3_WINDOWS_NM", "fill_nan_q3",
@@ -114,7 +114,8 @@ def _read_archive_table(path: str | os.PathLike) -> tuple[Table, str]:
             try:
                 with truncation_as_error():
                     # "#" lines before a CSV header: an ECSV header (the Gaia bulk files)
-                    tab = Table.read(path, format=fmt, **({"comment": "#"} if fmt == "ascii.csv" else {}))
+                    text = {"encoding": TEXT_ENCODING} if fmt.startswith("ascii") else {}
+                    tab = Table.read(path, format=fmt, **text, **({"comment": "#"} if fmt == "ascii.csv" else {}))
             except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
                 raise InputError(read_error_message(path, fmt, exc), source=source) from exc
     if fmt == "ascii.csv":

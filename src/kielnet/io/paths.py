@@ -1,5 +1,5 @@
-"""File-system helpers shared by the readers: expanding path arguments and the
-common checks every reader makes before parsing a file."""
+"""File-system helpers shared by the readers: expanding path arguments, the common
+checks every reader makes before parsing a file, and the encoding of text tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from typing import Callable, Sequence
 
 from kielnet.errors import InputError
 
-__all__ = ["expand_paths", "check_readable"]
+__all__ = ["expand_paths", "check_readable", "TEXT_ENCODING"]
+
+#: How every CSV / ECSV / text table is decoded: UTF-8, with a byte-order mark at the start
+#: of the file ignored. Spreadsheets write one ("CSV UTF-8" in Excel); read as plain UTF-8
+#: it would become part of the first column's name (``'\ufeffsource_id'``), so that the
+#: id column or the file's format would not be recognised.
+TEXT_ENCODING = "utf-8-sig"
 
 
 def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike], *, accept: Callable[[Path], bool],

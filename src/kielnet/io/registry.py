@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kielnet.errors import InputError, KielnetError
+from kielnet.io.paths import TEXT_ENCODING
 
 if TYPE_CHECKING:  # pragma: no cover
     from kielnet.data.source import StarSource
@@ -438,7 +439,7 @@ def _column_names(path: str, size: int, mtime: int) -> frozenset[str]:
     try:
         if name.endswith(_TEXT_TABLE):
             opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", errors="replace") as fh:
+            with opener(path, "rt", encoding=TEXT_ENCODING, errors="replace") as fh:
                 for line in fh:
                     if line.strip() and not line.startswith("#"):
                         if name.endswith((".ecsv", ".ecsv.gz")) and "," not in line:

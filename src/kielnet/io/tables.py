@@ -50,7 +50,7 @@ from kielnet.labels import DEFAULT_TABLE_LABELS
 from kielnet.io.atomic import atomic_path
 from kielnet.io.checks import (as_floats, as_text, check_csv_complete, parse_floats, read_error_message,
                                truncation_as_error)
-from kielnet.io.paths import check_readable
+from kielnet.io.paths import TEXT_ENCODING, check_readable
 from kielnet.io.writers import get_writer, register_writer
 
 __all__ = ["ColumnMap", "read_table", "write_table", "table_to_startable", "startable_to_table",
@@ -139,7 +139,7 @@ def _read_astropy(path: Path, fmt: str, source: str) -> Table:
     if fmt == "fits":
         return _read_fits(path, source)
     try:
-        tab = Table.read(path, format=fmt)
+        tab = Table.read(path, format=fmt, encoding=TEXT_ENCODING)
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear error
         raise InputError(read_error_message(path, fmt, exc), source=source) from exc
     if fmt == "ascii.csv":

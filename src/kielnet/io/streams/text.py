@@ -10,6 +10,7 @@ import numpy as np
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.paths import TEXT_ENCODING
 from kielnet.io.sources import rows_from, slices
 from kielnet.io.streams.base import TableFileSource
 from kielnet.io.tables import ColumnPlan, build_startable, column_plan, masked_int_choice
@@ -59,7 +60,7 @@ class CsvSource(TableFileSource):
             import gzip
 
             opener = gzip.open if str(self.target).lower().endswith(".gz") else open
-            with opener(self.target, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            with opener(self.target, "rt", encoding=TEXT_ENCODING, errors="replace", newline="") as fh:
                 header = next(csv.reader(fh), [])
             self._names = [c.strip() for c in header]
             if not self._names:

@@ -48,6 +48,7 @@ import numpy as np
 
 from kielnet.data.startable import StarTable
 from kielnet.errors import InputError
+from kielnet.io.paths import TEXT_ENCODING
 from kielnet.io.registry import files_of
 from kielnet.io.sources import FileSource, rows_from
 from kielnet.threads import prefetch
@@ -98,7 +99,7 @@ def _text_header(path: Path) -> tuple[int, str, list[str], bool]:
     the column-name line."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     skipped, delimiter, ecsv = 0, None, False
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+    with opener(path, "rt", encoding=TEXT_ENCODING, errors="replace", newline="") as fh:
         for line in fh:
             if line.startswith("#"):
                 skipped += 1
