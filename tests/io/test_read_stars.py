@@ -74,3 +74,26 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, suffix):
         assert set(got.scalars) == set(ref.scalars) == {"g", "bp"}
         for k in ref.scalars:
             np.testing.assert_array_equal(got.scalars[k], ref.scalars[k])
+
+
+def test_ids_written_as_large_floats_are_warned_about(tmp_path):
+    """A Gaia source_id saved as a float (5.853498713190526e+18) has lost digits: the
+    table still reads, with a warning naming the file, the column and an example; small
+    float ids and integer ids read without it."""
+    import warnings
+
+    big = tmp_path / "big.csv"
+    big.write_text("source_id,g\n5.853498713190526e+18,10.0\n5.762406957886627e+18,11.0\n")
+    with pytest.warns(UserWarning, match=r"big\.csv: id column 'source_id' holds floating-point numbers above "
+                                         r"2\^53 \(2 of 2, e.g. row 0: '5\.853498713190526e\+18'\)"):
+        st = read_stars(big)
+    assert list(st.ids) == ["5.853498713190526e+18", "5.762406957886627e+18"]
+    from kielnet.io import open_stars
+
+    with pytest.warns(UserWarning, match="holds floating-point numbers above 2\\^53"):
+        assert len(next(iter(open_stars(big).batches(10)))) == 2  # the streamed reader too
+    for text in ("source_id,g\n1.0,10.0\n2.5,11.0\n", "source_id,g\n5853498713190525696,10.0\n"):
+        (tmp_path / "quiet.csv").write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_stars(tmp_path / "quiet.csv")

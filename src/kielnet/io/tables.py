@@ -387,14 +387,34 @@ def build_startable(tab: Table, plan: ColumnPlan, *, wavelength: u.Quantity | No
 
 def _ids(col, source: str, name: str) -> np.ndarray:
     """Star ids as stripped text; an id that is not UTF-8, masked or empty is an error
-    naming its row (an id cannot be kept as NaN)."""
+    naming its row (an id cannot be kept as NaN). Ids stored as floating-point numbers
+    beyond 2^53 get a warning (:func:`_warn_float_ids`)."""
     ids = np.char.strip(as_text(col, source=source, field=name))
     empty = np.ma.getmaskarray(col) | (ids == "")
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise InputError(f"id is empty ({int(empty.sum())} empty id(s) in all)",
                          source=source, field=name, row=row)
+    _warn_float_ids(col, ids, source, name)
     return ids
+
+
+def _warn_float_ids(col, ids: np.ndarray, source: str, name: str) -> None:
+    """Warn when ids were written as floating-point numbers larger than 2^53 (a Gaia
+    ``source_id`` saved by a spreadsheet as ``5.853498713190526e+18``): their last digits
+    are gone, so they match no integer id of another file (a ``--metadata`` join finds
+    nothing). The rows are kept; their ids are the text of the numbers."""
+    data = np.ma.getdata(col)
+    if np.asarray(data).dtype.kind != "f":
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.abs(np.asarray(data, dtype=np.float64).ravel()) >= _EXACT_INT
+    if big.any():
+        row = int(np.flatnonzero(big)[0])
+        warnings.warn(f"{source}: id column '{name}' holds floating-point numbers above 2^53 ({int(big.sum())} "
+                      f"of {len(ids)}, e.g. row {row}: {str(ids[row])!r}): their last digits are lost, so they do "
+                      "not match integer ids (e.g. Gaia source_id) in other files; write the ids as integers",
+                      UserWarning, stacklevel=3)
 
 
 #: Integers up to this magnitude are exact in float64.
