@@ -832,7 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{IN_MEMORY_ROW_LIMIT:,} rows)")
     pr.add_argument("--metadata", action="append", default=[],
                     help="table (FITS/Parquet/CSV, or a Gaia XP continuous file) of scalar inputs joined "
-                         "by id, e.g. parallax [mas], g, bp, rp [mag] for apStar or RVS spectra; repeat "
+                         "by id, e.g. parallax [mas], g, bp, rp [mag] for apStar or RVS spectra (photometry "
+                         "also under the Gaia archive's and 2MASS's names: phot_g_mean_mag, phot_bp_mean_mag, "
+                         "phot_rp_mean_mag, j_m, h_m, ks_m); repeat "
                          "to join several; stars without a row are flagged missing_input. Read whole, except "
                          f"a Parquet table of more than {RANGE_JOIN_ROWS:,} rows with an integer id column "
                          "(e.g. source_id) and row-group statistics: each chunk then reads only the row groups "

@@ -61,6 +61,34 @@ def test_g_only_directory_without_metadata_is_flagged_with_calibrated_sigma(g_on
     assert (np.asarray(cat["sigma_teff"], float)[[0, 2]] > np.asarray(full["sigma_teff"], float)[[0, 2]]).all()
 
 
+def test_metadata_under_gaia_and_2mass_names_is_used(g_only, tmp_path):
+    """A metadata table exported from the Gaia archive / 2MASS (``SOURCE_ID``,
+    ``phot_bp_mean_mag``, ``j_m``, ``ks_m`` …) gives the catalogue that the same numbers
+    under the preset's names give: no input is absent, no star is missing_input."""
+    folder, files = g_only
+    ids = [10**15 + i for i in range(12)]
+    rng = np.random.default_rng(3)
+    mags = {c: np.round(rng.uniform(11, 14, 12), 3) for c in ("bp", "rp", "j", "h", "k")}
+    names = {"bp": "PHOT_BP_MEAN_MAG", "rp": "phot_rp_mean_mag", "j": "j_m", "h": "h_m", "k": "ks_m"}
+    cats = []
+    for label, head, key in (("short", "source_id", dict(zip(mags, mags))), ("survey", "SOURCE_ID", names)):
+        meta = tmp_path / f"meta_{label}.csv"
+        meta.write_text(",".join([head, *(key[c] for c in mags)]) + "\n" + "".join(
+            ",".join([str(i), *(str(mags[c][r]) for c in mags)]) + "\n" for r, i in enumerate(ids)))
+        out = tmp_path / f"cat_{label}.parquet"
+        assert main(["predict", "--bundle", NAME, "--data", str(folder), "--metadata", str(meta), "--out", str(out),
+                     "--quiet"]) == 0
+        cats.append(pq.read_table(out))
+    assert cats[0].column_names == cats[1].column_names
+    for c in cats[0].column_names:
+        x, y = (np.asarray(t[c].to_pylist(), dtype=object) for t in cats)
+        if all(isinstance(v, float) for v in x):
+            np.testing.assert_array_equal(x.astype(float), y.astype(float), err_msg=c)
+        else:
+            assert x.tolist() == y.tolist(), c
+    assert not any("missing_input" in s for s in cats[1]["status"].to_pylist())
+
+
 def same_rows(a, b):
     assert a.colnames == b.colnames
     for c in a.colnames:

@@ -24,6 +24,7 @@ from kielnet.config import KielnetConfig
 from kielnet.data.plausibility import ColumnRanges, SpectrumPlausibility, placeholder_mask
 from kielnet.data.startable import StarTable
 from kielnet.data.transforms import LabelTransform, Scaler
+from kielnet.data.input_columns import resolve_columns, resolve_inputs
 from kielnet.data.label_columns import resolve_labels
 from kielnet.errors import InputError
 from kielnet.labels import column_candidates
@@ -223,7 +224,7 @@ class Preprocessor:
     def fit(self, table: StarTable) -> "Preprocessor":
         """Fit statistics on a training table (labels must be present)."""
         cfg = self.config
-        table = resolve_labels(table, cfg.label_vocabulary)
+        table = resolve_columns(table, cfg)
         for name, info in cfg.label_vocabulary.items():
             if name not in table.labels:
                 raise InputError(f"required label '{name}' is missing (looked for columns "
@@ -282,6 +283,7 @@ class Preprocessor:
             raise RuntimeError("Preprocessor.transform called before fit/from_dict")
         cfg = self.config
         n = len(table)
+        table = resolve_inputs(table, cfg.scalar_columns())
         table.require(scalars=cfg.scalar_columns(), n_pix=self.n_pix if cfg.spectrum else None)
         if with_labels:
             table = resolve_labels(table, cfg.label_vocabulary)

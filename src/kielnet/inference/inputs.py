@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from kielnet.artifact import Bundle
+from kielnet.data.input_columns import resolve_inputs
 from kielnet.data.startable import StarTable
 from kielnet.quality.sigma import UNCOVERED
 
@@ -50,6 +51,7 @@ def fill_absent_inputs(bundle: Bundle, table: StarTable) -> StarTable:
     naming them and the group; unchanged when none is absent. When no group covers them
     the table is returned unchanged and :meth:`StarTable.require` refuses it, naming the
     first missing column."""
+    table = resolve_inputs(table, bundle.config.scalar_columns())
     absent = absent_inputs(bundle, table)
     if not absent:
         return table

@@ -183,9 +183,9 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
     ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections replace
     the bundle's (the rest must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
     """
-    from kielnet.data.label_columns import resolve_labels
+    from kielnet.data.input_columns import resolve_columns
 
-    table = resolve_labels(table, bundle.config.label_vocabulary)
+    table = resolve_columns(table, bundle.config)
     if selection is not None:
         from kielnet.data.selection import select_stars
 

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from kielnet.artifact import MemberInfo
 from kielnet.config import KielnetConfig
 from kielnet.data.fingerprint import describe_differences, dict_differences, table_fingerprint
-from kielnet.data.label_columns import resolve_labels
+from kielnet.data.input_columns import resolve_columns
 from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.splits import ensemble_heldout
 from kielnet.data.startable import StarTable
@@ -278,14 +278,16 @@ class TrainingPlan:
 def plan_training(table: StarTable, config: KielnetConfig, *, workdir: str | Path | None = None, selection=None,
                   log=print) -> TrainingPlan:
     """Plan a run of the config's deep ensemble on ``table``: resolve its labels
-    (:func:`kielnet.data.label_columns.resolve_labels`), apply ``selection`` (a
+    and inputs (:func:`kielnet.data.input_columns.resolve_columns`), apply ``selection`` (a
     :class:`kielnet.data.selection.Selection`, its per-cut counts logged and kept), check
     the table, fit the preprocessor, split the usable rows, weight them, claim
     ``workdir`` (a :class:`RunMismatchError` if it holds another run) and read the
     members already finished there; the others become jobs (split-major order)."""
-    table = resolve_labels(table, config.label_vocabulary)
+    table = resolve_columns(table, config)
     if table.meta.get("label_columns"):
         log("labels read from columns: " + ", ".join(f"{n} <- {c}" for n, c in table.meta["label_columns"].items()))
+    if table.meta.get("input_columns"):
+        log("inputs read from columns: " + ", ".join(f"{n} <- {c}" for n, c in table.meta["input_columns"].items()))
     selection_report = None
     if selection is not None:
         from kielnet.data.selection import select_stars

@@ -37,7 +37,7 @@ import yaml
 
 from kielnet.config import KielnetConfig, SearchParam
 from kielnet.data.fingerprint import table_fingerprint
-from kielnet.data.label_columns import resolve_labels
+from kielnet.data.input_columns import resolve_columns
 from kielnet.data.preprocess import Preprocessor
 from kielnet.data.startable import StarTable
 from kielnet.errors import ConfigError, InputError
@@ -218,7 +218,7 @@ def run_study(table: StarTable, config: KielnetConfig, workdir: str | Path, *, n
     for p in config.tuning.space:  # every path must exist and every draw type-check
         value = p.choices[0] if p.kind == "categorical" else (int(p.low) if p.kind == "int" else p.low)
         apply_params(config, {p.path: value})
-    table = resolve_labels(table, config.label_vocabulary)
+    table = resolve_columns(table, config)
     if len(table) < MIN_TRAINING_STARS:
         raise InputError(f"only {len(table)} stars to tune on (at least {MIN_TRAINING_STARS})", source=table.source)
     wd = Path(workdir)
