@@ -169,12 +169,11 @@ def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
 
     The bracketed cells are split on ``","``, trimmed and all their values cast to float64
     at once by Arrow kernels, in a few parts run on threads (:func:`kielnet.threads.thread_map`;
-    the kernels release the GIL).
+    the kernels release the GIL), each part writing its rows of the result itself.
     """
     n = len(arr)
     valid = (np.ones(n, bool) if arr.null_count == 0 else
              np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
-    values = np.full((n, n_values), np.nan)
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
     size = np.diff(offsets)
     full = valid & (size > 2)
@@ -183,18 +182,29 @@ def _parse_fast(arr: pa.Array, n_values: int) -> np.ndarray | None:
                                    ["()", "[]"]).all():
         return None
     if not full.any():
-        return values
+        return np.full((n, n_values), np.nan)
     cells = arr if full.all() else arr.filter(pa.array(full))
     offsets = np.frombuffer(cells.buffers()[1], np.int64)[cells.offset:cells.offset + len(cells) + 1]
     data = np.frombuffer(cells.buffers()[2], np.uint8)
     if not (np.isin(data[offsets[:-1]], _OPEN).all() and np.isin(data[offsets[1:] - 1], _CLOSE).all()):
         return None
-    slices = [cells.slice(lo, hi - lo) for lo, hi in thread_parts(len(cells), _MIN_PART)]
-    done = thread_map(lambda c: _split_cast(c, n_values), slices)
-    if any(d is None for d in done):
-        return None
-    values[full] = done[0] if len(done) == 1 else np.concatenate(done)
-    return values
+    # every row written below when every cell is full; else NaN rows for the empty ones
+    rows = None if full.all() else np.flatnonzero(full)
+    values = np.empty((n, n_values)) if rows is None else np.full((n, n_values), np.nan)
+
+    def part(bounds: tuple[int, int]) -> bool:
+        """Cells ``lo:hi`` parsed and written into their rows of ``values`` (on a pool thread)."""
+        lo, hi = bounds
+        got = _split_cast(cells.slice(lo, hi - lo), n_values)
+        if got is None:
+            return False
+        if rows is None:
+            values[lo:hi] = got
+        else:
+            values[rows[lo:hi]] = got
+        return True
+
+    return values if all(thread_map(part, thread_parts(len(cells), _MIN_PART))) else None
 
 
 def parse_array_strings(strings: Any, n_values: int, *, null_as_nan: bool = False
