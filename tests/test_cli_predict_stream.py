@@ -184,9 +184,21 @@ def test_metadata_match_counts_are_printed(files, tmp_path, capsys):
     assert main(["predict", "--bundle", str(files["bundle"]), "--data", str(tmp_path / "spectra.fits"),
                  "--metadata", str(tmp_path / "phot.csv"), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert f"metadata: 25/40 stars found in {tmp_path / 'phot.csv'}" in printed
+    assert f"metadata: 25/40 stars found in {tmp_path / 'phot.csv'}\n" in printed
     status = np.asarray(read_catalogue(out)["status"]).astype(str)
     assert all("missing_input" in s for s in status[25:])
+    # a table whose g differs from the input's own for 3 stars (and equals it for 2) says so
+    rows = np.flatnonzero(np.isfinite(t.scalars["g"][:25]))[:5]
+    spectra["g"] = t.scalars["g"]
+    spectra.write(tmp_path / "spectra_g.fits")
+    other = photometry[rows]
+    other["g"][:3] += 1.0
+    other.write(tmp_path / "phot_g.csv")
+    assert main(["predict", "--bundle", str(files["bundle"]), "--data", str(tmp_path / "spectra_g.fits"),
+                 "--metadata", str(tmp_path / "phot_g.csv"), "--out", str(tmp_path / "cat_g.parquet"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"metadata: 5/40 stars found in {tmp_path / 'phot_g.csv'}; its values replaced different ones the "
+            "input held: g (3 stars)\n") in printed
 
 
 def test_a_cluster_run_counts_no_match_by_reading_a_range_joined_table_whole(tmp_path, monkeypatch, capsys):

@@ -323,8 +323,19 @@ def _with_metadata(table, metadata):
         meta = read_stars(path)
         table = table.join_scalars(meta)
         n_found = int(np.isin(table.ids, meta.ids).sum())
-        print(f"metadata: {n_found}/{len(table)} stars found in {path}")
+        print(f"metadata: {n_found}/{len(table)} stars found in {path}"
+              + _replaced_note(table.meta.get("metadata_replaced")))
     return table
+
+
+def _replaced_note(replaced: dict[str, int] | None) -> str:
+    """``"; its values replaced different ones the input held: g (3 stars), …"`` (or
+    ``""``) for the ``metadata:`` line: a finite metadata value wins over the input's own
+    (:meth:`kielnet.data.startable.StarTable.join_scalars`), which a wrong join shows as."""
+    if not replaced:
+        return ""
+    return "; its values replaced different ones the input held: " + ", ".join(
+        f"{c} ({n} star{'s' if n != 1 else ''})" for c, n in replaced.items())
 
 
 def _check_format(args) -> None:
@@ -396,6 +407,7 @@ def _print_metadata_matches(summary, metadata, source) -> None:
     ``--cluster`` run: the joins happened in the workers) by matching the catalogue's
     ids with each metadata table's ids."""
     matched = getattr(source, "matched", None) if getattr(source, "n_joined", None) == summary.rows else None
+    replaced = getattr(source, "replaced", {}) if isinstance(matched, dict) else {}
     ids = None
     for path in metadata:
         n = None
@@ -411,7 +423,8 @@ def _print_metadata_matches(summary, metadata, source) -> None:
                 continue
             ids = _output_ids(summary.output) if ids is None else ids
             n = int(np.isin(ids, np.asarray(known).astype(str)).sum())
-        print(f"metadata: {n}/{summary.rows} stars found in {path}")
+        key = str(path) if str(path) in replaced else str(Path(path).resolve())
+        print(f"metadata: {n}/{summary.rows} stars found in {path}" + _replaced_note(replaced.get(key)))
 
 
 def _table2_is_parquet(path) -> bool:

@@ -135,3 +135,14 @@ def test_input_error_message_lists_star_and_row():
     assert str(err) == "bad [file f.csv, field 'g', star 2M123 (row 7)]"
     assert str(InputError("plain")) == "plain"
     assert isinstance(err, ValueError)
+
+
+def test_join_scalars_counts_the_own_values_it_replaces():
+    """A finite metadata value wins; ``meta['metadata_replaced']`` counts the stars whose
+    own, different finite value it replaced (not NaN filled in, not equal values)."""
+    own = StarTable(ids=np.array(["a", "b", "c", "d"]), scalars={"g": np.array([10.0, 11.0, np.nan, 13.0])})
+    other = StarTable(ids=np.array(["a", "b", "c", "d"]),
+                      scalars={"g": np.array([10.0, 11.5, 12.0, np.nan]), "bp": np.array([1.0, 2.0, 3.0, 4.0])})
+    got = own.join_scalars(other)
+    np.testing.assert_array_equal(got.scalars["g"], [10.0, 11.5, 12.0, 13.0])
+    assert got.meta["metadata_replaced"] == {"g": 1}

@@ -30,7 +30,19 @@ import numpy as np
 
 from kielnet.errors import InputError
 
-__all__ = ["StarTable"]
+__all__ = ["StarTable", "overlay_values"]
+
+
+def overlay_values(own: np.ndarray | None, joined: np.ndarray) -> tuple[np.ndarray, int]:
+    """A scalar column after a join: ``joined`` where it is finite, else ``own`` (the
+    table's own values; ``None``: the table has no such column, NaN). Returns it with
+    the number of stars whose own finite value was replaced by a different one."""
+    joined = np.asarray(joined, dtype=np.float64)
+    if own is None:
+        return joined, 0
+    own = np.asarray(own, dtype=np.float64)
+    new = np.isfinite(joined)
+    return np.where(new, joined, own), int((new & np.isfinite(own) & (joined != own)).sum())
 
 
 def _as_float_2d(name: str, arr: Any, source: str) -> np.ndarray:
@@ -188,8 +200,9 @@ class StarTable:
         """Add scalar columns of ``other`` matched by star id (e.g. Gaia photometry and
         parallax for apStar spectra). Stars absent from ``other`` get NaN (reported as
         missing downstream) unless this table already has a value for that column, which
-        is then kept; a finite value in ``other`` wins. Duplicate ids in ``other`` are an
-        error."""
+        is then kept; a finite value in ``other`` wins (``meta['metadata_replaced']``:
+        column → stars whose own, different finite value it replaced). Duplicate ids in
+        ``other`` are an error."""
         uniq, counts = np.unique(other.ids, return_counts=True)
         if (counts > 1).any():
             raise InputError(f"ids appear more than once in the metadata table, e.g. "
@@ -198,18 +211,20 @@ class StarTable:
         rows = np.array([index.get(sid, -1) for sid in self.ids])
         cols = list(other.scalars) if columns is None else list(columns)
         scalars = dict(self.scalars)
+        replaced: dict[str, int] = {}
         for c in cols:
             if c not in other.scalars:
                 raise InputError(f"metadata column '{c}' is missing", source=other.source, field=c)
             found = rows >= 0
             v = np.full(len(self), np.nan)
             v[found] = other.scalars[c][rows[found]]
-            if c in scalars:
-                v = np.where(np.isfinite(v), v, scalars[c])
-            scalars[c] = v
+            scalars[c], n = overlay_values(scalars.get(c), v)
+            if n:
+                replaced[c] = n
         out = self.take(np.arange(len(self)))
         out.scalars = scalars
         out.meta["metadata_source"] = other.source
+        out.meta["metadata_replaced"] = replaced
         return out
 
     @staticmethod

@@ -64,7 +64,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from kielnet.data.source import MappedSource, StarSource, rebatch
-from kielnet.data.startable import StarTable
+from kielnet.data.startable import StarTable, overlay_values
 from kielnet.errors import InputError
 from kielnet.io.paths import check_readable
 from kielnet.io.registry import SHARED_META, ReaderSpec, files_of, guarded, reading, registered_readers, resolve
@@ -465,14 +465,17 @@ def metadata_index(path: str | os.PathLike) -> "_MetaIndex | _RangeIndex":
 @dataclass
 class JoinStats:
     """Stars joined in the last pass (this process) and, per metadata table, how many
-    of them it held."""
+    of them it held and, per column, for how many stars its finite value replaced a
+    different finite value the input held (``replaced``)."""
 
     stars: int = 0
     matched: dict[str, int] = field(default_factory=dict)
+    replaced: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.stars = 0
         self.matched = {k: 0 for k in self.matched}
+        self.replaced = {}
 
 
 def join_metadata(table: StarTable, *, indexes: tuple["_MetaIndex | _RangeIndex", ...],
@@ -485,9 +488,10 @@ def join_metadata(table: StarTable, *, indexes: tuple["_MetaIndex | _RangeIndex"
     for index in indexes:
         found, columns = index.values(table.ids)
         for c, v in columns.items():
-            if c in scalars:
-                v = np.where(np.isfinite(v), v, scalars[c])
-            scalars[c] = v
+            scalars[c], n = overlay_values(scalars.get(c), v)
+            if n and stats is not None:
+                counts = stats.replaced.setdefault(index.source, {})
+                counts[c] = counts.get(c, 0) + n
         meta["metadata_source"] = index.source
         if stats is not None:
             stats.matched[index.source] = stats.matched.get(index.source, 0) + int(found.sum())
@@ -511,6 +515,12 @@ class MetadataSource(MappedSource):
     def matched(self) -> dict[str, int]:
         """Per metadata table (its path), stars of the last pass found in it."""
         return dict(self.stats.matched)
+
+    @property
+    def replaced(self) -> dict[str, dict[str, int]]:
+        """Per metadata table, per column: stars of the last pass whose own, different
+        finite value the table's replaced."""
+        return {k: dict(v) for k, v in self.stats.replaced.items()}
 
     @property
     def n_joined(self) -> int:
