@@ -423,8 +423,8 @@ def _print_metadata_matches(summary, metadata, source) -> None:
                 continue
             ids = _output_ids(summary.output) if ids is None else ids
             n = int(np.isin(ids, np.asarray(known).astype(str)).sum())
-        key = str(path) if str(path) in replaced else str(Path(path).resolve())
-        print(f"metadata: {n}/{summary.rows} stars found in {path}" + _replaced_note(replaced.get(key)))
+        note = _replaced_note(replaced.get(str(path), replaced.get(str(Path(path).resolve()))))
+        print(f"metadata: {n}/{summary.rows} stars found in {path}" + note)
 
 
 def _table2_is_parquet(path) -> bool:

@@ -12,6 +12,7 @@ A column under the input's own name always wins.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -44,7 +45,8 @@ def find_input_column(table: StarTable, name: str) -> tuple[str, str] | None:
         for kind in ("scalars", "extra"):
             cols = getattr(table, kind)
             for key, values in cols.items():
-                if key.lower() == alias and np.asarray(values).ndim == 1 and np.asarray(values).dtype.kind in "fiu":
+                a = np.asarray(values)
+                if key.lower() == alias and a.ndim == 1 and a.dtype.kind in "fiu":
                     return kind, key
     return None
 
@@ -64,9 +66,7 @@ def resolve_inputs(table: StarTable, names: Iterable[str]) -> StarTable:
         scalars[name] = np.asarray(getattr(table, kind)[key], dtype=np.float64)
         mapped[name] = f"{kind}:{key}"
     meta["input_columns"] = mapped
-    return StarTable(ids=table.ids, flux=table.flux, flux_err=table.flux_err, wavelength=table.wavelength,
-                     scalars=scalars, labels=table.labels, label_errs=table.label_errs, extra=table.extra,
-                     meta=meta)
+    return replace(table, scalars=scalars, meta=meta)
 
 
 def resolve_columns(table: StarTable, config: KielnetConfig) -> StarTable:
