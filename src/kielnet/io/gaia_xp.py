@@ -171,6 +171,13 @@ def _is_text(column: Any) -> bool:
     return np.asarray(column).dtype.kind in "US"
 
 
+def _is_parsed(column: Any, n: int, expected: int) -> bool:
+    """Whether an array column is already an ``(n, expected)`` float64 array, NaN rows for
+    empty cells (:class:`kielnet.io.streams.xp_tokens.ParsedBlock`)."""
+    # a plain ndarray only: an astropy (masked) column goes through the cell checks
+    return type(column) is np.ndarray and column.dtype == np.float64 and column.shape == (n, expected)
+
+
 def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = True,
                   uncertainties: bool = True, null_as_nan: bool = False) -> StarTable:
     """The star table of rows of an archive XP continuous file (see :func:`read_xp_continuous`).
@@ -180,7 +187,9 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
     tab
         The rows: an astropy table, or anything with ``colnames`` and ``tab[name]``
         giving a (masked) NumPy column or, for ``"(…)"`` array strings, a pyarrow
-        string array (the streamed reader, :mod:`kielnet.io.streams.xp_continuous`).
+        string array (the streamed reader, :mod:`kielnet.io.streams.xp_continuous`) or
+        the values already parsed, ``(n, values)`` float64 with NaN rows for empty cells
+        (its fast path, :mod:`kielnet.io.streams.xp_tokens`; used as they are).
     source, fmt
         The file (for messages and ``meta['source']``) and its format name.
     refuse_unusable
@@ -214,6 +223,8 @@ def xp_star_table(tab: Any, *, source: str, fmt: str, refuse_unusable: bool = Tr
 
         def read(kind: str, expected: int, square: bool = False) -> np.ndarray:
             col = cols[kind]
+            if _is_parsed(tab[col], n, expected):  # values already parsed (the streamed CSV's fast path)
+                return tab[col]
             if _is_text(tab[col]):  # CSV "(c1, c2, …)" strings
                 return _string_arrays(tab[col], expected, col, bad, square=square, null_as_nan=null_as_nan)
             return _band_arrays(_array_column(tab[col], source, col, sid, bad), expected, col, bad,

@@ -5,10 +5,14 @@ bulk-download files (``XpContinuousMeanSpectrum_*.csv.gz``) or a glob of them.
 piece alone, so memory is bounded by the piece, not by the file:
 
 ==================  ===============================================================
-CSV / ECSV,         ``pyarrow.csv.open_csv`` (``.gz`` decompressed as it streams) in
-plain or ``.gz``    blocks of ``block_size`` bytes: every cell is read as text, the
-                    ``"(c1, …)"`` / ``"[c1, …]"`` array strings are parsed vectorised
-                    (:func:`kielnet.io.xp_arrays.parse_array_strings`). The ECSV
+CSV / ECSV,         blocks of whole lines of ``block_size`` bytes (``.gz`` decompressed
+plain or ``.gz``    as it streams, the next block on a thread): a comma-delimited block
+                    in the archive's plain layout is cut at every comma and cast at
+                    once (:mod:`kielnet.io.streams.xp_tokens`); any other block, and any
+                    other file, is read by ``pyarrow.csv``, every cell as text, the
+                    ``"(c1, …)"`` / ``"[c1, …]"`` array strings parsed vectorised
+                    (:func:`kielnet.io.xp_arrays.parse_array_strings`): the same numbers,
+                    and the bad cells found and named. The ECSV
                     header (``#`` lines, APE 6: the Gaia bulk files are ECSV-headed
                     ``.csv.gz``) is skipped; its ``delimiter`` is used; ``null`` and
                     empty cells are missing values, ``null`` inside a JSON array is NaN.
@@ -47,11 +51,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from kielnet.data.startable import StarTable
+from kielnet.data.xp import N_XP_COEFFICIENTS, N_XP_CORRELATIONS
 from kielnet.errors import InputError
 from kielnet.io.paths import TEXT_ENCODING
 from kielnet.io.registry import files_of
 from kielnet.io.sources import FileSource, rows_from
-from kielnet.threads import prefetch
+from kielnet.io.streams.xp_tokens import ParsedBlock, line_blocks, parse_block, split_lines
+from kielnet.threads import prefetch, thread_map
 
 __all__ = ["XpContinuousSource", "xp_files", "count_file_rows", "XP_SUFFIXES", "BLOCK_SIZE", "PIECE_ROWS"]
 
@@ -66,6 +72,14 @@ PIECE_ROWS = 2048
 _ARRAYS = tuple(f"{b}_{k}" for b in ("bp", "rp")
                 for k in ("coefficients", "coefficient_errors", "coefficient_correlations"))
 _NULLS = ["", "null", "NULL", "nan", "NaN"]
+#: Values of a full array cell, by column kind (the fast path's layout).
+_ARRAY_SIZES = {f"{b}_{k}": n for b in ("bp", "rp")
+                for k, n in (("coefficients", N_XP_COEFFICIENTS), ("coefficient_errors", N_XP_COEFFICIENTS),
+                             ("coefficient_correlations", N_XP_CORRELATIONS))}
+#: Bytes of text per part of a block parsed on one thread (the fast path).
+_PART_BYTES = 8 << 20
+#: Decompressed bytes looked at for line ends before a file takes the fast path.
+_PEEK = 1 << 20
 
 
 def _kind(path: Path) -> str:
@@ -153,20 +167,80 @@ def _open_text(path: Path, block_size: int, columns: Sequence[str] | None = None
     import pyarrow.csv as pcsv
 
     skip, delimiter, names, _ = header or _text_header(path)
-    include = list(names if columns is None else columns)
     source = _binary_stream(path)
     try:
-        yield pcsv.open_csv(
-            source,
-            read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip, block_size=block_size,
-                                          use_threads=True),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=True),
-            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in include},
-                                                include_columns=include, null_values=_NULLS,
-                                                strings_can_be_null=True, quoted_strings_can_be_null=True))
+        yield pcsv.open_csv(source, **_csv_options(names, skip, delimiter, columns, block_size))
     finally:
         if not isinstance(source, str):
             source.close()
+
+
+def _csv_options(names: list[str], skip: int, delimiter: str, columns: Sequence[str] | None,
+                 block_size: int) -> dict[str, Any]:
+    """``pyarrow.csv`` options: the file's ``names``, ``skip`` lines before the data, every
+    cell of ``columns`` (default: all) as text, the archive's null spellings."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    include = list(names if columns is None else columns)
+    return dict(read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip, block_size=block_size,
+                                              use_threads=True),
+                parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=True),
+                convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in include},
+                                                    include_columns=include, null_values=_NULLS,
+                                                    strings_can_be_null=True, quoted_strings_can_be_null=True))
+
+
+def _raw_stream(path: Path) -> Any:
+    """The file's decompressed bytes as a binary stream with ``read(n)`` and ``close()``
+    (ISA-L's igzip for ``.gz`` when installed, else pyarrow's zlib stream)."""
+    if not path.name.lower().endswith(".gz"):
+        return open(path, "rb")
+    try:
+        from isal import igzip
+    except ImportError:
+        import pyarrow as pa
+
+        return pa.input_stream(str(path), compression="gzip")
+    return igzip.open(path, "rb")
+
+
+def _plain_lines(path: Path) -> bool:
+    """Whether the file's lines end with ``\\n`` (or ``\\r\\n``) in its first
+    :data:`_PEEK` bytes: no ``\\r`` alone, as old Mac files end them (``pyarrow.csv``
+    takes those)."""
+    with contextlib.closing(_raw_stream(path)) as stream:
+        head = stream.read(_PEEK)
+    return b"\n" in head and head.count(b"\r") == head.count(b"\r\n")
+
+
+def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], block_size: int) -> Iterator[Any]:
+    """The file's data rows in blocks of whole lines, each cut at every comma and parsed at
+    once (:func:`kielnet.io.streams.xp_tokens.parse_block`: a :class:`ParsedBlock`); a block
+    not in the plain archive layout is read by ``pyarrow.csv`` instead (record batches of
+    text cells, as :func:`_open_text` gives)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    skip, delimiter, names, _ = header
+    sizes = {c.lower(): _ARRAY_SIZES[c.lower()] for c in names if c.lower() in _ARRAY_SIZES}
+    options = _csv_options(names, 0, delimiter, None, block_size)
+    with contextlib.closing(_raw_stream(path)) as stream:
+        blocks = prefetch(line_blocks(stream, block_size, skip))  # the next block inflated while this one is parsed
+        while True:
+            try:
+                block = next(blocks, None)
+            except ValueError as exc:  # a line longer than a few blocks
+                raise InputError(f"cannot read as csv: {exc}", source=str(path)) from exc
+            if block is None:
+                return
+            parts = split_lines(block, -(-len(block) // _PART_BYTES))  # the same pieces on any number of threads
+            parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
+            for part, rows in zip(parts, parsed):
+                if rows is not None:
+                    yield rows
+                else:
+                    yield from pcsv.read_csv(pa.py_buffer(part), **options).to_batches()
 
 
 def count_file_rows(path: str, block_size: int = BLOCK_SIZE) -> int:
@@ -199,24 +273,30 @@ class _Columns:
         self.colnames = list(batch.schema.names)
 
     def __getitem__(self, name: str) -> Any:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         col = self.batch.column(name)
         if name.lower() in _ARRAYS:  # parsed by xp_star_table (null_as_nan for ECSV)
             return col
-        text = pc.utf8_trim_whitespace(col)
-        null = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
-        mask = null if null.any() else None
-        for kind in (pa.int64(), pa.float64()):
-            try:
-                values = pc.cast(text, kind)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-            values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
-            return values if mask is None else np.ma.masked_array(values, mask=mask)
-        strings = np.asarray(pc.fill_null(text, "").to_numpy(zero_copy_only=False), dtype=str)
-        return np.ma.masked_array(strings, mask=null)
+        return _scalar_column(col)
+
+
+def _scalar_column(cells: Any) -> Any:
+    """A scalar column's cell texts (a pyarrow string array, nulls for missing cells) →
+    int64 where every cell converts, else float64, else text; masked where missing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.utf8_trim_whitespace(cells)
+    null = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+    mask = null if null.any() else None
+    for kind in (pa.int64(), pa.float64()):
+        try:
+            values = pc.cast(text, kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+        return values if mask is None else np.ma.masked_array(values, mask=mask)
+    strings = np.asarray(pc.fill_null(text, "").to_numpy(zero_copy_only=False), dtype=str)
+    return np.ma.masked_array(strings, mask=null)
 
 
 # ------------------------------------------------------------------ the source
@@ -372,6 +452,10 @@ class XpContinuousSource(FileSource):
             arrow_errors = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
             read_errors = (EOFError, OSError, _gzip_errors())
             try:
+                if columns is None and header[1] == "," and _plain_lines(path):
+                    for batch in _fast_text_blocks(path, header, self.block_size):
+                        yield batch, fmt, ecsv
+                    return
                 with _open_text(path, self.block_size, columns, header) as reader:
                     for batch in reader:
                         yield batch, fmt, ecsv
@@ -415,7 +499,7 @@ class XpContinuousSource(FileSource):
     def _convert(self, part: Any, kind: str, fmt: str, ecsv: bool, source: str) -> StarTable:
         from kielnet.io.gaia_xp import xp_sampled_spectra, xp_star_table
 
-        rows = _Columns(part) if kind == "text" else part
+        rows = part if isinstance(part, ParsedBlock) or kind != "text" else _Columns(part)
         table = xp_star_table(rows, source=source, fmt=fmt, refuse_unusable=False,
                               uncertainties=self.uncertainties, null_as_nan=ecsv)
         if not self.sampled:

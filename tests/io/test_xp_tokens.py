@@ -1,0 +1,202 @@
+"""The fast path of the streamed XP continuous reader (:mod:`kielnet.io.streams.xp_tokens`):
+blocks of whole lines cut at every comma give the numbers the general reader
+(``pyarrow.csv`` + :func:`kielnet.io.xp_arrays.parse_array_strings`) gives, and every
+block that reader would read differently or refuse is handed back to it (``None``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+
+from kielnet.io.streams import xp_continuous as xc
+from kielnet.io.streams.xp_continuous import XpContinuousSource
+from kielnet.io.streams.xp_tokens import ParsedBlock, line_blocks, parse_block, split_lines
+from xp_bulk import archive_lines, write_bulk
+
+DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+RAW = DATA / "gaia_xp" / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
+needs_raw = pytest.mark.skipif(not RAW.is_file(), reason=f"real XP data {RAW} is absent")
+
+
+def test_line_blocks_gives_the_whole_lines_after_the_header():
+    body = b"".join(b"%d,%s\n" % (i, b"x" * i) for i in range(60)) + b"last,no line end"
+    text = b"# one\n# two, with a comma\nname,value\n" + body
+    for size in (1, 3, 7, 64, 1 << 20):
+        blocks = [bytes(b) for b in line_blocks(io.BytesIO(text), size, skip_lines=3)]
+        assert all(b.endswith(b"\n") for b in blocks)
+        assert b"".join(blocks) == body + b"\n"
+        if size < 64:
+            assert len(blocks) > 1
+    with pytest.raises(ValueError, match="no line end"):
+        list(line_blocks(io.BytesIO(b"x" * 100), 10, longest=50))
+
+
+def test_split_lines_cuts_at_line_ends_only():
+    block = memoryview(b"".join(b"%d,%s\n" % (i, b"y" * (i % 13)) for i in range(200)))
+    for parts in (1, 2, 3, 8):
+        got = [bytes(p) for p in split_lines(block, parts)]
+        assert b"".join(got) == bytes(block) and len(got) <= parts
+        assert all(p.endswith(b"\n") for p in got) and (parts == 1 or len(got) > 1)
+
+
+def _cells(row: str) -> list[str]:
+    return next(csv.reader([row]))
+
+
+def _row(cells: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    return out.getvalue()
+
+
+def _sizes(names):
+    return {c.lower(): xc._ARRAY_SIZES[c.lower()] for c in names if c.lower() in xc._ARRAY_SIZES}
+
+
+def _parse(block: bytes, names):
+    return parse_block(block, names, _sizes(names), xc._NULLS, xc._scalar_column)
+
+
+def _general(block: bytes, names):
+    """The general reader's columns of the same lines."""
+    from kielnet.io.xp_arrays import parse_array_strings
+
+    batch = pcsv.read_csv(pa.py_buffer(block), **xc._csv_options(names, 0, ",", None, 1 << 20)).combine_chunks()
+    out = {}
+    for name in names:
+        col = batch.column(name).combine_chunks()
+        k = _sizes(names).get(name.lower())
+        out[name] = xc._scalar_column(col) if k is None else parse_array_strings(col, k)[0]
+    return out
+
+
+def _assert_columns_equal(got: ParsedBlock, ref: dict, names):
+    assert got.colnames == list(names)
+    for name in names:
+        a, b = got[name], ref[name]
+        assert type(a) is type(b), name
+        np.testing.assert_array_equal(np.ma.getdata(a), np.ma.getdata(b), err_msg=name)
+        np.testing.assert_array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b), err_msg=name)
+        assert np.asarray(a).dtype == np.asarray(b).dtype, name
+
+
+@needs_raw
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_real_archive_rows_parse_to_the_general_readers_numbers(line_end):
+    """The real rows (one star without BP: empty cells) with a missing and a ``nan``
+    scalar: the same arrays, scalars, dtypes and masks; a slice is rows of the block."""
+    header, rows = archive_lines(RAW)
+    names = header.split(",")
+    odd = _cells(rows[0])
+    odd[names.index("rp_standard_deviation")] = ""
+    odd[names.index("rp_chi_squared")] = "nan"
+    assert _row(_cells(rows[0])) == rows[0]
+    lines = rows + [_row(odd)] + rows
+    block = (line_end.join(lines) + line_end).encode()
+    got = _parse(block, names)
+    assert got is not None and got.num_rows == len(lines)
+    _assert_columns_equal(got, _general(block, names), names)
+    assert np.isnan(got["bp_coefficient_correlations"]).all(axis=1).sum() == 2      # the star without BP, twice
+    assert np.ma.getmaskarray(got["rp_standard_deviation"]).sum() == 1
+    part = got.slice(2, 3)
+    assert part.num_rows == 3
+    np.testing.assert_array_equal(part["rp_coefficients"], got["rp_coefficients"][2:5])
+
+
+def _mutations(names, row):
+    cells = _cells(row)
+    at = {n: i for i, n in enumerate(names)}
+    first_array = at["rp_coefficients"]
+
+    def with_cell(name, text):
+        c = list(cells)
+        c[at[name]] = text
+        return _row(c).replace('"""', '"')                 # a quoted scalar stays one pair of quotes
+
+    body = row[row.index('"(') + 2:]                          # the first array cell, after its bracket
+    return {
+        "bracket inside a cell": row.replace('"(', '"((', 1),
+        "a value that is not a number": row.replace('"(', '"(abc, ', 1),
+        "a null value": row.replace('"(', '"(null, ', 1),
+        "an empty value": row.replace('"(', '"(, ', 1),
+        "one value too few": row[:row.index('"(') + 2] + body.split(", ", 1)[1],
+        "a quoted scalar": with_cell("solution_id", f'"{cells[at["solution_id"]]}"'),
+        "an unbracketed array cell": with_cell(names[first_array], "1.5"),
+        "an empty bracket pair": row.replace(row[row.index('"('):row.index(')"') + 2], '"()"', 1),
+        "text in a scalar": with_cell("rp_chi_squared", "abc"),
+        "a space inside a value": row.replace('"(', '"(1 2, ', 1),
+    }
+
+
+@needs_raw
+def test_anything_else_is_handed_back_to_the_general_reader():
+    """Each row the general reader reads differently (or refuses) makes its block ``None``:
+    a bracket inside a cell, text, ``null``, a miscounted cell, a quoted scalar, a blank
+    line ... — never numbers that differ."""
+    header, rows = archive_lines(RAW)
+    names = header.split(",")
+    good = rows[1]
+    assert _parse((good + "\n").encode(), names) is not None
+    for why, bad in _mutations(names, good).items():
+        assert bad != good, why
+        assert _parse(("\n".join([rows[0], bad, rows[2]]) + "\n").encode(), names) is None, why
+    assert _parse(("\n".join([rows[0], "", rows[2]]) + "\n").encode(), names) is None, "a blank line"
+    assert _parse(("\n".join(rows)).encode(), names) is None, "no line end at the end"
+    assert _parse(("\n".join(rows) + ",1\n").encode(), names) is None, "an extra cell"
+
+
+@needs_raw
+def test_a_file_mixing_fast_and_handed_back_blocks_reads_as_the_general_reader(tmp_path, monkeypatch):
+    """A bulk file in small blocks with a garbled cell in one of them: that block goes to
+    ``pyarrow.csv`` (its star kept with NaN and named as before), the others take the fast
+    path, and the rows, numbers and ``bad_rows`` equal the general reader's alone."""
+    (f,) = write_bulk(tmp_path, RAW, [60], ecsv=True)
+    import gzip
+
+    with gzip.open(f, "rt", newline="") as fh:
+        text = fh.read()
+    lines = text.split("\n")
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("1000000000000030,"))
+    lines[k] = lines[k].replace('"(', '"(abc, ', 1)
+    f.write_bytes(gzip.compress("\n".join(lines).encode()))
+
+    taken = []
+    real = xc.parse_block
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        taken.append(out is not None)
+        return out
+
+    def read(fast: bool):
+        monkeypatch.setattr(xc, "parse_block", spy)
+        if not fast:
+            monkeypatch.setattr(xc, "_plain_lines", lambda p: False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pieces = list(XpContinuousSource(f, sampled=True, block_size=1 << 17).pieces())
+        monkeypatch.undo()
+        return pieces, [str(w.message) for w in caught if "unusable" in str(w.message)]
+
+    fast, fast_warn = read(True)
+    assert any(taken) and not all(taken)                  # both paths were taken
+    taken.clear()
+    general, general_warn = read(False)
+    assert not taken
+    a = fast[0] if len(fast) == 1 else fast[0].concat(fast)
+    b = general[0] if len(general) == 1 else general[0].concat(general)
+    assert list(a.ids) == list(b.ids) and len(a) == 60
+    np.testing.assert_array_equal(a.flux, b.flux)
+    np.testing.assert_array_equal(a.flux_err, b.flux_err)
+    assert np.isnan(a.flux[30]).all() and np.isfinite(a.flux[29]).any()
+    bad = [p.meta.get("bad_rows") for p in fast if p.meta.get("bad_rows")]
+    assert bad == [p.meta.get("bad_rows") for p in general if p.meta.get("bad_rows")] and bad
+    named = [w.split("kept with NaN:")[1] for w in fast_warn]     # the star and why (pieces may differ)
+    assert named == [w.split("kept with NaN:")[1] for w in general_warn] and named
