@@ -110,6 +110,14 @@ def test_real_archive_rows_parse_to_the_general_readers_numbers(line_end):
     np.testing.assert_array_equal(part["rp_coefficients"], got["rp_coefficients"][2:5])
 
 
+def _without_second_value(row: str) -> str:
+    """The first array cell's second value deleted, its separators kept: ``"(v1,, v3, …"``."""
+    i = row.index('"(')
+    j = row.index(", ", i)
+    k = row.index(", ", j + 2)
+    return row[:j] + ",," + row[k + 2:]
+
+
 def _mutations(names, row):
     cells = _cells(row)
     at = {n: i for i, n in enumerate(names)}
@@ -126,6 +134,7 @@ def _mutations(names, row):
         "a value that is not a number": row.replace('"(', '"(abc, ', 1),
         "a null value": row.replace('"(', '"(null, ', 1),
         "an empty value": row.replace('"(', '"(, ', 1),
+        "an empty value without spaces": _without_second_value(row),
         "one value too few": row[:row.index('"(') + 2] + body.split(", ", 1)[1],
         "a quoted scalar": with_cell("solution_id", f'"{cells[at["solution_id"]]}"'),
         "an unbracketed array cell": with_cell(names[first_array], "1.5"),
