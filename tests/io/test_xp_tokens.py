@@ -138,6 +138,7 @@ def _mutations(names, row):
         "one value too few": row[:row.index('"(') + 2] + body.split(", ", 1)[1],
         "a quoted scalar": with_cell("solution_id", f'"{cells[at["solution_id"]]}"'),
         "an unbracketed array cell": with_cell(names[first_array], "1.5"),
+        "an unquoted array cell": row.replace('"(', "(", 1).replace(')"', ")", 1),
         "an empty bracket pair": row.replace(row[row.index('"('):row.index(')"') + 2], '"()"', 1),
         "text in a scalar": with_cell("rp_chi_squared", "abc"),
         "a space inside a value": row.replace('"(', '"(1 2, ', 1),
