@@ -264,3 +264,40 @@ def test_random_damage_never_gives_numbers_the_general_reader_would_not():
         assert ref is not None and ref[1], (bad[max(0, i - 20):i + 20], "taken by the fast path only")
         _assert_columns_equal(got, ref[0], names)
     assert 0 < taken < 400          # some damage is harmless (a digit for a digit), most is not
+
+
+@needs_raw
+def test_stopping_early_stops_the_inflating_thread_before_the_file_closes(tmp_path, monkeypatch):
+    """A caller that takes one piece and stops: the thread inflating the next lines is
+    joined before the file is closed (not left reading a closed file), and no prefetch
+    thread is left behind."""
+    import threading
+
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    (f,) = write_bulk(tmp_path, RAW, [60], ecsv=False)
+    before = {t.ident for t in threading.enumerate()}
+
+    def ours():
+        return [t for t in threading.enumerate() if t.name == "kielnet-prefetch" and t.ident not in before]
+
+    alive_at_close = []
+    real = xc._raw_stream
+
+    class Watched:
+        def __init__(self, path):
+            self.stream = real(path)
+
+        def read(self, n):
+            return self.stream.read(n)
+
+        def close(self):
+            alive_at_close.append(len([t for t in ours() if t.is_alive() and t is not threading.current_thread()]))
+            self.stream.close()
+
+    monkeypatch.setattr(xc, "_raw_stream", Watched)
+    pieces = XpContinuousSource(f, sampled=True, block_size=1 << 17).pieces()
+    assert len(next(pieces)) > 0
+    pieces.close()
+    # (the file is opened twice: the peek at its line ends, then the reading)
+    assert alive_at_close == [0, 0]
+    assert not ours()

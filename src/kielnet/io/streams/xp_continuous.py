@@ -226,21 +226,22 @@ def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], bloc
     sizes = {c.lower(): _ARRAY_SIZES[c.lower()] for c in names if c.lower() in _ARRAY_SIZES}
     options = _csv_options(names, 0, delimiter, None, block_size)
     with contextlib.closing(_raw_stream(path)) as stream:
-        blocks = prefetch(line_blocks(stream, block_size, skip))  # the next block inflated while this one is parsed
-        while True:
-            try:
-                block = next(blocks, None)
-            except ValueError as exc:  # a line longer than a few blocks
-                raise InputError(f"cannot read as csv: {exc}", source=str(path)) from exc
-            if block is None:
-                return
-            parts = split_lines(block, -(-len(block) // _PART_BYTES))  # the same pieces on any number of threads
-            parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
-            for part, rows in zip(parts, parsed):
-                if rows is not None:
-                    yield rows
-                else:
-                    yield from pcsv.read_csv(pa.py_buffer(part), **options).to_batches()
+        # the next block inflated while this one is parsed; stopped (its thread joined) before the stream closes
+        with contextlib.closing(prefetch(line_blocks(stream, block_size, skip))) as blocks:
+            while True:
+                try:
+                    block = next(blocks, None)
+                except ValueError as exc:  # a line longer than a few blocks
+                    raise InputError(f"cannot read as csv: {exc}", source=str(path)) from exc
+                if block is None:
+                    return
+                parts = split_lines(block, -(-len(block) // _PART_BYTES))  # the same pieces on any number of threads
+                parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
+                for part, rows in zip(parts, parsed):
+                    if rows is not None:
+                        yield rows
+                    else:
+                        yield from pcsv.read_csv(pa.py_buffer(part), **options).to_batches()
 
 
 def count_file_rows(path: str, block_size: int = BLOCK_SIZE) -> int:
