@@ -301,3 +301,34 @@ def test_stopping_early_stops_the_inflating_thread_before_the_file_closes(tmp_pa
     # (the file is opened twice: the peek at its line ends, then the reading)
     assert alive_at_close == [0, 0]
     assert not ours()
+
+
+@needs_raw
+def test_a_file_the_fast_path_never_takes_stops_being_tried(tmp_path, monkeypatch):
+    """A bulk file with a text column (a designation): every part is handed back, so after
+    a few tries the rest of the file goes to ``pyarrow.csv`` directly, with the same rows."""
+    (f,) = write_bulk(tmp_path, RAW, [80], ecsv=False)
+    import gzip
+
+    with gzip.open(f, "rt", newline="") as fh:
+        lines = fh.read().rstrip("\n").split("\n")
+    lines = [lines[0] + ",designation"] + [ln + f",Gaia DR3 {i}" for i, ln in enumerate(lines[1:])]
+    f.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    calls = []
+    real = xc.parse_block
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(xc, "parse_block", spy)
+    got = list(XpContinuousSource(f, sampled=False, block_size=1 << 16).pieces())
+    assert sum(len(p) for p in got) == 80
+    assert not any(calls) and len(calls) == xc._GIVE_UP          # tried, then no more
+    monkeypatch.undo()
+    monkeypatch.setattr(xc, "_plain_lines", lambda p: False)
+    ref = list(XpContinuousSource(f, sampled=False, block_size=1 << 16).pieces())
+    assert [i for p in got for i in p.ids] == [i for p in ref for i in p.ids]
+    np.testing.assert_array_equal(np.concatenate([p.scalars['bp_0'] for p in got]),
+                                  np.concatenate([p.scalars['bp_0'] for p in ref]))

@@ -78,6 +78,8 @@ _ARRAY_SIZES = {f"{b}_{k}": n for b in ("bp", "rp")
                              ("coefficient_correlations", N_XP_CORRELATIONS))}
 #: Bytes of text per part of a block parsed on one thread (the fast path).
 _PART_BYTES = 8 << 20
+#: Parts handed back in a row after which the rest of a file goes to ``pyarrow.csv`` directly.
+_GIVE_UP = 4
 #: Decompressed bytes looked at for line ends before a file takes the fast path.
 _PEEK = 1 << 20
 
@@ -218,13 +220,16 @@ def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], bloc
     """The file's data rows in blocks of whole lines, each cut at every comma and parsed at
     once (:func:`kielnet.io.streams.xp_tokens.parse_block`: a :class:`ParsedBlock`); a block
     not in the plain archive layout is read by ``pyarrow.csv`` instead (record batches of
-    text cells, as :func:`_open_text` gives)."""
+    text cells, as :func:`_open_text` gives). After :data:`_GIVE_UP` parts in a row are
+    handed back (a file with a text column, say), the rest of the file goes to
+    ``pyarrow.csv`` without a try."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     skip, delimiter, names, _ = header
     sizes = {c.lower(): _ARRAY_SIZES[c.lower()] for c in names if c.lower() in _ARRAY_SIZES}
     options = _csv_options(names, 0, delimiter, None, block_size)
+    missed = 0  # parts handed back in a row
     with contextlib.closing(_raw_stream(path)) as stream:
         # the next block inflated while this one is parsed; stopped (its thread joined) before the stream closes
         with contextlib.closing(prefetch(line_blocks(stream, block_size, skip))) as blocks:
@@ -236,8 +241,12 @@ def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], bloc
                 if block is None:
                     return
                 parts = split_lines(block, -(-len(block) // _PART_BYTES))  # the same pieces on any number of threads
-                parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
+                if missed < _GIVE_UP:
+                    parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
+                else:  # a file whose layout the fast path does not take (e.g. a text column): no more tries
+                    parsed = [None] * len(parts)
                 for part, rows in zip(parts, parsed):
+                    missed = 0 if rows is not None else missed + 1
                     if rows is not None:
                         yield rows
                     else:
