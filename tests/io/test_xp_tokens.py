@@ -162,6 +162,20 @@ def test_anything_else_is_handed_back_to_the_general_reader():
     assert _parse(("\n".join(rows) + ",1\n").encode(), names) is None, "an extra cell"
 
 
+def _spy_parse(monkeypatch) -> list[bool]:
+    """Record, for every call of the fast path's ``parse_block``, whether it took the part."""
+    taken: list[bool] = []
+    real = xc.parse_block
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(xc, "parse_block", spy)
+    return taken
+
+
 @needs_raw
 def test_a_file_mixing_fast_and_handed_back_blocks_reads_as_the_general_reader(tmp_path, monkeypatch):
     """A bulk file in small blocks with a garbled cell in one of them: that block goes to
@@ -177,28 +191,19 @@ def test_a_file_mixing_fast_and_handed_back_blocks_reads_as_the_general_reader(t
     lines[k] = lines[k].replace('"(', '"(abc, ', 1)
     f.write_bytes(gzip.compress("\n".join(lines).encode()))
 
-    taken = []
-    real = xc.parse_block
-
-    def spy(*args, **kw):
-        out = real(*args, **kw)
-        taken.append(out is not None)
-        return out
-
     def read(fast: bool):
-        monkeypatch.setattr(xc, "parse_block", spy)
+        taken = _spy_parse(monkeypatch)
         if not fast:
             monkeypatch.setattr(xc, "_plain_lines", lambda p: False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pieces = list(XpContinuousSource(f, sampled=True, block_size=1 << 17).pieces())
         monkeypatch.undo()
-        return pieces, [str(w.message) for w in caught if "unusable" in str(w.message)]
+        return pieces, [str(w.message) for w in caught if "unusable" in str(w.message)], taken
 
-    fast, fast_warn = read(True)
+    fast, fast_warn, taken = read(True)
     assert any(taken) and not all(taken)                  # both paths were taken
-    taken.clear()
-    general, general_warn = read(False)
+    general, general_warn, taken = read(False)
     assert not taken
     a = fast[0] if len(fast) == 1 else fast[0].concat(fast)
     b = general[0] if len(general) == 1 else general[0].concat(general)
@@ -314,15 +319,7 @@ def test_a_file_the_fast_path_never_takes_stops_being_tried(tmp_path, monkeypatc
         lines = fh.read().rstrip("\n").split("\n")
     lines = [lines[0] + ",designation"] + [ln + f",Gaia DR3 {i}" for i, ln in enumerate(lines[1:])]
     f.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    calls = []
-    real = xc.parse_block
-
-    def spy(*args, **kw):
-        out = real(*args, **kw)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(xc, "parse_block", spy)
+    calls = _spy_parse(monkeypatch)
     got = list(XpContinuousSource(f, sampled=False, block_size=1 << 16).pieces())
     assert sum(len(p) for p in got) == 80
     assert not any(calls) and len(calls) == xc._GIVE_UP          # tried, then no more
