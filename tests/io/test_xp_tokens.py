@@ -97,14 +97,17 @@ def test_real_archive_rows_parse_to_the_general_readers_numbers(line_end):
     odd = _cells(rows[0])
     odd[names.index("rp_standard_deviation")] = ""
     odd[names.index("rp_chi_squared")] = "nan"
+    last = _cells(rows[2])
+    last[-1] = "NaN"                                      # a null spelling in the line's last cell
     assert _row(_cells(rows[0])) == rows[0]
-    lines = rows + [_row(odd)] + rows
+    lines = rows + [_row(odd), _row(last)] + rows
     block = (line_end.join(lines) + line_end).encode()
     got = _parse(block, names)
     assert got is not None and got.num_rows == len(lines)
     _assert_columns_equal(got, _general(block, names), names)
     assert np.isnan(got["bp_coefficient_correlations"]).all(axis=1).sum() == 2      # the star without BP, twice
     assert np.ma.getmaskarray(got["rp_standard_deviation"]).sum() == 1
+    assert np.ma.getmaskarray(got[names[-1]]).sum() == 1
     part = got.slice(2, 3)
     assert part.num_rows == 3
     np.testing.assert_array_equal(part["rp_coefficients"], got["rp_coefficients"][2:5])

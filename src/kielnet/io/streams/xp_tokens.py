@@ -214,9 +214,12 @@ def parse_block(block: bytes | memoryview, names: Sequence[str], array_sizes: Ma
     trimmed = pc.ascii_trim(arr, STRIP)
     toff = np.frombuffer(trimmed.buffers()[1], np.int64)[trimmed.offset:trimmed.offset + n + 1]
     kept = np.diff(toff)
+    # a line's last piece ending "\r\n": its CR is stripped with the separator
+    crlf = np.zeros(n, bool)
+    crlf[ends] = buf[np.maximum(sep[ends] - 1, 0)] == _CR
     # exactly the separators, spaces, line-end CRs, brackets and cell quotes are stripped:
     # never a bracket inside a cell or a quote around a scalar
-    cr = int(np.count_nonzero((buf[np.maximum(sep[ends] - 1, 0)] == _CR) & valid[ends]))
+    cr = int(np.count_nonzero(crlf & valid))
     expected = (int(valid.sum()) + int(np.count_nonzero(buf == ord(" "))) + cr + 2 * n_full + 2 * n_quoted)
     if int(size[valid].sum() - kept[valid].sum()) != expected:
         return None
@@ -236,8 +239,9 @@ def parse_block(block: bytes | memoryview, names: Sequence[str], array_sizes: Ma
         idx, full = at[name]
         if full is None:
             text = trimmed.take(pa.array(idx))
-            # a missing cell: empty, or its whole text (nothing but the separator stripped) a null value
-            whole = kept[idx] == size[idx] - 1
+            # a missing cell: empty, or its whole text (nothing but the separator and a line-end
+            # CR stripped) a null value
+            whole = kept[idx] == size[idx] - 1 - crlf[idx]
             null = empty[idx] | (whole & np.asarray(pc.fill_null(pc.is_in(text, value_set=null_set), False)
                                                     .to_numpy(zero_copy_only=False), dtype=bool))
             if null.any():
