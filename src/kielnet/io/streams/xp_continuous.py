@@ -134,22 +134,18 @@ def _text_header(path: Path) -> tuple[int, str, list[str], bool]:
 
 
 def _binary_stream(path: Path) -> Any:
-    """The file's bytes for ``pyarrow.csv``: a ``.gz`` file decompressed by ISA-L's igzip
-    when ``isal`` is installed (faster than zlib), else by pyarrow's zlib
-    stream; a plain file as its path."""
+    """The file's bytes for ``pyarrow.csv``: a ``.gz`` file as :func:`_raw_stream`
+    decompresses it (a Python stream wrapped for Arrow), a plain file as its path."""
     import pyarrow as pa
 
     if not path.name.lower().endswith(".gz"):
         return str(path)
-    try:
-        from isal import igzip
-    except ImportError:
-        return pa.input_stream(str(path), compression="gzip")
-    return pa.PythonFile(igzip.open(path, "rb"), mode="r")
+    stream = _raw_stream(path)
+    return stream if isinstance(stream, pa.NativeFile) else pa.PythonFile(stream, mode="r")
 
 
 def _gzip_errors() -> type[Exception]:
-    """The decompression error class of the stream :func:`_binary_stream` uses."""
+    """The decompression error class of the stream :func:`_raw_stream` uses."""
     try:
         from isal import isal_zlib
     except ImportError:

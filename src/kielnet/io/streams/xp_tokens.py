@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["line_blocks", "split_lines", "parse_block", "ParsedBlock", "STRIP"]
 
@@ -229,9 +230,6 @@ def parse_block(block: bytes | memoryview, names: Sequence[str], array_sizes: Ma
         return None
     # the values without a copy: the null slots (empty cells, missing scalars) are never read below
     vals = np.frombuffer(values.buffers()[1], np.float64, count=n, offset=8 * values.offset)
-
-    from numpy.lib.stride_tricks import sliding_window_view
-
     rows = len(ends)
     columns: dict[str, Any] = {}
     null_set = pa.array(list(nulls), type=pa.large_string())
