@@ -339,53 +339,90 @@ def tail_regime_summary(res, names: list[str]) -> dict | None:
     return out
 
 
-#: max_rate candidates of the tail regimes compared out of fold (None: no tail regimes)
-TAIL_RATES = (None, 0.15, 0.10, 0.07, 0.05)
+#: tail-regime settings compared out of fold: bin_stars × max_rate (None: no tail regimes)
+TAIL_BINS = (250, 150, 100)
+TAIL_RATES = (None, 0.10, 0.07, 0.05, 0.03)
+#: the hot stars' (APOGEE Teff > 10,000 K) budget beyond 3σ that the setting must meet (issue 20)
+HOT_BUDGET = 0.05
+#: the rate of the labels without such a class of stars (the rule's default)
+DEFAULT_TAIL_RATE = 0.10
 
 
-def tail_regime_variants(bundle, workdir: Path, cfg) -> dict:
-    """The tail-regime rates of :data:`TAIL_RATES`, cross-fitted on the first seed's
-    out-of-fold stars: fitted on one half (crc32(id) % 2, bins of half the configured
-    stars, so that a bin spans the same range of the predicted label) and judged on the
-    other, both ways. Per label: the fraction withheld and, of the rest, the fractions
-    beyond 3 and 5 σ (σ as the catalogue reports it); for teff also the hot stars'."""
+def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
+    """The tail-regime settings of :data:`TAIL_BINS` × :data:`TAIL_RATES`, cross-fitted on
+    the first seed's out-of-fold stars, predicted again from the bundle's members with the σ
+    ``predict`` gives them (:func:`kielnet.training.calibrate.bundle_out_of_fold`: the σ
+    model's missing-input factors included, which the saved out-of-fold file cannot carry)
+    (:func:`kielnet.quality.tails.cross_fitted_withheld`:
+    fitted on one half, crc32(id) % 2, and judged on the other, both ways). Per label: the
+    fraction withheld and, of the rest, the fractions beyond 3 and 5 σ (σ as the catalogue
+    reports it; stars with label support and no ``likely_outlier`` flag); for teff also the
+    hot stars'. ``chosen``: the bin size and teff rate :func:`kielnet.quality.tails.choose_setting`
+    picks (the most teff values kept with the kept hot stars beyond 3σ within
+    :data:`HOT_BUDGET`), the other labels at :data:`DEFAULT_TAIL_RATE`; and whether the
+    config is that choice."""
     import zlib
 
-    from kielnet.quality.tails import TailRegimes
-    from kielnet.training.calibrate import oof_sigma, reported_z
+    from kielnet.quality.tails import choose_setting, cross_fitted_withheld
+    from kielnet.training.calibrate import bundle_out_of_fold, oof_sigma, reported_z
 
-    oof_path = workdir / "out_of_fold.parquet"
-    if not oof_path.is_file() or bundle.sigma_model is None:
+    if bundle.sigma_model is None:
         return {}
-    oof, ids = load_out_of_fold(oof_path)
+    _, table, _, oof, _ = bundle_out_of_fold(bundle, train, selection=selection, log=lambda *a: None)
+    ids = np.asarray(table.ids)[oof.rows]
     nb = bundle.neighbours
     z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
-    support = np.ones_like(z, dtype=bool) if a is None else ~nb.withheld(a)
+    usable = np.ones_like(z, dtype=bool) if a is None else ~nb.withheld(a) & ~nb.outliers(a)[:, None]
     half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
     hot = oof.truth[:, 0] > 10000
     tc = cfg.quality.tail_regimes
-    bins = max(tc.bin_stars // 2, 20)
     names = cfg.label_names
-    out = {"method": f"cross-fitted on the out-of-fold stars' two halves (crc32(id) % 2), bins of {bins} stars "
-                     "per half; fractions of the held-out half's stars with a reference value and label support",
-           "n_stars": int(len(z)), "rates": {}}
-    for rate in TAIL_RATES:
-        w = np.zeros(z.shape, dtype=bool)
-        if rate is not None:
-            for h in (0, 1):
-                fit = TailRegimes.fit(names, oof.pred[half == h], z[half == h], bin_stars=bins, max_rate=rate,
-                                      tail=tc.tail)
-                w[half != h] = fit.withheld(oof.pred[half != h])
-        labels = {}
-        for j, n in enumerate(names):
-            fin = np.isfinite(z[:, j]) & support[:, j]
-            keep = fin & ~w[:, j]
-            labels[n] = {"withheld_fraction": float(w[fin, j].mean()) if fin.any() else None,
-                         "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)) if keep.any() else None,
-                         "beyond_5sigma_kept": float(np.mean(z[keep, j] > 5)) if keep.any() else None}
-        keep_hot = np.isfinite(z[:, 0]) & ~w[:, 0] & hot
-        labels[names[0]]["hot_beyond_3sigma_kept"] = float(np.mean(z[keep_hot, 0] > 3)) if keep_hot.any() else None
-        out["rates"]["none" if rate is None else f"{rate:g}"] = labels
+    out = {"method": "cross-fitted on the out-of-fold stars' two halves (crc32(id) % 2; bins of half the setting's "
+                     "stars); fractions of the held-out half's stars with a reference value, label support and no "
+                     "likely_outlier flag. Each label's regimes are fitted on that label alone, so a setting's numbers "
+                     "for one label do not depend on the rates of the others",
+           "rule": f"bin_stars and teff's rate (label_max_rate.teff): the setting that keeps the most teff values "
+                   f"while the kept hot stars (APOGEE Teff > 10,000 K) beyond 3 sigma in teff stay <= "
+                   f"{HOT_BUDGET:.0%} (none within: the smallest such fraction); the other labels, which have no "
+                   f"such class of stars, keep the default max_rate {DEFAULT_TAIL_RATE:g} at that bin size",
+           "n_stars": int(len(z)), "settings": {}}
+    for bins in TAIL_BINS:
+        for rate in TAIL_RATES:
+            key = "none" if rate is None else f"bins {bins}, rate {rate:g}"
+            if key in out["settings"]:
+                continue
+            w = (np.zeros(z.shape, dtype=bool) if rate is None else
+                 cross_fitted_withheld(names, oof.pred, z, half, bin_stars=bins, max_rate=rate, tail=tc.tail))
+            labels = {}
+            for j, n in enumerate(names):
+                fin = np.isfinite(z[:, j]) & usable[:, j]
+                keep = fin & ~w[:, j]
+                labels[n] = {"withheld_fraction": float(w[fin, j].mean()) if fin.any() else None,
+                             "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)) if keep.any() else None,
+                             "beyond_5sigma_kept": float(np.mean(z[keep, j] > 5)) if keep.any() else None}
+            keep_hot = np.isfinite(z[:, 0]) & usable[:, 0] & ~w[:, 0] & hot
+            labels[names[0]]["hot_beyond_3sigma_kept"] = (float(np.mean(z[keep_hot, 0] > 3)) if keep_hot.any()
+                                                          else None)
+            labels[names[0]]["n_hot_kept"] = int(keep_hot.sum())
+            out["settings"][key] = {"bin_stars": bins, "max_rate": rate, "labels": labels}
+    first = names[0]
+    cands = {k: {"watched_beyond": v["labels"][first]["hot_beyond_3sigma_kept"],
+                 "kept": 1 - v["labels"][first]["withheld_fraction"]} for k, v in out["settings"].items()}
+    key = choose_setting(cands, budget=HOT_BUDGET)
+    ch = out["settings"][key]
+    if ch["max_rate"] is None:
+        out["chosen"] = {"enabled": False}
+    else:
+        rest = out["settings"][f"bins {ch['bin_stars']}, rate {DEFAULT_TAIL_RATE:g}"]["labels"]
+        out["chosen"] = {"enabled": True, "bin_stars": ch["bin_stars"], "max_rate": DEFAULT_TAIL_RATE,
+                         "label_max_rate": {first: ch["max_rate"]},
+                         "labels": {n: (ch if n == first else {"labels": rest})["labels"][n] for n in names}}
+    out["config"] = {"enabled": tc.enabled, "bin_stars": tc.bin_stars, "max_rate": tc.max_rate,
+                     "label_max_rate": dict(tc.label_max_rate)}
+    c = out["chosen"]
+    out["config_is_chosen"] = (not tc.enabled) if not c["enabled"] else bool(
+        tc.enabled and tc.bin_stars == c["bin_stars"] and tc.rate_of(first) == c["label_max_rate"][first]
+        and all(tc.rate_of(n) == DEFAULT_TAIL_RATE for n in names[1:]))
     return out
 
 
@@ -465,7 +502,8 @@ def combine_seed_runs(main: dict, runs: list[tuple[str, dict]], commit: str, dir
                                      "a full run of this benchmark on the same configuration (see combined)"}
     out["seeds"] = {**stats, "per_seed": per_seed}
     out["checks"] = {**main["checks"], "issue20": issue20_checks(per_seed, stats, names)}
-    sel = selection_record(per_seed, names, main, main["selection_protocol"]["neighbour_settings_out_of_fold"])
+    sel = selection_record(per_seed, names, main, main["selection_protocol"]["neighbour_settings_out_of_fold"],
+                           main["selection_protocol"].get("tail_regime_rates_out_of_fold"))
     n_new = len(runs)
     sel["test_fifth_scorings"] = {**sel["test_fifth_scorings"], "this_run": n_new,
                                   "total": sel["test_fifth_scorings"]["before_this_run"] + n_new,
@@ -683,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         sigma_models = compare_sigma_models(res.bundle, cfg, res.test, oof, masks)
     missing = missing_input_metrics(res.bundle, cfg, res.test)
     variants = neighbour_variants(res.bundle, first_wd, cfg)
-    tail_variants = tail_regime_variants(res.bundle, first_wd, cfg)
+    tail_variants = tail_regime_variants(res.bundle, res.train, selection, cfg)
     sigma_seconds = time.time() - t0
 
     checks = {}

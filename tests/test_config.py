@@ -84,6 +84,9 @@ def test_bad_valid_range_is_rejected(rng, tiny_config_dict):
     lambda d: d["spectrum"].update(max_bad_fraction=1.5),
     lambda d: d["labels"][0].update(transform="sqrt"),
     lambda d: d.update(labels=[]),
+    # a tail-regime rate for a label not learned, or outside (0, 1]
+    lambda d: d.setdefault("quality", {}).update(tail_regimes={"label_max_rate": {"vsini": 0.05}}),
+    lambda d: d.setdefault("quality", {}).update(tail_regimes={"label_max_rate": {"teff": 0.0}}),
 ])
 def test_inconsistent_configs_raise_config_error(mutate, tiny_config_dict):
     d = tiny_config_dict()

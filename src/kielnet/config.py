@@ -497,7 +497,22 @@ class TailRegimesConfig(_Strict):
     max_rate: float = Field(default=0.10, gt=0, le=1,
                             description="largest fraction of a bin beyond `tail` sigma at which the label is "
                                         "still reported")
+    label_max_rate: dict[str, float] = Field(
+        default_factory=dict, description="max_rate for these labels instead of the default (label name -> rate), "
+                                          "e.g. a lower one where a known class of stars fails")
     tail: float = Field(default=3.0, gt=0, description="|residual| / sigma that counts as a tail")
+
+    def rate_of(self, label: str) -> float:
+        """The max_rate of ``label`` (its own, else the default)."""
+        return float(self.label_max_rate.get(label, self.max_rate))
+
+    @field_validator("label_max_rate")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, r in v.items():
+            if not 0 < r <= 1:
+                raise ValueError(f"label_max_rate[{name!r}] = {r} must lie in (0, 1]")
+        return v
 
 
 class QualityConfig(_Strict):
@@ -580,6 +595,9 @@ class KielnetConfig(_Strict):
         for rule in self.reporting:
             if rule.label not in names or rule.when not in names:
                 raise ValueError(f"reporting rule uses labels not learned: {rule.label}, {rule.when}")
+        unknown = set(self.quality.tail_regimes.label_max_rate) - set(names)
+        if unknown:
+            raise ValueError(f"quality.tail_regimes.label_max_rate names labels not learned: {sorted(unknown)}")
         bf = self.quality.boundary_flag
         if bf.enabled and bf.training_like == "tsne" and self.quality.tsne.reference_size < 2:
             raise ValueError("boundary_flag.training_like = tsne needs quality.tsne.reference_size >= 2")

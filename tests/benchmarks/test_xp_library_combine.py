@@ -44,6 +44,7 @@ def _seed_run(main: dict, seed: int, scale: float) -> dict:
 
 def test_combine_joins_fully_scored_seeds(bench):
     main = json.loads(RESULT.read_text())
+    main["selection_protocol"]["tail_regime_rates_out_of_fold"] = {"chosen": {"marker": 1}}
     n0 = len(main["seeds"]["per_seed"])
     before = main["selection_protocol"]["test_fifth_scorings"]["total"]
     run = _seed_run(main, 7, 1.5)
@@ -63,6 +64,8 @@ def test_combine_joins_fully_scored_seeds(bench):
     assert len(out["history"]) == len(main["history"]) + 1
     assert out["history"][-1]["changes"] == {"ensemble.seed": [main["history"][-1]["config"]["ensemble"]["seed"], 7]}
     assert out["git_commit"] == "a" * 40 and out["combined"]["first_run"]["git_commit"] == main["git_commit"]
+    # the out-of-fold selection the first run recorded is kept
+    assert out["selection_protocol"]["tail_regime_rates_out_of_fold"] == {"chosen": {"marker": 1}}
     # the detailed sections stay the first seed's
     assert out["kielnet"] == main["kielnet"] and out["tails"] == main["tails"]
 

@@ -80,3 +80,61 @@ def test_state_round_trip_and_refusals():
         TailRegimes.from_dict({**tr.to_dict(), "intervals": {"fe_h": []}})
     with pytest.raises(ValueError, match="must both be"):
         TailRegimes.fit(NAMES, pred, z[:, :1])
+
+
+def test_cross_fitted_rule_never_sees_the_stars_it_judges():
+    from kielnet.quality.tails import cross_fitted_withheld
+
+    pred, z, inside = _stars(n=4000, impostors=0.0)
+    groups = np.arange(len(pred)) % 2
+    z[(groups == 0) & inside, 0] = 10.0      # only group 0's stars are wrong in the regime
+    w = cross_fitted_withheld(NAMES, pred, z, groups, bin_stars=200, max_rate=0.10)
+    # group 1 is judged by the rule group 0's stars fitted, and the other way round
+    assert w[(groups == 1) & inside, 0].mean() > 0.8
+    assert not w[groups == 0, 0].any() and not w[:, 1].any()
+    with pytest.raises(ValueError, match="two groups"):
+        cross_fitted_withheld(NAMES, pred, z, np.zeros(len(pred), int))
+    with pytest.raises(ValueError, match="one group per star"):
+        cross_fitted_withheld(NAMES, pred, z, groups[:-1])
+
+
+def test_cross_fitting_does_not_reward_unlucky_bins():
+    """On Gaussian residuals a rule with small bins and a low rate finds bins above it by
+    chance; judged in sample it looks like a gain, cross-fitted it is not."""
+    from kielnet.quality.tails import cross_fitted_withheld
+
+    pred, z, _ = _stars(n=8000, impostors=0.0, seed=5)
+    in_sample = TailRegimes.fit(NAMES, pred, z, bin_stars=40, max_rate=0.02).withheld(pred)
+    assert in_sample[:, 0].any()
+    gain_in = np.mean(z[:, 0] > 3) - np.mean(z[~in_sample[:, 0], 0] > 3)
+    w = cross_fitted_withheld(NAMES, pred, z, np.arange(len(pred)) % 2, bin_stars=40, max_rate=0.02)
+    gain_cross = np.mean(z[:, 0] > 3) - np.mean(z[~w[:, 0], 0] > 3)
+    assert gain_in > 0.001 and gain_cross < gain_in / 2
+
+
+def test_choose_setting_keeps_most_within_budget():
+    from kielnet.quality.tails import choose_setting
+
+    res = {"none": {"watched_beyond": 0.12, "kept": 1.0}, "a": {"watched_beyond": 0.045, "kept": 0.96},
+           "b": {"watched_beyond": 0.03, "kept": 0.90}, "c": {"watched_beyond": 0.049, "kept": 0.97}}
+    assert choose_setting(res, budget=0.05) == "c"
+    assert choose_setting(res, budget=0.04) == "b"
+    assert choose_setting(res, budget=0.01) == "b"  # none within: the smallest tail
+    with pytest.raises(ValueError):
+        choose_setting({}, budget=0.05)
+
+
+def test_a_label_may_have_its_own_rate():
+    pred, z, inside = _stars(impostors=0.06, seed=3)
+    z[:, 1] = z[:, 0]                          # logg fails where teff does
+    tr = TailRegimes.fit(NAMES, pred, z, bin_stars=400, max_rate=0.10, label_max_rate={"teff": 0.03})
+    assert tr.intervals["teff"] and tr.intervals["logg"] == []
+    assert tr.rate_of("teff") == 0.03 and tr.rate_of("logg") == 0.10
+    assert tr.report["labels"]["teff"]["max_rate"] == 0.03
+    assert "10% (teff 3%)" in tr.describe()
+    back = TailRegimes.from_dict(json.loads(json.dumps(tr.to_dict(), allow_nan=False)))
+    assert back.label_max_rate == {"teff": 0.03} and back.intervals == tr.intervals
+    with pytest.raises(ValueError, match="not in"):
+        TailRegimes.fit(NAMES, pred, z, label_max_rate={"fe_h": 0.05})
+    with pytest.raises(ValueError, match="every label"):
+        TailRegimes.fit(NAMES, pred, z, label_max_rate={"teff": 0.0})

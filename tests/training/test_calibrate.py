@@ -147,12 +147,13 @@ def test_tail_regime_withholds_only_that_label_there_and_survives_save_load(part
 def test_recalibrate_fits_tail_regimes_on_out_of_fold_stars(partial, tiny_config_dict):
     table, bundle, wd = partial
     cfg = _config(tiny_config_dict)
-    cfg = cfg.with_overrides(quality={"tail_regimes": {"enabled": True, "bin_stars": 40, "max_rate": 0.2}})
+    cfg = cfg.with_overrides(quality={"tail_regimes": {"enabled": True, "bin_stars": 40, "max_rate": 0.2,
+                                                       "label_max_rate": {"logg": 0.5}}})
     again = recalibrate(_copy(bundle), table, config=cfg, log=lambda *_: None)
     tr = again.tail_regimes
-    assert tr is not None and tr.bin_stars == 40 and tr.max_rate == 0.2
+    assert tr is not None and tr.bin_stars == 40 and tr.max_rate == 0.2 and tr.rate_of("logg") == 0.5
     oof, _ = load_out_of_fold(wd / "out_of_fold.parquet")
     rep = tr.report["labels"]["teff"]
     assert rep["n_reference"] == (np.isfinite(oof.truth[:, 0]) & oof.complete).sum() and rep["n_bins"] == rep["n_reference"] // 40
-    assert all(rate > 0.2 for iv in tr.intervals.values() for _, _, rate, _ in iv)
+    assert all(rate > tr.rate_of(n) for n, iv in tr.intervals.items() for _, _, rate, _ in iv)
     assert bundle.tail_regimes is None  # the original bundle (config without it) has none

@@ -24,8 +24,16 @@ alike:
 ``label_not_reported``, ``not_reported`` naming it ``<label>:tails``); the star's other
 labels are unaffected. The rule needs no label-specific cut: on a training set without
 such a degeneracy it withholds nothing. ``max_rate`` is a rate, not a budget, so the
-withheld fraction follows the data. The state is a few numbers per label, stored in the
+withheld fraction follows the data; a label may have its own (``label_max_rate``), chosen
+like the others on out-of-fold stars. The state is a few numbers per label, stored in the
 bundle's JSON.
+
+Choosing ``bin_stars`` and ``max_rate`` must not use the stars the rule is judged on: a
+rule fitted on a set of stars and judged on the same stars finds every unlucky bin.
+:func:`cross_fitted_withheld` fits on all groups of out-of-fold stars but one and applies
+the rule to the one left out; :func:`choose_setting` picks, among candidate settings
+judged that way, the one that keeps the most of a label while a *watched* set of stars
+(the hot stars, whose misses made the rule necessary) stays within a tail budget.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TailRegimes"]
+__all__ = ["TailRegimes", "choose_setting", "cross_fitted_withheld"]
 
 _FORMAT = 1
 
@@ -49,7 +57,8 @@ class TailRegimes:
 
     ``intervals[label]``: list of ``(lo, hi, tail_rate, n_stars)``, the predicted-value
     interval ``lo <= value < hi`` (the label's physical unit) where the label is withheld,
-    the tail rate and number of out-of-fold stars measured there."""
+    the tail rate and number of out-of-fold stars measured there. ``label_max_rate``: the
+    labels fitted with another rate than ``max_rate``."""
 
     label_names: list[str]
     intervals: dict[str, list[tuple[float, float, float, int]]]
@@ -58,22 +67,35 @@ class TailRegimes:
     tail: float = 3.0
     #: numbers measured on the out-of-fold stars when fitted (in sample)
     report: dict = field(default_factory=dict)
+    label_max_rate: dict[str, float] = field(default_factory=dict)
+
+    def rate_of(self, name: str) -> float:
+        """The max_rate label ``name`` was fitted with."""
+        return float(self.label_max_rate.get(name, self.max_rate))
 
     @classmethod
     def fit(cls, label_names: list[str], pred: np.ndarray, z: np.ndarray, *, bin_stars: int = 250,
-            max_rate: float = 0.10, tail: float = 3.0) -> "TailRegimes":
+            max_rate: float = 0.10, tail: float = 3.0,
+            label_max_rate: dict[str, float] | None = None) -> "TailRegimes":
         """Fit on out-of-fold stars: ``pred`` (n, L) predicted labels (physical units),
         ``z`` (n, L) ``|predicted − reference| / σ`` (NaN without a reference). A label
-        with fewer than 2 × ``bin_stars`` such stars gets no interval."""
+        with fewer than 2 × ``bin_stars`` such stars gets no interval. ``label_max_rate``
+        gives some labels another rate than ``max_rate`` (each label is fitted on its own)."""
         pred = np.asarray(pred, dtype=np.float64)
         z = np.asarray(z, dtype=np.float64)
+        label_max_rate = {k: float(v) for k, v in (label_max_rate or {}).items()}
         if pred.shape != z.shape or pred.ndim != 2 or pred.shape[1] != len(label_names):
             raise ValueError(f"pred {pred.shape} and z {z.shape} must both be (n_stars, {len(label_names)})")
-        if bin_stars < 1 or not 0 < max_rate <= 1 or tail <= 0:
-            raise ValueError("need bin_stars >= 1, 0 < max_rate <= 1 and tail > 0")
+        if set(label_max_rate) - set(label_names):
+            raise ValueError(f"label_max_rate names labels {sorted(set(label_max_rate) - set(label_names))} "
+                             f"not in {label_names}")
+        rates = [max_rate, *label_max_rate.values()]
+        if bin_stars < 1 or not all(0 < r <= 1 for r in rates) or tail <= 0:
+            raise ValueError("need bin_stars >= 1, 0 < max_rate <= 1 (every label's) and tail > 0")
         intervals: dict[str, list[tuple[float, float, float, int]]] = {}
         report: dict = {"labels": {}}
         for j, name in enumerate(label_names):
+            rate_j = label_max_rate.get(name, float(max_rate))
             ok = np.isfinite(pred[:, j]) & np.isfinite(z[:, j])
             p, beyond = pred[ok, j], z[ok, j] > tail
             order = np.argsort(p, kind="stable")
@@ -85,7 +107,7 @@ class TailRegimes:
                 parts = np.array_split(np.arange(len(p)), n_bins)
                 rates = [float(beyond[ix].mean()) for ix in parts]
                 for b, ix in enumerate(parts):
-                    if rates[b] <= max_rate:
+                    if rates[b] <= rate_j:
                         continue
                     lo = -np.inf if b == 0 else 0.5 * (p[parts[b - 1][-1]] + p[ix[0]])
                     hi = np.inf if b == n_bins - 1 else 0.5 * (p[ix[-1]] + p[parts[b + 1][0]])
@@ -96,16 +118,17 @@ class TailRegimes:
                     else:
                         found.append((float(lo), float(hi), rates[b], int(len(ix))))
             intervals[name] = found
-            model = cls([name], {name: found}, int(bin_stars), float(max_rate), float(tail))
+            model = cls([name], {name: found}, int(bin_stars), rate_j, float(tail))
             w = model.withheld(p[:, None])[:, 0]
             report["labels"][name] = {
-                "n_reference": int(len(p)), "n_bins": int(n_bins),
+                "n_reference": int(len(p)), "n_bins": int(n_bins), "max_rate": rate_j,
                 "max_bin_tail_rate": max(rates) if rates else None,
                 "withheld_fraction": float(w.mean()) if len(p) else 0.0,
                 "beyond_tail_all": float(beyond.mean()) if len(p) else None,
                 "beyond_tail_kept": float(beyond[~w].mean()) if (~w).any() else None,
             }
-        return cls(list(label_names), intervals, int(bin_stars), float(max_rate), float(tail), report)
+        return cls(list(label_names), intervals, int(bin_stars), float(max_rate), float(tail), report,
+                   label_max_rate)
 
     def withheld(self, pred: np.ndarray) -> np.ndarray:
         """(n, n_labels) bool: the predicted label lies in one of its withheld intervals
@@ -129,14 +152,17 @@ class TailRegimes:
                        else f"in [{lo:.4g}, {hi:.4g}){u}")
                 parts.append(f"{name} predicted {rng} ({rate:.1%} of {n} out-of-fold stars there beyond "
                              f"{self.tail:g} sigma)")
-        rule = (f"tail regimes: a label is withheld where more than {self.max_rate:.0%} of the out-of-fold "
-                f"training stars predicted alike (bins of {self.bin_stars}) lay beyond {self.tail:g} sigma")
+        own = ", ".join(f"{n} {r:.0%}" for n, r in self.label_max_rate.items())
+        rate = f"{self.max_rate:.0%}" + (f" ({own})" if own else "")
+        rule = (f"tail regimes: a label is withheld where more than {rate} of the out-of-fold training stars "
+                f"predicted alike (bins of {self.bin_stars}) lay beyond {self.tail:g} sigma")
         return rule + (": " + "; ".join(parts) if parts else ": none found")
 
     # ------------------------------------------------------------------ state
     def to_dict(self) -> dict:
         return {"format": _FORMAT, "kind": "tail_regimes", "label_names": list(self.label_names),
                 "bin_stars": self.bin_stars, "max_rate": self.max_rate, "tail": self.tail,
+                "label_max_rate": dict(self.label_max_rate),
                 "intervals": {n: [[None if not np.isfinite(lo) else lo, None if not np.isfinite(hi) else hi,
                                    rate, n_s] for lo, hi, rate, n_s in iv] for n, iv in self.intervals.items()},
                 "report": self.report}
@@ -159,5 +185,50 @@ class TailRegimes:
                     raise ValueError(f"tail-regime interval [{lo}, {hi}) of {n} is empty")
                 iv.append((lo, hi, float(rate), int(n_s)))
             intervals[n] = iv
+        own = {str(k): float(v) for k, v in d.get("label_max_rate", {}).items()}
+        if set(own) - set(names):
+            raise ValueError(f"label_max_rate for labels {sorted(set(own) - set(names))} not in {names}")
         return cls(names, intervals, int(d["bin_stars"]), float(d["max_rate"]), float(d["tail"]),
-                   dict(d.get("report", {})))
+                   dict(d.get("report", {})), own)
+
+
+def cross_fitted_withheld(label_names: list[str], pred: np.ndarray, z: np.ndarray, groups: np.ndarray, *,
+                          bin_stars: int = 250, max_rate: float = 0.10, tail: float = 3.0,
+                          label_max_rate: dict[str, float] | None = None) -> np.ndarray:
+    """(n, n_labels) bool: what :meth:`TailRegimes.withheld` says of each star when the
+    regimes are fitted on the *other* groups' stars only (``groups``: an integer per star,
+    e.g. ``crc32(id) % 2``). ``bin_stars`` is the full-sample bin size; each fit uses
+    ``bin_stars`` × its share of the stars (at least 20), so that a bin spans about the same
+    range of the predicted label as in the full fit."""
+    pred = np.asarray(pred, dtype=np.float64)
+    groups = np.asarray(groups)
+    if groups.shape != (len(pred),):
+        raise ValueError(f"groups {groups.shape} must give one group per star ({len(pred)})")
+    out = np.zeros(pred.shape, dtype=bool)
+    keys = np.unique(groups)
+    if len(keys) < 2:
+        raise ValueError("cross-fitting needs at least two groups of stars")
+    for g in keys:
+        fit_on = groups != g
+        bins = max(int(round(bin_stars * fit_on.mean())), 20)
+        model = TailRegimes.fit(label_names, pred[fit_on], np.asarray(z)[fit_on], bin_stars=bins,
+                                max_rate=max_rate, tail=tail, label_max_rate=label_max_rate)
+        out[~fit_on] = model.withheld(pred[~fit_on])
+    return out
+
+
+def choose_setting(results: dict[str, dict], *, budget: float) -> str:
+    """The key of ``results`` to use: each value holds ``watched_beyond`` (the fraction of
+    the watched stars kept whose label lies beyond the tail, cross-fitted) and ``kept``
+    (the fraction of the label's stars kept). Among the settings with ``watched_beyond``
+    ≤ ``budget`` the one keeping the most stars; when none meets the budget, the one with
+    the smallest ``watched_beyond``. Ties go to the first key."""
+    if not results:
+        raise ValueError("no candidate settings")
+    within = [k for k, r in results.items() if r["watched_beyond"] is not None and r["watched_beyond"] <= budget]
+    if within:
+        return max(within, key=lambda k: results[k]["kept"])
+    scored = [k for k, r in results.items() if r["watched_beyond"] is not None]
+    if not scored:
+        raise ValueError("no candidate setting kept any watched star")
+    return min(scored, key=lambda k: results[k]["watched_beyond"])

@@ -112,7 +112,7 @@ def fit_tail_regimes(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, s
     tc = config.quality.tail_regimes
     z, _ = reported_z(pre, oof, sigma, neighbours)
     return TailRegimes.fit(config.label_names, oof.pred, z, bin_stars=tc.bin_stars, max_rate=tc.max_rate,
-                           tail=tc.tail)
+                           tail=tc.tail, label_max_rate=tc.label_max_rate)
 
 
 @dataclass
