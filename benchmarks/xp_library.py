@@ -31,7 +31,8 @@ Issue 20 (is every usable label right within its σ?), measured on every seed's 
   headline is their mean, with the spread;
 * ``selection``: how the configuration was chosen — on out-of-fold training stars only
   (validation robust σ of the candidate configurations; the neighbour-model settings
-  compared on the first seed's out-of-fold stars) — and how many times the test fifth
+  compared on the first seed's out-of-fold stars; the tail regimes' bin size × rate
+  cross-fitted on them, with the rule that picks one) — and how many times the test fifth
   has been scored.
 
 ``history`` records what each change bought: every run of this benchmark so far (carried
