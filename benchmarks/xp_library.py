@@ -417,13 +417,16 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
         rest = out["settings"][f"bins {ch['bin_stars']}, rate {DEFAULT_TAIL_RATE:g}"]["labels"]
         out["chosen"] = {"enabled": True, "bin_stars": ch["bin_stars"], "max_rate": DEFAULT_TAIL_RATE,
                          "label_max_rate": {first: ch["max_rate"]},
-                         "labels": {n: (ch if n == first else {"labels": rest})["labels"][n] for n in names}}
+                         "labels": {n: (ch["labels"] if n == first else rest)[n] for n in names}}
     out["config"] = {"enabled": tc.enabled, "bin_stars": tc.bin_stars, "max_rate": tc.max_rate,
                      "label_max_rate": dict(tc.label_max_rate)}
     c = out["chosen"]
-    out["config_is_chosen"] = (not tc.enabled) if not c["enabled"] else bool(
-        tc.enabled and tc.bin_stars == c["bin_stars"] and tc.rate_of(first) == c["label_max_rate"][first]
-        and all(tc.rate_of(n) == DEFAULT_TAIL_RATE for n in names[1:]))
+    if not c["enabled"]:
+        out["config_is_chosen"] = not tc.enabled
+    else:
+        rates = {n: c["label_max_rate"].get(n, c["max_rate"]) for n in names}
+        out["config_is_chosen"] = bool(tc.enabled and tc.bin_stars == c["bin_stars"]
+                                       and all(tc.rate_of(n) == r for n, r in rates.items()))
     return out
 
 
