@@ -25,6 +25,13 @@ its members as ``benchmarks/xp_tail_sources.py`` does): whether the catalogue's
 averaged (two per split out of fold, eight for a new star: the Teff tail interval was
 fitted on two-member means) makes the test fifth's hot tail larger than the out-of-fold one.
 
+``nested_selection`` (the same out-of-fold stars): how far the tail-rule choice of
+``benchmarks/xp_library.py`` can be trusted. The whole choice is made on one random half of
+the stars and judged on the other, over many halvings; the choice's own estimate against the
+judged one shows how optimistic picking the best of the grid on the same stars is, for one
+halving (the shipped protocol) and for the mean over several. Beside it, every setting
+on all the out-of-fold stars, over many halvings, with its standard error.
+
 The question: the benchmark's ``hot_ok_beyond_3sigma`` is scored on every test star,
 whatever APOGEE's Teff error, while the tail regimes and σ were fitted on out-of-fold
 stars of the cleaned training set. Hot stars have far larger APOGEE Teff errors than the
@@ -114,14 +121,12 @@ def out_of_fold(bundle) -> dict | None:
             "rates": rates}
 
 
-def out_of_fold_gap_checks(bundle) -> dict:
+def out_of_fold_gap_checks(bundle, s: dict) -> dict:
     """Two causes the gap between the test fifth's hot tail and the out-of-fold one could
     have, checked out of fold (module docstring): the ``ensemble_disagreement`` flag, which
     the catalogue applies and the out-of-fold rates above do not, and the number of members
-    averaged (two per split out of fold, all eight for a new star)."""
-    from xp_tail_sources import out_of_fold_stars
-
-    s = out_of_fold_stars(BUNDLE)
+    averaged (two per split out of fold, all eight for a new star). ``s``: the bundle's
+    out-of-fold stars (:func:`xp_tail_sources.out_of_fold_stars`)."""
     j = s["names"].index("teff")
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(s["pred"][:, j] - s["truth"][:, j]) / s["sigma"][:, j]
@@ -170,6 +175,140 @@ def out_of_fold_gap_checks(bundle) -> dict:
             "ensemble_disagreement": flag_rows, "ensemble_size": size}
 
 
+#: outer random halvings of the nested judgement; inner halvings of the repeated procedure;
+#: random halvings behind the shipped setting's estimate on all out-of-fold stars
+NESTED_OUTER, NESTED_INNER, FULL_HALVINGS = 20, 8, 16
+
+
+def _salted_halves(ids, salt: str) -> np.ndarray:
+    """A random half (0 / 1) per star from a keyed hash of its id: independent of
+    ``crc32(id) % 2`` and of other salts (crc32 is linear in its input, so two halvings by
+    salted crc32 would be the same split or its mirror)."""
+    import hashlib
+
+    key = salt.encode()[:64]
+    return np.array([hashlib.blake2b(str(i).encode(), key=key, digest_size=1).digest()[0] & 1 for i in ids])
+
+
+def teff_settings(pred: np.ndarray, z: np.ndarray, usable: np.ndarray, hot: np.ndarray, rows: np.ndarray,
+                  halvings: list[np.ndarray]) -> dict:
+    """The Teff tail rule at each setting of ``benchmarks/xp_library.py``'s grid, judged on
+    the stars ``rows`` alone, cross-fitted on each of ``halvings`` (a group per row) as that
+    benchmark chooses the setting: per setting, the mean over the halvings of the kept hot
+    stars' fraction beyond 3σ (``watched_beyond``), its binomial standard error, the mean
+    number of hot stars kept and the fraction of Teff kept. ``pred``, ``z``: Teff (K) and
+    |residual| / σ of every star; ``usable``, ``hot``: bool per star. Bins span the same
+    share of the stars as in a fit on all of them."""
+    from xp_library import TAIL_BINS, TAIL_RATES
+
+    from kielnet.quality.tails import cross_fitted_withheld
+
+    share = len(rows) / len(pred)
+    p, zr, hr = pred[rows], z[rows], hot[rows]
+    fin = np.isfinite(zr) & usable[rows]
+    out: dict = {}
+    for bins in TAIL_BINS:
+        for rate in TAIL_RATES:
+            key = "none" if rate is None else f"bins {bins}, rate {rate:g}"
+            if key in out:
+                continue
+            beyond, n_hot, kept = [], [], []
+            for groups in halvings:
+                w = (np.zeros(len(rows), bool) if rate is None else
+                     cross_fitted_withheld(["teff"], p[:, None], zr[:, None], groups,
+                                           bin_stars=max(int(round(bins * share)), 20), max_rate=rate)[:, 0])
+                kh = fin & ~w & hr
+                beyond.append(float(np.mean(zr[kh] > 3)) if kh.any() else np.nan)
+                n_hot.append(int(kh.sum()))
+                kept.append(1.0 - float(w[fin].mean()))
+            f, n = float(np.nanmean(beyond)), float(np.mean(n_hot))
+            out[key] = {"bin_stars": bins, "rate": rate, "watched_beyond": f,
+                        "standard_error": float(np.sqrt(f * (1 - f) / n)) if n else None,
+                        "n_hot_kept": n, "kept": float(np.mean(kept))}
+    return out
+
+
+def _judged(pred: np.ndarray, z: np.ndarray, usable: np.ndarray, hot: np.ndarray, fit_rows: np.ndarray,
+            judge_rows: np.ndarray, setting: dict) -> dict:
+    """``setting`` fitted on the stars ``fit_rows`` (bins of the same share of the stars as
+    in a full fit) and applied to ``judge_rows``: the kept hot stars beyond 3σ there."""
+    from kielnet.quality.tails import TailRegimes
+
+    w = np.zeros(len(judge_rows), bool)
+    if setting["rate"] is not None:
+        bins = max(int(round(setting["bin_stars"] * len(fit_rows) / len(pred))), 20)
+        rule = TailRegimes.fit(["teff"], pred[fit_rows][:, None], z[fit_rows][:, None], bin_stars=bins,
+                               max_rate=setting["rate"])
+        w = rule.withheld(pred[judge_rows][:, None])[:, 0]
+    fin = np.isfinite(z[judge_rows]) & usable[judge_rows]
+    kh = fin & ~w & hot[judge_rows]
+    return {"beyond": float(np.mean(z[judge_rows][kh] > 3)) if kh.any() else np.nan, "n_hot": int(kh.sum()),
+            "kept": 1.0 - float(w[fin].mean())}
+
+
+def nested_selection(bundle, s: dict) -> dict:
+    """How far the tail-rule choice of ``benchmarks/xp_library.py`` can be trusted, out of
+    fold (no test star): the whole choice (each setting cross-fitted, then
+    :func:`kielnet.quality.tails.choose_setting` with the hot-star budget) is made on one
+    random half of the out-of-fold stars, the chosen setting fitted there and judged on the
+    other half; :data:`NESTED_OUTER` random halvings, both ways. A choice's own estimate
+    (``inner``) against the judged one (``outer``) measures how optimistic picking the best of
+    the grid on the same stars is. Two procedures: one halving by ``crc32(id) % 2`` (the
+    shipped protocol), and the mean over :data:`NESTED_INNER` random halvings. Beside it: the
+    shipped setting and every other one on all out-of-fold stars over :data:`FULL_HALVINGS`
+    random halvings. ``s``: :func:`xp_tail_sources.out_of_fold_stars`."""
+    from xp_library import HOT_BUDGET
+
+    from kielnet.quality.tails import choose_setting
+
+    j = s["names"].index("teff")
+    pred, truth = s["pred"][:, j], s["truth"][:, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(pred - truth) / s["sigma"][:, j]
+    usable = ~s["withheld"][:, j] & ~s["outlier"]
+    hot = truth > HOT_K
+    ids = np.asarray(s["ids"])
+    procedures = {
+        "one halving, crc32(id) % 2 (the shipped protocol)": lambda rows, salt: [_halves(ids[rows])],
+        f"mean over {NESTED_INNER} random halvings": lambda rows, salt: [
+            _salted_halves(ids[rows], f"inner/{salt}/{k}") for k in range(NESTED_INNER)]}
+    out: dict = {}
+    for name, halvings in procedures.items():
+        runs = []
+        for r in range(NESTED_OUTER):
+            outer = _salted_halves(ids, f"outer/{r}")
+            for a in (0, 1):
+                fit_rows, judge_rows = np.flatnonzero(outer == a), np.flatnonzero(outer != a)
+                est = teff_settings(pred, z, usable, hot, fit_rows, halvings(fit_rows, f"{r}/{a}"))
+                key = choose_setting(est, budget=HOT_BUDGET)
+                judged = _judged(pred, z, usable, hot, fit_rows, judge_rows, est[key])
+                runs.append({"chosen": key, "inner": est[key]["watched_beyond"], **judged})
+        outer_rates = np.array([x["beyond"] for x in runs])
+        chosen = [x["chosen"] for x in runs]
+        out[name] = {"inner_mean": round(float(np.mean([x["inner"] for x in runs])), 4),
+                     "outer_mean": round(float(np.nanmean(outer_rates)), 4),
+                     "outer_sd": round(float(np.nanstd(outer_rates)), 4),
+                     "outer_above_budget": round(float(np.mean(outer_rates > HOT_BUDGET)), 3),
+                     "n_hot_judged_mean": round(float(np.mean([x["n_hot"] for x in runs])), 1),
+                     "teff_kept_mean": round(float(np.mean([x["kept"] for x in runs])), 3),
+                     "chosen": {k: chosen.count(k) for k in sorted(set(chosen))}}
+    every = np.arange(len(ids))
+    full = teff_settings(pred, z, usable, hot, every,
+                         [_salted_halves(ids, f"full/{k}") for k in range(FULL_HALVINGS)])
+    tc = bundle.config.quality.tail_regimes
+    shipped = f"bins {tc.bin_stars}, rate {tc.rate_of('teff'):g}"
+    return {"stars": int(len(ids)), "hot": int(hot.sum()), "budget": HOT_BUDGET,
+            "method": f"{NESTED_OUTER} random halvings of the out-of-fold stars (keyed hash of the id), both ways: "
+                      "the tail-rule grid of benchmarks/xp_library.py cross-fitted and chosen on one half "
+                      "(choose_setting: most Teff kept with the kept hot stars beyond 3 sigma <= budget), the "
+                      "chosen setting fitted on that half and judged on the other; usable = Teff with label "
+                      "support and no likely_outlier; inner = the choice's own estimate, outer = judged",
+            "procedures": out,
+            "shipped_setting": {"setting": shipped, **full[shipped]},
+            "all_out_of_fold": {"halvings": FULL_HALVINGS, "settings": full,
+                                "mean_over_halvings_would_choose": choose_setting(full, budget=HOT_BUDGET)}}
+
+
 def main() -> int:
     from kielnet.artifact import load_bundle
     from kielnet.data.selection import load_selection, star_columns
@@ -212,12 +351,17 @@ def main() -> int:
         "not_hot": _rates(z, usable, ~h),
         "not_hot_teff_err_ge_250": _rates(z, usable, ~h & (e >= TEFF_ERR_CUT))}
     oof = out_of_fold(bundle)
-    gap = out_of_fold_gap_checks(bundle)
+    from xp_tail_sources import out_of_fold_stars
+
+    stars = out_of_fold_stars(BUNDLE)
+    gap = out_of_fold_gap_checks(bundle, stars)
+    nested = nested_selection(stars)
     res = {"bundle": BUNDLE, "test_fifth_read": False,
            "cleaning": {"file": str(CLEANING.relative_to(ROOT)), **cleaning},
            "dropped_stars_predicted": dropped_rates,
            "out_of_fold": oof,
            "out_of_fold_gap_checks": gap,
+           "nested_selection": nested,
            "definition": "usable = Teff reported and no flag but label_not_reported; beyond_3sigma = fraction of "
                          "the usable rows with |Teff - APOGEE Teff| > 3 sigma_teff; hot = APOGEE Teff > 10,000 K",
            **provenance(commit, dirty)}
@@ -231,6 +375,10 @@ def main() -> int:
     for k, v in gap["ensemble_disagreement"].items():
         print(f"out of fold, {k}: {v}")
     print(f"out of fold, members averaged: {gap['ensemble_size']}")
+    for k, v in nested["procedures"].items():
+        print(f"nested, {k}: " + ", ".join(f"{m} {v[m]}" for m in ("inner_mean", "outer_mean", "outer_sd",
+                                                                    "outer_above_budget", "teff_kept_mean")))
+    print(f"nested, shipped setting: {nested['shipped_setting']}")
     print(f"written {out}")
     return 0
 

@@ -1,0 +1,64 @@
+"""``benchmarks/xp_hot_references.py``'s nested judgement of the tail-rule choice: the
+stars a choice is judged on never enter it, and the halvings it uses are random splits."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("xp_hot_references_bench",
+                                                  ROOT / "benchmarks" / "xp_hot_references.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stars(n: int = 3000, seed: int = 0):
+    """Teff predictions with a band (6,500–8,000 K) where 30 % of the stars are hot stars
+    predicted far off; elsewhere Gaussian residuals."""
+    rng = np.random.default_rng(seed)
+    pred = rng.uniform(4000, 12000, n)
+    z = np.abs(rng.normal(size=n))
+    band = (pred > 6500) & (pred < 8000)
+    hot = (rng.random(n) < 0.3) & band
+    z[hot] = rng.uniform(3.5, 8, hot.sum())
+    hot |= pred > 10000
+    return pred, z, np.ones(n, bool), hot, np.array([f"star{i}" for i in range(n)])
+
+
+def test_a_choice_never_sees_the_stars_it_is_judged_on(bench):
+    pred, z, usable, hot, ids = _stars()
+    fit_rows = np.flatnonzero(bench._salted_halves(ids, "t") == 0)
+    halvings = [bench._salted_halves(ids[fit_rows], f"in/{k}") for k in range(2)]
+    before = bench.teff_settings(pred, z, usable, hot, fit_rows, halvings)
+    judge = np.setdiff1d(np.arange(len(ids)), fit_rows)
+    z2, hot2, pred2 = z.copy(), hot.copy(), pred.copy()
+    z2[judge], hot2[judge], pred2[judge] = 0.0, True, 7000.0  # the other half changed entirely
+    after = bench.teff_settings(pred2, z2, usable, hot2, fit_rows, halvings)
+    assert after == before
+    # the rule finds the band: withholding it cuts the hot stars beyond 3 sigma
+    assert before["bins 150, rate 0.1"]["watched_beyond"] < 0.5 * before["none"]["watched_beyond"]
+    judged = bench._judged(pred, z, usable, hot, fit_rows, judge, before["bins 150, rate 0.1"])
+    assert judged["beyond"] < 0.5 * bench._judged(pred, z, usable, hot, fit_rows, judge, before["none"])["beyond"]
+
+
+def test_salted_halvings_are_independent_splits(bench):
+    ids = np.array([f"2M{i:08d}" for i in range(4000)])
+    a, b = bench._salted_halves(ids, "x/0"), bench._salted_halves(ids, "x/1")
+    crc = np.array([zlib.crc32(i.encode()) % 2 for i in ids])
+    for other in (b, crc):
+        agree = np.mean(a == other)
+        assert 0.45 < agree < 0.55  # neither the same split nor its mirror
+    assert 0.45 < a.mean() < 0.55
+    assert np.array_equal(a, bench._salted_halves(ids, "x/0"))
