@@ -355,7 +355,7 @@ def main() -> int:
 
     stars = out_of_fold_stars(BUNDLE)
     gap = out_of_fold_gap_checks(bundle, stars)
-    nested = nested_selection(stars)
+    nested = nested_selection(bundle, stars)
     res = {"bundle": BUNDLE, "test_fifth_read": False,
            "cleaning": {"file": str(CLEANING.relative_to(ROOT)), **cleaning},
            "dropped_stars_predicted": dropped_rates,
