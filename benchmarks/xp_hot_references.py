@@ -136,7 +136,7 @@ def out_of_fold_gap_checks(bundle, s: dict) -> dict:
     bins = max(bundle.config.quality.tail_regimes.bin_stars // 2, 20)
     ed = s["spread_score"] > 1.0 if s["spread_score"] is not None else np.zeros(len(z), bool)
     flag_rows = {}
-    for rate in (None, bundle.config.quality.tail_regimes.max_rate):
+    for rate in (None, bundle.config.quality.tail_regimes.rate_of("teff")):
         w = cross_fitted_teff_rule(s["pred"][:, j], z, half, usable, bins, rate)
         for applied in (False, True):
             keep = usable & ~w & (~ed if applied else True)
@@ -146,6 +146,11 @@ def out_of_fold_gap_checks(bundle, s: dict) -> dict:
                 "n_hot_kept": int(kh.sum()), "n_hot_beyond_3sigma": int(np.sum(z[kh] > 3)),
                 "hot_beyond_3sigma_kept": float(np.mean(z[kh] > 3)) if kh.any() else None,
                 "beyond_3sigma_kept": float(np.mean(z[keep] > 3))}
+        kh = usable & ~w & hot
+        wrong, right = kh & (z > 3), kh & (z <= 3)
+        flag_rows[f"rate {'none' if rate is None else f'{rate:g}'}, hot stars flagged"] = {
+            "beyond_3sigma": {"n": int(wrong.sum()), "flagged": float(ed[wrong].mean()) if wrong.any() else None},
+            "within_3sigma": {"n": int(right.sum()), "flagged": float(ed[right].mean()) if right.any() else None}}
     members = s["member_pred"][:, :, j]
     mean = np.nanmean(members, axis=0)
     confused = hot & (mean < 9_000.0)
@@ -171,7 +176,9 @@ def out_of_fold_gap_checks(bundle, s: dict) -> dict:
             "method": "the shipped bundle's members of each split predict that split's held-out stars; sigma as "
                       "predict gives it; usable = Teff reported with label support and not likely_outlier; the "
                       f"Teff-only tail rule cross-fitted on the halves crc32(id) % 2, bins of {bins}; "
-                      "ensemble_disagreement = the split members' spread score > 1",
+                      "ensemble_disagreement = the split members' spread score > 1; 'hot stars flagged': of the "
+                      "usable hot stars a rule keeps, the fractions ensemble_disagreement flags among those beyond "
+                      "and within 3 sigma",
             "ensemble_disagreement": flag_rows, "ensemble_size": size}
 
 
