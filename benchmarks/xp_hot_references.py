@@ -12,6 +12,10 @@ the usable Teff rows (reported, no flag but ``label_not_reported``) and the frac
 beyond 3σ of APOGEE's Teff, split by APOGEE Teff > 10,000 K and by APOGEE's Teff error.
 Beside it: how many hot stars the cleaning kept and dropped, by Teff error.
 
+``dropped_hot_stars_by_members``: the same dropped stars predicted by all members (as the
+catalogue predicts a new star) and by each split's members alone (as the out-of-fold stars
+are predicted): whether the number of members averaged changes which hot stars are usable.
+
 ``out_of_fold`` (when the first seed's work directory ``benchmarks/.work/xp_library`` with its
 ``out_of_fold.parquet`` is present, e.g. rebuilt by ``benchmarks/workdir_from_bundle.py``): the
 usable hot stars beyond 3σ in Teff among the shipped bundle's out-of-fold stars, with the
@@ -180,6 +184,57 @@ def out_of_fold_gap_checks(bundle, s: dict) -> dict:
                       "usable hot stars a rule keeps, the fractions ensemble_disagreement flags among those beyond "
                       "and within 3 sigma",
             "ensemble_disagreement": flag_rows, "ensemble_size": size}
+
+
+def split_ensemble(bundle, split: int):
+    """The bundle with only the members of ``split`` (two for the XP preset): a new star
+    predicted as an out-of-fold star is. Its ``ensemble_disagreement`` scores that many
+    members with their log-spread bias, as the out-of-bag calibration does
+    (:meth:`kielnet.quality.spread.EnsembleSpread.score` with ``any_size``)."""
+    import copy
+    import dataclasses
+
+    idx = [i for i, m in enumerate(bundle.member_info) if m.split == split]
+    spread = copy.deepcopy(bundle.spread)
+    if spread is not None:
+        spread.n_members = len(idx)
+    return dataclasses.replace(bundle, members=[bundle.members[i] for i in idx],
+                               member_info=[bundle.member_info[i] for i in idx], spread=spread)
+
+
+def members_per_prediction(bundle, dropped, teff: np.ndarray) -> dict:
+    """The stars the training-label cleaning dropped (never seen by a member) predicted by
+    all members, as the catalogue predicts a new star, and by each split's members alone,
+    as the out-of-fold stars are: the hot stars (APOGEE Teff > 10,000 K) usable and beyond
+    3σ, and the fraction ``ensemble_disagreement`` flags. The same stars and references
+    both ways: only the number of members averaged differs."""
+    from kielnet.inference.predict import predict
+    from kielnet.quality.flags import FLAG_BITS, usable_mask
+
+    hot = teff > HOT_K
+
+    def counts(b) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cat = predict(b, dropped)
+        p, sig = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
+        flag = np.asarray(cat["flag"], np.int64)
+        usable = usable_mask(flag, p)
+        with np.errstate(invalid="ignore"):
+            far = np.abs(p - teff) / sig > 3
+        ed = ((flag >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
+        n = int((usable & hot).sum())
+        return {"members": len(b.members), "hot_flagged_ensemble_disagreement": float(ed[hot].mean()),
+                "hot_usable": n, "hot_usable_beyond_3sigma": int((usable & hot & far).sum()),
+                "hot_beyond_3sigma": float((usable & hot & far).sum() / n) if n else None}
+
+    splits = sorted({m.split for m in bundle.member_info})
+    return {"stars": int(len(teff)), "hot": int(hot.sum()),
+            "all_members": counts(bundle),
+            "each_split_alone": {str(k): counts(split_ensemble(bundle, k)) for k in splits},
+            "definition": "usable = Teff reported and no flag but label_not_reported; beyond 3 sigma of APOGEE's "
+                          "Teff; the same dropped training-part stars (never trained on) predicted by all members "
+                          "and by each split's members alone"}
 
 
 #: outer random halvings of the nested judgement; inner halvings of the repeated procedure;
@@ -357,6 +412,7 @@ def main() -> int:
         "hot_teff_err_ge_250": _rates(z, usable, h & (e >= TEFF_ERR_CUT)),
         "not_hot": _rates(z, usable, ~h),
         "not_hot_teff_err_ge_250": _rates(z, usable, ~h & (e >= TEFF_ERR_CUT))}
+    by_members = members_per_prediction(bundle, dropped, t)
     oof = out_of_fold(bundle)
     from xp_tail_sources import out_of_fold_stars
 
@@ -366,6 +422,7 @@ def main() -> int:
     res = {"bundle": BUNDLE, "test_fifth_read": False,
            "cleaning": {"file": str(CLEANING.relative_to(ROOT)), **cleaning},
            "dropped_stars_predicted": dropped_rates,
+           "dropped_hot_stars_by_members": by_members,
            "out_of_fold": oof,
            "out_of_fold_gap_checks": gap,
            "nested_selection": nested,
@@ -377,6 +434,9 @@ def main() -> int:
     print(f"cleaning: {cleaning}")
     for k, v in dropped_rates.items():
         print(f"{k:26s} {v}")
+    print(f"dropped hot stars, all members: {by_members['all_members']}")
+    for k, v in by_members["each_split_alone"].items():
+        print(f"dropped hot stars, split {k} alone: {v}")
     for k, v in ((oof or {}).get("rates") or {}).items():
         print(f"out of fold, Teff rate {k:5s} {v}")
     for k, v in gap["ensemble_disagreement"].items():

@@ -62,3 +62,21 @@ def test_salted_halvings_are_independent_splits(bench):
         assert 0.45 < agree < 0.55  # neither the same split nor its mirror
     assert 0.45 < a.mean() < 0.55
     assert np.array_equal(a, bench._salted_halves(ids, "x/0"))
+
+
+def test_a_split_alone_predicts_as_an_out_of_fold_star_is(bench, xp_subset):
+    from kielnet.artifact import load_bundle
+    from kielnet.inference.predict import predict
+
+    bundle = load_bundle("xp-apogee-dr17")
+    split = bundle.member_info[-1].split
+    sub = bench.split_ensemble(bundle, split)
+    assert len(sub.members) == sum(m.split == split for m in bundle.member_info) < len(bundle.members)
+    assert all(m.split == split for m in sub.member_info)
+    assert bundle.spread.n_members == len(bundle.members)  # the shipped bundle is left as it was
+    stars = xp_subset.take(np.arange(60))
+    full, alone = predict(bundle, stars), predict(sub, stars)
+    # fewer members: another mean and another spread, each scored (no refusal of the ensemble size)
+    assert np.isfinite(np.asarray(alone["spread_score"], float)).all()
+    assert not np.allclose(np.asarray(full["teff"], float), np.asarray(alone["teff"], float), equal_nan=True)
+    assert not np.allclose(np.asarray(full["spread_score"], float), np.asarray(alone["spread_score"], float))
