@@ -361,6 +361,12 @@ class EnsembleSpreadConfig(_Strict):
     max_reference: int = Field(default=20_000, ge=2, description="training stars used for the calibration")
     quantile: float = Field(default=0.90, gt=0, le=1,
                             description="quantile of the training stars' relative spread = score 1")
+    local: bool = Field(default=False,
+                        description="score 1 = that quantile among the quality.neighbours.k_local out-of-fold "
+                                    "training stars nearest in predicted labels x S/N (each predicted by the "
+                                    "members that did not train on it), not over all training stars: a star is "
+                                    "flagged where the members disagree more than on stars predicted alike "
+                                    "(needs quality.neighbours)")
 
 
 class TsneConfig(_Strict):
@@ -524,6 +530,14 @@ class QualityConfig(_Strict):
     ensemble_spread: EnsembleSpreadConfig = EnsembleSpreadConfig()
     tsne: TsneConfig = TsneConfig()
     boundary_flag: BoundaryFlagConfig = BoundaryFlagConfig()
+
+    @model_validator(mode="after")
+    def _local_spread_needs_neighbours(self) -> "QualityConfig":
+        es = self.ensemble_spread
+        if es.enabled and es.local and not self.neighbours.enabled:
+            raise ValueError("quality.ensemble_spread.local needs quality.neighbours.enabled (the out-of-fold "
+                             "stars it is calibrated among)")
+        return self
 
 
 class ReportingRule(_Strict):

@@ -52,8 +52,10 @@ def test_bundle_holds_json_and_safetensors_only(tiny_bundle_dir):
     assert meta["versions"]["kielnet"]
     for name in files[1:]:
         raw = (tiny_bundle_dir / name).read_bytes()
-        assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")  # not pickle / torch zip
+        # safetensors: an 8-byte header length, then that JSON header (not pickle / a torch zip; the
+        # length's first byte may be 0x80 or 'P' itself, so the layout is checked, not the first bytes)
         header_len = int.from_bytes(raw[:8], "little")
+        assert raw[8:9] == b"{" and 8 + header_len <= len(raw)
         header = json.loads(raw[8:8 + header_len])                      # safetensors layout
         assert header["__metadata__"]["kielnet"]
         with safe_open(str(tiny_bundle_dir / name), framework="pt") as f:

@@ -149,3 +149,34 @@ def test_assessment_does_not_depend_on_parts_or_threads(model, monkeypatch, thre
     for name in ("support", "factor", "q95", "tail_rate", "outlier_score"):
         np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=name)
     assert np.isnan(parts.support[::37]).all() and np.isfinite(parts.support[1]).all()
+
+
+def test_local_disagreement_threshold_follows_the_stars_predicted_alike(tmp_path):
+    """Where the reference stars' members disagree more (a > 1, as for stars rare in
+    training), the threshold is higher: a new star disagreeing as much as they do is not
+    above it there, but is where the members usually agree."""
+    pred, snr, has, z, _ = _reference()
+    rng = np.random.default_rng(4)
+    dis = rng.normal(0.0, 0.3, len(pred)) + np.where(pred[:, 0] > 1, 2.0, 0.0)
+    m = NeighbourModel.fit(NAMES, pred, snr, has, z, k_local=150, disagreement=dis, disagreement_quantile=0.9)
+    new = np.array([[1.6, 0.0], [-0.5, 0.0]])
+    a = m.assess(positions(new, np.full(2, 100.0)))
+    t = a.disagreement_threshold
+    assert t[0] == pytest.approx(2.0 + 1.2816 * 0.3, abs=0.15)
+    assert t[1] == pytest.approx(1.2816 * 0.3, abs=0.15)
+    assert 2.0 < t[0] and 2.0 > t[1]
+    # each reference star judged without itself: about the quantile's share above
+    ref = m.assess(positions(pred, snr), exclude_self=True)
+    assert abs(np.mean(dis > ref.disagreement_threshold) - 0.10) < 0.02
+    again = NeighbourModel.load(m.save(tmp_path / "n.safetensors"))
+    np.testing.assert_array_equal(again.assess(positions(new, np.full(2, 100.0))).disagreement_threshold, t)
+    assert "ensemble_disagreement" in m.describe()
+    # without reference disagreements there is no threshold
+    assert NeighbourModel.fit(NAMES, pred, snr, has, z).assess(positions(new, np.full(2, 100.0))) \
+        .disagreement_threshold is None
+    with pytest.raises(ValueError, match="one value per star"):
+        NeighbourModel.fit(NAMES, pred, snr, has, z, disagreement=dis[:10])
+    arrays = m.arrays()
+    arrays["disagreement"] = arrays["disagreement"][:5]
+    with pytest.raises(ValueError, match="disagreement has shape"):
+        NeighbourModel.from_parts(m._meta(), arrays)

@@ -142,3 +142,21 @@ def test_any_size_scores_fewer_members_comparably_in_the_mean():
     assert np.std(np.log(s3)) > np.std(np.log(s8))
     with pytest.raises(ValueError, match="calibrated with 8 members"):
         sp.score(small[:1], any_size=True)
+
+
+def test_log_disagreement_compares_two_members_with_eight():
+    """A split's 2 members (an out-of-fold star) and all 8 (a new star) measure the same
+    disagreement in the mean once the bias of the log of a sample std is removed; without
+    it 2 members read ~0.6 lower in log."""
+    from kielnet.quality.spread import log_disagreement
+
+    rng = np.random.default_rng(3)
+    preds = rng.normal(size=(8, 40_000, 3)) * 0.05  # true member scatter 0.05 in every label
+    two, eight = log_disagreement(preds[:2]), log_disagreement(preds)
+    assert abs(two.mean() - np.log(0.05)) < 0.02 and abs(eight.mean() - np.log(0.05)) < 0.01
+    raw_two = np.log(member_spread(preds[:2])).mean(axis=1)
+    assert np.log(0.05) - raw_two.mean() > 0.5
+    assert two.std() > 2 * eight.std()  # 2 members: the same in the mean, far noisier
+    bad = preds[:, :2].copy()
+    bad[0, 1, 0] = np.nan
+    assert np.isnan(log_disagreement(bad)[1]) and np.isfinite(log_disagreement(bad)[0])

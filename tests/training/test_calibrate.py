@@ -157,3 +157,43 @@ def test_recalibrate_fits_tail_regimes_on_out_of_fold_stars(partial, tiny_config
     assert rep["n_reference"] == (np.isfinite(oof.truth[:, 0]) & oof.complete).sum() and rep["n_bins"] == rep["n_reference"] // 40
     assert all(rate > tr.rate_of(n) for n, iv in tr.intervals.items() for _, _, rate, _ in iv)
     assert bundle.tail_regimes is None  # the original bundle (config without it) has none
+
+
+def test_local_ensemble_disagreement_against_out_of_fold_stars_predicted_alike(tmp_path, tiny_config_dict):
+    """quality.ensemble_spread.local: the out-of-fold file carries each star's members'
+    disagreement, the neighbour model keeps it, and a new star's spread_score is its own
+    disagreement against the quantile of its neighbours' — flagged where above 1."""
+    from conftest import synthetic_table
+
+    from kielnet.compute import member_predictions
+    from kielnet.quality.neighbours import positions
+    from kielnet.quality.spread import log_disagreement
+
+    cfg = KielnetConfig.from_dict(tiny_config_dict(
+        training={"max_epochs": 6, "batch_size": 32, "lr": 3e-3, "patience": 6, "threads": 1,
+                  "weighting": {"kind": "none", "labels": ["teff", "logg"]}},
+        ensemble={"n_splits": 2, "members_per_split": 2, "seed": 0},
+        quality={"neighbours": {"enabled": True, "k_support": 15, "k_local": 40, "min_local": 10},
+                 "ensemble_spread": {"enabled": True, "quantile": 0.8, "local": True}}))
+    table = synthetic_table(n=400, n_pix=48, seed=6)
+    wd = tmp_path / "work"
+    bundle = train_ensemble(table, cfg, workdir=wd, progress=False, log=lambda *_: None)
+    oof, _ = load_out_of_fold(wd / "out_of_fold.parquet")
+    assert oof.disagreement is not None and np.isfinite(oof.disagreement).all()
+    nb = bundle.neighbours
+    np.testing.assert_allclose(nb.disagreement, oof.disagreement.astype(np.float32))
+    new = synthetic_table(n=200, n_pix=48, seed=78)
+    cat = predict(bundle, new)
+    prep = bundle.preprocessor.transform(new, with_labels=False)
+    preds = member_predictions(bundle.build_members(), prep, bundle.preprocessor.inverse_labels)
+    mean = preds.mean(axis=0)
+    a = nb.assess(positions(bundle.preprocessor.forward_labels(mean), prep.snr))
+    want = np.exp(log_disagreement(bundle.preprocessor.forward_labels(preds)) - a.disagreement_threshold)
+    np.testing.assert_allclose(np.asarray(cat["spread_score"], float), want, rtol=1e-6)
+    flagged = ((np.asarray(cat["flag"]) >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
+    np.testing.assert_array_equal(flagged, want > 1)
+    assert 0 < flagged.sum() < len(flagged)
+    assert "nearest out-of-fold" in cat["spread_score"].description
+    # the global calibration would have judged these stars otherwise
+    glob = bundle.spread.score(bundle.preprocessor.forward_labels(preds))
+    assert not np.allclose(glob, want)

@@ -36,6 +36,7 @@ from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn
 from kielnet.inference.quality import add_quality_columns
 from kielnet.quality.neighbours import positions
 from kielnet.quality.sigma import star_snr
+from kielnet.quality.spread import log_disagreement
 from kielnet.quality.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
 from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
@@ -103,6 +104,15 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     nb, near = bundle.neighbours, None
     if nb is not None:
         near = nb.assess(positions(bundle.preprocessor.forward_labels(mean), prep.snr if snr is None else snr))
+    local_spread = None
+    if near is not None and near.disagreement_threshold is not None and preds.shape[0] >= 2:
+        # quality.ensemble_spread.local: the members' disagreement against that of the out-of-fold
+        # stars predicted alike (kielnet.quality.spread); add_quality_columns keeps this score
+        with np.errstate(invalid="ignore", over="ignore"):
+            local_spread = np.exp(log_disagreement(bundle.preprocessor.forward_labels(preds))
+                                  - near.disagreement_threshold)
+            local_spread[prep.bad_spectrum] = np.nan
+            flags |= (local_spread > 1.0).astype(np.int64) << FLAG_BITS["ensemble_disagreement"]
     by_rule = np.zeros_like(mean, dtype=bool)
     for rule in cfg.reporting:
         when = mean[:, names.index(rule.when)]
@@ -185,6 +195,11 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         cat["outlier_score"].description = (f"fraction of the {nb.k_local} nearest out-of-fold training stars "
                                             f"wrong by > {nb.tail:g} local sigma (> {nb.outlier_threshold:.3g}: "
                                             "likely_outlier)")
+    if local_spread is not None:
+        cat["spread_score"] = local_spread
+        cat["spread_score"].description = (f"ensemble disagreement / the {nb.disagreement_quantile:.0%} quantile of "
+                                           f"that of the {nb.k_local} nearest out-of-fold training stars (>1: "
+                                           "members disagree)")
     if sm is not None and sm.recalibration is not None and sm.snr == "spectrum":
         cat["snr_spectrum"] = snr
         cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "

@@ -10,7 +10,10 @@ column                   meaning
 ``spread_score``         ensemble-disagreement score (:mod:`kielnet.quality.spread`): the
                          members' spread (geometric mean over labels, in the networks'
                          scaled outputs) / its calibration quantile (default 90 %) over
-                         the training stars; > 1 sets flag bit ``ensemble_disagreement``
+                         the training stars, or with ``quality.ensemble_spread.local`` over
+                         the out-of-fold stars nearest in predicted labels × S/N (set with
+                         the neighbour assessment, kept here); > 1 sets flag bit
+                         ``ensemble_disagreement``
 ``tsne_training_like``   t-SNE classification (paper §5.1) against the bundle's t-SNE
                          reference spectra; maps are built per ``predict`` call (per chunk
                          when streaming) over the reference and that call's spectra
@@ -82,7 +85,10 @@ def add_quality_columns(cat: Table, bundle: Bundle, nets: list[HybridNet], table
     """
     q = bundle.config.quality
     fast_unlike = None
-    if bundle.spread is not None:
+    if "spread_score" in cat.colnames:  # calibrated locally (quality.ensemble_spread.local), flag already set
+        with np.errstate(invalid="ignore"):
+            fast_unlike = np.asarray(cat["spread_score"], dtype=np.float64) > 1.0
+    elif bundle.spread is not None:
         if preds is None:
             raise ValueError("the bundle carries an ensemble-disagreement calibration: pass the member predictions")
         spread = bundle.spread.score(bundle.preprocessor.forward_labels(preds))

@@ -119,7 +119,8 @@ def describe_flags(label_names: list[str]) -> str:
         "label_not_reported": "a label withheld (NaN; see not_reported): a reporting rule, no label support or a "
                               "tail regime",
         "out_of_distribution": "ood_score > 1: far from every training star (embedding)",
-        "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars",
+        "ensemble_disagreement": "spread_score > 1: members disagree more than on most training stars (with "
+                                 "quality.ensemble_spread.local: than on most stars predicted alike)",
         "implausible_spectrum": "spectrum cannot be a star for this model (see spectrum_issues), labels NaN",
         "prediction_failed": "a network output or sigma was non-finite, labels NaN",
         "label_unphysical": "a predicted label outside its physically valid range, labels NaN",

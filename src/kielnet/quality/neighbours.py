@@ -37,6 +37,12 @@ The ``k_local`` nearest reference stars with a residual give
   scored without itself) as the score's ``1 − outlier_budget`` quantile, never on test
   stars.
 
+With ``quality.ensemble_spread.local``, each reference star also keeps its members'
+**disagreement** (:func:`kielnet.quality.spread.log_disagreement`, from the members that
+did not train on it), and the ``disagreement_quantile`` of it among the ``k_local``
+nearest is the star's threshold for the ``ensemble_disagreement`` flag
+(:mod:`kielnet.quality.spread`).
+
 All arrays are stored in a safetensors file in the bundle, the settings in its JSON.
 """
 
@@ -77,14 +83,17 @@ class NeighbourAssessment:
     reference stars carrying the label), ``factor`` (local σ factor), ``q95`` (0.95
     quantile of the neighbours' |residual| / σ), ``tail_rate`` (fraction of the
     neighbours with a residual beyond ``tail`` local σ; 0 where too few have one) and
-    ``outlier_score`` (n,), the largest ``tail_rate`` over labels. NaN for stars without
-    a finite position."""
+    ``outlier_score`` (n,), the largest ``tail_rate`` over labels; with reference
+    disagreements, ``disagreement_threshold`` (n,), their ``disagreement_quantile`` among
+    the ``k_local`` nearest (NaN where fewer than ``min_local`` have one; None without).
+    NaN for stars without a finite position."""
 
     support: np.ndarray
     factor: np.ndarray
     q95: np.ndarray
     tail_rate: np.ndarray
     outlier_score: np.ndarray
+    disagreement_threshold: np.ndarray | None = None
 
 
 @dataclass
@@ -111,6 +120,11 @@ class NeighbourModel:
     fit_to: str = "1sigma"
     #: numbers measured on the reference stars when fitted (each without itself)
     report: dict = field(default_factory=dict)
+    #: (n_ref,) each reference star's members' log disagreement
+    #: (:func:`kielnet.quality.spread.log_disagreement`); None: no local disagreement threshold
+    disagreement: np.ndarray | None = None
+    #: the quantile of the neighbours' disagreement that is the local threshold
+    disagreement_quantile: float = 0.90
     _nn: object = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ geometry
@@ -147,7 +161,8 @@ class NeighbourModel:
         reference stars themselves (in order), each assessed without itself."""
         raw = np.asarray(raw, dtype=np.float64)
         n, nl = len(raw), len(self.label_names)
-        out = NeighbourAssessment(*(np.full((n, nl), np.nan) for _ in range(4)), np.full(n, np.nan))
+        out = NeighbourAssessment(*(np.full((n, nl), np.nan) for _ in range(4)), np.full(n, np.nan),
+                                  None if self.disagreement is None else np.full(n, np.nan))
         good = np.flatnonzero(np.isfinite(raw[:, :-1]).all(axis=1))
         if not len(good):
             return out
@@ -177,6 +192,12 @@ class NeighbourModel:
             out.q95[rows] = q
             out.tail_rate[rows] = beyond
             out.outlier_score[rows] = beyond.max(axis=1)
+            if out.disagreement_threshold is not None:
+                dn = np.sort(self.disagreement[idx[:, :self.k_local]].astype(np.float64), axis=1)[:, :, None]
+                dc = np.isfinite(dn).sum(axis=1)
+                with np.errstate(invalid="ignore"):
+                    t = _sorted_quantile(dn, dc, self.disagreement_quantile)[:, 0]
+                out.disagreement_threshold[rows] = np.where(dc[:, 0] >= self.min_local, t, np.nan)
 
         self._index()  # built once, before the threads share it
         thread_map(part, thread_parts(len(good), 1, chunk))
@@ -206,6 +227,10 @@ class NeighbourModel:
         if np.isfinite(self.outlier_threshold):
             txt += (f"; likely_outlier: more than {self.outlier_threshold:.3f} of those neighbours lie beyond "
                     f"{self.tail:g} local sigma in some label")
+        if self.disagreement is not None:
+            txt += (f"; ensemble_disagreement: the members disagree more than the "
+                    f"{self.disagreement_quantile:.0%} quantile of the disagreement of those neighbours (each "
+                    "predicted by the members that did not train on it)")
         return txt
 
     # ------------------------------------------------------------------ fit
@@ -213,18 +238,26 @@ class NeighbourModel:
     def fit(cls, label_names: list[str], pred_scaled: np.ndarray, snr: np.ndarray | None, has_label: np.ndarray,
             z: np.ndarray, *, k_support: int = 50, min_support: float = 0.5, k_local: int = 150,
             min_local: int = 30, local_calibration: bool = True, tail: float = 3.0, outlier_budget: float = 0.0,
-            snr_weight: float = 1.0, target: float = GAUSSIAN_1SIGMA, fit_to: str = "1sigma") -> "NeighbourModel":
+            snr_weight: float = 1.0, target: float = GAUSSIAN_1SIGMA, fit_to: str = "1sigma",
+            disagreement: np.ndarray | None = None, disagreement_quantile: float = 0.90) -> "NeighbourModel":
         """Fit on the reference (out-of-fold) stars.
 
         ``pred_scaled`` (n, L): predicted labels in the networks' scaled space;
         ``snr`` (n,) or None; ``has_label`` (n, L) bool: the star carried a reference
         value; ``z`` (n, L): |residual| / σ (NaN where unknown, e.g. no reference or
         missing inputs). ``outlier_budget``: the fraction of reference stars the
-        ``likely_outlier`` flag may take (0 = no flag)."""
+        ``likely_outlier`` flag may take (0 = no flag). ``disagreement`` (n,): each star's
+        members' log disagreement (:func:`kielnet.quality.spread.log_disagreement`, NaN
+        where unknown); given, :meth:`assess` also returns its ``disagreement_quantile``
+        among each star's ``k_local`` nearest reference stars."""
         raw = positions(pred_scaled, snr)
         ok = np.isfinite(raw[:, :-1]).all(axis=1)
         if ok.sum() < 2:
             raise ValueError("need at least 2 reference stars with finite predictions for the neighbour model")
+        if disagreement is not None and np.shape(disagreement) != (len(raw),):
+            raise ValueError(f"disagreement {np.shape(disagreement)} must give one value per star ({len(raw)})")
+        if not 0 < disagreement_quantile <= 1:
+            raise ValueError(f"disagreement_quantile must be in (0, 1], got {disagreement_quantile}")
         raw, has_label, z = raw[ok], np.asarray(has_label, bool)[ok], np.asarray(z, np.float64)[ok]
         center = np.nanmedian(raw, axis=0)
         center = np.where(np.isfinite(center), center, 0.0)
@@ -234,7 +267,9 @@ class NeighbourModel:
         model = cls(list(label_names), np.zeros((0, raw.shape[1])), has_label, z.astype(np.float32), center, scale,
                     k_support=int(k_support), min_support=float(min_support), k_local=int(k_local),
                     min_local=int(min_local), local_calibration=bool(local_calibration), tail=float(tail),
-                    outlier_budget=float(outlier_budget), target=float(target), fit_to=str(fit_to))
+                    outlier_budget=float(outlier_budget), target=float(target), fit_to=str(fit_to),
+                    disagreement=None if disagreement is None else np.asarray(disagreement, np.float32)[ok],
+                    disagreement_quantile=float(disagreement_quantile))
         if model.fit_to not in ("1sigma", "1and2sigma"):
             raise ValueError(f"fit_to must be '1sigma' or '1and2sigma', not {fit_to!r}")
         model.coords = model.standardise(raw).astype(np.float32)
@@ -280,12 +315,16 @@ class NeighbourModel:
                 "min_local": self.min_local, "local_calibration": self.local_calibration, "tail": self.tail,
                 "outlier_budget": self.outlier_budget,
                 "outlier_threshold": self.outlier_threshold if np.isfinite(self.outlier_threshold) else None,
-                "target": self.target, "fit_to": self.fit_to, "report": self.report}
+                "target": self.target, "fit_to": self.fit_to, "report": self.report,
+                "disagreement_quantile": self.disagreement_quantile}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"coords": np.ascontiguousarray(self.coords, dtype=np.float32),
-                "has_label": np.ascontiguousarray(self.has_label, dtype=np.uint8),
-                "z": np.ascontiguousarray(self.z, dtype=np.float32)}
+        out = {"coords": np.ascontiguousarray(self.coords, dtype=np.float32),
+               "has_label": np.ascontiguousarray(self.has_label, dtype=np.uint8),
+               "z": np.ascontiguousarray(self.z, dtype=np.float32)}
+        if self.disagreement is not None:
+            out["disagreement"] = np.ascontiguousarray(self.disagreement, dtype=np.float32)
+        return out
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the arrays, the settings as JSON metadata."""
@@ -311,6 +350,9 @@ class NeighbourModel:
             raise ValueError(f"neighbour-model arrays have inconsistent shapes {coords.shape}, {has.shape}, {z.shape}")
         if not np.isfinite(coords).all():
             raise ValueError("neighbour-model coordinates hold non-finite values")
+        dis = arrays.get("disagreement")
+        if dis is not None and dis.shape != (len(coords),):
+            raise ValueError(f"neighbour-model disagreement has shape {dis.shape}, not ({len(coords)},)")
         thr = meta.get("outlier_threshold")
         return cls(names, coords, has, z, np.asarray(meta["center"], float), np.asarray(meta["scale"], float),
                    k_support=int(meta["k_support"]), min_support=float(meta["min_support"]),
@@ -318,7 +360,8 @@ class NeighbourModel:
                    local_calibration=bool(meta["local_calibration"]), tail=float(meta["tail"]),
                    outlier_budget=float(meta["outlier_budget"]),
                    outlier_threshold=float("inf") if thr is None else float(thr), target=float(meta["target"]),
-                   fit_to=str(meta.get("fit_to", "1sigma")), report=dict(meta.get("report", {})))
+                   fit_to=str(meta.get("fit_to", "1sigma")), report=dict(meta.get("report", {})),
+                   disagreement=dis, disagreement_quantile=float(meta.get("disagreement_quantile", 0.90)))
 
 
 def _joint_factor(zn: np.ndarray, count: np.ndarray, f1: np.ndarray, f2: np.ndarray, target: float,

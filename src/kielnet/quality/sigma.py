@@ -193,6 +193,9 @@ class OutOfFold:
     rows: np.ndarray | None = None
     #: (n, n_columns) which scalar columns each star lacks (config.scalar_columns() order)
     missing_columns: np.ndarray | None = None
+    #: (n,) the split members' :func:`~kielnet.quality.spread.log_disagreement` (mean over
+    #: the splits holding the star out); None where not computed (an older saved file)
+    disagreement: np.ndarray | None = None
 
 
 @dataclass

@@ -34,6 +34,18 @@ Fewer members (about 8 of 28) make that spread noisier, so the calibration errs 
 conservative side; ``calibration`` in the state says which was used. Measured on the
 XP library: ``benchmarks/results/rvs_validation.json`` (``ood.ensemble_spread``).
 
+**Local calibration** (``quality.ensemble_spread.local``). Where the training set is
+sparse — hot stars in the XP library, say — the members disagree on correctly labelled
+stars too, and a threshold over all training stars flags nearly all of them while the
+stars the members agree on, wrongly, pass: with the 8 members of ``xp-apogee-dr17`` it
+flagged 93 % of the hot stars the training-label cleaning dropped, and 5 of the 26 it
+left usable lay beyond 3σ (``benchmarks/results/xp_hot_references.json``). Locally,
+score 1 is the ``quantile`` of :func:`log_disagreement` among the out-of-fold training
+stars nearest the star in predicted labels × S/N (:mod:`kielnet.quality.neighbours`,
+which stores it per reference star): a star is flagged where its members disagree more
+than on stars predicted alike. Both are in log units less the bias of their number of
+members, so a new star's 8 members compare with a reference star's 2.
+
 The state is a few numbers per label, stored in the bundle's JSON.
 """
 
@@ -41,7 +53,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EnsembleSpread", "member_spread"]
+__all__ = ["EnsembleSpread", "member_spread", "log_disagreement"]
 
 _FORMAT = 1
 
@@ -55,6 +67,16 @@ def member_spread(preds_scaled: np.ndarray) -> np.ndarray:
     if preds_scaled.shape[0] < 2:
         raise ValueError("the ensemble-disagreement score needs at least 2 members")
     return preds_scaled.std(axis=0, ddof=1)
+
+
+def log_disagreement(preds_scaled: np.ndarray) -> np.ndarray:
+    """(n_stars,) how much the members disagree on each star: the mean over labels of the
+    log of their spread (:func:`member_spread`, scaled outputs) less its bias for that
+    many normal members, so that ensembles of different sizes compare (natural log of a
+    spread in scaled units). NaN where a prediction is not finite."""
+    preds_scaled = np.asarray(preds_scaled, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.mean(EnsembleSpread._log_spread(member_spread(preds_scaled), preds_scaled.shape[0]), axis=1)
 
 
 class EnsembleSpread:

@@ -76,16 +76,22 @@ def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sig
     """The neighbour model of ``config.quality.neighbours`` on the out-of-fold stars:
     positions from their predictions, label support from their reference values,
     local factors from |residual| / ``sigma`` (stars lacking an input are left out of
-    those, as of the σ model's own fit)."""
-    nc = config.quality.neighbours
+    those, as of the σ model's own fit); with ``quality.ensemble_spread.local``, their
+    members' disagreement too."""
+    nc, es = config.quality.neighbours, config.quality.ensemble_spread
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(oof.pred - oof.truth) / sigma
     z[~oof.complete] = np.nan
+    local = es.enabled and es.local
+    if local and oof.disagreement is None:
+        raise ValueError("quality.ensemble_spread.local needs the out-of-fold stars' members' disagreement; "
+                         "predict them again from the members (kielnet calibrate)")
     return NeighbourModel.fit(config.label_names, pre.forward_labels(oof.pred), oof.snr, np.isfinite(oof.truth), z,
                               k_support=nc.k_support, min_support=nc.min_support, k_local=nc.k_local,
                               min_local=nc.min_local, local_calibration=nc.local_calibration, tail=nc.tail,
                               outlier_budget=nc.outlier_budget, snr_weight=nc.snr_weight,
-                              target=config.uncertainty.recalibration.target, fit_to=nc.fit_to)
+                              target=config.uncertainty.recalibration.target, fit_to=nc.fit_to,
+                              disagreement=oof.disagreement if local else None, disagreement_quantile=es.quantile)
 
 
 def reported_z(pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray, neighbours: NeighbourModel | None
@@ -180,8 +186,8 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
     ``table`` must be the training table (after the same ``selection``, applied here
     first); its stars are split again as in training and each split's validation stars
     are predicted by the members recording that split. ``config``: a config whose
-    ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections replace
-    the bundle's (the rest must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
+    ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections and
+    ``quality.ensemble_spread.local`` replace the bundle's (the rest must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
     """
     from kielnet.data.input_columns import resolve_columns
 
@@ -193,8 +199,10 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
         log(f"training-star selection '{selection.name}':\n{report}")
     cfg = bundle.config
     if config is not None:
+        spread = cfg.quality.ensemble_spread.model_copy(update={"local": config.quality.ensemble_spread.local})
         quality = cfg.quality.model_copy(update={"neighbours": config.quality.neighbours,
-                                                 "tail_regimes": config.quality.tail_regimes})
+                                                 "tail_regimes": config.quality.tail_regimes,
+                                                 "ensemble_spread": spread})
         cfg = cfg.model_copy(update={"uncertainty": config.uncertainty, "quality": quality})
     pre = bundle.preprocessor
     table.require(scalars=cfg.scalar_columns(), labels=cfg.label_names)

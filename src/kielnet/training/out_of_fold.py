@@ -23,6 +23,7 @@ from kielnet.data.preprocess import Prepared, Preprocessor
 from kielnet.data.startable import StarTable
 from kielnet.io.atomic import atomic_path
 from kielnet.quality.sigma import OutOfFold, combine_members, star_snr
+from kielnet.quality.spread import log_disagreement
 
 __all__ = ["out_of_fold", "hide_group", "reference_labels", "save_out_of_fold", "load_out_of_fold"]
 
@@ -73,6 +74,8 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
         return [np.zeros((n, nl)), np.zeros((n, nl)), np.zeros((n, nl)) if heteroscedastic else None]
 
     acc = {None: empty(), **{g: empty() for g in groups}}
+    disagreement = np.zeros(n)
+    identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - the networks' scaled outputs
     count = np.zeros(n)
     for k, nets in enumerate(split_nets):
         va = rows[heldout[:, k]]
@@ -87,6 +90,10 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
             acc[g][1][at] += spread
             if head is not None:
                 acc[g][2][at] += head
+        if len(nets) >= 2:
+            disagreement[at] += log_disagreement(member_predictions(nets, sub, identity))
+        else:
+            disagreement[at] = np.nan
         count[at] += 1
     div = count[:, None]
 
@@ -101,18 +108,20 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
                     else np.zeros((n, 0), dtype=bool))
     return OutOfFold(pred=pred, spread=spread, head=head, truth=truth, snr=star_snr(config.uncertainty.snr, sub_all.snr, scalars, n),
                      complete=~missing_cols.any(axis=1), hidden={g: final(acc[g]) for g in groups},
-                     rows=oof_rows, missing_columns=missing_cols)
+                     rows=oof_rows, missing_columns=missing_cols, disagreement=disagreement / count)
 
 
 def save_out_of_fold(path: str | Path, oof: OutOfFold, ids: np.ndarray, label_names: list[str]) -> Path:
     """Write ``oof`` as a Parquet table (one row per star; columns ``id``, ``snr``,
-    ``complete``, ``<label>_{pred,spread,head,truth}`` and
+    ``complete``, ``disagreement``, ``<label>_{pred,spread,head,truth}`` and
     ``hidden_<group>_<label>_{pred,spread,head}``), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict[str, np.ndarray] = {"id": np.asarray(ids).astype(str), "row": np.asarray(oof.rows, dtype=np.int64),
                                    "snr": oof.snr, "complete": oof.complete}
+    if oof.disagreement is not None:
+        cols["disagreement"] = oof.disagreement
     for j, name in enumerate(label_names):
         cols[f"{name}_pred"], cols[f"{name}_spread"], cols[f"{name}_truth"] = \
             oof.pred[:, j], oof.spread[:, j], oof.truth[:, j]
@@ -151,5 +160,6 @@ def load_out_of_fold(path: str | Path) -> tuple[OutOfFold, np.ndarray]:
     complete = d["complete"].astype(bool)
     oof = OutOfFold(pred=stack("{}_pred"), spread=stack("{}_spread"), head=stack("{}_head"),
                     truth=stack("{}_truth"), snr=d["snr"].astype(np.float64), complete=complete, hidden=hidden,
-                    rows=d["row"], missing_columns=~complete[:, None])
+                    rows=d["row"], missing_columns=~complete[:, None],
+                    disagreement=d["disagreement"].astype(np.float64) if "disagreement" in d else None)
     return oof, d["id"]
