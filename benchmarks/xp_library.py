@@ -430,6 +430,62 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     return out
 
 
+def disagreement_calibration(bundle, train: StarTable, selection, cfg) -> dict:
+    """The ``ensemble_disagreement`` threshold over all training stars against the local one
+    (``quality.ensemble_spread.local``), judged on the training-part stars the label
+    cleaning dropped: never trained on and not in the test fifth, they are predicted by all
+    the members as a new star is (an out-of-fold star has only its split's, whose noisier
+    disagreement hides what all members do to the hot stars). Per threshold: the fraction
+    flagged, the usable hot (APOGEE Teff > 10,000 K) and other stars and how many of them lie
+    beyond 3σ in Teff. ``chosen``: local when its usable hot stars lie beyond 3σ less often
+    and the other stars not more often by more than one binomial standard error."""
+    import dataclasses
+    import warnings
+
+    from kielnet.data.selection import star_columns
+    from kielnet.quality.flags import FLAG_BITS, usable_mask
+
+    nb = bundle.neighbours
+    if selection is None or bundle.spread is None or nb is None or nb.disagreement is None:
+        return {}
+    kept, _ = selection.apply(star_columns(train), source=train.source)
+    dropped = train.take(~kept)
+    teff = np.asarray(dropped.labels["teff"], float)
+    hot = teff > 10_000.0
+    variants = {"local": bundle,
+                "over all training stars": dataclasses.replace(bundle, neighbours=dataclasses.replace(nb, disagreement=None))}
+    out: dict = {}
+    for name, b in variants.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cat = predict(b, dropped)
+        p, s = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
+        flag = np.asarray(cat["flag"], np.int64)
+        usable = usable_mask(flag, p)
+        with np.errstate(invalid="ignore"):
+            far = np.abs(p - teff) / s > 3
+        ed = ((flag >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
+        row = {"flagged": float(ed.mean()), "hot_flagged": float(ed[hot].mean()) if hot.any() else None}
+        for part, m in (("hot", hot), ("other", ~hot)):
+            n, k = int((usable & m).sum()), int((usable & m & far).sum())
+            row[part] = {"usable": n, "beyond_3sigma": k, "fraction": k / n if n else None}
+        out[name] = row
+    loc, glob = out["local"], out["over all training stars"]
+    f = loc["other"]["fraction"] or 0.0
+    se = float(np.sqrt(f * (1 - f) / max(loc["other"]["usable"], 1)))
+    better = (loc["hot"]["fraction"] is not None and glob["hot"]["fraction"] is not None
+              and loc["hot"]["fraction"] < glob["hot"]["fraction"]
+              and f <= (glob["other"]["fraction"] or 0.0) + se)
+    chosen = "local" if better else "over all training stars"
+    return {"stars": int(len(teff)), "hot": int(hot.sum()), "thresholds": out,
+            "rule": "local when its usable hot stars lie beyond 3 sigma less often and the other usable stars not "
+                    "more often by more than one binomial standard error",
+            "chosen": chosen, "config_is_chosen": bool(cfg.quality.ensemble_spread.local == (chosen == "local")),
+            "stars_definition": "training-part stars the label cleaning dropped (never trained on, not in the test "
+                                "fifth), predicted by all members; usable = Teff reported and no flag but "
+                                "label_not_reported"}
+
+
 def earlier_seed_statistics(per_seed: list[dict], files: list[str], cfg, names: list[str]) -> dict:
     """Seed mean of the robust σ including earlier runs of the same training configuration
     (their result files): each must have trained the same members' config (the
@@ -507,7 +563,8 @@ def combine_seed_runs(main: dict, runs: list[tuple[str, dict]], commit: str, dir
     out["seeds"] = {**stats, "per_seed": per_seed}
     out["checks"] = {**main["checks"], "issue20": issue20_checks(per_seed, stats, names)}
     sel = selection_record(per_seed, names, main, main["selection_protocol"]["neighbour_settings_out_of_fold"],
-                           main["selection_protocol"].get("tail_regime_rates_out_of_fold"))
+                           main["selection_protocol"].get("tail_regime_rates_out_of_fold"),
+                           main["selection_protocol"].get("ensemble_disagreement_dropped_stars"))
     n_new = len(runs)
     sel["test_fifth_scorings"] = {**sel["test_fifth_scorings"], "this_run": n_new,
                                   "total": sel["test_fifth_scorings"]["before_this_run"] + n_new,
@@ -561,7 +618,7 @@ def _git_json(spec: str) -> dict | None:
 
 
 def selection_record(per_seed: list[dict], names: list[str], previous: dict | None, neighbour_variants: dict,
-                     tail_variants: dict | None = None) -> dict:
+                     tail_variants: dict | None = None, disagreement: dict | None = None) -> dict:
     """How the configuration was chosen (validation stars only) and how often the test
     fifth has been scored."""
     def score(v: dict, ref: dict) -> float:  # mean over labels of robust σ relative to the reference
@@ -589,6 +646,7 @@ def selection_record(per_seed: list[dict], names: list[str], previous: dict | No
         "chosen": min(validation, key=lambda k: validation[k]["relative_score"]),
         "neighbour_settings_out_of_fold": neighbour_variants,
         "tail_regime_rates_out_of_fold": tail_variants or {},
+        "ensemble_disagreement_dropped_stars": disagreement or {},
         "test_fifth_scorings": {"before_this_run": before, "this_run": 1, "total": before + 1,
                                 "counted_from": ["history of this file"] + others,
                                 "note": "each entry is one configuration scored on the test fifth (a seed repeat of "
@@ -732,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_input_metrics(res.bundle, cfg, res.test)
     variants = neighbour_variants(res.bundle, first_wd, cfg)
     tail_variants = tail_regime_variants(res.bundle, res.train, selection, cfg)
+    disagreement = disagreement_calibration(res.bundle, res.train, selection, cfg)
     sigma_seconds = time.time() - t0
 
     checks = {}
@@ -766,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         "tails": per_seed[0]["tails"],
         "support": per_seed[0]["support"],
         "flags": per_seed[0]["flags"],
-        "selection_protocol": selection_record(per_seed, names, previous, variants, tail_variants),
+        "selection_protocol": selection_record(per_seed, names, previous, variants, tail_variants, disagreement),
         "regimes": regimes,
         "calibration": calibration,
         "sigma_models": sigma_models,
