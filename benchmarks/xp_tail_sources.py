@@ -90,21 +90,25 @@ def out_of_fold_stars(bundle_name: str) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = flux / np.nanmedian(flux, axis=1, keepdims=True)
     hidden = np.concatenate([p - oof.pred for p, _s, _h in oof.hidden.values()], axis=1) if oof.hidden else None
-    score, members = split_spread_score(bundle, tr, oof, nets)
+    score, members = split_spread_score(bundle, tr, oof, nets, a.disagreement_threshold)
     return {"names": cfg.label_names, "m_split": cfg.ensemble.members_per_split, "m_all": len(bundle.members),
             "ids": np.asarray(table.ids)[rows], "spread_score": score, "member_pred": members, "pred": oof.pred,
+            "spread_local": a.disagreement_threshold is not None,
             "truth": oof.truth, "spread": oof.spread, "sigma": sig,
             "snr": oof.snr, "score": a.outlier_score, "outlier": bundle.neighbours.outliers(a),
             "withheld": bundle.neighbours.withheld(a), "scalars": scal, "flux": norm, "hidden": hidden}
 
 
-def split_spread_score(bundle, tr, oof, nets) -> tuple[np.ndarray | None, np.ndarray]:
+def split_spread_score(bundle, tr, oof, nets, local: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """The ``ensemble_disagreement`` score of each out-of-fold star from the members of
     the split that held it out (the bundle's calibration, with the log-spread bias of that
-    many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it; None
-    without one), and those members' own predictions, (members per split, n stars,
-    labels) in physical units (a star held out twice keeps its last split's)."""
+    many members, as :class:`kielnet.quality.spread.EnsembleSpread` corrects it; with
+    ``quality.ensemble_spread.local``, against ``local``, the threshold of each star's
+    out-of-fold neighbours, itself left out; None without a calibration), and those members' own
+    predictions, (members per split, n stars, labels) in physical units (a star held out
+    twice keeps its last split's)."""
     from kielnet.compute import member_predictions
+    from kielnet.quality.spread import log_disagreement
 
     sp = bundle.spread
     pre = bundle.preprocessor
@@ -120,9 +124,11 @@ def split_spread_score(bundle, tr, oof, nets) -> tuple[np.ndarray | None, np.nda
         p = member_predictions(members, tr.prep.take(held), pre.inverse_labels)
         idx = [pos[int(r)] for r in tr.rows[held]]
         members_pred[:len(members), idx] = p
-        if sp is not None and sp.fitted and len(members) >= 2:
+        if local is not None and len(members) >= 2:
+            score[idx] = np.exp(log_disagreement(np.stack([pre.forward_labels(m) for m in p])) - local[idx])
+        elif sp is not None and sp.fitted and len(members) >= 2:
             score[idx] = sp.score(np.stack([pre.forward_labels(m) for m in p]), any_size=True)
-    return (score if sp is not None and sp.fitted else None), members_pred
+    return (score if local is not None or (sp is not None and sp.fitted) else None), members_pred
 
 
 def sigma_scale(z: np.ndarray) -> dict:
@@ -311,8 +317,11 @@ def ensemble_disagreement(s: dict, z: np.ndarray, usable: np.ndarray) -> dict | 
             row["hot_unflagged"] = int(uh.sum())
             row["hot_unflagged_beyond_3sigma"] = float(np.mean(z[uh, t] > 3)) if uh.any() else None
         rows.append(row)
+    where = ("against the local threshold of the star's out-of-fold neighbours (itself left out)"
+             if s.get("spread_local") else "against the threshold over all training stars")
     return {"score": "the bundle's ensemble_disagreement calibration on the spread of the "
-                     f"{s['m_split']} members that did not train on the star (new stars get all {s['m_all']})",
+                     f"{s['m_split']} members that did not train on the star (new stars get all {s['m_all']}), "
+                     + where,
             "thresholds": rows}
 
 
