@@ -87,9 +87,6 @@ def test_bad_valid_range_is_rejected(rng, tiny_config_dict):
     # a tail-regime rate for a label not learned, or outside (0, 1]
     lambda d: d.setdefault("quality", {}).update(tail_regimes={"label_max_rate": {"vsini": 0.05}}),
     lambda d: d.setdefault("quality", {}).update(tail_regimes={"label_max_rate": {"teff": 0.0}}),
-    # a local ensemble-disagreement threshold without the out-of-fold neighbours it comes from
-    lambda d: d.setdefault("quality", {}).update(ensemble_spread={"enabled": True, "local": True},
-                                                 neighbours={"enabled": False}),
 ])
 def test_inconsistent_configs_raise_config_error(mutate, tiny_config_dict):
     d = tiny_config_dict()

@@ -366,7 +366,8 @@ class EnsembleSpreadConfig(_Strict):
                                     "training stars nearest in predicted labels x S/N (each predicted by the "
                                     "members that did not train on it), not over all training stars: a star is "
                                     "flagged where the members disagree more than on stars predicted alike "
-                                    "(needs quality.neighbours)")
+                                    "(it is kept by the neighbour model: with quality.neighbours disabled the "
+                                    "threshold stays the one over all training stars)")
 
 
 class TsneConfig(_Strict):
@@ -530,14 +531,6 @@ class QualityConfig(_Strict):
     ensemble_spread: EnsembleSpreadConfig = EnsembleSpreadConfig()
     tsne: TsneConfig = TsneConfig()
     boundary_flag: BoundaryFlagConfig = BoundaryFlagConfig()
-
-    @model_validator(mode="after")
-    def _local_spread_needs_neighbours(self) -> "QualityConfig":
-        es = self.ensemble_spread
-        if es.enabled and es.local and not self.neighbours.enabled:
-            raise ValueError("quality.ensemble_spread.local needs quality.neighbours.enabled (the out-of-fold "
-                             "stars it is calibrated among)")
-        return self
 
 
 class ReportingRule(_Strict):

@@ -195,15 +195,15 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         cat["outlier_score"].description = (f"fraction of the {nb.k_local} nearest out-of-fold training stars "
                                             f"wrong by > {nb.tail:g} local sigma (> {nb.outlier_threshold:.3g}: "
                                             "likely_outlier)")
+    if sm is not None and sm.recalibration is not None and sm.snr == "spectrum":
+        cat["snr_spectrum"] = snr
+        cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "
+                                           "recalibration uses")
     if local_spread is not None:
         cat["spread_score"] = local_spread
         cat["spread_score"].description = (f"ensemble disagreement / the {nb.disagreement_quantile:.0%} quantile of "
                                            f"that of the {nb.k_local} nearest out-of-fold training stars (>1: "
                                            "members disagree)")
-    if sm is not None and sm.recalibration is not None and sm.snr == "spectrum":
-        cat["snr_spectrum"] = snr
-        cat["snr_spectrum"].description = ("median |flux| / flux error of the spectrum: the S/N the sigma "
-                                           "recalibration uses")
     cat.meta.update(catalogue_meta(bundle))
     return cat
 
