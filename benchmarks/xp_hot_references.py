@@ -52,10 +52,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
+from xp_library import HOT_K  # noqa: E402
 
 BUNDLE = "xp-apogee-dr17"
 CLEANING = ROOT / "benchmarks" / "configs" / "xp_label_quality.yaml"
-HOT_K = 10_000.0
 TEFF_ERR_CUT = 250.0
 
 
@@ -208,28 +208,13 @@ def members_per_prediction(bundle, dropped, teff: np.ndarray) -> dict:
     as the out-of-fold stars are: the hot stars (APOGEE Teff > 10,000 K) usable and beyond
     3σ, and the fraction ``ensemble_disagreement`` flags. The same stars and references
     both ways: only the number of members averaged differs."""
-    from kielnet.inference.predict import predict
-    from kielnet.quality.flags import FLAG_BITS, usable_mask
-
-    hot = teff > HOT_K
+    from xp_library import teff_tail_counts
 
     def counts(b) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cat = predict(b, dropped)
-        p, sig = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
-        flag = np.asarray(cat["flag"], np.int64)
-        usable = usable_mask(flag, p)
-        with np.errstate(invalid="ignore"):
-            far = np.abs(p - teff) / sig > 3
-        ed = ((flag >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
-        n = int((usable & hot).sum())
-        return {"members": len(b.members), "hot_flagged_ensemble_disagreement": float(ed[hot].mean()),
-                "hot_usable": n, "hot_usable_beyond_3sigma": int((usable & hot & far).sum()),
-                "hot_beyond_3sigma": float((usable & hot & far).sum() / n) if n else None}
+        return {"members": len(b.members), **teff_tail_counts(b, dropped, teff)}
 
     splits = sorted({m.split for m in bundle.member_info})
-    return {"stars": int(len(teff)), "hot": int(hot.sum()),
+    return {"stars": int(len(teff)), "hot": int((teff > HOT_K).sum()),
             "all_members": counts(bundle),
             "each_split_alone": {str(k): counts(split_ensemble(bundle, k)) for k in splits},
             "definition": "usable = Teff reported and no flag but label_not_reported; beyond 3 sigma of APOGEE's "
@@ -434,9 +419,9 @@ def main() -> int:
     print(f"cleaning: {cleaning}")
     for k, v in dropped_rates.items():
         print(f"{k:26s} {v}")
-    print(f"dropped hot stars, all members: {by_members['all_members']}")
+    print(f"dropped stars, all members: {by_members['all_members']}")
     for k, v in by_members["each_split_alone"].items():
-        print(f"dropped hot stars, split {k} alone: {v}")
+        print(f"dropped stars, split {k} alone: {v}")
     for k, v in ((oof or {}).get("rates") or {}).items():
         print(f"out of fold, Teff rate {k:5s} {v}")
     for k, v in gap["ensemble_disagreement"].items():

@@ -289,7 +289,7 @@ def seed_summary(res, cfg, masks: dict) -> dict:
                                  snr=test.scalars["snr"], g=test.scalars["g"], regimes=masks)
         cal[n] = {"overall": rep["overall"], "worst_bin": worst_bin(rep)}
     return {"seed": res.bundle.config.ensemble.seed, "kielnet": res.metrics,
-            "tails": tail_metrics(cat, test.labels, names, label_errs=test.label_errs, hot=test.labels["teff"] > 10000),
+            "tails": tail_metrics(cat, test.labels, names, label_errs=test.label_errs, hot=test.labels["teff"] > HOT_K),
             "support": {"rule": None if nb is None else nb.describe(),
                         "labels": support_metrics(cat, test.labels, names,
                                                   min_support=None if nb is None else nb.min_support)},
@@ -319,7 +319,7 @@ def tail_regime_summary(res, names: list[str]) -> dict | None:
     plain_bundle.tail_regimes = None
     plain = predict(plain_bundle, res.test)
     reasons = np.asarray(res.catalogue["not_reported"]).astype(str)
-    hot = res.test.labels["teff"] > 10000
+    hot = res.test.labels["teff"] > HOT_K
     out = {"rule": tr.describe(res.bundle.config.label_units),
            "intervals": tr.to_dict()["intervals"], "labels": {}}
     for n in names:
@@ -341,6 +341,8 @@ def tail_regime_summary(res, names: list[str]) -> dict | None:
 
 
 #: tail-regime settings compared out of fold: bin_stars × max_rate (None: no tail regimes)
+#: APOGEE Teff (K) above which a star counts as hot
+HOT_K = 10_000.0
 TAIL_BINS = (250, 150, 100)
 TAIL_RATES = (None, 0.10, 0.07, 0.05, 0.03)
 #: the hot stars' (APOGEE Teff > 10,000 K) budget beyond 3σ that the setting must meet (issue 20)
@@ -375,7 +377,7 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
     usable = np.ones_like(z, dtype=bool) if a is None else ~nb.withheld(a) & ~nb.outliers(a)[:, None]
     half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
-    hot = oof.truth[:, 0] > 10000
+    hot = oof.truth[:, 0] > HOT_K
     tc = cfg.quality.tail_regimes
     names = cfg.label_names
     out = {"method": "cross-fitted on the out-of-fold stars' two halves (crc32(id) % 2; bins of half the setting's "
@@ -430,20 +432,44 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     return out
 
 
+def teff_tail_counts(bundle, stars: StarTable, teff: np.ndarray) -> dict:
+    """``bundle``'s catalogue of ``stars`` against their reference ``teff`` (K): the fraction
+    ``ensemble_disagreement`` flags (of all of them, and of the hot ones, > :data:`HOT_K`)
+    and, for the hot and the other stars, how many have a usable Teff (reported, no flag
+    but ``label_not_reported``) and how many of those lie beyond 3σ."""
+    import warnings
+
+    from kielnet.quality.flags import FLAG_BITS, usable_mask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cat = predict(bundle, stars)
+    p, s = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
+    flag = np.asarray(cat["flag"], np.int64)
+    usable = usable_mask(flag, p)
+    with np.errstate(invalid="ignore"):
+        far = np.abs(p - teff) / s > 3
+    ed = ((flag >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
+    hot = teff > HOT_K
+    row = {"flagged": float(ed.mean()), "hot_flagged": float(ed[hot].mean()) if hot.any() else None}
+    for part, m in (("hot", hot), ("other", ~hot)):
+        n, k = int((usable & m).sum()), int((usable & m & far).sum())
+        row[part] = {"usable": n, "beyond_3sigma": k, "fraction": k / n if n else None}
+    return row
+
+
 def disagreement_calibration(bundle, train: StarTable, selection, cfg) -> dict:
     """The ``ensemble_disagreement`` threshold over all training stars against the local one
     (``quality.ensemble_spread.local``), judged on the training-part stars the label
     cleaning dropped: never trained on and not in the test fifth, they are predicted by all
     the members as a new star is (an out-of-fold star has only its split's, whose noisier
     disagreement hides what all members do to the hot stars). Per threshold: the fraction
-    flagged, the usable hot (APOGEE Teff > 10,000 K) and other stars and how many of them lie
-    beyond 3σ in Teff. ``chosen``: local when its usable hot stars lie beyond 3σ less often
+    flagged, the usable hot and other stars and how many of them lie beyond 3σ in Teff
+    (:func:`teff_tail_counts`). ``chosen``: local when its usable hot stars lie beyond 3σ less often
     and the other stars not more often by more than one binomial standard error."""
     import dataclasses
-    import warnings
 
     from kielnet.data.selection import star_columns
-    from kielnet.quality.flags import FLAG_BITS, usable_mask
 
     nb = bundle.neighbours
     if selection is None or bundle.spread is None or nb is None or nb.disagreement is None:
@@ -451,25 +477,9 @@ def disagreement_calibration(bundle, train: StarTable, selection, cfg) -> dict:
     kept, _ = selection.apply(star_columns(train), source=train.source)
     dropped = train.take(~kept)
     teff = np.asarray(dropped.labels["teff"], float)
-    hot = teff > 10_000.0
-    variants = {"local": bundle,
-                "over all training stars": dataclasses.replace(bundle, neighbours=dataclasses.replace(nb, disagreement=None))}
-    out: dict = {}
-    for name, b in variants.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cat = predict(b, dropped)
-        p, s = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
-        flag = np.asarray(cat["flag"], np.int64)
-        usable = usable_mask(flag, p)
-        with np.errstate(invalid="ignore"):
-            far = np.abs(p - teff) / s > 3
-        ed = ((flag >> FLAG_BITS["ensemble_disagreement"]) & 1).astype(bool)
-        row = {"flagged": float(ed.mean()), "hot_flagged": float(ed[hot].mean()) if hot.any() else None}
-        for part, m in (("hot", hot), ("other", ~hot)):
-            n, k = int((usable & m).sum()), int((usable & m & far).sum())
-            row[part] = {"usable": n, "beyond_3sigma": k, "fraction": k / n if n else None}
-        out[name] = row
+    global_threshold = dataclasses.replace(bundle, neighbours=dataclasses.replace(nb, disagreement=None))
+    out = {name: teff_tail_counts(b, dropped, teff)
+           for name, b in (("local", bundle), ("over all training stars", global_threshold))}
     loc, glob = out["local"], out["over all training stars"]
     f = loc["other"]["fraction"] or 0.0
     se = float(np.sqrt(f * (1 - f) / max(loc["other"]["usable"], 1)))
@@ -477,7 +487,7 @@ def disagreement_calibration(bundle, train: StarTable, selection, cfg) -> dict:
               and loc["hot"]["fraction"] < glob["hot"]["fraction"]
               and f <= (glob["other"]["fraction"] or 0.0) + se)
     chosen = "local" if better else "over all training stars"
-    return {"stars": int(len(teff)), "hot": int(hot.sum()), "thresholds": out,
+    return {"stars": int(len(teff)), "hot": int((teff > HOT_K).sum()), "thresholds": out,
             "rule": "local when its usable hot stars lie beyond 3 sigma less often and the other usable stars not "
                     "more often by more than one binomial standard error",
             "chosen": chosen, "config_is_chosen": bool(cfg.quality.ensemble_spread.local == (chosen == "local")),

@@ -194,7 +194,8 @@ class OutOfFold:
     #: (n, n_columns) which scalar columns each star lacks (config.scalar_columns() order)
     missing_columns: np.ndarray | None = None
     #: (n,) the split members' :func:`~kielnet.quality.spread.log_disagreement` (mean over
-    #: the splits holding the star out); None where not computed (an older saved file)
+    #: the splits holding the star out); None where not computed (quality.ensemble_spread.local
+    #: off, or a file saved before it existed)
     disagreement: np.ndarray | None = None
 
 

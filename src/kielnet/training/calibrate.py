@@ -187,7 +187,8 @@ def bundle_out_of_fold(bundle: Bundle, table: StarTable, *, config: KielnetConfi
     first); its stars are split again as in training and each split's validation stars
     are predicted by the members recording that split. ``config``: a config whose
     ``uncertainty``, ``quality.neighbours`` and ``quality.tail_regimes`` sections and
-    ``quality.ensemble_spread.local`` replace the bundle's (the rest must not differ). Raises :class:`~kielnet.errors.InputError` for any other table.
+    ``quality.ensemble_spread.local`` replace the bundle's (the rest must not differ).
+    Raises :class:`~kielnet.errors.InputError` for any other table.
     """
     from kielnet.data.input_columns import resolve_columns
 

@@ -61,7 +61,8 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
     ``heldout`` (len(rows), n_splits) marks each split's validation stars;
     ``split_nets[k]`` are split k's member networks. The result's ``rows`` index
     ``table``; with input groups (``config.groups()``) and ``uncertainty.missing_inputs =
-    calibrate`` it also holds the predictions with each group hidden.
+    calibrate`` it also holds the predictions with each group hidden; with
+    ``quality.ensemble_spread.local``, each star's split members' log disagreement.
     """
     groups = config.groups() if config.uncertainty.missing_inputs == "calibrate" else {}
     held_any = heldout.any(axis=1)
@@ -74,7 +75,8 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
         return [np.zeros((n, nl)), np.zeros((n, nl)), np.zeros((n, nl)) if heteroscedastic else None]
 
     acc = {None: empty(), **{g: empty() for g in groups}}
-    disagreement = np.zeros(n)
+    es = config.quality.ensemble_spread
+    disagreement = np.zeros(n) if es.enabled and es.local else None  # what the local threshold is made of
     identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - the networks' scaled outputs
     count = np.zeros(n)
     for k, nets in enumerate(split_nets):
@@ -90,10 +92,9 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
             acc[g][1][at] += spread
             if head is not None:
                 acc[g][2][at] += head
-        if len(nets) >= 2:
-            disagreement[at] += log_disagreement(member_predictions(nets, sub, identity))
-        else:
-            disagreement[at] = np.nan
+        if disagreement is not None:
+            disagreement[at] += (log_disagreement(member_predictions(nets, sub, identity)) if len(nets) >= 2
+                                 else np.nan)
         count[at] += 1
     div = count[:, None]
 
@@ -108,7 +109,8 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
                     else np.zeros((n, 0), dtype=bool))
     return OutOfFold(pred=pred, spread=spread, head=head, truth=truth, snr=star_snr(config.uncertainty.snr, sub_all.snr, scalars, n),
                      complete=~missing_cols.any(axis=1), hidden={g: final(acc[g]) for g in groups},
-                     rows=oof_rows, missing_columns=missing_cols, disagreement=disagreement / count)
+                     rows=oof_rows, missing_columns=missing_cols,
+                     disagreement=None if disagreement is None else disagreement / count)
 
 
 def save_out_of_fold(path: str | Path, oof: OutOfFold, ids: np.ndarray, label_names: list[str]) -> Path:
