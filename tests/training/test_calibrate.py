@@ -197,3 +197,11 @@ def test_local_ensemble_disagreement_against_out_of_fold_stars_predicted_alike(t
     # the global calibration would have judged these stars otherwise
     glob = bundle.spread.score(bundle.preprocessor.forward_labels(preds))
     assert not np.allclose(glob, want)
+    # kielnet calibrate switches it without retraining: off, the threshold over all training stars again
+    spread_cfg = cfg.quality.ensemble_spread.model_dump()
+    off = recalibrate(_copy(bundle), table, config=cfg.with_overrides(quality={"ensemble_spread": {
+        **spread_cfg, "local": False}}), log=lambda *_: None)
+    assert off.neighbours.disagreement is None
+    np.testing.assert_allclose(np.asarray(predict(off, new)["spread_score"], float), glob, rtol=1e-6)
+    on = recalibrate(_copy(off), table, config=cfg, log=lambda *_: None)
+    np.testing.assert_allclose(on.neighbours.disagreement, nb.disagreement)
