@@ -366,8 +366,9 @@ class EnsembleSpreadConfig(_Strict):
                                     "training stars nearest in predicted labels x S/N (each predicted by the "
                                     "members that did not train on it), not over all training stars: a star is "
                                     "flagged where the members disagree more than on stars predicted alike "
-                                    "(it is kept by the neighbour model: with quality.neighbours disabled the "
-                                    "threshold stays the one over all training stars)")
+                                    "(it is kept by the neighbour model: with quality.neighbours disabled, or a "
+                                    "single member per split, the threshold stays the one over all training "
+                                    "stars)")
 
 
 class TsneConfig(_Strict):

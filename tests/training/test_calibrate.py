@@ -205,3 +205,28 @@ def test_local_ensemble_disagreement_against_out_of_fold_stars_predicted_alike(t
     np.testing.assert_allclose(np.asarray(predict(off, new)["spread_score"], float), glob, rtol=1e-6)
     on = recalibrate(_copy(off), table, config=cfg, log=lambda *_: None)
     np.testing.assert_allclose(on.neighbours.disagreement, nb.disagreement)
+
+
+def test_local_disagreement_needs_two_members_per_split_else_the_global_threshold(tmp_path, tiny_config_dict):
+    """One member per split has no disagreement of its own on its held-out stars: the
+    bundle keeps the threshold over all training stars (out of bag across splits) rather
+    than a flag that never fires."""
+    from conftest import synthetic_table
+
+    from kielnet.compute import member_predictions
+
+    cfg = KielnetConfig.from_dict(tiny_config_dict(
+        training={"max_epochs": 4, "batch_size": 32, "lr": 3e-3, "patience": 4, "threads": 1,
+                  "weighting": {"kind": "none", "labels": ["teff", "logg"]}},
+        ensemble={"n_splits": 3, "members_per_split": 1, "seed": 0},
+        quality={"neighbours": {"enabled": True, "k_support": 15, "k_local": 40, "min_local": 10},
+                 "ensemble_spread": {"enabled": True, "local": True}}))
+    bundle = train_ensemble(synthetic_table(n=300, n_pix=48, seed=8), cfg, workdir=tmp_path / "w", progress=False,
+                            log=lambda *_: None)
+    assert bundle.neighbours.disagreement is None and bundle.spread is not None
+    new = synthetic_table(n=80, n_pix=48, seed=79)
+    cat = predict(bundle, new)
+    preds = member_predictions(bundle.build_members(), bundle.preprocessor.transform(new, with_labels=False),
+                               bundle.preprocessor.inverse_labels)
+    np.testing.assert_allclose(np.asarray(cat["spread_score"], float),
+                               bundle.spread.score(bundle.preprocessor.forward_labels(preds)), rtol=1e-6)

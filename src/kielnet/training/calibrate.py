@@ -77,7 +77,8 @@ def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sig
     positions from their predictions, label support from their reference values,
     local factors from |residual| / ``sigma`` (stars lacking an input are left out of
     those, as of the σ model's own fit); with ``quality.ensemble_spread.local``, their
-    members' disagreement too."""
+    members' disagreement too (none where a split has a single member: the threshold then
+    stays the one over all training stars)."""
     nc, es = config.quality.neighbours, config.quality.ensemble_spread
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(oof.pred - oof.truth) / sigma
@@ -91,7 +92,8 @@ def fit_neighbours(config: KielnetConfig, pre: Preprocessor, oof: OutOfFold, sig
                               min_local=nc.min_local, local_calibration=nc.local_calibration, tail=nc.tail,
                               outlier_budget=nc.outlier_budget, snr_weight=nc.snr_weight,
                               target=config.uncertainty.recalibration.target, fit_to=nc.fit_to,
-                              disagreement=oof.disagreement if local else None, disagreement_quantile=es.quantile)
+                              disagreement=oof.disagreement if local and np.isfinite(oof.disagreement).any()
+                              else None, disagreement_quantile=es.quantile)
 
 
 def reported_z(pre: Preprocessor, oof: OutOfFold, sigma: np.ndarray, neighbours: NeighbourModel | None
