@@ -113,6 +113,14 @@ def limitation_lines(cat, test) -> list[str]:
     reasons = np.asarray(cat["not_reported"]).astype(str) if "not_reported" in cat.colnames else np.zeros(0, str)
     tails_withheld = withheld_by(reasons, "teff", "tails") if len(reasons) else np.zeros(len(teff), bool)
     t = tails["teff"]
+    with np.errstate(invalid="ignore"):
+        misfit = hot & use & (np.abs(teff - truth) / np.asarray(cat["sigma_teff"], float) > 3)
+    if misfit.any():
+        lo, hi = float(np.min(teff[misfit])), float(np.max(teff[misfit]))
+        rest = (f"those left usable are predicted at {lo:,.0f}-{hi:,.0f} K, so treat Teff above "
+                f"~{500 * np.floor(lo / 500):,.0f} K with care")
+    else:
+        rest = "none of them is left usable"
     return [
         f"- Hot stars: of the {int(hot.sum())} test stars with APOGEE Teff > 10,000 K, "
         f"{int((hot & (teff < 9000)).sum())} are predicted below 9,000 K (bias {m['bias']:.0f} K, robust sigma "
@@ -123,8 +131,7 @@ def limitation_lines(cat, test) -> list[str]:
         "resemble cooler stars' (out of fold: see 'Where the tails come from'); neither the ensemble's "
         "disagreement, nor the network's own sigma, nor the out-of-fold neighbours in predicted labels (and "
         "colours) separate them star by star; the tail regime withholds Teff where they are most common among "
-        "the stars predicted alike, and the rest are spread over 7,500-10,000 K predictions, so treat Teff above "
-        "~7,500 K with care.",
+        f"the stars predicted alike, and {rest}.",
         "- Tails: usable labels beyond 3 sigma / 5 sigma of their APOGEE label (Gaussian: 0.27 % / 0.00006 %): "
         + ", ".join(f"{n} {100 * tails[n]['ok_beyond_3sigma']:.2f} % / {100 * tails[n]['ok_beyond_5sigma']:.2f} %"
                     for n in names)

@@ -120,6 +120,31 @@ def test_save_over_an_existing_bundle(tiny_bundle, tmp_path):
     assert len(load_bundle(path).members) == 2
 
 
+def test_saving_the_same_bundle_again_keeps_every_file_byte_for_byte(tiny_bundle, tmp_path):
+    """safetensors writes its metadata in no fixed order, so re-saving unchanged weights
+    (e.g. re-shipping a model) must put the old bytes back, or every weight file and its
+    SHA-256 would change; a member whose tensors did change is written anew."""
+    import copy
+
+    import torch
+
+    path = tmp_path / "b"
+    save_bundle(tiny_bundle, path)
+    first = {p.name: p.read_bytes() for p in path.iterdir()}
+    for _ in range(3):  # each save orders the metadata anew
+        save_bundle(tiny_bundle, path)
+        assert {p.name: p.read_bytes() for p in path.iterdir()} == first
+    changed = copy.copy(tiny_bundle)
+    changed.members = [dict(sd) for sd in tiny_bundle.members]
+    key = next(iter(changed.members[1]))
+    changed.members[1][key] = changed.members[1][key] + torch.ones_like(changed.members[1][key])
+    save_bundle(changed, path)
+    assert (path / "member_000.safetensors").read_bytes() == first["member_000.safetensors"]
+    assert (path / "member_001.safetensors").read_bytes() != first["member_001.safetensors"]
+    again = load_bundle(path)
+    assert torch.equal(again.members[1][key], changed.members[1][key])
+
+
 def test_channels_last_bundle_round_trip(make_table, tiny_config, tmp_path):
     cfg = tiny_config.with_overrides(model={"channels_last_2d": True})
     table = make_table(n=60, n_pix=40, seed=8)

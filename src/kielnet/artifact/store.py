@@ -166,12 +166,40 @@ def storage_tensor(t: torch.Tensor, weights_dtype: str) -> torch.Tensor:
     return h if err <= HALF_MAX_REL_ERROR * max(scale, 1e-30) else t
 
 
+def _same_safetensors(a: Path, b: Path) -> bool:
+    """Whether the safetensors files ``a`` and ``b`` hold the same metadata and the same
+    tensors (names, dtypes, shapes, values), whatever the order their headers list them in."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(a), framework="pt") as fa, safe_open(str(b), framework="pt") as fb:
+            if fa.metadata() != fb.metadata() or sorted(fa.keys()) != sorted(fb.keys()):
+                return False
+            return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+    except Exception:  # noqa: BLE001 - an unreadable old file is simply not the same
+        return False
+
+
+def _keep_unchanged_files(tmp: Path, path: Path, names: list[str]) -> None:
+    """Where the bundle at ``path`` already holds a file of ``names`` with the same content
+    as the one just written to ``tmp``, put the old bytes back: safetensors writes its
+    metadata in no fixed order, so an unchanged member would otherwise get new bytes (and
+    a new SHA-256) every time a bundle is saved again, e.g. re-shipping the same weights."""
+    for name in names:
+        old = path / name
+        if old.is_file() and _same_safetensors(tmp / name, old):
+            shutil.copyfile(old, tmp / name)
+
+
 def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float32") -> Path:
     """Write ``bundle`` to directory ``path`` atomically (temp dir + rename).
 
     ``bundle.json`` records the SHA-256 of every weight file written (see the module
     docstring). A :class:`BundleError` (and nothing written) for a bundle without
     members, with as many provenance entries as members, or with duplicated members.
+
+    A weight or quality file whose content equals the one already at ``path`` keeps its
+    bytes (:func:`_keep_unchanged_files`), so saving the same bundle again gives the same files.
 
     ``weights_dtype="float16"`` stores each member's tensors in half precision where
     :func:`storage_tensor` allows it (about half the size); :func:`load_bundle` casts
@@ -194,10 +222,12 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         entries = []
-        for i, (sd, info) in enumerate(zip(bundle.members, bundle.member_info)):
-            name = f"member_{i:03d}.safetensors"
+        names = [f"member_{i:03d}.safetensors" for i in range(len(bundle.members))]
+        for i, (name, sd) in enumerate(zip(names, bundle.members)):
             save_file({k: storage_tensor(v, weights_dtype) for k, v in sd.items()}, str(tmp / name),
                       metadata={"kielnet": __version__, "member": str(i)})
+        _keep_unchanged_files(tmp, path, names)
+        for name, info in zip(names, bundle.member_info):
             entry = dict(info.to_dict(), file=name, sha256=file_sha256(tmp / name))
             if weights_dtype != "float32":
                 entry["storage"] = weights_dtype
@@ -232,6 +262,7 @@ def save_bundle(bundle: Bundle, path: str | Path, *, weights_dtype: str = "float
         if bundle.neighbours is not None:
             bundle.neighbours.save(tmp / "neighbours.safetensors")
             meta["quality"]["neighbours"] = "neighbours.safetensors"
+        _keep_unchanged_files(tmp, path, list(meta["quality"].values()))
         for name in meta["quality"].values():
             meta["checksums"][name] = file_sha256(tmp / name)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1, allow_nan=True))
