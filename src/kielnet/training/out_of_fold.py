@@ -48,10 +48,12 @@ def hide_group(prep: Prepared, preprocessor: Preprocessor, columns: list[str]) -
                     prep.spectrum_issues, prep.raw_features, prep.missing_columns, prep.snr)
 
 
-def _predict(nets, prep: Prepared, inverse) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _predict(nets, prep: Prepared, inverse) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Mean, spread and own σ of the members (:func:`combine_members`), and the members'
+    predictions themselves (n_members, n, n_labels), all in physical units."""
     head: list = []
     means = member_predictions(nets, prep, inverse, head_sigma=head)
-    return combine_members(means, head[0] if head else None)
+    return (*combine_members(means, head[0] if head else None), means)
 
 
 def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTable, prep: Prepared,
@@ -77,7 +79,6 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
     acc = {None: empty(), **{g: empty() for g in groups}}
     es = config.quality.ensemble_spread
     disagreement = np.zeros(n) if es.enabled and es.local else None  # what the local threshold is made of
-    identity = lambda y: np.asarray(y, dtype=np.float64)  # noqa: E731 - the networks' scaled outputs
     count = np.zeros(n)
     for k, nets in enumerate(split_nets):
         va = rows[heldout[:, k]]
@@ -87,14 +88,14 @@ def out_of_fold(config: KielnetConfig, preprocessor: Preprocessor, table: StarTa
         sub = prep.take(va)
         for g in acc:
             view = sub if g is None else hide_group(sub, preprocessor, groups[g])
-            mean, spread, head = _predict(nets, view, preprocessor.inverse_labels)
+            mean, spread, head, members = _predict(nets, view, preprocessor.inverse_labels)
             acc[g][0][at] += mean
             acc[g][1][at] += spread
             if head is not None:
                 acc[g][2][at] += head
-        if disagreement is not None:
-            disagreement[at] += (log_disagreement(member_predictions(nets, sub, identity)) if len(nets) >= 2
-                                 else np.nan)
+            if g is None and disagreement is not None:  # scaled as predict scales a new star's members
+                disagreement[at] += (log_disagreement(preprocessor.forward_labels(members)) if len(nets) >= 2
+                                     else np.nan)
         count[at] += 1
     div = count[:, None]
 
