@@ -45,7 +45,6 @@ rest (the cleaning drops about 30 % of them); how do the dropped ones fare as ne
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,21 +201,22 @@ def split_ensemble(bundle, split: int):
                                member_info=[bundle.member_info[i] for i in idx], spread=spread)
 
 
-def members_per_prediction(bundle, dropped, teff: np.ndarray) -> dict:
+def members_per_prediction(bundle, dropped, teff: np.ndarray, cat) -> dict:
     """The stars the training-label cleaning dropped (never seen by a member) predicted by
     all members, as the catalogue predicts a new star, and by each split's members alone,
     as the out-of-fold stars are: the hot stars (APOGEE Teff > 10,000 K) usable and beyond
     3σ, and the fraction ``ensemble_disagreement`` flags. The same stars and references
-    both ways: only the number of members averaged differs."""
-    from xp_library import teff_tail_counts
+    both ways: only the number of members averaged differs. ``cat``: the whole bundle's
+    catalogue of ``dropped``, already made."""
+    from xp_library import quiet_predict, teff_tail_counts
 
-    def counts(b) -> dict:
-        return {"members": len(b.members), **teff_tail_counts(b, dropped, teff)}
+    def counts(b, c) -> dict:
+        return {"members": len(b.members), **teff_tail_counts(c, teff)}
 
-    splits = sorted({m.split for m in bundle.member_info})
+    splits = [split_ensemble(bundle, k) for k in sorted({m.split for m in bundle.member_info})]
     return {"stars": int(len(teff)), "hot": int((teff > HOT_K).sum()),
-            "all_members": counts(bundle),
-            "each_split_alone": {str(k): counts(split_ensemble(bundle, k)) for k in splits},
+            "all_members": counts(bundle, cat),
+            "each_split_alone": {str(b.member_info[0].split): counts(b, quiet_predict(b, dropped)) for b in splits},
             "definition": "usable = Teff reported and no flag but label_not_reported; beyond 3 sigma of APOGEE's "
                           "Teff; the same dropped training-part stars (never trained on) predicted by all members "
                           "and by each split's members alone"}
@@ -357,9 +357,11 @@ def nested_selection(bundle, s: dict) -> dict:
 
 
 def main() -> int:
+    from xp_library import quiet_predict
+    from xp_tail_sources import out_of_fold_stars
+
     from kielnet.artifact import load_bundle
     from kielnet.data.selection import load_selection, star_columns
-    from kielnet.inference.predict import predict
     from kielnet.io import XP_LIBRARY, read_stars
     from kielnet.pipeline import holdout_split
     from kielnet.quality.flags import usable_mask
@@ -382,9 +384,7 @@ def main() -> int:
         "not_hot_teff_err_p16_p50_p84": [float(v) for v in np.nanpercentile(err[~hot], [16, 50, 84])]}
 
     bundle = load_bundle(BUNDLE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cat = predict(bundle, dropped)
+    cat = quiet_predict(bundle, dropped)
     t = np.asarray(dropped.labels["teff"], float)
     p, s = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
     usable = usable_mask(np.asarray(cat["flag"], np.int64), p)
@@ -397,10 +397,8 @@ def main() -> int:
         "hot_teff_err_ge_250": _rates(z, usable, h & (e >= TEFF_ERR_CUT)),
         "not_hot": _rates(z, usable, ~h),
         "not_hot_teff_err_ge_250": _rates(z, usable, ~h & (e >= TEFF_ERR_CUT))}
-    by_members = members_per_prediction(bundle, dropped, t)
+    by_members = members_per_prediction(bundle, dropped, t, cat)
     oof = out_of_fold(bundle)
-    from xp_tail_sources import out_of_fold_stars
-
     stars = out_of_fold_stars(BUNDLE)
     gap = out_of_fold_gap_checks(bundle, stars)
     nested = nested_selection(bundle, stars)

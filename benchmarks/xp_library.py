@@ -432,18 +432,22 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     return out
 
 
-def teff_tail_counts(bundle, stars: StarTable, teff: np.ndarray) -> dict:
-    """``bundle``'s catalogue of ``stars`` against their reference ``teff`` (K): the fraction
-    ``ensemble_disagreement`` flags (of all of them, and of the hot ones, > :data:`HOT_K`)
-    and, for the hot and the other stars, how many have a usable Teff (reported, no flag
-    but ``label_not_reported``) and how many of those lie beyond 3σ."""
+def quiet_predict(bundle, stars: StarTable):
+    """``predict`` without its warnings (the XP library's duplicated ids, say)."""
     import warnings
-
-    from kielnet.quality.flags import FLAG_BITS, usable_mask
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cat = predict(bundle, stars)
+        return predict(bundle, stars)
+
+
+def teff_tail_counts(cat, teff: np.ndarray) -> dict:
+    """A catalogue ``cat`` against the stars' reference ``teff`` (K): the fraction
+    ``ensemble_disagreement`` flags (of all of them, and of the hot ones, > :data:`HOT_K`)
+    and, for the hot and the other stars, how many have a usable Teff (reported, no flag
+    but ``label_not_reported``) and how many of those lie beyond 3σ."""
+    from kielnet.quality.flags import FLAG_BITS, usable_mask
+
     p, s = np.asarray(cat["teff"], float), np.asarray(cat["sigma_teff"], float)
     flag = np.asarray(cat["flag"], np.int64)
     usable = usable_mask(flag, p)
@@ -478,7 +482,7 @@ def disagreement_calibration(bundle, train: StarTable, selection, cfg) -> dict:
     dropped = train.take(~kept)
     teff = np.asarray(dropped.labels["teff"], float)
     global_threshold = dataclasses.replace(bundle, neighbours=dataclasses.replace(nb, disagreement=None))
-    out = {name: teff_tail_counts(b, dropped, teff)
+    out = {name: teff_tail_counts(quiet_predict(b, dropped), teff)
            for name, b in (("local", bundle), ("over all training stars", global_threshold))}
     loc, glob = out["local"], out["over all training stars"]
     f = loc["other"]["fraction"] or 0.0
