@@ -121,20 +121,20 @@ def test_count_below_equals_comparing_every_neighbour():
     from kielnet.quality.neighbours import _count_below
 
     rng = np.random.default_rng(5)
-    z = np.round(np.abs(rng.standard_t(3, size=(60, 37, 3))), 1)   # ties
+    z = np.round(np.abs(rng.standard_t(3, size=(60, 3, 37))), 1)   # ties
     z[rng.random(z.shape) < 0.15] = np.nan
     z[7] = np.nan                                                  # a star without neighbours
-    zs = np.sort(z, axis=1)
+    zs = np.sort(z, axis=2)
     g = np.round(np.abs(rng.normal(size=(60, 3, 9))) * 2, 1)
     g[0, 0, :] = np.nan
-    g[1, 1, 3] = zs[1, 0, 1]                                       # a threshold equal to a neighbour
+    g[1, 1, 3] = zs[1, 1, 0]                                       # a threshold equal to a neighbour
     g[2, 2, :] = np.inf
     with np.errstate(invalid="ignore"):
-        ref = (zs[..., None] < g[:, None]).sum(axis=1)
+        ref = (zs[:, :, :, None] < g[:, :, None, :]).sum(axis=2)
     got = _count_below(zs, g)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, ref)
-    assert (got[2, 2] == np.isfinite(zs[2, :, 2]).sum()).all() and (got[0, 0] == 0).all()
+    assert (got[2, 2] == np.isfinite(zs[2, 2]).sum()).all() and (got[0, 0] == 0).all()
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])

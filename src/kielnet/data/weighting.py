@@ -10,7 +10,6 @@ mean density has ``c / d_i = c`` and ``cap`` bounds the weight to ``cap`` times 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.neighbors import KernelDensity
 
 __all__ = ["kde_inverse_density_weights"]
 
@@ -45,6 +44,8 @@ def kde_inverse_density_weights(points: np.ndarray, *, bandwidth: float = 0.7671
     z = (z - z.mean(axis=0)) / std
     rng = np.random.default_rng(seed)
     fit_rows = z if len(z) <= max_fit else z[rng.choice(len(z), max_fit, replace=False)]
+    from sklearn.neighbors import KernelDensity  # here: `predict` never needs scikit-learn
+
     kde = KernelDensity(bandwidth=bandwidth).fit(fit_rows)
     dens = np.exp(kde.score_samples(z))
     # d_i is the density *relative to the mean density* of the sample, so that ``cap``
