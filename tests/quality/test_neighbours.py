@@ -115,19 +115,21 @@ def test_joint_fit_meets_both_coverage_bands_for_heavy_tails():
     assert abs(c1 - 0.6827) <= 0.05 and abs(c2 - 0.9545) <= 0.03
 
 
-def test_count_below_equals_comparing_every_neighbour():
-    """The binary search behind the joint 1σ/2σ factor gives the brute-force counts,
-    ties, NaN neighbours (sorted last) and NaN thresholds included."""
+@pytest.mark.parametrize("k", [1, 2, 37, 64, 150])
+def test_count_below_equals_comparing_every_neighbour(k):
+    """The bit-by-bit prefix count behind the joint 1σ/2σ factor gives the brute-force
+    counts, ties, NaN neighbours (sorted last) and NaN thresholds included, for any
+    number of neighbours (powers of two and not)."""
     from kielnet.quality.neighbours import _count_below
 
     rng = np.random.default_rng(5)
-    z = np.round(np.abs(rng.standard_t(3, size=(60, 3, 37))), 1)   # ties
+    z = np.round(np.abs(rng.standard_t(3, size=(60, 3, k))), 1)    # ties
     z[rng.random(z.shape) < 0.15] = np.nan
     z[7] = np.nan                                                  # a star without neighbours
     zs = np.sort(z, axis=2)
     g = np.round(np.abs(rng.normal(size=(60, 3, 9))) * 2, 1)
     g[0, 0, :] = np.nan
-    g[1, 1, 3] = zs[1, 1, 0]                                       # a threshold equal to a neighbour
+    g[1, 1, 3] = zs[1, 1, 0] if np.isfinite(zs[1, 1, 0]) else 1.0  # a threshold equal to a neighbour
     g[2, 2, :] = np.inf
     with np.errstate(invalid="ignore"):
         ref = (zs[:, :, :, None] < g[:, :, None, :]).sum(axis=2)
@@ -135,6 +137,32 @@ def test_count_below_equals_comparing_every_neighbour():
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, ref)
     assert (got[2, 2] == np.isfinite(zs[2, 2]).sum()).all() and (got[0, 0] == 0).all()
+
+
+def test_sorted_rows_equal_sorting_in_float64():
+    """Sorting the stored float32 values and widening them gives the numbers of widening
+    first and sorting along the neighbours, NaN last, in (star, label, neighbour) order."""
+    from kielnet.quality.neighbours import _sorted_rows
+
+    rng = np.random.default_rng(2)
+    z = np.abs(rng.standard_t(3, size=(40, 150, 4))).astype(np.float32)
+    z[rng.random(z.shape) < 0.1] = np.nan
+    got = _sorted_rows(z)
+    assert got.dtype == np.float64 and got.shape == (40, 4, 150) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.moveaxis(np.sort(z.astype(np.float64), axis=1), 1, 2))
+
+
+def test_neighbours_are_the_nearest_reference_stars(model):
+    """The k nearest reference stars, nearest first, as a brute-force distance sort gives
+    them; assessed as themselves, each reference star leaves itself out."""
+    x = model.standardise(positions(np.random.default_rng(4).uniform(-2, 2, (25, 2)), np.full(25, 40.0)))
+    d = np.linalg.norm(x[:, None, :] - model.coords[None, :, :], axis=2)
+    idx = model._neighbours(x, 30, exclude_self=False)
+    assert idx.shape == (25, 30)
+    np.testing.assert_array_equal(idx, np.argsort(d, axis=1, kind="stable")[:, :30])
+    own = model._neighbours(model.coords[:20], 30, exclude_self=True)
+    assert own.shape == (20, 30) and not (own == np.arange(20)[:, None]).any()
+    assert model._neighbours(x[:3], 1, exclude_self=False).shape == (3, 1)
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])
