@@ -405,12 +405,16 @@ class XpContinuousSource(FileSource):
     def _file_pieces(self, path: Path, skip: int, batch_rows: int, handed: list[int]) -> Iterator[StarTable]:
         """The stars of one file from its row ``skip`` on, piece by piece.
 
-        A text file's next block is decompressed and tokenised on a thread while this one
-        is parsed and calibrated (:func:`kielnet.threads.prefetch`; reading 10^5 archive
-        rows on 2 cores: ~8 % less reading time, ad hoc), except after a block that completes a batch
-        of ``batch_rows`` (``handed[0]``: rows of the blocks before, from the batches'
-        start): the caller then works on the batch (the networks, on every core) before
-        it asks for more."""
+        A text file's pieces are made on a thread up to two blocks' worth of pieces ahead
+        (:func:`kielnet.threads.prefetch`): the next block is decompressed, and parsed on the
+        pool's threads, while the caller calibrates this block's pieces one by one (in its
+        own thread: a piece, the rows of one parsed part of a block, holds fewer stars than
+        a calibration part). One piece ahead left the pool idle while the caller calibrated
+        all but a block's last piece: reading 4×10^4 archive rows alone on 2 cores took 5.2 s, now
+        4.6 s (ad hoc, interleaved). Nothing is made after a piece that completes a batch of
+        ``batch_rows`` (``handed[0]``: rows of the pieces before, from the batches' start):
+        the caller then works on the batch (the networks, on every core) before it asks
+        for more."""
         kind = _kind(path)
         row = 0
         blocks = self._blocks(path, kind)
@@ -424,7 +428,7 @@ class XpContinuousSource(FileSource):
                 old, handed[0] = handed[0], handed[0] + new
                 return handed[0] // batch_rows > old // batch_rows
 
-            blocks = prefetch(blocks, pause=batch_complete)
+            blocks = prefetch(blocks, depth=2 * -(-self.block_size // _PART_BYTES), pause=batch_complete)
         for block, fmt, ecsv in blocks:
             n = block.num_rows if kind == "text" else len(block)
             for a in range(0, n, self.piece_rows):
