@@ -114,17 +114,18 @@ def test_prefetch_closed_early_stops_and_closes_the_items(monkeypatch):
     assert threading.active_count() == before       # the thread has ended
 
 
-def test_prefetch_makes_one_ahead_but_nothing_after_a_pause(monkeypatch):
+def test_prefetch_makes_depth_ahead_but_nothing_after_a_pause(monkeypatch):
     """The item after one that ``pause`` marks (a complete batch of stars: the caller
     then runs the networks on every core) is made only once the caller asks for it;
-    otherwise one item is made ahead while the caller works."""
+    otherwise ``depth`` items are made ahead while the caller works (the XP archive reader
+    makes two blocks' worth of pieces ahead)."""
     import time
 
     monkeypatch.setenv("KIELNET_THREADS", "2")
 
-    def made_during_work(pause):
+    def made_during_work(pause, depth=1):
         log = []
-        it = threads.prefetch(_made(log, 10), pause=pause)
+        it = threads.prefetch(_made(log, 10), depth=depth, pause=pause)
         assert next(it) == 0
         assert next(it) == 1
         time.sleep(0.3)                             # the caller works on item 1
@@ -134,6 +135,8 @@ def test_prefetch_makes_one_ahead_but_nothing_after_a_pause(monkeypatch):
 
     assert made_during_work(None) == [0, 1, 2]          # item 2 made ahead
     assert made_during_work(lambda i: i == 1) == [0, 1]  # item 1 completes a batch: nothing ahead
+    assert made_during_work(None, depth=3) == [0, 1, 2, 3, 4]
+    assert made_during_work(lambda i: i == 3, depth=3) == [0, 1, 2, 3]  # not past item 3
 
 
 def test_prefetch_on_one_thread_runs_here(monkeypatch):
