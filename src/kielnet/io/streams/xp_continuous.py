@@ -212,12 +212,13 @@ def _plain_lines(path: Path) -> bool:
     return b"\n" in head and head.count(b"\r") == head.count(b"\r\n")
 
 
-def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], block_size: int) -> Iterator[Any]:
-    """The file's data rows in blocks of whole lines, each cut at every comma and parsed at
-    once (:func:`kielnet.io.streams.xp_tokens.parse_block`: a :class:`ParsedBlock`); a block
-    not in the plain archive layout is read by ``pyarrow.csv`` instead (record batches of
-    text cells, as :func:`_open_text` gives). After :data:`_GIVE_UP` parts in a row are
-    handed back (a file with a text column, say), the rest of the file goes to
+def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], block_size: int) -> Iterator[list[Any]]:
+    """The file's data rows in blocks of whole lines, each block a list of its parts (of
+    :data:`_PART_BYTES`, parsed on the pool's threads), each part cut at every comma and
+    parsed at once (:func:`kielnet.io.streams.xp_tokens.parse_block`: a :class:`ParsedBlock`);
+    a part not in the plain archive layout is read by ``pyarrow.csv`` instead (record
+    batches of text cells, as :func:`_open_text` gives). After :data:`_GIVE_UP` parts in a
+    row are handed back (a file with a text column, say), the rest of the file goes to
     ``pyarrow.csv`` without a try."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -241,12 +242,14 @@ def _fast_text_blocks(path: Path, header: tuple[int, str, list[str], bool], bloc
                     parsed = thread_map(lambda part: parse_block(part, names, sizes, _NULLS, _scalar_column), parts)
                 else:  # a file whose layout the fast path does not take (e.g. a text column): no more tries
                     parsed = [None] * len(parts)
+                out = []
                 for part, rows in zip(parts, parsed):
                     missed = 0 if rows is not None else missed + 1
                     if rows is not None:
-                        yield rows
+                        out.append(rows)
                     else:
-                        yield from pcsv.read_csv(pa.py_buffer(part), **options).to_batches()
+                        out.extend(pcsv.read_csv(pa.py_buffer(part), **options).to_batches())
+                yield out
 
 
 def count_file_rows(path: str, block_size: int = BLOCK_SIZE) -> int:
@@ -405,47 +408,48 @@ class XpContinuousSource(FileSource):
     def _file_pieces(self, path: Path, skip: int, batch_rows: int, handed: list[int]) -> Iterator[StarTable]:
         """The stars of one file from its row ``skip`` on, piece by piece.
 
-        A text file's pieces are made on a thread up to two blocks' worth of pieces ahead
-        (:func:`kielnet.threads.prefetch`): the next block is decompressed, and parsed on the
-        pool's threads, while the caller calibrates this block's pieces one by one (in its
-        own thread: a piece, the rows of one parsed part of a block, holds fewer stars than
-        a calibration part). One piece ahead left the pool idle while the caller calibrated
-        all but a block's last piece: reading 4×10^4 archive rows alone on 2 cores took 5.2 s, now
-        4.6 s (ad hoc, interleaved). Nothing is made after a piece that completes a batch of
-        ``batch_rows`` (``handed[0]``: rows of the pieces before, from the batches' start):
-        the caller then works on the batch (the networks, on every core) before it asks
-        for more."""
+        A text file's next block is decompressed, and parsed on the pool's threads, on a
+        thread of its own while the caller converts this block's parts one by one
+        (:func:`kielnet.threads.prefetch`; each part's calibration runs in the caller's
+        thread, a part holding fewer stars than a calibration part). Handing the parts over
+        one at a time left the pool idle while the caller converted all but a block's last
+        part: reading 4×10^4 archive rows alone on 2 cores took 5.2 s, now 4.6 s (ad hoc,
+        interleaved). Nothing is made after a block that completes a batch of ``batch_rows``
+        (``handed[0]``: rows of the blocks before, from the batches' start): the caller then
+        works on the batch (the networks, on every core) before it asks for more."""
         kind = _kind(path)
         row = 0
         blocks = self._blocks(path, kind)
         if kind == "text":
             at = [0]  # rows of this file read so far
 
-            def batch_complete(item: tuple[Any, str, bool]) -> bool:
-                n = item[0].num_rows
+            def batch_complete(item: tuple[list[Any], str, bool]) -> bool:
+                n = sum(part.num_rows for part in item[0])
                 before, at[0] = at[0], at[0] + n
                 new = max(0, at[0] - max(skip, before))  # rows of this block from row `skip` on
                 old, handed[0] = handed[0], handed[0] + new
                 return handed[0] // batch_rows > old // batch_rows
 
-            blocks = prefetch(blocks, depth=2 * -(-self.block_size // _PART_BYTES), pause=batch_complete)
-        for block, fmt, ecsv in blocks:
-            n = block.num_rows if kind == "text" else len(block)
-            for a in range(0, n, self.piece_rows):
-                m = min(self.piece_rows, n - a)
-                if row + m <= skip:
+            blocks = prefetch(blocks, pause=batch_complete)
+        for item, fmt, ecsv in blocks:
+            for block in item if kind == "text" else [item]:
+                n = block.num_rows if kind == "text" else len(block)
+                for a in range(0, n, self.piece_rows):
+                    m = min(self.piece_rows, n - a)
+                    if row + m <= skip:
+                        row += m
+                        continue
+                    part = block.slice(a, m) if kind == "text" else block[a:a + m]
+                    with rows_from(row):
+                        table = self._convert(part, kind, fmt, ecsv, str(path))
+                    if skip > row:
+                        table = table.take(np.arange(skip - row, len(table)))
                     row += m
-                    continue
-                part = block.slice(a, m) if kind == "text" else block[a:a + m]
-                with rows_from(row):
-                    table = self._convert(part, kind, fmt, ecsv, str(path))
-                if skip > row:
-                    table = table.take(np.arange(skip - row, len(table)))
-                row += m
-                yield table
+                    yield table
 
     def _blocks(self, path: Path, kind: str) -> Iterator[tuple[Any, str, bool]]:
-        """The file in blocks of rows: pyarrow record batches (text) or astropy tables."""
+        """The file in blocks of rows: for text, a list per block of its parts (parsed
+        blocks or pyarrow record batches); else astropy tables."""
         if kind == "text":
             import pyarrow as pa
 
@@ -463,12 +467,12 @@ class XpContinuousSource(FileSource):
             read_errors = (EOFError, OSError, _gzip_errors())
             try:
                 if columns is None and header[1] == "," and _plain_lines(path):
-                    for batch in _fast_text_blocks(path, header, self.block_size):
-                        yield batch, fmt, ecsv
+                    for parts in _fast_text_blocks(path, header, self.block_size):
+                        yield parts, fmt, ecsv
                     return
                 with _open_text(path, self.block_size, columns, header) as reader:
                     for batch in reader:
-                        yield batch, fmt, ecsv
+                        yield [batch], fmt, ecsv
             except arrow_errors as exc:
                 raise InputError(f"cannot read as {fmt}: {exc}", source=str(path)) from exc
             except read_errors as exc:  # truncated / corrupt .gz
