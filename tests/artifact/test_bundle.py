@@ -49,7 +49,7 @@ def test_bundle_holds_json_and_safetensors_only(tiny_bundle_dir):
                          "versions", "training_data", "validation"}
     assert meta["config"]["name"] == "xp_hybrid"
     assert len(meta["preprocessing"]["pixel_mean"]) == 343
-    assert meta["versions"]["kielnet"]
+    assert meta["versions"]["kielnet"] and meta["versions"]["scipy"]  # the neighbour search is SciPy's
     for name in files[1:]:
         raw = (tiny_bundle_dir / name).read_bytes()
         # safetensors: an 8-byte header length, then that JSON header (not pickle / a torch zip; the

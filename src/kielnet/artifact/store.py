@@ -129,10 +129,11 @@ _QUALITY_FILES = ("embedding_ood", "tsne_reference", "neighbours")
 
 def _versions() -> dict:
     import astropy
+    import scipy
     import sklearn
 
     return {"kielnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "astropy": astropy.__version__, "scikit-learn": sklearn.__version__,
+            "scipy": scipy.__version__, "astropy": astropy.__version__, "scikit-learn": sklearn.__version__,
             "python": platform.python_version()}
 
 
