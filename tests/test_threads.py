@@ -61,12 +61,16 @@ def test_parts_cover_the_items_once_within_their_bounds(monkeypatch):
         parts = threads.thread_parts(n, lo, hi)
         assert [i for a, b in parts for i in range(a, b)] == list(range(n))  # consecutive, each item once
         if n:
-            assert len(parts) <= max(3, -(-n // hi) if hi else 1)
+            assert len(parts) <= max(3, -(-(-(-n // hi)) // 3) * 3 if hi else 1)
             assert all(b - a >= min(lo, n) for a, b in parts) or hi is not None
             if hi:
                 assert all(b - a <= hi for a, b in parts)
     assert len(threads.thread_parts(3000, 256)) == 3 and len(threads.thread_parts(10000, 1, 4096)) == 3
     assert len(threads.thread_parts(100, 256)) == 1
+    # more parts than threads: a multiple of the threads, so that each thread gets as many
+    assert len(threads.thread_parts(13000, 1, 4096)) == 6 and len(threads.thread_parts(7, 100, 2)) == 6
+    monkeypatch.setenv("KIELNET_THREADS", "2")
+    assert len(threads.thread_parts(10000, 1, 4096)) == 4 and len(threads.thread_parts(3, 1, 1)) == 3
 
 
 # ------------------------------------------------------------------ prefetch
