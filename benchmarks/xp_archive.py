@@ -19,7 +19,8 @@ measured before the first end-to-end run and after each: for the median run the 
 the two beside it, both in ``stars_per_s_networks_before_after``, all in
 ``stars_per_s_networks_all``);
 ``stage_seconds_end_to_end`` (the run's own seconds per stage, from the closing ``time:``
-line of ``kielnet predict``), ``stars_per_s_networks_in_run`` (stars / the networks'
+line of ``kielnet predict``), ``stage_cores_end_to_end`` (the same line's cores kept busy per
+stage: the process's CPU seconds over the wall seconds), ``stars_per_s_networks_in_run`` (stars / the networks'
 seconds inside that run) and ``end_to_end_over_networks`` (the ratio to each networks
 rate); ``stars_per_s_gaiaxpy`` (today's GaiaXPy path on a slice: reading, parsing and
 ``xp_sampled_spectra(method="gaiaxpy")``); ``peak_rss_gib_1e4`` / ``peak_rss_gib``
@@ -51,8 +52,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
-from _stream import (all_sky_hours, paired_ratios, rows_of, same_rows, stage_seconds_of,  # noqa: E402
-                     timed_predict, worker_busy_rate)
+from _stream import (all_sky_hours, paired_ratios, rows_of, same_rows, stage_cores_of,  # noqa: E402
+                     stage_seconds_of, timed_predict, worker_busy_rate)
 
 SHARED = (ROOT / ".." / "shared" / "data" / "gaia_xp").resolve()
 RAW = SHARED / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
@@ -300,6 +301,7 @@ def main() -> int:
                cores_busy=round(r["cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1)), 2), summary=r["stdout"])
     res["runs_end_to_end"] = [{"wall_s": x["wall_s"], "stars_per_s": round(rate, 1), "peak_rss_gib": x["peak_rss_gib"],
                                "cpu_s": x["cpu_s"], "stage_seconds": stage_seconds_of(x["stdout"]),
+                               "stage_cores": stage_cores_of(x["stdout"]),
                                "stars_per_s_networks_before_after": [round(nets[i], 1), round(nets[i + 1], 1)]}
                               for i, (x, rate) in enumerate(zip(runs, rates))]
     rc = timed_predict(BUNDLE, folder, work / "cat_default_chunk.parquet")
@@ -312,6 +314,7 @@ def main() -> int:
     # the same run's own account of its time (kielnet predict's closing "time:" line)
     stages = stage_seconds_of(r["stdout"])
     res["stage_seconds_end_to_end"] = stages
+    res["stage_cores_end_to_end"] = stage_cores_of(r["stdout"])  # CPU over wall seconds per stage: cores kept busy
     res["stars_per_s_networks_in_run"] = round(stars / stages["networks"], 1)
     in_run = [rate / (stars / x["stage_seconds"]["networks"]) for x, rate in zip(res["runs_end_to_end"], rates)]
     res["end_to_end_over_networks"] = {

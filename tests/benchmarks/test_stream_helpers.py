@@ -11,7 +11,7 @@ import pytest
 from kielnet.inference.streaming import PredictionSummary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _stream import all_sky_hours, paired_ratios, stage_seconds_of, worker_busy_rate  # noqa: E402
+from _stream import all_sky_hours, paired_ratios, stage_cores_of, stage_seconds_of, worker_busy_rate  # noqa: E402
 
 
 def test_stage_seconds_round_trip_through_the_report():
@@ -21,6 +21,12 @@ def test_stage_seconds_round_trip_through_the_report():
     got = stage_seconds_of(summary.report())
     assert list(got) == list(stages)
     assert got == pytest.approx({k: round(v, 1) for k, v in stages.items()})
+    assert stage_cores_of(summary.report()) == {}
+    cpu = {"reading": 54.4, "networks": 87.75}  # the cores per stage where its CPU seconds are known
+    with_cpu = PredictionSummary(output=Path("cat.parquet"), rows=10, flag_counts={"ok": 10}, seconds=90.0,
+                                 chunks=1, stage_seconds=stages, stage_cpu_seconds=cpu)
+    assert stage_seconds_of(with_cpu.report()) == got
+    assert stage_cores_of(with_cpu.report()) == pytest.approx({"reading": 1.74, "networks": 1.95})
 
 
 def test_a_report_without_times_is_refused():

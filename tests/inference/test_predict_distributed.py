@@ -87,6 +87,7 @@ def test_cluster_rows_equal_the_single_process_run(client, bundle_dir, stars, tm
     assert got.rows == ref.rows == 95 and got.chunks == 10 and got.flag_counts == ref.flag_counts
     assert set(got.stage_seconds) == set(ref.stage_seconds) == {"reading", "networks", "labels", "writing",
                                                                 "assembling"}  # summed over the workers
+    assert set(got.stage_cpu_seconds) == set(got.stage_seconds)                # the workers' CPU seconds too
     same_rows(ref.read(), got.read())
     cached = client.run(lambda: [k[:2] for k in __import__("kielnet.inference.distributed",
                                                           fromlist=["_BUNDLES"])._BUNDLES])

@@ -124,13 +124,19 @@ def test_the_summary_gives_each_stage_its_time(tiny_bundle, stars, tmp_path):
     assert tuple(stages) == streaming.STAGES
     assert all(v >= 0 for v in stages.values()) and stages["networks"] > 0 and stages["reading"] > 0
     assert sum(stages.values()) <= summary.seconds
+    # the process's CPU seconds in every stage; over the wall seconds, the cores it kept busy
+    assert tuple(summary.stage_cpu_seconds) == streaming.STAGES and summary.stage_cpu_seconds["networks"] > 0
+    cores = summary.stage_cores()
+    assert cores["networks"] == pytest.approx(summary.stage_cpu_seconds["networks"] / stages["networks"])
     line = summary.report().splitlines()[-1]
-    assert line.startswith("  time: reading ") and "networks" in line and line.endswith(" s")
+    assert line.startswith("  time: reading ") and "networks" in line and line.endswith(" cores)")
+    assert f"networks {stages['networks']:.1f} s ({cores['networks']:.2f} cores)" in line
     timings: dict[str, float] = {}
     predict(tiny_bundle, stars, timings=timings)
     first = dict(timings)
     predict(tiny_bundle, stars, timings=timings)  # added to, not replaced
-    assert set(timings) == {"networks", "labels"} and all(timings[k] > first[k] > 0 for k in timings)
+    assert set(timings) == {"networks", "labels", "networks_cpu", "labels_cpu"}
+    assert all(timings[k] > first[k] > 0 for k in ("networks", "labels", "networks_cpu"))
 
 
 def test_a_source_of_unknown_size_gives_the_same_catalogue(synthetic_bundle, make_table, tmp_path):

@@ -91,7 +91,7 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
     keep_large_allocations()
     bundle, nets = _worker_bundle(ref, bundle_obj)
     size = opts["chunk_size"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batches = source.batches(size, start=k * size)
     try:
         chunk = next(iter(batches), None)
@@ -99,10 +99,10 @@ def _chunk_task(ref: tuple, bundle_obj: Bundle | None, source: StarSource, k: in
         close = getattr(batches, "close", None)
         if close is not None:
             close()
-    reading = time.perf_counter() - t0
+    reading, reading_cpu = time.perf_counter() - t0, time.process_time() - c0
     if chunk is None or len(chunk) == 0:
         return {"k": int(k), "n_rows": 0, "beyond_end": True}
-    return run_chunk(bundle, nets, chunk, k, reading=reading, **opts)
+    return run_chunk(bundle, nets, chunk, k, reading=reading, reading_cpu=reading_cpu, **opts)
 
 
 # ----------------------------------------------------------------------------- driver side

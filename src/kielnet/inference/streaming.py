@@ -109,6 +109,9 @@ class PredictionSummary:
     #: scores, flags, the catalogue), ``writing`` (each chunk's part) and ``assembling``
     #: (the parts into the output); a chunk reused from an interrupted run counts its reading only
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the process's CPU seconds (every thread's; each worker's with a cluster) in the same
+    #: stages: over ``stage_seconds`` it is how many cores a stage kept busy
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.rows
@@ -135,9 +138,18 @@ class PredictionSummary:
         flags = sorted(((n, c) for n, c in self.flag_counts.items() if n != "ok"), key=lambda x: (-x[1], x[0]))
         lines.append("  status: " + ", ".join([f"ok: {self.n_ok}"] + [f"{n}: {c}" for n, c in flags]))
         if self.stage_seconds:
-            lines.append("  time: " + ", ".join(f"{n} {self.stage_seconds[n]:.1f} s" for n in STAGES
+            lines.append("  time: " + ", ".join(f"{n} {self.stage_seconds[n]:.1f} s{self._cores(n)}" for n in STAGES
                                                if n in self.stage_seconds))
         return "\n".join(lines)
+
+    def stage_cores(self) -> dict[str, float]:
+        """Cores kept busy per stage: CPU seconds over wall seconds (stages with both)."""
+        return {n: self.stage_cpu_seconds[n] / self.stage_seconds[n] for n in STAGES
+                if n in self.stage_cpu_seconds and self.stage_seconds.get(n, 0.0) > 0}
+
+    def _cores(self, stage: str) -> str:
+        cores = self.stage_cores().get(stage)
+        return "" if cores is None else f" ({cores:.2f} cores)"
 
 
 # ----------------------------------------------------------------------------- identity
@@ -311,14 +323,16 @@ def _write_part(cat: Table, part: Path) -> None:
 
 def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int, parts: Path, digest: str,
               batch_size: int, n_realisations: int, precision: str | None = None,
-              row_limit: int | None = None, reading: float | None = None, device: str | None = None) -> dict:
+              row_limit: int | None = None, reading: float | None = None, reading_cpu: float | None = None,
+              device: str | None = None) -> dict:
     """Label chunk ``k`` (input rows ``[k*chunk_size, k*chunk_size + len(chunk))``) into
     its part, or check and reuse the part a run already wrote. The same in a single
     process and in a Dask worker. Returns a small JSON-able summary: ``k``, ``start``,
     ``n_rows``, ``ids`` (digest, for the final check), ``counts`` (rows per status
     name), ``reused``, ``seconds`` (wall seconds per stage of :data:`STAGES`: the
     caller's ``reading`` of the chunk when given, and for a computed chunk its
-    ``networks``, ``labels`` and ``writing``)."""
+    ``networks``, ``labels`` and ``writing``; with ``_cpu`` appended, the process's CPU
+    seconds in each, ``reading_cpu`` as the caller gives it)."""
     start = k * chunk_size
     part = part_path(parts, k)
     if row_limit is not None and start + len(chunk) > row_limit:
@@ -329,6 +343,8 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
     fp = chunk_fingerprint(bundle, chunk)
     summary = {"k": int(k), "start": int(start), "n_rows": int(len(chunk)), "ids": fp["ids"]}
     seconds: dict[str, float] = {} if reading is None else {"reading": float(reading)}
+    if reading_cpu is not None:
+        seconds["reading_cpu"] = float(reading_cpu)
     if part.is_file():
         summary.update(counts=_reuse_part(part, chunk, k, start, fp, digest), reused=True, seconds=seconds)
         return summary
@@ -344,9 +360,9 @@ def run_chunk(bundle: Bundle, nets, chunk: StarTable, k: int, *, chunk_size: int
     _check_statuses(status, f"chunk {k}")
     cat.meta[_PART_KEY] = {"chunk": int(k), "start": int(start), "n_rows": int(len(chunk)), "run": digest,
                            "input": fp}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _write_part(cat, part)
-    seconds["writing"] = time.perf_counter() - t0
+    seconds["writing"], seconds["writing_cpu"] = time.perf_counter() - t0, time.process_time() - c0
     summary.update(counts=_status_counts(status), reused=False, seconds=seconds)
     return summary
 
@@ -472,9 +488,9 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
         if bar is not None:
             bar.close()
             bar = None
-        t_assemble = time.perf_counter()
+        t_assemble, c_assemble = time.perf_counter(), time.process_time()
         rows, counts = _assemble(bundle, parts, output, fmt, summaries)
-        t_assemble = time.perf_counter() - t_assemble
+        t_assemble, c_assemble = time.perf_counter() - t_assemble, time.process_time() - c_assemble
     except BaseException:
         if bar is not None:
             bar.close()
@@ -482,13 +498,13 @@ def predict_to_file(bundle: Bundle | str | os.PathLike, source: StarSource | Sta
             shutil.rmtree(parts, ignore_errors=True)
         raise
     shutil.rmtree(parts, ignore_errors=True)
-    stages = stage_seconds(summaries)
+    stages, cpu = stage_seconds(summaries), stage_seconds(summaries, cpu=True)
     if stages:
-        stages["assembling"] = t_assemble
+        stages["assembling"], cpu["assembling"] = t_assemble, c_assemble
     return PredictionSummary(output=output, rows=rows, flag_counts=counts, seconds=time.perf_counter() - t0,
                              chunks=len(summaries), reused_chunks=sum(bool(s["reused"]) for s in summaries),
                              computed_rows=sum(s["n_rows"] for s in summaries if not s["reused"]),
-                             stage_seconds=stages)
+                             stage_seconds=stages, stage_cpu_seconds=cpu)
 
 
 def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[dict]:
@@ -497,13 +513,13 @@ def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[
     summaries = []
     batches = iter(source.batches(opts["chunk_size"]))
     for k in itertools.count():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         chunk = next(batches, None)
-        reading = time.perf_counter() - t0
+        reading, reading_cpu = time.perf_counter() - t0, time.process_time() - c0
         if chunk is None or len(chunk) == 0:
             break
         n = len(chunk)
-        summaries.append(run_chunk(bundle, nets, chunk, k, reading=reading, **opts))
+        summaries.append(run_chunk(bundle, nets, chunk, k, reading=reading, reading_cpu=reading_cpu, **opts))
         del chunk  # not held while the next chunk is read
         if bar is not None:
             bar.update(n)
@@ -512,13 +528,15 @@ def _predict_local(bundle: Bundle, source: StarSource, opts: dict, bar) -> list[
     return summaries
 
 
-def stage_seconds(summaries: list[dict]) -> dict[str, float]:
-    """Wall seconds per stage (:data:`STAGES`) summed over the chunk summaries."""
+def stage_seconds(summaries: list[dict], *, cpu: bool = False) -> dict[str, float]:
+    """Wall seconds per stage (:data:`STAGES`) summed over the chunk summaries; with
+    ``cpu``, the process's CPU seconds in them."""
     total: dict[str, float] = {}
     for s in summaries:
         for name, value in s.get("seconds", {}).items():
             total[name] = total.get(name, 0.0) + value
-    return {name: total[name] for name in STAGES if name in total}
+    suffix = "_cpu" if cpu else ""
+    return {name: total[name + suffix] for name in STAGES if name + suffix in total}
 
 
 # ----------------------------------------------------------------------------- final output
