@@ -6,7 +6,8 @@ piece alone, so memory is bounded by the piece, not by the file:
 
 ==================  ===============================================================
 CSV / ECSV,         blocks of whole lines of ``block_size`` bytes (``.gz`` decompressed
-plain or ``.gz``    as it streams, the next block on a thread): a comma-delimited block
+plain or ``.gz``    as it streams; the next block read and parsed on threads while this
+                    one's parts are converted): a comma-delimited block
                     in the archive's plain layout is cut at every comma and cast at
                     once (:mod:`kielnet.io.streams.xp_tokens`); any other block, and any
                     other file, is read by ``pyarrow.csv``, every cell as text, the
