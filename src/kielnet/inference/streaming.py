@@ -138,18 +138,16 @@ class PredictionSummary:
         flags = sorted(((n, c) for n, c in self.flag_counts.items() if n != "ok"), key=lambda x: (-x[1], x[0]))
         lines.append("  status: " + ", ".join([f"ok: {self.n_ok}"] + [f"{n}: {c}" for n, c in flags]))
         if self.stage_seconds:
-            lines.append("  time: " + ", ".join(f"{n} {self.stage_seconds[n]:.1f} s{self._cores(n)}" for n in STAGES
-                                               if n in self.stage_seconds))
+            cores = self.stage_cores()
+            lines.append("  time: " + ", ".join(
+                f"{n} {self.stage_seconds[n]:.1f} s" + (f" ({cores[n]:.2f} cores)" if n in cores else "")
+                for n in STAGES if n in self.stage_seconds))
         return "\n".join(lines)
 
     def stage_cores(self) -> dict[str, float]:
         """Cores kept busy per stage: CPU seconds over wall seconds (stages with both)."""
         return {n: self.stage_cpu_seconds[n] / self.stage_seconds[n] for n in STAGES
                 if n in self.stage_cpu_seconds and self.stage_seconds.get(n, 0.0) > 0}
-
-    def _cores(self, stage: str) -> str:
-        cores = self.stage_cores().get(stage)
-        return "" if cores is None else f" ({cores:.2f} cores)"
 
 
 # ----------------------------------------------------------------------------- identity
