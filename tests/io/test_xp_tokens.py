@@ -25,15 +25,35 @@ RAW = DATA / "gaia_xp" / "XP_CONTINUOUS_RAW_with_missing_BP.csv"
 needs_raw = pytest.mark.skipif(not RAW.is_file(), reason=f"real XP data {RAW} is absent")
 
 
-def test_line_blocks_gives_the_whole_lines_after_the_header():
+class _ReadOnly:
+    """A stream with ``read`` but no ``readinto``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.stream = io.BytesIO(data)
+
+    def read(self, n: int) -> bytes:
+        return self.stream.read(n)
+
+
+@pytest.mark.parametrize("read_bytes", [5, 1 << 22])
+@pytest.mark.parametrize("stream", [io.BytesIO, _ReadOnly])
+def test_line_blocks_gives_the_whole_lines_after_the_header(monkeypatch, stream, read_bytes):
+    """Any block size, read into each block in slices (``READ_BYTES``) or in one, with
+    ``readinto`` or ``read``: the lines after the header, once each, in whole lines."""
+    import kielnet.io.streams.xp_tokens as xt
+
+    monkeypatch.setattr(xt, "READ_BYTES", read_bytes)
     body = b"".join(b"%d,%s\n" % (i, b"x" * i) for i in range(60)) + b"last,no line end"
     text = b"# one\n# two, with a comma\nname,value\n" + body
     for size in (1, 3, 7, 64, 1 << 20):
-        blocks = [bytes(b) for b in line_blocks(io.BytesIO(text), size, skip_lines=3)]
+        blocks = [bytes(b) for b in line_blocks(stream(text), size, skip_lines=3)]
         assert all(b.endswith(b"\n") for b in blocks)
         assert b"".join(blocks) == body + b"\n"
         if size < 64:
             assert len(blocks) > 1
+        if size == 64:  # a line of up to 64 bytes in a block of about 64 bytes
+            assert all(len(b) <= 64 + 64 for b in blocks)
+    assert list(line_blocks(stream(b"# one\n# two"), 7, skip_lines=3)) == []
     with pytest.raises(ValueError, match="no line end"):
         list(line_blocks(io.BytesIO(b"x" * 100), 10, longest=50))
 
