@@ -179,6 +179,31 @@ def test_assessment_does_not_depend_on_parts_or_threads(model, monkeypatch, thre
     assert np.isnan(parts.support[::37]).all() and np.isfinite(parts.support[1]).all()
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_reference_stars_leave_themselves_out_in_every_part(monkeypatch, threads):
+    """Assessed as themselves, the reference stars give the same numbers in parts of any
+    size on any number of threads as in one part, and each one's are those of its
+    nearest other reference stars (brute force), itself never among them. A part that
+    took its rows for the first reference stars would keep each star of the later parts
+    among its own neighbours and drop its farthest one."""
+    pred, snr, has, z, _ = _reference()
+    pred, snr, has, z = pred[:600].copy(), snr[:600], has[:600], z[:600]
+    pred[5, 0] = np.nan  # a star without a position is no reference star: the others keep their order
+    raw = positions(pred, snr)
+    m = NeighbourModel.fit(NAMES, pred, snr, has, z, k_support=20, k_local=40, min_local=10)
+    monkeypatch.setenv("KIELNET_THREADS", "1")
+    whole = m.assess(raw, exclude_self=True, chunk=10_000)
+    monkeypatch.setenv("KIELNET_THREADS", threads)
+    parts = m.assess(raw, exclude_self=True, chunk=50)
+    for name in ("support", "factor", "q95", "tail_rate", "outlier_score"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=name)
+    ref = np.flatnonzero(np.isfinite(raw[:, 0]))
+    d = np.linalg.norm(m.coords[:, None, :] - m.coords[None, :, :], axis=2)
+    np.fill_diagonal(d, np.inf)
+    near = np.argsort(d, axis=1, kind="stable")[:, :20]
+    np.testing.assert_allclose(parts.support[ref], has[ref][near].mean(axis=1))
+
+
 def test_local_disagreement_threshold_follows_the_stars_predicted_alike(tmp_path):
     """Where the reference stars' members disagree more (a > 1, as for stars rare in
     training), the threshold is higher: a new star disagreeing as much as they do is not

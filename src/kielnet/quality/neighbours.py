@@ -142,13 +142,15 @@ class NeighbourModel:
             self._nn = cKDTree(self.coords.astype(np.float64))
         return self._nn
 
-    def _neighbours(self, x: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
-        """(m, k) indices of the reference stars nearest ``x`` (Euclidean), nearest first."""
+    def _neighbours(self, x: np.ndarray, k: int, exclude_self: bool, first: int = 0) -> np.ndarray:
+        """(m, k) indices of the reference stars nearest ``x`` (Euclidean), nearest first.
+        ``exclude_self``: ``x`` are the reference stars ``first``, ``first + 1``, … themselves,
+        each left out of its own neighbours."""
         n_ref = len(self.coords)
         k = min(k + int(exclude_self), n_ref)
         idx = self._index().query(x, k=k)[1].reshape(len(x), k)  # k = 1 gives (m,)
-        if exclude_self:  # x are the reference stars themselves, in order
-            own = idx == np.arange(len(x))[:, None]
+        if exclude_self:
+            own = idx == np.arange(first, first + len(x))[:, None]
             drop = np.where(own.any(axis=1), own.argmax(axis=1), k - 1)
             keep = np.ones_like(idx, dtype=bool)
             keep[np.arange(len(x)), drop] = False
@@ -174,7 +176,7 @@ class NeighbourModel:
         def part(bounds: tuple[int, int]) -> None:
             rows = good[bounds[0]:bounds[1]]
             xs = x[bounds[0]:bounds[1]]
-            idx = self._neighbours(xs, max(self.k_support, self.k_local), exclude_self)
+            idx = self._neighbours(xs, max(self.k_support, self.k_local), exclude_self, bounds[0])
             out.support[rows] = self.has_label[idx[:, :self.k_support]].mean(axis=1)
             zn = _sorted_rows(self.z[idx[:, :self.k_local]])  # (m, L, k), NaN last
             count = np.isfinite(zn).sum(axis=2)
