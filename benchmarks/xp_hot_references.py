@@ -33,8 +33,10 @@ fitted on two-member means) makes the test fifth's hot tail larger than the out-
 ``benchmarks/xp_library.py`` can be trusted. The whole choice is made on one random half of
 the stars and judged on the other, over many halvings; the choice's own estimate against the
 judged one shows how optimistic picking the best of the grid on the same stars is, for one
-halving (the shipped protocol) and for the mean over several. Beside it, every setting
-on all the out-of-fold stars, over many halvings, with its standard error.
+halving (the protocol until the neighbour fix) and for the mean over several (the shipped
+protocol, which ``benchmarks/xp_library.py`` applies to all the out-of-fold stars over
+``TAIL_HALVINGS`` halvings). Beside it, every setting on all the out-of-fold stars, over
+as many halvings, with its standard error.
 
 The question: the benchmark's ``hot_ok_beyond_3sigma`` is scored on every test star,
 whatever APOGEE's Teff error, while the tail regimes and σ were fitted on out-of-fold
@@ -51,7 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, git_commit, git_dirty, provenance, write_result  # noqa: E402
-from xp_library import HOT_K  # noqa: E402
+from xp_library import HOT_K, TAIL_HALVINGS, tail_halvings  # noqa: E402
 
 BUNDLE = "xp-apogee-dr17"
 CLEANING = ROOT / "benchmarks" / "configs" / "xp_label_quality.yaml"
@@ -224,17 +226,7 @@ def members_per_prediction(bundle, dropped, teff: np.ndarray, cat) -> dict:
 
 #: outer random halvings of the nested judgement; inner halvings of the repeated procedure;
 #: random halvings behind the shipped setting's estimate on all out-of-fold stars
-NESTED_OUTER, NESTED_INNER, FULL_HALVINGS = 20, 8, 16
-
-
-def _salted_halves(ids, salt: str) -> np.ndarray:
-    """A random half (0 / 1) per star from a keyed hash of its id: independent of
-    ``crc32(id) % 2`` and of other salts (crc32 is linear in its input, so two halvings by
-    salted crc32 would be the same split or its mirror)."""
-    import hashlib
-
-    key = salt.encode()[:64]
-    return np.array([hashlib.blake2b(str(i).encode(), key=key, digest_size=1).digest()[0] & 1 for i in ids])
+NESTED_OUTER, NESTED_INNER, FULL_HALVINGS = 20, 8, TAIL_HALVINGS
 
 
 def teff_settings(pred: np.ndarray, z: np.ndarray, usable: np.ndarray, hot: np.ndarray, rows: np.ndarray,
@@ -301,12 +293,13 @@ def nested_selection(bundle, s: dict) -> dict:
     other half; :data:`NESTED_OUTER` random halvings, both ways. A choice's own estimate
     (``inner``) against the judged one (``outer``) measures how optimistic picking the best of
     the grid on the same stars is. Two procedures: one halving by ``crc32(id) % 2`` (the
-    shipped protocol), and the mean over :data:`NESTED_INNER` random halvings. Beside it: the
+    protocol before), and the mean over :data:`NESTED_INNER` random halvings (as shipped, on
+    half the stars). Beside it: the
     shipped setting and every other one on all out-of-fold stars over :data:`FULL_HALVINGS`
     random halvings. ``s``: :func:`xp_tail_sources.out_of_fold_stars`."""
     from xp_library import HOT_BUDGET
 
-    from kielnet.quality.tails import choose_setting
+    from kielnet.quality.tails import choose_setting, salted_halves
 
     j = s["names"].index("teff")
     pred, truth = s["pred"][:, j], s["truth"][:, j]
@@ -316,14 +309,14 @@ def nested_selection(bundle, s: dict) -> dict:
     hot = truth > HOT_K
     ids = np.asarray(s["ids"])
     procedures = {
-        "one halving, crc32(id) % 2 (the shipped protocol)": lambda rows, salt: [_halves(ids[rows])],
+        "one halving, crc32(id) % 2 (the protocol before)": lambda rows, salt: [_halves(ids[rows])],
         f"mean over {NESTED_INNER} random halvings": lambda rows, salt: [
-            _salted_halves(ids[rows], f"inner/{salt}/{k}") for k in range(NESTED_INNER)]}
+            salted_halves(ids[rows], f"inner/{salt}/{k}") for k in range(NESTED_INNER)]}
     out: dict = {}
     for name, halvings in procedures.items():
         runs = []
         for r in range(NESTED_OUTER):
-            outer = _salted_halves(ids, f"outer/{r}")
+            outer = salted_halves(ids, f"outer/{r}")
             for a in (0, 1):
                 fit_rows, judge_rows = np.flatnonzero(outer == a), np.flatnonzero(outer != a)
                 est = teff_settings(pred, z, usable, hot, fit_rows, halvings(fit_rows, f"{r}/{a}"))
@@ -340,8 +333,7 @@ def nested_selection(bundle, s: dict) -> dict:
                      "teff_kept_mean": round(float(np.mean([x["kept"] for x in runs])), 3),
                      "chosen": {k: chosen.count(k) for k in sorted(set(chosen))}}
     every = np.arange(len(ids))
-    full = teff_settings(pred, z, usable, hot, every,
-                         [_salted_halves(ids, f"full/{k}") for k in range(FULL_HALVINGS)])
+    full = teff_settings(pred, z, usable, hot, every, tail_halvings(ids))
     tc = bundle.config.quality.tail_regimes
     shipped = f"bins {tc.bin_stars}, rate {tc.rate_of('teff'):g}"
     return {"stars": int(len(ids)), "hot": int(hot.sum()), "budget": HOT_BUDGET,

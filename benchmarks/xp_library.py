@@ -347,8 +347,19 @@ TAIL_BINS = (250, 150, 100)
 TAIL_RATES = (None, 0.10, 0.07, 0.05, 0.03)
 #: the hot stars' (APOGEE Teff > 10,000 K) budget beyond 3σ that the setting must meet (issue 20)
 HOT_BUDGET = 0.05
+#: random halvings of the out-of-fold stars whose means decide the tail rule's setting
+TAIL_HALVINGS = 16
 #: the rate of the labels without such a class of stars (the rule's default)
 DEFAULT_TAIL_RATE = 0.10
+
+
+def tail_halvings(ids) -> list[np.ndarray]:
+    """The :data:`TAIL_HALVINGS` random halvings of the stars ``ids`` that the tail rule's
+    setting is chosen over (:func:`kielnet.quality.tails.salted_halves`, salts ``full/k``;
+    ``benchmarks/xp_hot_references.py`` judges every setting over the same ones)."""
+    from kielnet.quality.tails import salted_halves
+
+    return [salted_halves(ids, f"full/{k}") for k in range(TAIL_HALVINGS)]
 
 
 def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
@@ -356,16 +367,17 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     the first seed's out-of-fold stars, predicted again from the bundle's members with the σ
     ``predict`` gives them (:func:`kielnet.training.calibrate.bundle_out_of_fold`: the σ
     model's missing-input factors included, which the saved out-of-fold file cannot carry)
-    (:func:`kielnet.quality.tails.cross_fitted_withheld`:
-    fitted on one half, crc32(id) % 2, and judged on the other, both ways). Per label: the
+    (:func:`kielnet.quality.tails.cross_fitted_withheld`: fitted on one half and judged on
+    the other, both ways, for each of :data:`TAIL_HALVINGS` random halvings,
+    :func:`kielnet.quality.tails.salted_halves`; every number is the mean over the
+    halvings: one halving's luck decided the choice before, see
+    ``benchmarks/xp_hot_references.py``'s nested judgement). Per label: the
     fraction withheld and, of the rest, the fractions beyond 3 and 5 σ (σ as the catalogue
     reports it; stars with label support and no ``likely_outlier`` flag); for teff also the
     hot stars'. ``chosen``: the bin size and teff rate :func:`kielnet.quality.tails.choose_setting`
     picks (the most teff values kept with the kept hot stars beyond 3σ within
-    :data:`HOT_BUDGET`), the other labels at :data:`DEFAULT_TAIL_RATE`; and whether the
-    config is that choice."""
-    import zlib
-
+    :data:`HOT_BUDGET`, both as means over the halvings), the other labels at
+    :data:`DEFAULT_TAIL_RATE`; and whether the config is that choice."""
     from kielnet.quality.tails import choose_setting, cross_fitted_withheld
     from kielnet.training.calibrate import bundle_out_of_fold, oof_sigma, reported_z
 
@@ -376,14 +388,16 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
     nb = bundle.neighbours
     z, a = reported_z(bundle.preprocessor, oof, oof_sigma(bundle.sigma_model, bundle.running_dispersion, oof), nb)
     usable = np.ones_like(z, dtype=bool) if a is None else ~nb.withheld(a) & ~nb.outliers(a)[:, None]
-    half = np.array([zlib.crc32(str(i).encode()) % 2 for i in ids])
+    halvings = tail_halvings(ids)
     hot = oof.truth[:, 0] > HOT_K
     tc = cfg.quality.tail_regimes
     names = cfg.label_names
-    out = {"method": "cross-fitted on the out-of-fold stars' two halves (crc32(id) % 2; bins of half the setting's "
-                     "stars); fractions of the held-out half's stars with a reference value, label support and no "
-                     "likely_outlier flag. Each label's regimes are fitted on that label alone, so a setting's numbers "
-                     "for one label do not depend on the rates of the others",
+    out = {"method": f"cross-fitted on the out-of-fold stars' two halves (bins of half the setting's stars), for "
+                     f"each of {TAIL_HALVINGS} random halvings (keyed hash of the id, kielnet.quality.tails."
+                     f"salted_halves); fractions of the held-out half's stars with a reference value, label support "
+                     f"and no likely_outlier flag, each the mean over the halvings. Each label's regimes are fitted "
+                     f"on that label alone, so a setting's numbers for one label do not depend on the rates of the "
+                     f"others",
            "rule": f"bin_stars and teff's rate (label_max_rate.teff): the setting that keeps the most teff values "
                    f"while the kept hot stars (APOGEE Teff > 10,000 K) beyond 3 sigma in teff stay <= "
                    f"{HOT_BUDGET:.0%} (none within: the smallest such fraction); the other labels, which have no "
@@ -394,20 +408,25 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
             key = "none" if rate is None else f"bins {bins}, rate {rate:g}"
             if key in out["settings"]:
                 continue
-            w = (np.zeros(z.shape, dtype=bool) if rate is None else
-                 cross_fitted_withheld(names, oof.pred, z, half, bin_stars=bins, max_rate=rate, tail=tc.tail))
-            labels = {}
-            for j, n in enumerate(names):
-                fin = np.isfinite(z[:, j]) & usable[:, j]
-                keep = fin & ~w[:, j]
-                labels[n] = {"withheld_fraction": float(w[fin, j].mean()) if fin.any() else None,
-                             "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)) if keep.any() else None,
-                             "beyond_5sigma_kept": float(np.mean(z[keep, j] > 5)) if keep.any() else None}
-            keep_hot = np.isfinite(z[:, 0]) & usable[:, 0] & ~w[:, 0] & hot
-            labels[names[0]]["hot_beyond_3sigma_kept"] = (float(np.mean(z[keep_hot, 0] > 3)) if keep_hot.any()
-                                                          else None)
-            labels[names[0]]["n_hot_kept"] = int(keep_hot.sum())
-            out["settings"][key] = {"bin_stars": bins, "max_rate": rate, "labels": labels}
+            per_halving = []
+            for half in halvings:
+                w = (np.zeros(z.shape, dtype=bool) if rate is None else
+                     cross_fitted_withheld(names, oof.pred, z, half, bin_stars=bins, max_rate=rate, tail=tc.tail))
+                labels = {}
+                for j, n in enumerate(names):
+                    fin = np.isfinite(z[:, j]) & usable[:, j]
+                    keep = fin & ~w[:, j]
+                    labels[n] = {"withheld_fraction": float(w[fin, j].mean()) if fin.any() else np.nan,
+                                 "beyond_3sigma_kept": float(np.mean(z[keep, j] > 3)) if keep.any() else np.nan,
+                                 "beyond_5sigma_kept": float(np.mean(z[keep, j] > 5)) if keep.any() else np.nan}
+                keep_hot = np.isfinite(z[:, 0]) & usable[:, 0] & ~w[:, 0] & hot
+                labels[names[0]]["hot_beyond_3sigma_kept"] = (float(np.mean(z[keep_hot, 0] > 3)) if keep_hot.any()
+                                                              else np.nan)
+                labels[names[0]]["n_hot_kept"] = int(keep_hot.sum())
+                per_halving.append(labels)
+            out["settings"][key] = {"bin_stars": bins, "max_rate": rate,
+                                    "labels": {n: {k: _mean_or_none([h[n][k] for h in per_halving])
+                                                   for k in per_halving[0][n]} for n in names}}
     first = names[0]
     cands = {k: {"watched_beyond": v["labels"][first]["hot_beyond_3sigma_kept"],
                  "kept": 1 - v["labels"][first]["withheld_fraction"]} for k, v in out["settings"].items()}
@@ -430,6 +449,12 @@ def tail_regime_variants(bundle, train: StarTable, selection, cfg) -> dict:
         out["config_is_chosen"] = bool(tc.enabled and tc.bin_stars == c["bin_stars"]
                                        and all(tc.rate_of(n) == r for n, r in rates.items()))
     return out
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    """The mean of the finite ``values`` (None when there is none)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else None
 
 
 def quiet_predict(bundle, stars: StarTable):

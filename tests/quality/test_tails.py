@@ -138,3 +138,19 @@ def test_a_label_may_have_its_own_rate():
         TailRegimes.fit(NAMES, pred, z, label_max_rate={"fe_h": 0.05})
     with pytest.raises(ValueError, match="every label"):
         TailRegimes.fit(NAMES, pred, z, label_max_rate={"teff": 0.0})
+
+
+def test_salted_halves_are_repeatable_balanced_and_independent():
+    """The same id and salt give the same half; halves are about even; two salts, and a
+    salt and crc32(id) % 2, agree on about half the stars (independent halvings)."""
+    import zlib
+
+    from kielnet.quality.tails import salted_halves
+
+    ids = [f"2M{i:08d}+0000000" for i in range(4000)]
+    a, b = salted_halves(ids, "full/0"), salted_halves(ids, "full/1")
+    np.testing.assert_array_equal(a, salted_halves(ids, "full/0"))
+    assert set(np.unique(a)) == {0, 1} and abs(a.mean() - 0.5) < 0.03
+    crc = np.array([zlib.crc32(i.encode()) % 2 for i in ids])
+    for other in (b, crc):
+        assert abs(np.mean(a == other) - 0.5) < 0.04

@@ -38,11 +38,13 @@ judged that way, the one that keeps the most of a label while a *watched* set of
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TailRegimes", "choose_setting", "cross_fitted_withheld"]
+__all__ = ["TailRegimes", "choose_setting", "cross_fitted_withheld", "salted_halves"]
 
 _FORMAT = 1
 
@@ -215,6 +217,17 @@ def cross_fitted_withheld(label_names: list[str], pred: np.ndarray, z: np.ndarra
                                 max_rate=max_rate, tail=tail, label_max_rate=label_max_rate)
         out[~fit_on] = model.withheld(pred[~fit_on])
     return out
+
+
+def salted_halves(ids: Any, salt: str) -> np.ndarray:
+    """A random half (0 / 1) per star from a keyed hash (BLAKE2b) of its id: the same for
+    the same id and ``salt``, independent between salts and of ``crc32(id) % 2`` (crc32 is
+    linear in its input, so halvings by salted crc32 would be one split or its mirror).
+    Groups for :func:`cross_fitted_withheld`, repeated over salts to average out the luck
+    of one halving."""
+    key = salt.encode()[:64]
+    return np.array([hashlib.blake2b(str(i).encode(), key=key, digest_size=1).digest()[0] & 1
+                     for i in np.asarray(ids).tolist()], dtype=np.int64)
 
 
 def choose_setting(results: dict[str, dict], *, budget: float) -> str:
