@@ -63,10 +63,10 @@ SUPPORT_HELP = ("Label support, local sigma and outliers (bundles whose config e
                 "90% quantile of that of the nearest k_local, so ensemble_disagreement flags a star the members "
                 "disagree on more than on stars predicted alike (over all training stars, the members of "
                 "xp-apogee-dr17 flagged nearly every correctly labelled hot star, rare in training). Tail regimes "
-                "(quality.tail_regimes, enabled in xp_hybrid): where more than max_rate (10%; teff 5% in "
+                "(quality.tail_regimes, enabled in xp_hybrid): where more than max_rate (10%; teff 7% in "
                 "xp_hybrid, label_max_rate) of the out-of-fold stars predicted alike (bins of 150 in one predicted "
                 "label) lay beyond 3 sigma, that label is withheld ('teff:tails'; on the XP library Teff of stars "
-                "predicted at ~6,500-8,200 K, where hot stars look like F stars, and ~10,100-12,100 K); the "
+                "predicted at ~6,500-8,200 K, where hot stars look like F stars); the "
                 "catalogue header gives the intervals. A label value is "
                 "good to use when it is finite and the row has no flag but label_not_reported "
                 "(kielnet.quality.flags.usable_mask); status 'ok' means every label is.")
