@@ -20,7 +20,7 @@ The questions, one section each of ``benchmarks/results/xp_tail_sources.json``:
 ``identifiability``
     Can the tail stars be told apart per star? A gradient-boosting classifier
     (``sklearn.ensemble.HistGradientBoostingClassifier``, 5-fold cross-validated on these
-    stars) predicts "beyond 3σ" from 50 per-star quantities: predicted labels, σ, the
+    stars) predicts "beyond 3σ" from 52 per-star quantities: predicted labels, σ, the
     members' spread, S/N, the outlier score, the predictions with each input group hidden,
     six colours and the first 20 principal components of the normalised XP spectrum. Its
     ROC AUC, and the usable fraction beyond 3σ left after flagging its top 1-15 %.
@@ -36,7 +36,7 @@ The questions, one section each of ``benchmarks/results/xp_tail_sources.json``:
 ``residual_correction``
     Are the residuals themselves predictable? A gradient-boosting regressor (the
     classifier's settings, absolute-error loss, 5-fold cross-validated) predicts each usable
-    star's signed residual in σ units from the same 50 quantities; the residual minus that
+    star's signed residual in σ units from the same 52 quantities; the residual minus that
     prediction is what a stacked correction of the labels would leave. Robust σ of the
     residual, 1σ coverage and the fraction beyond 3σ before and after, per label: a
     correction that cannot shrink them leaves the tails to flags or to better inputs.

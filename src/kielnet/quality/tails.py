@@ -33,7 +33,9 @@ rule fitted on a set of stars and judged on the same stars finds every unlucky b
 :func:`cross_fitted_withheld` fits on all groups of out-of-fold stars but one and applies
 the rule to the one left out; :func:`choose_setting` picks, among candidate settings
 judged that way, the one that keeps the most of a label while a *watched* set of stars
-(the hot stars, whose misses made the rule necessary) stays within a tail budget.
+(the hot stars, whose misses made the rule necessary) stays within a tail budget. One
+split of the stars into groups is luck: repeat the cross-fitting over several random
+halvings (:func:`salted_halves`) and judge each setting by its mean.
 """
 
 from __future__ import annotations
