@@ -146,6 +146,20 @@ def limitation_lines(cat, test) -> list[str]:
     ]
 
 
+def residual_correction_lines(res: dict) -> list[str]:
+    """The card's line on ``residual_correction`` (none in an older result file)."""
+    rc = res.get("residual_correction")
+    if not rc:
+        return []
+    labels = rc["labels"]
+    return ["- They are not predictable either: a gradient-boosting regression of each star's residual from the "
+            "same quantities (5-fold cross-validated), subtracted, takes robust sigma / beyond 3 sigma from "
+            + ", ".join(f"{v['before']['robust_sigma']:.3g} / {100 * v['before']['beyond_3sigma']:.2f} % to "
+                        f"{v['after']['robust_sigma']:.3g} / {100 * v['after']['beyond_3sigma']:.2f} % ({n})"
+                        for n, v in labels.items())
+            + ": a stacked correction of the labels would not help."]
+
+
 def tail_source_lines(res: dict) -> list[str]:
     """The model card's "Where the tails come from" section, from
     ``benchmarks/results/xp_tail_sources.json`` (out-of-fold training stars only)."""
@@ -172,6 +186,7 @@ def tail_source_lines(res: dict) -> list[str]:
              + "; flagging its worst 15 % would leave "
              + ", ".join(f"{n} {pct(v['after_flagging_top']['0.15']['beyond_3sigma'])}" for n, v in ident.items())
              + " beyond 3 sigma.",
+             *residual_correction_lines(res),
              f"- Hot stars: {hot['n_beyond_3sigma']} of the {hot['n_usable_hot']} usable stars with APOGEE Teff > "
              f"10,000 K lie beyond 3 sigma ({pct(hot['beyond_3sigma'])}); {hot['n_beyond_3sigma_predicted_below_10000K']} "
              "of them are predicted at "

@@ -68,3 +68,20 @@ def test_card_gives_the_out_of_fold_coverage_per_regime_from_the_tail_diagnosis(
     assert "fe_h" not in line  # a label without stars in the regime is left out
     del res["regimes"]  # a diagnosis written before the section existed
     assert not any("per regime" in ln for ln in tail_source_lines(res))
+
+
+def test_card_says_whether_a_residual_correction_would_help():
+    """The card's line on the cross-validated residual regression gives each label's
+    robust sigma and tail before and after it; an older diagnosis without the section
+    gives no line."""
+    import json
+
+    repo = Path(__file__).resolve().parents[2]
+    res = json.loads((repo / "benchmarks" / "results" / "xp_tail_sources.json").read_text())
+    res["residual_correction"] = {"labels": {"teff": {
+        "before": {"robust_sigma": 58.1, "beyond_3sigma": 0.0203},
+        "after": {"robust_sigma": 57.9, "beyond_3sigma": 0.0209}}}}
+    line = next(ln for ln in tail_source_lines(res) if "not predictable" in ln)
+    assert "58.1 / 2.03 % to 57.9 / 2.09 % (teff)" in line
+    del res["residual_correction"]
+    assert not any("not predictable" in ln for ln in tail_source_lines(res))
