@@ -1,8 +1,8 @@
 """The package's imports point one way: no cycle between modules, and no module imports
 a package of a higher layer (cli → pipeline, spectral_labels → diagnostics → training / inference /
 interop → io / compute / artifact → quality / simulation → data / models → config →
-errors / presets / labels / stats / threads / runtime). Every import counts, also those inside functions and under
-TYPE_CHECKING."""
+errors / presets / labels / stats / threads / runtime / words). Every import counts, also those inside
+functions and under TYPE_CHECKING."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import kielnet
 SRC = Path(kielnet.__file__).resolve().parent
 #: layer of each top-level module or subpackage of kielnet (higher imports lower)
 LAYERS = {
-    "errors": 0, "presets": 0, "labels": 0, "stats": 0, "cluster": 0, "threads": 0, "runtime": 0, "__init__": 0,
+    "errors": 0, "presets": 0, "labels": 0, "stats": 0, "words": 0, "cluster": 0, "threads": 0, "runtime": 0,
+    "__init__": 0,
     "config": 1,
     "data": 2, "models": 2,
     "quality": 3, "simulation": 3,

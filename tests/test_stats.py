@@ -56,6 +56,43 @@ def test_the_callers_use_scipys_robust_sigma():
     assert robust_score(pred, target) == pytest.approx(want, rel=1e-12)
 
 
+def test_the_spectrum_statistics_mad_is_scipys_to_the_bit():
+    """spectrum_statistics takes the MAD from the deviations it already holds: scipy's numbers
+    exactly, on rows with and without non-finite pixels, odd and even pixel counts."""
+    from scipy.special import ndtri
+
+    from kielnet.stats import NORMAL_MAD_SCALE
+
+    assert NORMAL_MAD_SCALE == ndtri(0.75)
+    rng = np.random.default_rng(5)
+    for n_pix in (343, 344):
+        flux = rng.lognormal(0.0, 0.7, (3000, n_pix))  # > the rows one thread takes: split rows too
+        flux[::7, 20:40] = np.nan                     # a band missing
+        flux[3::11, 5] = np.inf
+        flux[1::13, :60] -= 3.0                       # pixels <= 0
+        s = spectrum_statistics(flux)
+        for i in range(0, len(flux), 37):
+            row = flux[i][np.isfinite(flux[i])]
+            dev = np.abs(row - np.median(row))
+            mad = median_abs_deviation(row, scale="normal")
+            assert s["spike"][i] == (dev.max() / mad if dev.max() else 0.0), i
+        full = np.isfinite(flux).all(axis=1)
+        want = median_abs_deviation(flux[full], axis=1, scale="normal")
+        dev = np.abs(flux[full] - np.median(flux[full], axis=1)[:, None]).max(axis=1)
+        np.testing.assert_array_equal(s["spike"][full], dev / want)
+
+
+def test_predicting_does_not_import_scipy_stats():
+    """scipy.stats costs ~0.4 s of every command's start-up; the prediction path does not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kielnet.cli, kielnet.io, kielnet.inference.predict, kielnet.inference.streaming, "
+            "kielnet.artifact; print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_cohen_kappa_equals_sklearn(seed):
     rng = np.random.default_rng(seed)

@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scipy.stats import median_abs_deviation
-
-from kielnet.stats import robust_sigma, row_nanmedian
+from kielnet.stats import NORMAL_MAD_SCALE, row_nanmedian
 from kielnet.threads import thread_map, thread_parts
+from kielnet.words import joined_names
 
 __all__ = ["SPECTRUM_TESTS", "spectrum_statistics", "SpectrumPlausibility", "ColumnRanges",
            "placeholder_mask"]
@@ -75,8 +74,9 @@ def _rows_statistics(x: np.ndarray, fin: np.ndarray | None = None) -> dict[str, 
             med_abs[signed] = median(absx[signed])
         dev = np.abs(x - med[:, None])
         peak = np.nanmax(dev, axis=1) if nan else dev.max(axis=1)
-        mad = (robust_sigma(x, axis=1) if nan else
-               median_abs_deviation(x, axis=1, scale="normal", center=lambda _x, axis: med))
+        # scipy.stats.median_abs_deviation(x, axis=1, scale="normal", nan_policy="omit") to the bit
+        # (tests/data), from the deviations already at hand
+        mad = median(dev) / NORMAL_MAD_SCALE
         return {"nonpositive": nonpositive, "scatter": np.where(mean_abs == 0, 0.0, std / mean_abs),
                 "scale": np.log10(med_abs), "spike": np.where(peak == 0, 0.0, peak / mad)}
 
@@ -110,8 +110,8 @@ def spectrum_statistics(flux: np.ndarray) -> dict[str, np.ndarray]:
     """The statistics of the module docstring for each row of ``flux`` (n, n_pix).
 
     Non-finite pixels are ignored; a row without a finite pixel gives NaN everywhere.
-    The MAD is scaled to a normal σ (:func:`kielnet.stats.robust_sigma`:
-    ``scipy.stats.median_abs_deviation`` with ``scale="normal"``).
+    The MAD is scaled to a normal σ (the numbers of ``scipy.stats.median_abs_deviation``
+    with ``scale="normal"`` and ``nan_policy="omit"``, as :func:`kielnet.stats.robust_sigma`).
     """
     f = np.asarray(flux, dtype=np.float64)
     out = {k: np.full(len(f), np.nan) for k in ("nonpositive", "scatter", "scale", "spike")}
@@ -194,9 +194,7 @@ class SpectrumPlausibility:
     @staticmethod
     def describe(failures: np.ndarray) -> np.ndarray:
         """Comma-separated names of the failed tests per star (``""`` if none)."""
-        names = np.asarray(SPECTRUM_TESTS)
-        return np.asarray([",".join(names[row]) for row in failures], dtype=str) if len(failures) \
-            else np.zeros(0, dtype=str)
+        return joined_names(np.reshape(failures, (-1, len(SPECTRUM_TESTS))), SPECTRUM_TESTS)
 
     def to_dict(self) -> dict:
         return {"ranges": {k: list(v) for k, v in self.ranges.items()}, "check_scale": self.check_scale,

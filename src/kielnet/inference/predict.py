@@ -39,6 +39,7 @@ from kielnet.quality.sigma import star_snr
 from kielnet.quality.spread import log_disagreement
 from kielnet.quality.uncertainty import total_sigma
 from kielnet.models.hybrid import HybridNet
+from kielnet.words import joined_names
 from kielnet.quality.flags import (FLAG_BITS, describe_flags, label_bit, range_flags, status_strings,
                                    unlabelled_mask)
 
@@ -182,7 +183,7 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                                       "by > 3 sigma)"
     cat["n_bad_pixels"] = prep.n_bad_pixels
     feat_names = np.array([f.name for f in cfg.features])
-    cat["missing_inputs"] = [",".join(feat_names[m]) for m in prep.missing_features] if len(feat_names) \
+    cat["missing_inputs"] = joined_names(prep.missing_features, list(feat_names)) if len(feat_names) \
         else np.full(len(table), "", dtype=str)
     cat["spectrum_issues"] = prep.spectrum_issues.astype(str)
     cat["spectrum_issues"].description = "plausibility tests the spectrum failed (nonpositive, constant, scale, spike)"
