@@ -12,7 +12,7 @@ def _per_row(mask, names, sep=","):
     return np.asarray([sep.join(n for n, on in zip(names, row) if on) for row in mask], dtype=str)
 
 
-@pytest.mark.parametrize("k", [1, 4, 8, 62, 63, 70])
+@pytest.mark.parametrize("k", [1, 4, 8, 62, 63, 70, 130])
 def test_the_same_strings_and_dtype_as_joining_row_by_row(k):
     rng = np.random.default_rng(k)
     names = [f"c{i}" for i in range(k)]
@@ -31,6 +31,7 @@ def test_separator_empty_input_and_shape_errors():
                                   ["teff+logg", "logg"])
     assert joined_names(np.zeros((0, 2), bool), names).shape == (0,)
     assert joined_names(np.zeros((4, 2), bool), names).tolist() == [""] * 4
+    assert joined_names(np.zeros((3, 0), bool), []).tolist() == [""] * 3
     with pytest.raises(ValueError, match=r"\(n, 2\)"):
         joined_names(np.zeros((3, 3), bool), names)
     with pytest.raises(ValueError):
