@@ -75,7 +75,7 @@ def _rows_statistics(x: np.ndarray, fin: np.ndarray | None = None) -> dict[str, 
         dev = np.abs(x - med[:, None])
         peak = np.nanmax(dev, axis=1) if nan else dev.max(axis=1)
         # scipy.stats.median_abs_deviation(x, axis=1, scale="normal", nan_policy="omit") to the bit
-        # (tests/data), from the deviations already at hand
+        # (tests/test_stats.py), from the deviations already at hand
         mad = median(dev) / NORMAL_MAD_SCALE
         return {"nonpositive": nonpositive, "scatter": np.where(mean_abs == 0, 0.0, std / mean_abs),
                 "scale": np.log10(med_abs), "spike": np.where(peak == 0, 0.0, peak / mad)}
