@@ -182,9 +182,7 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
                                       "values near the star), tails (too many stars predicted alike were wrong " \
                                       "by > 3 sigma)"
     cat["n_bad_pixels"] = prep.n_bad_pixels
-    feat_names = np.array([f.name for f in cfg.features])
-    cat["missing_inputs"] = joined_names(prep.missing_features, list(feat_names)) if len(feat_names) \
-        else np.full(len(table), "", dtype=str)
+    cat["missing_inputs"] = joined_names(prep.missing_features, [f.name for f in cfg.features])
     cat["spectrum_issues"] = prep.spectrum_issues.astype(str)
     cat["spectrum_issues"].description = "plausibility tests the spectrum failed (nonpositive, constant, scale, spike)"
     if near is not None:
