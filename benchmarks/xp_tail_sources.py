@@ -175,8 +175,15 @@ def features(s: dict) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(cols), fnames
 
 
-CLASSIFIER = ("HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, "
-              "l2_regularization=1.0), 5-fold stratified CV")
+#: the gradient-boosting settings of the tail classifier and the residual regressor
+BOOSTING = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "l2_regularization": 1.0}
+
+
+def _settings(**extra) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in {**extra, **BOOSTING}.items())
+
+
+CLASSIFIER = f"HistGradientBoostingClassifier({_settings()}), 5-fold stratified CV"
 
 
 def cv_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -184,8 +191,7 @@ def cv_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
-                                         random_state=0)
+    clf = HistGradientBoostingClassifier(**BOOSTING, random_state=0)
     return cross_val_predict(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
                              method="predict_proba")[:, 1]
 
@@ -212,8 +218,7 @@ def identifiability(s: dict, X: np.ndarray, z: np.ndarray, usable: np.ndarray) -
     return out
 
 
-REGRESSOR = ("HistGradientBoostingRegressor(loss='absolute_error', max_iter=200, learning_rate=0.05, "
-             "max_leaf_nodes=15, l2_regularization=1.0), 5-fold CV")
+REGRESSOR = f"HistGradientBoostingRegressor({_settings(loss='absolute_error')}), 5-fold CV"
 
 
 def residual_correction(s: dict, X: np.ndarray, usable: np.ndarray) -> dict:
@@ -227,8 +232,7 @@ def residual_correction(s: dict, X: np.ndarray, usable: np.ndarray) -> dict:
         m = usable[:, j]
         sig = s["sigma"][m, j]
         y = (s["pred"][m, j] - s["truth"][m, j]) / sig
-        reg = HistGradientBoostingRegressor(loss="absolute_error", max_iter=200, learning_rate=0.05,
-                                            max_leaf_nodes=15, l2_regularization=1.0, random_state=0)
+        reg = HistGradientBoostingRegressor(loss="absolute_error", **BOOSTING, random_state=0)
         fit = cross_val_predict(reg, X[m], y, cv=KFold(5, shuffle=True, random_state=0))
         row = {"n": int(m.sum())}
         for key, r in (("before", y), ("after", y - fit)):
