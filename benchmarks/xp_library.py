@@ -886,7 +886,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "training stars held out from its fit (constant per label)",
         "residual_definition": "predicted - APOGEE DR17 label; teff in K, others in dex",
         "calibration_definition": "cov1/cov2: fraction of test stars with |residual| < 1/2 sigma_X; snr_bins: "
-                                  "quartiles of the APOGEE snr of the test stars; g_bins: Gaia G (mag); curve: "
+                                  "quartiles of the test stars' XP spectrum S/N (the library's snr: median |flux| / error over "
+                                  "343 px); regimes: kielnet.diagnostics.metrics.REGIMES on the APOGEE labels and that S/N "
+                                  "(xp_snr_lt_50 / _30 were named apogee_snr_lt_50 / _30 until 2026-12-05: the "
+                                  "same XP S/N under a wrong name); g_bins: Gaia G (mag); curve: "
                                   "fraction with |residual| < k sigma; worst_bin: the bin with >= 100 stars "
                                   "whose cov1 is farthest from 0.6827",
         **provenance(commit, dirty),

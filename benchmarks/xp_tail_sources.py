@@ -368,7 +368,7 @@ def ensemble_disagreement(s: dict, z: np.ndarray, usable: np.ndarray) -> dict | 
 def regimes(s: dict, z: np.ndarray) -> dict:
     """1σ / 2σ coverage and the fraction beyond 3σ in the regimes of
     ``benchmarks/xp_library.py`` (:data:`kielnet.diagnostics.metrics.REGIMES`, on APOGEE's
-    labels and S/N) over every out-of-fold star with a prediction and a reference label,
+    labels and the XP spectrum's S/N) over every out-of-fold star with a prediction and a reference label,
     flagged or not, as that benchmark's regime coverage is counted on the test fifth."""
     from kielnet.diagnostics.metrics import regime_masks
 

@@ -208,7 +208,7 @@ def tail_source_lines(res: dict) -> list[str]:
     reg = res.get("regimes")
     if reg:
         lines.append(
-            "- 1 sigma coverage per regime out of fold (every predicted star, flagged or not; APOGEE labels and S/N): "
+            "- 1 sigma coverage per regime out of fold (every predicted star, flagged or not; APOGEE labels, XP spectrum S/N): "
             + "; ".join(f"{name} " + ", ".join(f"{n} {v['cov1']:.2f}" for n, v in r["labels"].items() if v["n"])
                         for name, r in reg.items())
             + ". A regime's miss on the test fifth that is not there out of fold has nothing to be recalibrated on "

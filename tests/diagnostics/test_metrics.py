@@ -60,7 +60,7 @@ def test_regime_masks_treat_nan_as_outside():
     assert masks["cool_dwarfs_teff_lt_4000"].tolist() == [False, True, False]
     assert masks["logg_lt_1"].tolist() == [False, False, True]
     assert masks["feh_lt_m1"].tolist() == [False, True, False]
-    assert masks["apogee_snr_lt_50"].tolist() == [False, True, False]
+    assert masks["xp_snr_lt_50"].tolist() == [False, True, False]
 
 
 def _trust_catalogue():

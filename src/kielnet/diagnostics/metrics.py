@@ -35,13 +35,15 @@ def label_metrics(pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray | None 
 
 
 #: Named regimes of the XP-library benchmark: callables of (labels dict, scalars dict) → mask.
+#: Labels are the reference (APOGEE) values; ``snr`` is the star table's spectrum S/N, for the
+#: XP library the XP sampled spectrum's median |flux| / error (its ``snr`` column, not APOGEE's).
 REGIMES = {
     "teff_gt_7000": lambda lab, sc: lab["teff"] > 7000,
     "logg_lt_1": lambda lab, sc: lab["logg"] < 1,
     "feh_lt_m1": lambda lab, sc: lab["fe_h"] < -1,
     "cool_dwarfs_teff_lt_4000": lambda lab, sc: (lab["teff"] < 4000) & (lab["logg"] > 4.0),
-    "apogee_snr_lt_50": lambda lab, sc: sc["snr"] < 50,
-    "apogee_snr_lt_30": lambda lab, sc: sc["snr"] < 30,
+    "xp_snr_lt_50": lambda lab, sc: sc["snr"] < 50,
+    "xp_snr_lt_30": lambda lab, sc: sc["snr"] < 30,
     "teff_gt_10000": lambda lab, sc: lab["teff"] > 10000,
 }
 

@@ -11,7 +11,8 @@ Columns become star-table fields as follows (units):
 * ids: ``apogee_id``; extra: ``source_id`` (Gaia DR3), ``medflux`` (W m⁻² nm⁻¹)
 * spectrum: XP sampled flux / median flux, 343 px, 336–1020 nm (dimensionless)
 * scalars: ``g``, ``bp``, ``rp`` (Gaia EDR3, mag), ``j``, ``h``, ``k`` (2MASS, mag),
-  ``ak_targ`` (mag), ``snr`` (APOGEE S/N per pixel)
+  ``ak_targ`` (mag), ``snr`` (the XP sampled spectrum's S/N: median of |flux| / error
+  over its 343 px, to 7 digits; the library's name for it, not APOGEE's S/N)
 * labels: ``teff`` (K), ``logg`` (dex, cgs), ``fe_h``, ``alpha_m`` (dex), with errors
 """
 
