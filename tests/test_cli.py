@@ -289,3 +289,19 @@ def test_calibrate_refits_a_bundle_on_its_training_stars(capsys, tiny_holdout, t
     assert main(["calibrate", "--bundle", str(tiny_bundle_dir), "--data", str(part), "--out",
                  str(tmp_path / "recal3")]) == 2
     assert "not the table the bundle was trained on" in capsys.readouterr().err
+
+
+def test_demo_help_states_the_presets_own_ensemble_and_epochs():
+    """The demo's --splits / --members / --max-epochs help quotes xp_hybrid's values; they
+    must follow the preset file when it changes."""
+    import argparse
+
+    from kielnet.cli import build_parser
+    from kielnet.config import load_config
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub.choices["demo"]._actions}
+    cfg = load_config("xp_hybrid")
+    assert f"xp_hybrid: {cfg.ensemble.n_splits})" in helps["splits"]
+    assert f"xp_hybrid: {cfg.ensemble.members_per_split})" in helps["members"]
+    assert f"xp_hybrid: {cfg.training.max_epochs})" in helps["max_epochs"]
