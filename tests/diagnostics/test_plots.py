@@ -52,3 +52,24 @@ def test_importing_the_diagnostics_leaves_the_matplotlib_backend_alone(tmp_path)
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_kiel_diagram_draws_every_star_with_teff_and_logg(tmp_path, monkeypatch):
+    """Stars without [Fe/H] (withheld for hot stars) are drawn in grey, not dropped: the
+    points drawn are exactly the stars with a finite Teff and log g."""
+    import kielnet.diagnostics.plots as plots
+
+    figs = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or real(fig, path))
+    rng = np.random.default_rng(2)
+    teff, logg, feh = rng.uniform(3500, 15000, 300), rng.uniform(0, 5, 300), rng.uniform(-2, 0.5, 300)
+    feh[teff > 7000] = np.nan
+    teff[:3] = np.nan
+    kiel_diagram(teff, logg, feh, tmp_path / "kiel.png")
+    ax = figs[0].axes[0]
+    drawn = [len(c.get_offsets()) for c in ax.collections]
+    want_grey = int((np.isfinite(teff) & ~np.isfinite(feh)).sum())
+    assert sorted(drawn) == sorted([want_grey, int((np.isfinite(teff) & np.isfinite(feh)).sum())])
+    assert sum(drawn) == 297 and want_grey > 100
+    assert f"no [Fe/H] ({want_grey})" in [t.get_text() for t in ax.get_legend().get_texts()]

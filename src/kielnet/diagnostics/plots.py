@@ -31,19 +31,27 @@ def kiel_diagram(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray, path: str 
                  *, title: str = "kielnet Kiel diagram") -> Path:
     """log g vs Teff (both axes reversed, as astronomers draw it) coloured by [Fe/H].
 
-    Parameters: Teff in K, log g in dex, [Fe/H] in dex; NaN points are skipped.
+    Parameters: Teff in K, log g in dex, [Fe/H] in dex. Stars without Teff or log g are
+    skipped; stars with both but no [Fe/H] (withheld, e.g. hot stars beyond the reference
+    metallicities) are drawn in grey, never left out.
     """
     path = Path(path)
+    teff, logg, feh = (np.asarray(a, dtype=float) for a in (teff, logg, feh))
     ok = np.isfinite(teff) & np.isfinite(logg)
+    grey = ok & ~np.isfinite(feh)
+    col = ok & ~grey
     fig = Figure(figsize=(6.5, 5), dpi=120)
     ax = fig.subplots()
-    c = np.where(np.isfinite(feh), feh, np.nan)[ok]
-    sc = ax.scatter(teff[ok], logg[ok], c=c, s=2, cmap="viridis", vmin=-2.0, vmax=0.5, rasterized=True)
+    if grey.any():
+        ax.scatter(teff[grey], logg[grey], s=2, color="0.65", rasterized=True, label=f"no [Fe/H] ({grey.sum()})")
+    sc = ax.scatter(teff[col], logg[col], c=feh[col], s=2, cmap="viridis", vmin=-2.0, vmax=0.5, rasterized=True)
     ax.invert_xaxis()
     ax.invert_yaxis()
     ax.set_xlabel(r"$T_{\rm eff}$ [K]")
     ax.set_ylabel(r"$\log g$ [dex]")
     ax.set_title(f"{title} ({ok.sum()} stars)")
+    if grey.any():
+        ax.legend(loc="lower left", markerscale=4, fontsize=8)
     fig.colorbar(sc, ax=ax, label="[Fe/H] [dex]")
     return save_figure(fig, path)
 
