@@ -905,7 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a small ensemble on the APOGEE DR17 x Gaia XP library "
                                    "(stars with crc32(apogee_id) % 5 != 0), predict the held-out fifth and "
                                    "write into OUT: catalogue.parquet / catalogue.fits, kiel_diagram.png "
-                                   "(log g vs Teff coloured by [Fe/H]), residuals.png, metrics.json, "
+                                   "(log g vs Teff coloured by [Fe/H], grey where [Fe/H] is withheld), residuals.png, metrics.json, "
                                    "the model bundle and the validation report (OUT/report/report.html, "
                                    "see 'kielnet report'). Rerunning resumes from OUT/work.\n" + LABELS_HELP)
     d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
