@@ -216,3 +216,22 @@ def test_report_on_real_holdout(tiny_holdout, tmp_path):
     row = comp[(comp["label"] == "teff") & (comp["regime"] == "all")][0]
     ok = np.asarray(res.catalogue["status"]) == "ok"
     assert row["n"] == int((ok & np.isfinite(res.test.labels["teff"])).sum())
+
+
+def test_seismic_comparison_draws_stars_without_teff_in_grey(tmp_path, monkeypatch):
+    """Stars whose Teff is withheld keep their place in the log g comparison as a grey
+    density; no coloured hexagon is NaN (a median over a hexagon holding them)."""
+    figs = []
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+    rng = np.random.default_rng(5)
+    n = 2000
+    g = rng.uniform(1.5, 3.5, n)
+    t = rng.uniform(4000, 5200, n)
+    t[rng.random(n) < 0.3] = np.nan
+    figures.seismic_comparison(g, g + rng.normal(0, 0.05, n), tmp_path / "s.png", teff=t)
+    hexes = [c for c in figs[0].axes[0].collections if c.get_array() is not None]
+    assert len(hexes) == 2
+    grey, coloured = hexes
+    assert grey.get_array().sum() == int(np.isnan(t).sum())
+    assert np.isfinite(coloured.get_array()).all() and coloured.get_array().size > 100

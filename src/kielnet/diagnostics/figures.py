@@ -444,11 +444,18 @@ def seismic_comparison(logg_pred, logg_seismic, path: str | Path, *, teff=None) 
     fig = Figure(layout="constrained", figsize=(5.2, 4.6), dpi=110)
     ax = fig.subplots()
     if ok.any():
-        c = None if teff is None else _f(teff)[ok]
-        if c is not None and np.isfinite(c).any():
-            hb = ax.hexbin(x[ok], y[ok], C=c, reduce_C_function=np.median, gridsize=40, mincnt=1, cmap="plasma",
-                           linewidths=0)
-            fig.colorbar(hb, ax=ax, label=r"median $T_{\rm eff}$ [K]")
+        c = None if teff is None else _f(teff)
+        if c is not None and np.isfinite(c[ok]).any():
+            grey, col = ok & ~np.isfinite(c), ok & np.isfinite(c)  # no Teff (withheld): grey, never dropped
+            extent = (*np.percentile(x[ok], [0, 100]), *np.percentile(y[ok], [0, 100]))
+            if extent[0] == extent[1] or extent[2] == extent[3]:
+                extent = None
+            if grey.any():
+                ax.hexbin(x[grey], y[grey], gridsize=40, bins="log", mincnt=1, cmap="Greys", alpha=0.6,
+                          extent=extent, linewidths=0)
+            hb = ax.hexbin(x[col], y[col], C=c[col], reduce_C_function=np.median, gridsize=40, mincnt=1,
+                           cmap="plasma", extent=extent, linewidths=0)
+            fig.colorbar(hb, ax=ax, label=r"median $T_{\rm eff}$ [K]" + (" (grey: no Teff)" if grey.any() else ""))
         else:
             hb = ax.hexbin(x[ok], y[ok], gridsize=40, bins="log", mincnt=1, cmap="viridis", linewidths=0)
         lo, hi = np.percentile(np.r_[x[ok], y[ok]], [0.5, 99.5])
