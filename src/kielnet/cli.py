@@ -60,9 +60,10 @@ SUPPORT_HELP = ("Label support, local sigma and outliers (bundles whose config e
                 "Gaussian), so that sigma is calibrated for stars like this one; (3) ci95_X, the half-width "
                 "of the 95% interval (their 0.95 quantile, wider than 1.96 sigma where residuals have heavy "
                 "tails); (4) outlier_score, the fraction of them wrong by more than 3 local sigma in some "
-                "label, and flag bit likely_outlier above the threshold fitted on the out-of-fold stars (config outlier_budget); (5) with "
-                "quality.ensemble_spread.local (xp_hybrid), spread_score is the members' disagreement over the "
-                "90% quantile of that of the nearest k_local, so ensemble_disagreement flags a star the members "
+                "label, and flag bit likely_outlier above the threshold fitted on the out-of-fold stars "
+                "(config outlier_budget); (5) with quality.ensemble_spread.local (xp_hybrid), spread_score "
+                "is the members' disagreement over the 90% quantile of that of the nearest k_local, so "
+                "ensemble_disagreement flags a star the members "
                 "disagree on more than on stars predicted alike (over all training stars, the members of "
                 "xp-apogee-dr17 flagged nearly every correctly labelled hot star, rare in training). Tail regimes "
                 "(quality.tail_regimes, enabled in xp_hybrid): where more than max_rate (10%; teff 7% in "
@@ -907,7 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write into OUT: catalogue.parquet / catalogue.fits, kiel_diagram.png "
                                    "(log g vs Teff coloured by [Fe/H], grey where [Fe/H] is withheld), "
                                    "residuals.png, metrics.json, the model bundle and the validation report "
-                                   "(OUT/report/report.html, see 'kielnet report'). Rerunning resumes from OUT/work.\n" + LABELS_HELP)
+                                   "(OUT/report/report.html, see 'kielnet report'). Rerunning resumes from "
+                                   "OUT/work.\n" + LABELS_HELP)
     d.add_argument("--out", default="kielnet_demo", help="output directory (default ./kielnet_demo)")
     d.add_argument("--data", default=None, help=DATA_HELP + " (default xp-library)")
     d.add_argument("--config", default="xp_hybrid", help="preset name or YAML path")
