@@ -235,3 +235,37 @@ def test_seismic_comparison_draws_stars_without_teff_in_grey(tmp_path, monkeypat
     grey, coloured = hexes
     assert grey.get_array().sum() == int(np.isnan(t).sum())
     assert np.isfinite(coloured.get_array()).all() and coloured.get_array().size > 100
+
+
+def test_snr_bins_hold_every_star_once(tmp_path, monkeypatch):
+    """The Gaia-RVS Fig. 11 bins start at S/N 15; stars below it (or without an S/N) get
+    bins of their own instead of leaving the Kiel diagrams, and the panels count them."""
+    rng = np.random.default_rng(6)
+    n = 1000
+    snr = rng.uniform(16, 300, n)
+    snr[:40] = rng.uniform(3, 15, 40)  # < 10 %: the Fig. 11 edges still apply
+    snr[40:45] = np.nan
+    bins = figures.snr_bins(snr)
+    names = [b[0] for b in bins]
+    assert names[0] == "S/N < 15" and names[-1] == "no S/N" and "15 ≤ S/N < 25" in names
+    stack = np.stack([m for _, m in bins])
+    assert (stack.sum(axis=0) == 1).all()
+    assert bins[0][1].sum() == 40 and bins[-1][1].sum() == 5
+    # a finite upper edge: stars above it are kept too
+    assert [b[0] for b in figures.snr_bins(np.array([5.0, 20.0, 80.0]), (10.0, 50.0))] == \
+        ["S/N < 10", "10 ≤ S/N ≤ 50", "S/N > 50"]
+
+    figs = []
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+    t, g = rng.uniform(4000, 6000, n), rng.uniform(1, 4.5, n)
+    m = rng.uniform(-1, 0.3, n)
+    m[::7] = np.nan
+    figures.kiel_by_snr(t, g, m, tmp_path / "k.png", snr=snr)
+    counts = []
+    for ax in figs[0].axes:
+        title = ax.get_title()
+        if "grey)" in title:
+            a, b = title.rsplit("(", 1)[1].split(" grey")[0].split(" + ")
+            counts.append(int(a) + int(b))
+    assert sum(counts) == n and len(counts) == len(bins)

@@ -64,7 +64,9 @@ def _empty(ax, text: str = "no values to draw") -> None:
 
 def snr_bins(snr: np.ndarray, edges: Sequence[float] | None = None) -> list[tuple[str, np.ndarray]]:
     """(name, mask) of S/N bins: ``edges`` (default the Gaia-RVS Fig. 11 bins 15–25, 25–35,
-    35–75, ≥75 when most stars are above 15, else quartiles of the finite S/N)."""
+    35–75, ≥75 when most stars are above 15, else quartiles of the finite S/N). Every star is
+    in one bin: those below the first edge, above the last or without an S/N get bins of
+    their own, listed only when they hold a star."""
     s = _f(snr)
     fin = np.isfinite(s)
     if not fin.any():
@@ -72,12 +74,20 @@ def snr_bins(snr: np.ndarray, edges: Sequence[float] | None = None) -> list[tupl
     if edges is None:
         edges = RVS_SNR_EDGES if np.mean(s[fin] >= 15) > 0.9 else tuple(np.quantile(s[fin], [0, .25, .5, .75, 1]))
     out = []
+    with np.errstate(invalid="ignore"):
+        below, above = fin & (s < edges[0]), fin & (s > edges[-1])
+    if below.any():
+        out.append((f"S/N < {edges[0]:.0f}", below))
     for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         last = k == len(edges) - 2
         with np.errstate(invalid="ignore"):
             m = fin & (s >= lo) & ((s <= hi) if last else (s < hi))
         name = f"S/N ≥ {lo:.0f}" if not np.isfinite(hi) else f"{lo:.0f} ≤ S/N {'≤' if last else '<'} {hi:.0f}"
         out.append((name, m))
+    if above.any():
+        out.append((f"S/N > {edges[-1]:.0f}", above))
+    if not fin.all():
+        out.append(("no S/N", ~fin))
     return out
 
 
