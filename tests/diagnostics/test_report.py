@@ -269,3 +269,31 @@ def test_snr_bins_hold_every_star_once(tmp_path, monkeypatch):
             a, b = title.rsplit("(", 1)[1].split(" grey")[0].split(" + ")
             counts.append(int(a) + int(b))
     assert sum(counts) == n and len(counts) == len(bins)
+
+
+def test_alpha_metal_cells_say_how_many_stars_they_show(tmp_path, monkeypatch):
+    """Fig. 14 keeps only the fullest Teff × log g cells; its title says how many of the
+    stars with both labels that leaves out."""
+    figs = []
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+    rng = np.random.default_rng(8)
+    t = np.r_[rng.uniform(4000, 4500, 300), rng.uniform(9000, 9400, 5)]  # 5 stars in a cell of < 20
+    g = np.r_[rng.uniform(2, 3, 300), rng.uniform(4, 4.5, 5)]
+    m, a = rng.uniform(-1, 0.3, 305), rng.uniform(0, 0.3, 305)
+    a[:10] = np.nan
+    figures.alpha_vs_metal_kiel_bins(t, g, m, a, tmp_path / "a.png")
+    assert "290 of the 295 stars with both labels" in figs[0]._suptitle.get_text()
+
+
+def test_alpha_metal_rz_says_how_many_stars_fall_outside_its_grid(tmp_path, monkeypatch):
+    figs = []
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+    rng = np.random.default_rng(9)
+    r, z = rng.uniform(2, 15, 200), rng.normal(0, 0.8, 200)
+    r[:7] = 25.0  # beyond the last R edge (20 kpc)
+    m, a = rng.uniform(-1, 0.3, 200), rng.uniform(0, 0.3, 200)
+    inside = int(((np.abs(z) < 4.0) & (r < 20)).sum())
+    figures.alpha_vs_metal_rz(r, z, m, a, tmp_path / "rz.png")
+    assert f"{inside} of the 200 stars with both labels and a position" in figs[0]._suptitle.get_text()

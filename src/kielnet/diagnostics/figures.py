@@ -364,7 +364,7 @@ def alpha_vs_metal_kiel_bins(teff, logg, metal, alpha, path: str | Path, *, meta
     n = max(len(keys_sorted), 1)
     ncol = min(4, n)
     nrow = -(-n // ncol)
-    fig = Figure(layout="constrained", figsize=(3.3 * ncol, 2.9 * nrow + 0.5), dpi=110)
+    fig = Figure(layout="constrained", figsize=(max(3.3 * ncol, 5.6), 2.9 * nrow + 0.6), dpi=110)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel())
     extent = None
     if ok.sum() > 1:
@@ -384,7 +384,9 @@ def alpha_vs_metal_kiel_bins(teff, logg, metal, alpha, path: str | Path, *, meta
         ax.set_xlabel(_name(metal_name, {metal_name: "dex"}))
     for ax in axes[::ncol]:
         ax.set_ylabel(_name("alpha_m", {"alpha_m": "dex"}))
-    fig.suptitle(f"[α/M] vs {display_name(metal_name)} in cells of {teff_step:.0f} K × {logg_step:g} dex",
+    shown = sum(len(v) for v in cells.values())
+    fig.suptitle(f"[α/M] vs {display_name(metal_name)} in cells of {teff_step:.0f} K × {logg_step:g} dex:\n"
+                 f"{shown} of the {int(ok.sum())} stars with both labels (the fullest cells with ≥ {min_stars})",
                  fontsize=10)
     return save_png(fig, path)
 
@@ -415,7 +417,9 @@ def alpha_vs_metal_rz(r_kpc, z_kpc, metal, alpha, path: str | Path, *, metal_nam
         ax.set_xlabel(_name(metal_name, {metal_name: "dex"}))
     for ax in axes[:, 0]:
         ax.set_ylabel(_name("alpha_m", {"alpha_m": "dex"}))
-    fig.suptitle("[α/M] vs [M/H] in Galactocentric R, |Z| bins (kpc; R0 = 8.19 kpc)", fontsize=10)
+    inside = ok & (r >= r_edges[0]) & (r < r_edges[-1]) & (z >= z_edges[0]) & (z < z_edges[-1])
+    fig.suptitle(f"[α/M] vs [M/H] in Galactocentric R, |Z| bins (kpc; R0 = 8.19 kpc):\n{int(inside.sum())} of the "
+                 f"{int(ok.sum())} stars with both labels and a position", fontsize=10)
     return save_png(fig, path)
 
 
