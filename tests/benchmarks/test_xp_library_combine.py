@@ -96,3 +96,57 @@ def test_seed_statistics_names_the_seeds_behind_a_measure_some_runs_lack(bench):
     assert r["teff"]["values"] == [58.0, 60.0] and r["teff"]["mean"] == pytest.approx(59.0)
     assert r["teff"]["seeds"] == [1, 2] and r["logg"]["values"] == [] and r["logg"]["mean"] is None
     assert "seeds" not in st["robust_sigma"]["teff"] and len(st["ok_fraction"]["teff"]["values"]) == 3
+
+
+def _with_bins(p: dict, seed: int, cov1: list[float], n: int = 150) -> dict:
+    q = copy.deepcopy(p)
+    q["seed"] = seed
+    for lab in q["calibration"]:
+        q["calibration"][lab]["bins"] = [{"bin": f"regimes.r{i}", "n": n, "cov1": c} for i, c in enumerate(cov1)]
+    return q
+
+
+def test_bin_coverage_is_judged_on_the_seed_mean_of_each_bin(bench):
+    """A bin that one seed misses but the seed mean does not is inside the band; one the
+    mean misses is named; seeds whose summary has no bins are left out and the rest named."""
+    main = json.loads(RESULT.read_text())
+    names = [lab["name"] for lab in main["config"]["labels"]]
+    p = main["seeds"]["per_seed"][0]
+    runs = [_with_bins(p, 0, [0.60, 0.80, 0.70]), _with_bins(p, 1, [0.70, 0.76, 0.69]),
+            _with_bins(p, 2, [0.68, 0.78, 0.71])]
+    old = copy.deepcopy(p)
+    old["seed"] = 3  # a run from before the bins were kept
+    st = bench.seed_statistics([*runs, old], names)
+    b = st["coverage_1sigma_bins"]["teff"]
+    assert b["seeds"] == [0, 1, 2]
+    assert [r["mean"] for r in b["bins"]] == pytest.approx([0.66, 0.78, 0.70])
+    assert b["outside_band"] == ["regimes.r1"]
+    assert b["worst"]["bin"] == "regimes.r1" and b["worst"]["deviation"] == pytest.approx(0.78 - 0.6827)
+    checks = bench.issue20_checks([*runs, old], st, names)
+    assert checks["teff"]["worst_bin_cov1_seed_mean"]["meets"] is False
+    # bins of fewer than 100 stars are reported but not judged
+    small = [_with_bins(q, q["seed"], [0.68, 0.95, 0.68], n=50) for q in runs]
+    st2 = bench.seed_statistics(small, names)
+    assert st2["coverage_1sigma_bins"]["teff"]["outside_band"] == [] and st2["coverage_1sigma_bins"]["teff"]["worst"] is None
+    assert bench.issue20_checks(small, st2, names)["teff"]["worst_bin_cov1_seed_mean"] is None
+    inside = [_with_bins(q, q["seed"], [0.68, 0.70, 0.66]) for q in runs]
+    assert bench.issue20_checks(inside, bench.seed_statistics(inside, names), names)["teff"][
+        "worst_bin_cov1_seed_mean"]["meets"] is True
+    # runs without bins: nothing to judge, and no check made up
+    st3 = bench.seed_statistics([old], names)
+    assert st3["coverage_1sigma_bins"] == {} and \
+        bench.issue20_checks([old], st3, names)["teff"]["worst_bin_cov1_seed_mean"] is None
+
+
+def test_coverage_bins_lists_every_bin_of_a_calibration_report(bench):
+    from kielnet.diagnostics.metrics import calibration_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 1, 800)
+    pred = truth + rng.normal(0, 1, 800)
+    rep = calibration_report(pred, truth, np.ones(800), snr=rng.uniform(10, 100, 800), g=rng.uniform(10, 17, 800),
+                             regimes={"a": truth > 0, "b": truth < -1})
+    bins = bench.coverage_bins(rep)
+    assert [b["bin"].split(".")[0] for b in bins] == ["snr_bins"] * 4 + ["g_bins"] * 4 + ["regimes"] * 2
+    assert sum(b["n"] for b in bins[:4]) == 800 and bins[-2]["bin"] == "regimes.a"
+    assert bins[-2]["cov1"] == pytest.approx(np.mean(np.abs(pred - truth)[truth > 0] < 1))
