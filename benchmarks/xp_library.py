@@ -70,8 +70,8 @@ import numpy as np
 from kielnet.config import load_config
 from kielnet.compute import member_predictions
 from kielnet.data.startable import StarTable
-from kielnet.diagnostics.metrics import (calibration_report, coverage_summary, label_metrics, metrics_table,
-                                         regime_masks, worst_bin)
+from kielnet.diagnostics.metrics import (BIN_SECTIONS, calibration_report, coverage_summary, label_metrics,
+                                         metrics_table, regime_masks, worst_bin)
 from kielnet.inference.predict import predict
 from kielnet.stats import robust_sigma
 from kielnet.io import XP_LIBRARY, read_stars
@@ -652,7 +652,7 @@ def coverage_bins(report: dict) -> list[dict]:
     (section.name), ``n`` and ``cov1`` each (S/N bins are named by their seed's own edges, so
     seeds are matched by position)."""
     return [{"bin": f"{sec}.{k}", "n": v["n"], "cov1": v["cov1"]}
-            for sec in ("snr_bins", "g_bins", "regimes") for k, v in report.get(sec, {}).items()]
+            for sec in BIN_SECTIONS for k, v in report.get(sec, {}).items()]
 
 
 def bin_coverage_seed_means(per_seed: list[dict], names: list[str], *, target: float = 0.6827,

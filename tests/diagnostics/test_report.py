@@ -24,6 +24,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 LABELS = ["teff", "logg", "m_h", "alpha_m"]
 
 
+@pytest.fixture
+def drawn_figures(monkeypatch) -> list:
+    """The figures ``kielnet.diagnostics.figures`` writes during a test, in order (still
+    written as PNG files)."""
+    figs: list = []
+    real = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+    return figs
+
+
 def _catalogue(n: int = 600, seed: int = 0) -> tuple[Table, Table]:
     """A catalogue with NaN labels, withheld labels and flagged rows, and its reference."""
     rng = np.random.default_rng(seed)
@@ -218,26 +228,23 @@ def test_report_on_real_holdout(tiny_holdout, tmp_path):
     assert row["n"] == int((ok & np.isfinite(res.test.labels["teff"])).sum())
 
 
-def test_seismic_comparison_draws_stars_without_teff_in_grey(tmp_path, monkeypatch):
+def test_seismic_comparison_draws_stars_without_teff_in_grey(tmp_path, drawn_figures):
     """Stars whose Teff is withheld keep their place in the log g comparison as a grey
     density; no coloured hexagon is NaN (a median over a hexagon holding them)."""
-    figs = []
-    real = figures.save_png
-    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
     rng = np.random.default_rng(5)
     n = 2000
     g = rng.uniform(1.5, 3.5, n)
     t = rng.uniform(4000, 5200, n)
     t[rng.random(n) < 0.3] = np.nan
     figures.seismic_comparison(g, g + rng.normal(0, 0.05, n), tmp_path / "s.png", teff=t)
-    hexes = [c for c in figs[0].axes[0].collections if c.get_array() is not None]
+    hexes = [c for c in drawn_figures[0].axes[0].collections if c.get_array() is not None]
     assert len(hexes) == 2
     grey, coloured = hexes
     assert grey.get_array().sum() == int(np.isnan(t).sum())
     assert np.isfinite(coloured.get_array()).all() and coloured.get_array().size > 100
 
 
-def test_snr_bins_hold_every_star_once(tmp_path, monkeypatch):
+def test_snr_bins_hold_every_star_once(tmp_path, drawn_figures):
     """The Gaia-RVS Fig. 11 bins start at S/N 15; stars below it (or without an S/N) get
     bins of their own instead of leaving the Kiel diagrams, and the panels count them."""
     rng = np.random.default_rng(6)
@@ -255,15 +262,12 @@ def test_snr_bins_hold_every_star_once(tmp_path, monkeypatch):
     assert [b[0] for b in figures.snr_bins(np.array([5.0, 20.0, 80.0]), (10.0, 50.0))] == \
         ["S/N < 10", "10 ≤ S/N ≤ 50", "S/N > 50"]
 
-    figs = []
-    real = figures.save_png
-    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
     t, g = rng.uniform(4000, 6000, n), rng.uniform(1, 4.5, n)
     m = rng.uniform(-1, 0.3, n)
     m[::7] = np.nan
     figures.kiel_by_snr(t, g, m, tmp_path / "k.png", snr=snr)
     counts = []
-    for ax in figs[0].axes:
+    for ax in drawn_figures[0].axes:
         title = ax.get_title()
         if "grey)" in title:
             a, b = title.rsplit("(", 1)[1].split(" grey")[0].split(" + ")
@@ -271,29 +275,23 @@ def test_snr_bins_hold_every_star_once(tmp_path, monkeypatch):
     assert sum(counts) == n and len(counts) == len(bins)
 
 
-def test_alpha_metal_cells_say_how_many_stars_they_show(tmp_path, monkeypatch):
+def test_alpha_metal_cells_say_how_many_stars_they_show(tmp_path, drawn_figures):
     """Fig. 14 keeps only the fullest Teff × log g cells; its title says how many of the
     stars with both labels that leaves out."""
-    figs = []
-    real = figures.save_png
-    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
     rng = np.random.default_rng(8)
     t = np.r_[rng.uniform(4000, 4500, 300), rng.uniform(9000, 9400, 5)]  # 5 stars in a cell of < 20
     g = np.r_[rng.uniform(2, 3, 300), rng.uniform(4, 4.5, 5)]
     m, a = rng.uniform(-1, 0.3, 305), rng.uniform(0, 0.3, 305)
     a[:10] = np.nan
     figures.alpha_vs_metal_kiel_bins(t, g, m, a, tmp_path / "a.png")
-    assert "290 of the 295 stars with both labels" in figs[0]._suptitle.get_text()
+    assert "290 of the 295 stars with both labels" in drawn_figures[0]._suptitle.get_text()
 
 
-def test_alpha_metal_rz_says_how_many_stars_fall_outside_its_grid(tmp_path, monkeypatch):
-    figs = []
-    real = figures.save_png
-    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig) or real(fig, path))
+def test_alpha_metal_rz_says_how_many_stars_fall_outside_its_grid(tmp_path, drawn_figures):
     rng = np.random.default_rng(9)
     r, z = rng.uniform(2, 15, 200), rng.normal(0, 0.8, 200)
     r[:7] = 25.0  # beyond the last R edge (20 kpc)
     m, a = rng.uniform(-1, 0.3, 200), rng.uniform(0, 0.3, 200)
     inside = int(((np.abs(z) < 4.0) & (r < 20)).sum())
     figures.alpha_vs_metal_rz(r, z, m, a, tmp_path / "rz.png")
-    assert f"{inside} of the 200 stars with both labels and a position" in figs[0]._suptitle.get_text()
+    assert f"{inside} of the 200 stars with both labels and a position" in drawn_figures[0]._suptitle.get_text()

@@ -62,6 +62,33 @@ def _empty(ax, text: str = "no values to draw") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def _extent(x: np.ndarray, y: np.ndarray, q: tuple[float, float]) -> tuple[float, ...] | None:
+    """Hexbin extent from the ``q`` percentiles of the finite ``x`` and ``y`` (None when
+    there is nothing, or a side would have zero width)."""
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not (x.size and y.size):
+        return None
+    ext = (*np.percentile(x, q), *np.percentile(y, q))
+    return None if ext[0] == ext[1] or ext[2] == ext[3] else ext
+
+
+def _hex_by_value(ax, x: np.ndarray, y: np.ndarray, c: np.ndarray, *, gridsize: int, extent, cmap: str,
+                  vmin: float | None = None, vmax: float | None = None):
+    """Hexagons coloured by the median ``c`` of their points; points without a finite ``c``
+    (a withheld label) are a grey density underneath, never dropped and never coloured.
+    Returns the coloured collection (None without one) and the (coloured, grey) counts."""
+    fin = np.isfinite(c)
+    grey, col = ~fin, fin
+    coll = None
+    if grey.any():
+        ax.hexbin(x[grey], y[grey], gridsize=gridsize, cmap="Greys", bins="log", mincnt=1, extent=extent,
+                  alpha=0.6, linewidths=0)
+    if col.any():
+        coll = ax.hexbin(x[col], y[col], C=c[col], reduce_C_function=np.median, gridsize=gridsize, cmap=cmap,
+                         vmin=vmin, vmax=vmax, mincnt=1, extent=extent, linewidths=0)
+    return coll, (int(col.sum()), int(grey.sum()))
+
+
 def snr_bins(snr: np.ndarray, edges: Sequence[float] | None = None) -> list[tuple[str, np.ndarray]]:
     """(name, mask) of S/N bins: ``edges`` (default the Gaia-RVS Fig. 11 bins 15–25, 25–35,
     35–75, ≥75 when most stars are above 15, else quartiles of the finite S/N). Every star is
@@ -110,25 +137,16 @@ def kiel_by_snr(teff, logg, metal, path: str | Path, *, snr=None, metal_name: st
     n = len(bins)
     fig = Figure(layout="constrained", figsize=(4.2 * n + 1.2, 4.4), dpi=110)
     axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
-    extent = None
-    if pos.any():
-        extent = (np.nanpercentile(t[pos], 0.1), np.nanpercentile(t[pos], 99.9),
-                  np.nanpercentile(g[pos], 0.1), np.nanpercentile(g[pos], 99.9))
-        if extent[0] == extent[1] or extent[2] == extent[3]:
-            extent = None
+    extent = _extent(t[pos], g[pos], (0.1, 99.9))
     coll = None
     for ax, (name, b) in zip(axes, bins):
-        grey = b & pos & ~np.isfinite(m)
-        col = b & pos & np.isfinite(m)
-        if grey.any():
-            ax.hexbin(t[grey], g[grey], gridsize=_grid(int((pos & b).sum())), cmap="Greys", bins="log", mincnt=1, extent=extent,
-                      alpha=0.6, linewidths=0)
-        if col.any():
-            coll = ax.hexbin(t[col], g[col], C=m[col], reduce_C_function=np.median, gridsize=_grid(int((pos & b).sum())),
-                             cmap="viridis", vmin=-2.0, vmax=0.5, mincnt=1, extent=extent, linewidths=0)
-        if not (grey.any() or col.any()):
+        s = b & pos
+        drawn, (n_col, n_grey) = _hex_by_value(ax, t[s], g[s], m[s], gridsize=_grid(int(s.sum())), extent=extent,
+                                               cmap="viridis", vmin=-2.0, vmax=0.5)
+        coll = drawn if drawn is not None else coll
+        if not s.any():
             _empty(ax)
-        ax.set_title(f"{name} ({int(col.sum())} + {int(grey.sum())} grey)", fontsize=9)
+        ax.set_title(f"{name} ({n_col} + {n_grey} grey)", fontsize=9)
     _kiel_axes(axes[0])
     for ax in axes[1:]:
         ax.set_xlabel(_name("teff", {"teff": "K"}))
@@ -366,11 +384,7 @@ def alpha_vs_metal_kiel_bins(teff, logg, metal, alpha, path: str | Path, *, meta
     nrow = -(-n // ncol)
     fig = Figure(layout="constrained", figsize=(max(3.3 * ncol, 5.6), 2.9 * nrow + 0.6), dpi=110)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel())
-    extent = None
-    if ok.sum() > 1:
-        extent = (*np.percentile(m[ok], [0.5, 99.5]), *np.percentile(a[ok], [0.5, 99.5]))
-        if extent[0] == extent[1] or extent[2] == extent[3]:
-            extent = None
+    extent = _extent(m[ok], a[ok], (0.5, 99.5)) if ok.sum() > 1 else None
     for ax, key in zip(axes, keys_sorted):
         sel = cells[key]
         cnt = _plane(ax, m[sel], a[sel], extent)
@@ -401,11 +415,7 @@ def alpha_vs_metal_rz(r_kpc, z_kpc, metal, alpha, path: str | Path, *, metal_nam
     nr, nz = len(r_edges) - 1, len(z_edges) - 1
     fig = Figure(layout="constrained", figsize=(2.6 * nr, 2.3 * nz + 0.6), dpi=110)
     axes = fig.subplots(nz, nr, sharex=True, sharey=True, squeeze=False)
-    extent = None
-    if ok.sum() > 1:
-        extent = (*np.percentile(m[ok], [0.5, 99.5]), *np.percentile(a[ok], [0.5, 99.5]))
-        if extent[0] == extent[1] or extent[2] == extent[3]:
-            extent = None
+    extent = _extent(m[ok], a[ok], (0.5, 99.5)) if ok.sum() > 1 else None
     for iz in range(nz):
         for ir in range(nr):
             ax = axes[nz - 1 - iz, ir]
@@ -460,16 +470,10 @@ def seismic_comparison(logg_pred, logg_seismic, path: str | Path, *, teff=None) 
     if ok.any():
         c = None if teff is None else _f(teff)
         if c is not None and np.isfinite(c[ok]).any():
-            grey, col = ok & ~np.isfinite(c), ok & np.isfinite(c)  # no Teff (withheld): grey, never dropped
-            extent = (*np.percentile(x[ok], [0, 100]), *np.percentile(y[ok], [0, 100]))
-            if extent[0] == extent[1] or extent[2] == extent[3]:
-                extent = None
-            if grey.any():
-                ax.hexbin(x[grey], y[grey], gridsize=40, bins="log", mincnt=1, cmap="Greys", alpha=0.6,
-                          extent=extent, linewidths=0)
-            hb = ax.hexbin(x[col], y[col], C=c[col], reduce_C_function=np.median, gridsize=40, mincnt=1,
-                           cmap="plasma", extent=extent, linewidths=0)
-            fig.colorbar(hb, ax=ax, label=r"median $T_{\rm eff}$ [K]" + (" (grey: no Teff)" if grey.any() else ""))
+            # no Teff (withheld): grey, never dropped
+            hb, (_, n_grey) = _hex_by_value(ax, x[ok], y[ok], c[ok], gridsize=40, cmap="plasma",
+                                            extent=_extent(x[ok], y[ok], (0, 100)))
+            fig.colorbar(hb, ax=ax, label=r"median $T_{\rm eff}$ [K]" + (" (grey: no Teff)" if n_grey else ""))
         else:
             hb = ax.hexbin(x[ok], y[ok], gridsize=40, bins="log", mincnt=1, cmap="viridis", linewidths=0)
         lo, hi = np.percentile(np.r_[x[ok], y[ok]], [0.5, 99.5])

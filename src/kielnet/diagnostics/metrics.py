@@ -10,7 +10,7 @@ import numpy as np
 from kielnet.stats import robust_sigma
 
 __all__ = ["withheld_by", "label_metrics", "metrics_table", "REGIMES", "regime_masks", "coverage_summary",
-           "calibration_report", "worst_bin", "CURVE_K", "G_BINS"]
+           "calibration_report", "worst_bin", "BIN_SECTIONS", "CURVE_K", "G_BINS"]
 
 
 def label_metrics(pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray | None = None) -> dict:
@@ -70,6 +70,8 @@ def metrics_table(metrics: dict[str, dict], units: dict[str, str] | None = None)
 
 #: k of the calibration curve: fraction of stars with |residual| < k σ
 CURVE_K = (0.5, 1.0, 1.5, 2.0, 3.0)
+#: the binned sections of a :func:`calibration_report`, in its order
+BIN_SECTIONS = ("snr_bins", "g_bins", "regimes")
 #: Gaia G bins of the calibration report (mag): (name, lower, upper]
 G_BINS = (("le_12", -np.inf, 12.0), ("12_14", 12.0, 14.0), ("14_16", 14.0, 16.0), ("gt_16", 16.0, np.inf))
 
@@ -128,7 +130,7 @@ def worst_bin(report: dict, *, target: float = 0.6827, min_n: int = 100) -> dict
     least ``min_n`` stars) whose 1σ coverage is farthest from ``target``:
     ``{"bin", "n", "cov1", "deviation"}``."""
     cands = [("overall", report["overall"])]
-    for sec in ("snr_bins", "g_bins", "regimes"):
+    for sec in BIN_SECTIONS:
         cands += [(f"{sec}.{k}", v) for k, v in report.get(sec, {}).items()]
     best = {"bin": None, "n": 0, "cov1": None, "deviation": 0.0}
     for name, v in cands:
