@@ -78,7 +78,8 @@ def _trust_catalogue():
     flag[2] = 1 << FLAG_BITS["likely_outlier"]
     flag[3] = 1 << FLAG_BITS["label_not_reported"]
     x[3] = np.nan
-    cat = Table({"x": x, "sigma_x": np.ones(n), "ci95_x": np.full(n, 2.0), "y": np.zeros(n) + 0.1,
+    cat = Table({"x": x, "sigma_x": np.ones(n), "ci95_x": np.full(n, 2.0), "ci997_x": np.full(n, 5.0),
+                 "y": np.zeros(n) + 0.1,
                  "sigma_y": np.ones(n), "flag": flag, "support_x": np.where(np.arange(n) == 3, 0.1, 0.9),
                  "not_reported": np.where(np.arange(n) == 3, "x:support", "")})
     return cat, truth
@@ -96,6 +97,8 @@ def test_tail_metrics_count_usable_rows_only():
     assert t["x"]["ok_beyond_3sigma"] == pytest.approx(2 / 38)
     assert t["x"]["ok_beyond_5sigma"] == pytest.approx(1 / 38)
     assert t["x"]["ok_outside_ci95"] == pytest.approx(2 / 38)
+    assert t["x"]["ok_outside_ci997"] == pytest.approx(1 / 38)  # row 1 (|6 - 0| > 5)
+    assert "ok_outside_ci997" not in t["y"]  # no ci997_y column
     assert t["x"]["hot_ok_beyond_3sigma"] == pytest.approx(2 / 3)  # rows 0, 1, 4 of the hot ones
     # y is usable on the withheld-x row too: only the flagged row is excluded
     assert t["y"]["n_ok"] == 39 and t["y"]["ok_beyond_3sigma"] == 0.0

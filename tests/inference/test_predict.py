@@ -31,7 +31,7 @@ def test_catalogue_columns_units_and_order(tiny_bundle, clean):
     assert cat["source_id"].tolist() == clean.extra["source_id"].tolist()
     expected = ["id", "source_id", "medflux"]
     for name in LABELS:
-        expected += [name, f"e_{name}", f"sigma_{name}", f"ci95_{name}"]
+        expected += [name, f"e_{name}", f"sigma_{name}", f"ci95_{name}", f"ci997_{name}"]
     expected += ["flag", "status", "not_reported", "n_bad_pixels", "missing_inputs", "spectrum_issues"]
     expected += [f"support_{name}" for name in LABELS] + ["outlier_score"]  # the preset's neighbour model
     expected += ["snr_spectrum"]  # the S/N of the preset's σ recalibration
@@ -85,6 +85,11 @@ def test_catalogue_values(tiny_bundle, clean):
         glob = np.maximum(want, spread)
         np.testing.assert_allclose(np.asarray(cat[f"sigma_{name}"]), glob * near.factor[:, j], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(cat[f"ci95_{name}"]), glob * near.q95[:, j], rtol=1e-12)
+        # ci95 x the out-of-fold factor; NaN (unknown) for this tiny bundle's ~160
+        # out-of-fold stars, too few for a 99.73 % quantile
+        factor = tiny_bundle.neighbours.ci997_factor[j]
+        assert np.isnan(factor) and len(tiny_bundle.neighbours.z) < 370
+        np.testing.assert_allclose(np.asarray(cat[f"ci997_{name}"]), glob * near.q95[:, j] * factor, rtol=1e-12)
     # status spells out the flag
     assert cat["status"].tolist() == status_strings(np.asarray(cat["flag"]), LABELS).tolist()
     assert (np.asarray(cat["n_bad_pixels"]) == 0).all()

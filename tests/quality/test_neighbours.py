@@ -233,3 +233,81 @@ def test_local_disagreement_threshold_follows_the_stars_predicted_alike(tmp_path
     arrays["disagreement"] = arrays["disagreement"][:5]
     with pytest.raises(ValueError, match="disagreement has shape"):
         NeighbourModel.from_parts(m._meta(), arrays)
+
+
+# ---------------------------------------------------------------- the 99.73 % interval
+def test_conformal_factor_rank_rule():
+    from kielnet.quality.neighbours import GAUSSIAN_3SIGMA, conformal_factor
+
+    u = np.arange(1, 1001, dtype=float)
+    # the ceil(1001 x 0.9973) = 999th smallest of 1000
+    assert conformal_factor(u) == 999.0
+    assert conformal_factor(np.r_[u, np.nan, np.inf]) == 999.0  # non-finite scores are not stars
+    # 369 stars cannot give a 99.73 % rank; 370 can (their largest)
+    assert np.isnan(conformal_factor(np.arange(369.0)))
+    assert conformal_factor(np.arange(370.0)) == 369.0
+    assert conformal_factor(u, 0.5) == 501.0 and GAUSSIAN_3SIGMA == pytest.approx(0.9973, abs=1e-4)
+
+
+def _t_reference(n: int, seed: int, dof: float):
+    rng = np.random.default_rng(seed)
+    pred = rng.uniform(-1, 1, (n, 2))
+    z = np.abs(rng.standard_t(dof, (n, 2))) if np.isfinite(dof) else np.abs(rng.normal(0, 1, (n, 2)))
+    return pred, np.full(n, 50.0), np.ones((n, 2), dtype=bool), z
+
+
+@pytest.mark.parametrize("dof", [3.0, np.inf])
+def test_ci997_holds_99_73_percent_of_new_stars_where_sigma_does_not(dof):
+    """Reference and new stars with Student-t (3 dof) or Gaussian residuals. For the heavy
+    tail, far more than 0.27 % of new stars lie beyond 3 local σ, while ci997 misses
+    about 0.27 % of them, cross-fitted as well as on new stars; for the Gaussian it is
+    about 3σ wide (1.53 × ci95). Without the conformal factor (ci997 = 3/1.96 ci95, the
+    Gaussian ratio) the heavy tail's miss rate is several times higher."""
+    m = NeighbourModel.fit(NAMES, *_t_reference(8000, 5, dof), fit_to="1and2sigma")
+    pred, snr, _, z = _t_reference(40000, 6, dof)
+    a = m.assess(positions(pred, snr))
+    miss = z > m.ci997_scale(a)
+    beyond_3sigma = z > 3 * a.factor
+    gaussian_ratio = z > m.ci95_scale(a) * 3.0 / 1.959963984540054
+    for j, name in enumerate(NAMES):
+        assert miss[:, j].mean() == pytest.approx(0.0027, abs=0.0015)
+        assert m.report["labels"][name]["outside_ci997_cross_fitted"] == pytest.approx(0.0027, abs=0.0015)
+        assert m.report["labels"][name]["ci997_factor"] == m.ci997_factor[j]
+        if np.isfinite(dof):
+            assert beyond_3sigma[:, j].mean() > 0.01
+            assert gaussian_ratio[:, j].mean() > 3 * 0.0027
+            assert m.ci997_factor[j] > 1.8
+        else:
+            assert m.ci997_factor[j] == pytest.approx(3.0 / 1.96, rel=0.12)
+
+
+def test_ci997_left_out_stars_are_those_a_catalogue_would_not_report():
+    """The factor is fitted on stars whose label would be reported: a region without the
+    label (withheld) holding huge residuals does not widen it."""
+    pred, snr, has, z = _t_reference(6000, 7, np.inf)
+    base = NeighbourModel.fit(NAMES, pred, snr, has, z)
+    has2, z2 = has.copy(), z.copy()
+    far = pred[:, 0] > 0.6
+    has2[far, 1] = False
+    z2[far, 1] = 50.0  # support withholds label b there; these residuals must not count
+    m = NeighbourModel.fit(NAMES, pred, snr, has2, z2)
+    assert m.withheld(m.assess(positions(pred[far], snr[far])))[:, 1].mean() > 0.9
+    assert m.ci997_factor[1] == pytest.approx(base.ci997_factor[1], rel=0.15)
+    assert m.ci997_factor[1] < 2.5
+
+
+def test_ci997_factor_round_trip_and_older_models(model, tmp_path):
+    again = NeighbourModel.load(model.save(tmp_path / "n.safetensors"))
+    np.testing.assert_array_equal(again.ci997_factor, model.ci997_factor)
+    assert "ci997_X" in model.describe()
+    meta = model._meta()
+    meta.pop("ci997_factor")  # a model saved before the interval existed
+    old = NeighbourModel.from_parts(meta, model.arrays())
+    assert old.ci997_factor is None and old.ci997_scale(old.assess(positions(np.zeros((1, 2)), None))) is None
+    assert "ci997_X" not in old.describe()
+    for bad in ([0.5, 2.0], [2.0], [2.0, float("inf")]):
+        meta["ci997_factor"] = bad
+        with pytest.raises(ValueError, match="ci997_factor"):
+            NeighbourModel.from_parts(meta, model.arrays())
+    meta["ci997_factor"] = [None, 2.0]  # too few stars for label a: unknown
+    assert np.isnan(NeighbourModel.from_parts(meta, model.arrays()).ci997_factor[0])

@@ -154,9 +154,11 @@ def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None 
     ``ok_beyond_5sigma`` (fractions with |residual| > 3σ / 5σ, σ = ``sigma_X``; a
     Gaussian gives 0.0027 and 5.7e-7), ``ok_beyond_3sigma_clean`` (the same on stars
     whose reference error in ``label_errs`` is below its median), ``hot_ok_beyond_3sigma``
-    (on the rows of the ``hot`` mask), ``cov1`` / ``cov2`` and, with ``ci95_X``,
-    ``ok_outside_ci95``. ``rows_ok_fraction``: rows with no flag but ``label_not_reported``."""
+    (on the rows of the ``hot`` mask), ``cov1`` / ``cov2`` and, with ``ci95_X`` /
+    ``ci997_X``, ``ok_outside_ci95`` / ``ok_outside_ci997`` (a Gaussian: 0.05 / 0.0027).
+    ``rows_ok_fraction``: rows with no flag but ``label_not_reported``."""
     from kielnet.quality.flags import FLAG_BITS, usable_mask
+    from kielnet.quality.neighbours import interval_columns
 
     flags = np.asarray(cat["flag"], dtype=np.int64)
     other = flags & ~np.int64(1 << FLAG_BITS["label_not_reported"])
@@ -190,10 +192,11 @@ def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None 
         if hot is not None:
             d["n_hot_ok"] = int((ok & hot).sum())
             d["hot_ok_beyond_3sigma"] = frac(np.asarray(hot, dtype=bool), 3.0)
-        if f"ci95_{name}" in cat.colnames:
-            c = _col(cat, f"ci95_{name}")
-            m = ok & np.isfinite(c)
-            d["ok_outside_ci95"] = float(np.mean(np.abs(v - t)[m] > c[m])) if m.any() else None
+        for col in interval_columns(name):
+            if col in cat.colnames:
+                c = _col(cat, col)
+                m = ok & np.isfinite(c)
+                d[f"ok_outside_{col.split('_')[0]}"] = float(np.mean(np.abs(v - t)[m] > c[m])) if m.any() else None
         out[name] = d
     return out
 

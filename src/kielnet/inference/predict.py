@@ -34,7 +34,7 @@ from kielnet.data.startable import StarTable
 from kielnet.artifact import Bundle
 from kielnet.inference.inputs import duplicate_id_mask, fill_absent_inputs, warn_duplicates
 from kielnet.inference.quality import add_quality_columns
-from kielnet.quality.neighbours import positions
+from kielnet.quality.neighbours import interval_columns, positions
 from kielnet.quality.sigma import star_snr
 from kielnet.quality.spread import log_disagreement
 from kielnet.quality.uncertainty import total_sigma
@@ -133,6 +133,8 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
     mean[withheld] = np.nan
     spread[withheld] = np.nan
 
+    ci95 = None if near is None else nb.ci95_scale(near)
+    ci997 = None if near is None else nb.ci997_scale(near)
     head = None if head_sigma is None else np.sqrt(np.mean(np.asarray(head_sigma, dtype=np.float64) ** 2, axis=0))
     cat = Table()
     cat["id"] = table.ids
@@ -154,12 +156,18 @@ def catalogue_from_predictions(bundle: Bundle, table: StarTable, prep: Prepared,
         if near is not None:
             s_glob = np.asarray(cat[f"sigma_{lab.name}"], dtype=np.float64)
             cat[f"sigma_{lab.name}"] = s_glob * near.factor[:, j]
-            q95 = np.where(np.isfinite(near.q95[:, j]), near.q95[:, j], 1.959963984540054 * near.factor[:, j])
-            cat[f"ci95_{lab.name}"] = np.where(np.isnan(mean[:, j]), np.nan, s_glob * q95)
-            cat[f"ci95_{lab.name}"].description = (f"half-width of the 95 % interval of {lab.name} (the "
-                                                   "out-of-fold neighbours' 0.95 quantile of |residual|/sigma)")
-            if unit is not None:
-                cat[f"ci95_{lab.name}"].unit = unit
+            widths = {"ci95": (ci95[:, j], "95 % interval of {} (the out-of-fold neighbours' 0.95 quantile of "
+                                           "|residual|/sigma)")}
+            if ci997 is not None:
+                widths["ci997"] = (ci997[:, j], "99.73 % interval of {} (a Gaussian's 3 sigma): ci95 x the "
+                                                "out-of-fold 99.73 % quantile of |residual|/ci95 (NaN: too few "
+                                                "out-of-fold stars to know it)")
+            for prefix, (scale, text) in widths.items():
+                c = f"{prefix}_{lab.name}"
+                cat[c] = np.where(np.isnan(mean[:, j]), np.nan, s_glob * scale)
+                cat[c].description = "half-width of the " + text.format(lab.name)
+                if unit is not None:
+                    cat[c].unit = unit
         if noise_var is not None:
             cat[f"e_{lab.name}_noise"] = np.where(withheld[:, j] | unlabelled, np.nan,
                                                   np.sqrt(noise_var[:, j]))
@@ -267,7 +275,7 @@ def enforce_status(cat: Table, label_names: list[str]) -> Table:
                                            | (np.isnan(values).any(axis=1) & ~withheld))
         flags[broken] |= 1 << FLAG_BITS["prediction_failed"]
         blank = unlabelled_mask(flags)
-        for c in cols + [f"ci95_{n}" for n in label_names if f"ci95_{n}" in cat.colnames]:
+        for c in cols + [c for n in label_names for c in interval_columns(n) if c in cat.colnames]:
             if blank.any():
                 cat[c][blank] = np.nan
     cat["flag"] = flags

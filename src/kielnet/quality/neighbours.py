@@ -30,6 +30,13 @@ The ``k_local`` nearest reference stars with a residual give
   metal-poor stars, low S/N), not only in the (label, S/N) cells of the global σ model;
 * the **95 % half-width** ``ci95 = σ × (0.95 quantile of their z)``: where residuals are
   heavier-tailed than a Gaussian, it is wider than 1.96 σ;
+* the **99.73 % half-width** ``ci997 = ci95 × c``, the probability of a Gaussian's ±3σ:
+  150 neighbours cannot give a 0.9973 quantile, so ``c`` is one number per label, the
+  split-conformal 99.73 % quantile of |residual| / ci95 over all reference stars whose
+  label would be reported (each assessed without itself; :func:`conformal_factor`). On
+  the XP library c is 2.1–3.0, against 1.53 for a Gaussian: the stars a Gaussian σ puts
+  beyond 3σ lie inside ci997 (its miss rate, cross-fitted on two halves of the reference
+  stars, is in ``report``);
 * the **outlier score**: the largest, over labels, fraction of those neighbours whose
   ``z`` exceeds ``tail`` (3) times the local factor — how often stars like this one are
   wrong by more than 3 σ. A score above ``outlier_threshold`` sets flag bit
@@ -55,15 +62,31 @@ import numpy as np
 
 from kielnet.threads import thread_map, thread_parts
 
-__all__ = ["NeighbourModel", "NeighbourAssessment", "positions"]
+__all__ = ["NeighbourModel", "NeighbourAssessment", "INTERVAL_PREFIXES", "conformal_factor", "interval_columns",
+           "positions"]
 
 _FORMAT = 1
 GAUSSIAN_1SIGMA = 0.6826894921370859
 GAUSSIAN_2SIGMA = 0.9544997361036416
+#: probability within ±3σ of a Gaussian: the level of the ``ci997`` interval
+GAUSSIAN_3SIGMA = 0.9973002039367398
+#: |residual| / σ at which a Gaussian's two-sided 95 % interval ends (``ci95`` where a star
+#: has too few neighbours for its own quantile)
+GAUSSIAN_95 = 1.959963984540054
 #: half-widths of the coverage bands the "1and2sigma" local factor balances (1σ, 2σ)
 COVERAGE_BANDS = (0.05, 0.03)
 #: factors are kept within this range (a handful of near-zero residuals must not shrink σ to 0)
 FACTOR_RANGE = (0.25, 10.0)
+
+
+#: prefixes of the interval half-width columns (``ci95_X``, ``ci997_X``) a neighbour model
+#: gives a catalogue
+INTERVAL_PREFIXES = ("ci95", "ci997")
+
+
+def interval_columns(name: str) -> list[str]:
+    """The interval half-width columns a catalogue may hold for label ``name``."""
+    return [f"{p}_{name}" for p in INTERVAL_PREFIXES]
 
 
 def positions(pred_scaled: np.ndarray, snr: np.ndarray | None) -> np.ndarray:
@@ -125,6 +148,9 @@ class NeighbourModel:
     disagreement: np.ndarray | None = None
     #: the quantile of the neighbours' disagreement that is the local threshold
     disagreement_quantile: float = 0.90
+    #: (n_labels,) ``ci997 = ci95 × ci997_factor`` (:func:`conformal_factor`; NaN where too
+    #: few reference stars); None: a model fitted before it existed (no ``ci997`` column)
+    ci997_factor: np.ndarray | None = None
     _nn: object = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ geometry
@@ -206,6 +232,17 @@ class NeighbourModel:
         thread_map(part, thread_parts(len(good), 1, chunk))
         return out
 
+    def ci95_scale(self, a: NeighbourAssessment) -> np.ndarray:
+        """(n, n_labels) the 95 % half-width in units of the bundle's σ (before the local
+        factor): the neighbours' 0.95 quantile of |residual| / σ, or 1.96 × the local factor
+        where too few neighbours have a residual."""
+        return np.where(np.isfinite(a.q95), a.q95, GAUSSIAN_95 * a.factor)
+
+    def ci997_scale(self, a: NeighbourAssessment) -> np.ndarray | None:
+        """(n, n_labels) the 99.73 % half-width in the same units: :meth:`ci95_scale` ×
+        ``ci997_factor`` (None for a model without one)."""
+        return None if self.ci997_factor is None else self.ci95_scale(a) * self.ci997_factor
+
     def withheld(self, a: NeighbourAssessment) -> np.ndarray:
         """(n, n_labels) bool: labels without support near the star."""
         with np.errstate(invalid="ignore"):
@@ -227,6 +264,10 @@ class NeighbourModel:
                     "(+-3 %) within 2")
             txt += f"; sigma x {what}, for the {self.k_local} nearest out-of-fold training stars"
         txt += "; ci95_X = sigma x their 0.95 quantile (before that factor)"
+        if self.ci997_factor is not None:
+            fs = ", ".join(f"{n} {f:.2f}" for n, f in zip(self.label_names, self.ci997_factor) if np.isfinite(f))
+            txt += (f"; ci997_X (99.73 %, a Gaussian's 3 sigma) = ci95_X x the 99.73 % conformal quantile of "
+                    f"|residual|/ci95 over all out-of-fold training stars ({fs or 'too few stars'})")
         if np.isfinite(self.outlier_threshold):
             txt += (f"; likely_outlier: more than {self.outlier_threshold:.3f} of those neighbours lie beyond "
                     f"{self.tail:g} local sigma in some label")
@@ -283,7 +324,32 @@ class NeighbourModel:
             thr = float(np.quantile(s, 1.0 - outlier_budget)) if s.size else float("inf")
         model.outlier_threshold = thr
         model.report = model._self_report(a, z, has_label)
+        model._fit_ci997(a, z)
         return model
+
+    def _fit_ci997(self, a: NeighbourAssessment, z: np.ndarray, seed: int = 0) -> None:
+        """``ci997_factor`` from the reference stars (each assessed without itself) whose
+        label would be reported: not withheld, not ``likely_outlier`` (at least 1: ci997
+        contains ci95); and, in ``report``,
+        its miss rate cross-fitted on two random halves (each half's factor judged on the
+        other half) beside the rate outside ci95."""
+        u = z / self.ci95_scale(a)
+        keep = np.isfinite(u) & ~self.withheld(a) & ~self.outliers(a)[:, None]
+        half = np.random.default_rng(seed).random(len(u)) < 0.5
+        # never narrower than ci95 (the intervals nest); NaN stays NaN
+        self.ci997_factor = np.maximum(np.array([conformal_factor(u[keep[:, j], j]) for j in range(u.shape[1])]), 1.0)
+        for j, name in enumerate(self.label_names):
+            k = keep[:, j]
+            missed = judged = 0
+            for h in (half, ~half):
+                c = conformal_factor(u[k & h, j])
+                if np.isfinite(c):
+                    missed += int((u[k & ~h, j] > c).sum())
+                    judged += int((k & ~h).sum())
+            self.report["labels"][name].update({
+                "ci997_factor": float(self.ci997_factor[j]) if np.isfinite(self.ci997_factor[j]) else None,
+                "outside_ci95_kept": float(np.mean(u[k, j] > 1.0)) if k.any() else None,
+                "outside_ci997_cross_fitted": missed / judged if judged else None})
 
     def _self_report(self, a: NeighbourAssessment, z: np.ndarray, has_label: np.ndarray) -> dict:
         """Coverage and tails of the reference stars, each assessed without itself."""
@@ -319,7 +385,9 @@ class NeighbourModel:
                 "outlier_budget": self.outlier_budget,
                 "outlier_threshold": self.outlier_threshold if np.isfinite(self.outlier_threshold) else None,
                 "target": self.target, "fit_to": self.fit_to, "report": self.report,
-                "disagreement_quantile": self.disagreement_quantile}
+                "disagreement_quantile": self.disagreement_quantile,
+                "ci997_factor": None if self.ci997_factor is None else
+                [float(v) if np.isfinite(v) else None for v in self.ci997_factor]}
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"coords": np.ascontiguousarray(self.coords, dtype=np.float32),
@@ -357,6 +425,12 @@ class NeighbourModel:
         if dis is not None and dis.shape != (len(coords),):
             raise ValueError(f"neighbour-model disagreement has shape {dis.shape}, not ({len(coords)},)")
         thr = meta.get("outlier_threshold")
+        c997 = meta.get("ci997_factor")
+        if c997 is not None:
+            c997 = np.array([np.nan if v is None else float(v) for v in c997])
+            if c997.shape != (len(names),) or (c997[np.isfinite(c997)] < 1.0).any() or np.isinf(c997).any():
+                raise ValueError(f"neighbour-model ci997_factor {meta.get('ci997_factor')!r} must give one factor "
+                                 f">= 1 (or null) per label {names}")
         return cls(names, coords, has, z, np.asarray(meta["center"], float), np.asarray(meta["scale"], float),
                    k_support=int(meta["k_support"]), min_support=float(meta["min_support"]),
                    k_local=int(meta["k_local"]), min_local=int(meta["min_local"]),
@@ -364,7 +438,19 @@ class NeighbourModel:
                    outlier_budget=float(meta["outlier_budget"]),
                    outlier_threshold=float("inf") if thr is None else float(thr), target=float(meta["target"]),
                    fit_to=str(meta.get("fit_to", "1sigma")), report=dict(meta.get("report", {})),
-                   disagreement=dis, disagreement_quantile=float(meta.get("disagreement_quantile", 0.90)))
+                   disagreement=dis, disagreement_quantile=float(meta.get("disagreement_quantile", 0.90)),
+                   ci997_factor=c997)
+
+
+def conformal_factor(u: np.ndarray, level: float = GAUSSIAN_3SIGMA) -> float:
+    """The split-conformal ``level`` quantile of the finite scores ``u`` (here |residual| /
+    ci95 of reference stars): the ⌈(n + 1) level⌉-th smallest of n, so that a new star
+    exchangeable with them scores above it with probability at most 1 − ``level``. NaN
+    where n is too small for that rank (n < level / (1 − level): fewer than 370 stars for
+    99.73 %)."""
+    u = np.sort(np.asarray(u, dtype=np.float64)[np.isfinite(u)])
+    rank = int(np.ceil((len(u) + 1) * level))
+    return float(u[rank - 1]) if 1 <= rank <= len(u) else float("nan")
 
 
 def _joint_factor(zn: np.ndarray, count: np.ndarray, f1: np.ndarray, f2: np.ndarray, target: float,
