@@ -629,6 +629,9 @@ def seed_statistics(per_seed: list[dict], names: list[str]) -> dict:
                      ("ok_beyond_5sigma", lambda p, n: p["tails"][n]["ok_beyond_5sigma"]),
                      ("hot_ok_beyond_3sigma", lambda p, n: p["tails"][n].get("hot_ok_beyond_3sigma")),
                      ("ok_fraction", lambda p, n: p["tails"][n]["ok_fraction"]),
+                     # outside the catalogue's 95 % / 99.73 % intervals (runs whose bundle gives them)
+                     ("ok_outside_ci95", lambda p, n: p["tails"][n].get("ok_outside_ci95")),
+                     ("ok_outside_ci997", lambda p, n: p["tails"][n].get("ok_outside_ci997")),
                      # over every star with a prediction, withheld or not (runs with tail regimes)
                      ("robust_sigma_without_withholding",
                       lambda p, n: (((p.get("tail_regimes") or {}).get("labels") or {}).get(n) or {}).get(

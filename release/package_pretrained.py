@@ -140,10 +140,24 @@ def limitation_lines(cat, test) -> list[str]:
                     tails[n].get("ok_beyond_3sigma_clean") is not None)
         + ". The residuals are heavier-tailed than a Gaussian (part of it from the reference labels), and no "
         "per-star score found here picks out the individual outliers; ci95_X gives the 95 % interval measured "
-        "on the out-of-fold neighbours.",
+        "on the out-of-fold neighbours" + interval_text(tails, names) + ".",
         f"- Usable rows: {100 * tails['rows_ok_fraction']:.1f} % of the test stars have no flag but possibly "
         f"label_not_reported ({100 * tails['rows_status_ok_fraction']:.1f} % have status ok).",
     ]
+
+
+def interval_text(tails: dict, names: list[str]) -> str:
+    """The card's clause on the usable labels outside ci95_X and ci997_X (empty for a
+    catalogue without those columns)."""
+    def outside(key: str) -> str:
+        return ", ".join(f"{n} {100 * tails[n][key]:.2f} %" for n in names if tails[n].get(key) is not None)
+
+    c95, c997 = outside("ok_outside_ci95"), outside("ok_outside_ci997")
+    if not c997:
+        return ""
+    return (f", and ci997_X the 99.73 % interval (a Gaussian's 3 sigma; use it, not 3 sigma_X, where a value must "
+            f"be right). Usable labels outside ci95_X (5 % expected): {c95}; outside ci997_X (0.27 % expected): "
+            f"{c997}")
 
 
 def residual_correction_lines(res: dict) -> list[str]:

@@ -85,3 +85,15 @@ def test_card_says_whether_a_residual_correction_would_help():
     assert "58.1 / 2.03 % to 57.9 / 2.09 % (teff)" in line
     del res["residual_correction"]
     assert not any("not predictable" in ln for ln in tail_source_lines(res))
+
+
+def test_card_gives_the_measured_rates_outside_both_intervals():
+    from package_pretrained import interval_text
+
+    tails = {"teff": {"ok_outside_ci95": 0.042, "ok_outside_ci997": 0.0031},
+             "logg": {"ok_outside_ci95": 0.039, "ok_outside_ci997": 0.0024}}
+    text = interval_text(tails, ["teff", "logg"])
+    assert "outside ci95_X (5 % expected): teff 4.20 %, logg 3.90 %" in text
+    assert "outside ci997_X (0.27 % expected): teff 0.31 %, logg 0.24 %" in text
+    # a catalogue of a bundle without ci997_X: no clause
+    assert interval_text({"teff": {"ok_outside_ci95": 0.042}}, ["teff"]) == ""
