@@ -286,7 +286,10 @@ def cmd_calibrate(args) -> int:
               f"out-of-fold stars (false-flag rate {rep['false_flag_rate']})")
         for name, r in rep["labels"].items():
             print(f"  {name}: withheld {r['withheld_fraction']:.3f}, 1-sigma coverage {r['cov1']:.3f}, "
-                  f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}")
+                  f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}"
+                  + ("" if r.get("ci997_factor") is None else
+                     f"; ci997 = ci95 x {r['ci997_factor']:.2f}, missing {r['outside_ci997_cross_fitted']} of "
+                     "them (cross-fitted)"))
     if bundle.tail_regimes is not None:
         print(bundle.tail_regimes.describe(bundle.config.label_units))
     return 0

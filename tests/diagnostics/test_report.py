@@ -295,3 +295,17 @@ def test_alpha_metal_rz_says_how_many_stars_fall_outside_its_grid(tmp_path, draw
     inside = int(((np.abs(z) < 4.0) & (r < 20)).sum())
     figures.alpha_vs_metal_rz(r, z, m, a, tmp_path / "rz.png")
     assert f"{inside} of the 200 stars with both labels and a position" in drawn_figures[0]._suptitle.get_text()
+
+
+def test_correlation_matrix_leaves_out_the_99_73_percent_interval(tmp_path, monkeypatch):
+    """ci997_X is ci95_X times one number per label, so it has ci95_X's ranks: the matrix
+    keeps ci95_X and does not repeat it."""
+    cat, ref = _catalogue()
+    cat["ci95_teff"] = np.asarray(cat["sigma_teff"]) * np.random.default_rng(2).uniform(1.8, 2.5, len(cat))
+    cat["ci997_teff"] = 2.4 * cat["ci95_teff"]
+    shown: list = []
+    real = figures.correlation_matrix
+    monkeypatch.setattr(figures, "correlation_matrix", lambda cols, path, **kw: shown.append(list(cols))
+                        or real(cols, path, **kw))
+    make_report(cat, tmp_path / "rep", references=[ref], progress=False, log=lambda *_: None)
+    assert "ci95_teff" in shown[0] and "ci997_teff" not in shown[0]

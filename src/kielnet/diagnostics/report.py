@@ -440,8 +440,9 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
             if np.asarray(v).ndim == 1 and k not in cols:
                 cols[k] = np.asarray(v, dtype=float)
     skip = {"flag", "n_bad_pixels", "source_id", "id"}
+    # ci997_X is ci95_X times one number per label: the same ranks, a row of its own would repeat ci95_X's
     for n in cat.colnames:
-        if (n not in cols and n not in skip and not n.startswith(("e_", "sigma_")) and n not in labels
+        if (n not in cols and n not in skip and not n.startswith(("e_", "sigma_", "ci997_")) and n not in labels
                 and cat[n].dtype.kind in "fi" and n.lower() not in ("ra", "dec")):
             cols[n] = np.where(draw, _floats(cat[n]), np.nan)
     items = []
