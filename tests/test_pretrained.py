@@ -50,6 +50,14 @@ def test_loads_by_name_and_reproduces_its_reference_catalogue(xp_subset):
         atol = 2e-3 if c.endswith("teff") else 2e-6
         np.testing.assert_allclose(np.asarray(cat[c], float), np.asarray(ref[c], float), rtol=2e-5, atol=atol,
                                    err_msg=c)
+    # the shipped model gives the 99.73 % interval of every reported label, wider than a
+    # Gaussian's (3/1.96 ci95): its residuals are heavier-tailed
+    assert (bundle.neighbours.ci997_factor > 2.0).all()
+    for n in bundle.config.label_names:
+        v, c95, c997 = (np.asarray(cat[k], float) for k in (n, f"ci95_{n}", f"ci997_{n}"))
+        assert np.isfinite(c997[np.isfinite(v)]).all() and np.isnan(c997[np.isnan(v)]).all()
+        np.testing.assert_allclose(c997[np.isfinite(v)] / c95[np.isfinite(v)],
+                                   bundle.neighbours.ci997_factor[bundle.config.label_names.index(n)], rtol=1e-12)
 
 
 def test_cli_models_and_predict_by_name(xp_subset_path, tmp_path, capsys):

@@ -97,3 +97,19 @@ def test_card_gives_the_measured_rates_outside_both_intervals():
     assert "outside ci997_X (0.27 % expected): teff 0.31 %, logg 0.24 %" in text
     # a catalogue of a bundle without ci997_X: no clause
     assert interval_text({"teff": {"ok_outside_ci95": 0.042}}, ["teff"]) == ""
+
+
+def test_card_seed_table_has_the_ci997_column_only_where_measured():
+    from package_pretrained import seed_lines
+
+    seeds = {"n": 3, "seeds": [0, 1, 2], "robust_sigma": {"teff": {"mean": 55.2, "std": 0.9},
+                                                        "logg": {"mean": 0.139, "std": 0.001}},
+             "rows_ok_fraction": {"values": [0.95], "mean": 0.95}}
+    text = "\n".join(seed_lines({"seeds": seeds}, ["teff", "logg"]))
+    assert "ci997" not in text  # an older result: no column
+    seeds["ok_outside_ci997"] = {"teff": {"mean": 0.00144, "std": 0.0002}, "logg": {"mean": None}}
+    lines = seed_lines({"seeds": seeds}, ["teff", "logg"])
+    table = [x for x in lines if x.startswith("|")]
+    assert table[0].endswith("usable outside ci997 |") and table[1].count("|") == table[0].count("|")
+    assert table[2].startswith("| teff") and table[2].endswith(" 0.144 +- 0.02 % |")
+    assert table[3].startswith("| logg") and table[3].endswith("|  |")  # not measured for logg
