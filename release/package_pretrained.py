@@ -322,6 +322,16 @@ def _without_withholding_lines(seeds: dict, names: list[str]) -> list[str]:
                 "(the table's is over the reported labels): " + ", ".join(parts) + "."]
 
 
+def ci997_fit_text(rep: dict) -> str:
+    """The card's clause on how often the out-of-fold stars whose label would be reported
+    fall outside ci997_X, the factor fitted on one half and judged on the other (empty for a
+    neighbour model without ci997)."""
+    parts = [f"{n} {100 * r['outside_ci997_cross_fitted']:.2f} %" for n, r in rep["labels"].items()
+             if r.get("outside_ci997_cross_fitted") is not None]
+    return ("; outside ci997_X, cross-fitted on two halves of them (0.27 % expected): " + ", ".join(parts)
+            if parts else "")
+
+
 def trust_lines(bundle, result: dict) -> list[str]:
     """The model card's seed-mean accuracy, label-support rule and flag rates (from the
     benchmark result)."""
@@ -332,7 +342,8 @@ def trust_lines(bundle, result: dict) -> list[str]:
                   "Out-of-fold training stars (each without itself): "
                   + ", ".join(f"{n} withheld for {100 * r['withheld_fraction']:.1f} %" for n, r in rep["labels"].items())
                   + f"; likely_outlier flags {100 * rep['flagged_fraction']:.1f} % of them, "
-                  f"{100 * (rep['false_flag_rate'] or 0):.0f} % of those within 3 sigma in every label (false-flag rate)."]
+                  f"{100 * (rep['false_flag_rate'] or 0):.0f} % of those within 3 sigma in every label (false-flag rate)"
+                  + ci997_fit_text(rep) + "."]
         flags = result.get("flags") or {}
         if flags:
             lines.append("Test fifth, fraction of stars per flag (false-flag rate: flagged stars with every "

@@ -113,3 +113,11 @@ def test_card_seed_table_has_the_ci997_column_only_where_measured():
     assert table[0].endswith("usable outside ci997 |") and table[1].count("|") == table[0].count("|")
     assert table[2].startswith("| teff") and table[2].endswith(" 0.144 +- 0.02 % |")
     assert table[3].startswith("| logg") and table[3].endswith("|  |")  # not measured for logg
+
+
+def test_card_gives_the_cross_fitted_ci997_miss_rate():
+    from package_pretrained import ci997_fit_text
+
+    rep = {"labels": {"teff": {"outside_ci997_cross_fitted": 0.00227}, "logg": {"outside_ci997_cross_fitted": None}}}
+    assert ci997_fit_text(rep) == "; outside ci997_X, cross-fitted on two halves of them (0.27 % expected): teff 0.23 %"
+    assert ci997_fit_text({"labels": {"teff": {"withheld_fraction": 0.0}}}) == ""  # an older neighbour model

