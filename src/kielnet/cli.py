@@ -158,11 +158,13 @@ def _with_reference_labels(table, paths, cfg):
 
 
 def _load_selection(args):
-    if not getattr(args, "select", None):
+    """The ``--select`` selections (repeatable: applied in order), or None."""
+    specs = getattr(args, "select", None) or []
+    if not specs:
         return None
-    from kielnet.data.selection import SELECTIONS, load_selection
+    from kielnet.data.selection import SELECTIONS, combine_selections, load_selection
 
-    return load_selection(args.select if args.select in SELECTIONS else Path(args.select))
+    return combine_selections([load_selection(s if s in SELECTIONS else Path(s)) for s in specs])
 
 
 _RECOVERED = "XP coefficients recovered from the sampled spectra (least squares with the design matrices)"
@@ -288,8 +290,9 @@ def cmd_calibrate(args) -> int:
             print(f"  {name}: withheld {r['withheld_fraction']:.3f}, 1-sigma coverage {r['cov1']:.3f}, "
                   f"2-sigma {r['cov2']:.3f}, beyond 3 sigma (kept) {r['beyond_3sigma_kept']}"
                   + ("" if r.get("ci997_factor") is None else
-                     f"; ci997 = ci95 x {r['ci997_factor']:.2f}, missing {r['outside_ci997_cross_fitted']} of "
-                     "them (cross-fitted)"))
+                     f"; ci997 = ci95 x {r['ci997_factor']:.2f}, missing "
+                     + ("?" if r.get("outside_ci997_cross_fitted") is None else
+                        f"{100 * r['outside_ci997_cross_fitted']:.2f} %") + " of them (cross-fitted)"))
     if bundle.tail_regimes is not None:
         print(bundle.tail_regimes.describe(bundle.config.label_units))
     return 0
@@ -747,11 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "label of the config or one of its aliases (case-insensitive) are that label, "
                         "<column>_err its error; counts matched / unmatched / duplicated are printed; a star "
                         "without a value is masked for that label, not dropped (repeatable)")
-    t.add_argument("--select", metavar="NAME|FILE",
+    t.add_argument("--select", action="append", metavar="NAME|FILE",
                    help="a named selection (gaia-rvs-training, gaia-rvs-sample, xp-train, xp-test-fifth) or a "
                         "YAML selection of training stars (kielnet.data.selection: cuts on the scalar inputs, "
                         "labels, <label>_err and pass-through columns); per-cut counts are printed and kept in "
-                        "the bundle")
+                        "the bundle; repeatable: applied in order, e.g. --select xp-train --select "
+                        "benchmarks/configs/xp_label_quality.yaml, the training stars of xp-apogee-dr17")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -769,7 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data", required=True, help="the bundle's training stars: " + DATA_HELP)
     ca.add_argument("--labels", action="append", default=[], metavar="TABLE",
                     help="the reference-label catalogue(s) the bundle was trained with (as for train; repeatable)")
-    ca.add_argument("--select", metavar="NAME|FILE", help="the selection the bundle was trained with")
+    ca.add_argument("--select", action="append", metavar="NAME|FILE",
+                    help="the selection the bundle was trained with (repeatable, as for train)")
     ca.add_argument("--config", help="preset or YAML whose uncertainty / quality.neighbours sections to use")
     ca.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. quality.neighbours.min_support=0.6 (repeatable)")
@@ -824,7 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=_int_at_least(1), help="finished trials to reach (default tuning.n_trials)")
     tu.add_argument("--labels", action="append", default=[], metavar="TABLE",
                     help="reference-label catalogue joined by star id (as for train; repeatable)")
-    tu.add_argument("--select", metavar="NAME|FILE", help="selection of the stars (as for train)")
+    tu.add_argument("--select", action="append", metavar="NAME|FILE",
+                    help="selection of the stars (as for train; repeatable)")
     tu.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT", help="run trials as Dask tasks")
     tu.add_argument("--fresh", action="store_true", help="discard the study in the work directory first")
     tu.set_defaults(func=cmd_tune)
@@ -903,8 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", metavar="NAME", help=FORMAT_HELP)
     e.add_argument("--labels", action="append", default=[], metavar="TABLE",
                    help="reference-label catalogue joined by star id (as for train; repeatable)")
-    e.add_argument("--select", metavar="NAME|FILE",
-                   help="evaluate only these stars: a named selection (e.g. xp-test-fifth) or a YAML file")
+    e.add_argument("--select", action="append", metavar="NAME|FILE",
+                   help="evaluate only these stars: a named selection (e.g. xp-test-fifth) or a YAML file "
+                        "(repeatable: a star must pass each)")
     e.add_argument("--out", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_evaluate)
 

@@ -306,3 +306,39 @@ def test_fits_round_trip_of_input_keeps_result(tmp_path):
     assert np.flatnonzero(mask_file).tolist() == [0, 3, 5, 17]
     assert mask_file.tolist() == mask_mem.tolist()
     assert rep_file == rep_mem
+
+
+def test_combined_selections_apply_every_cut_in_order():
+    from kielnet.data.selection import XP_TRAIN, combine_selections
+
+    clean = load_selection("name: clean\ndescription: low chi2\n"
+                           "cuts:\n  - {name: chi2, column: ASPCAP_CHI2, op: '<', value: 10}\n")
+    both = combine_selections([XP_TRAIN, clean])
+    assert both.name == "xp_train+clean" and [c.name for c in both.cuts] == ["not_test_fifth", "chi2"]
+    ids = np.array([f"2M{i:08d}" for i in range(200)])
+    chi2 = np.where(np.arange(200) % 3 == 0, 20.0, 5.0)
+    tab = Table({"id": ids, "ASPCAP_CHI2": chi2})
+    mask, report = both.apply(tab)
+    want = XP_TRAIN.apply(tab)[0] & clean.apply(tab)[0]
+    assert mask.tolist() == want.tolist() and 0 < mask.sum() < 200
+    assert [c.name for c in report.cuts] == ["not_test_fifth", "chi2"] and report.n_selected == int(want.sum())
+    assert combine_selections([clean]) is clean
+    with pytest.raises(ConfigError, match="chi2"):  # two cuts of one name: refused, naming it
+        combine_selections([clean, clean])
+    with pytest.raises(ConfigError):
+        combine_selections([])
+
+
+def test_cli_select_is_repeatable_and_combines(tmp_path):
+    from kielnet.cli import _load_selection, build_parser
+
+    path = tmp_path / "clean.yaml"
+    path.write_text("name: clean\ncuts:\n  - {name: chi2, column: ASPCAP_CHI2, op: '<', value: 10}\n")
+    for cmd in (["train", "--data", "x", "--out", "o"], ["tune", "--data", "x", "--workdir", "w", "--out", "o"],
+                ["calibrate", "--bundle", "b", "--data", "x", "--out", "o"]):
+        args = build_parser().parse_args(cmd + ["--select", "xp-train", "--select", str(path)])
+        sel = _load_selection(args)
+        assert sel.name == "xp_train+clean" and [c.name for c in sel.cuts] == ["not_test_fifth", "chi2"]
+    args = build_parser().parse_args(["calibrate", "--bundle", "b", "--data", "x", "--out", "o", "--select", "xp-train"])
+    assert _load_selection(args).name == "xp_train"
+    assert _load_selection(build_parser().parse_args(["calibrate", "--bundle", "b", "--data", "x", "--out", "o"])) is None

@@ -48,7 +48,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -58,8 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kielnet.data.splits import crc32_buckets
 from kielnet.errors import ConfigError, InputError
 
-__all__ = ["Condition", "Cut", "Selection", "CutCount", "SelectionReport", "load_selection", "star_columns",
-           "select_stars",
+__all__ = ["Condition", "Cut", "Selection", "CutCount", "SelectionReport", "load_selection", "combine_selections",
+           "star_columns", "select_stars",
            "GAIA_RVS_SAMPLE_CUTS", "GAIA_RVS_TRAINING_CUTS", "XP_TRAIN", "XP_TEST_FIFTH", "SELECTIONS"]
 
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
@@ -422,6 +422,26 @@ def load_selection(spec: str | Path | Mapping[str, Any]) -> Selection:
     if not isinstance(data, dict):
         raise ConfigError(f"selection in {source} must hold a mapping at top level")
     return Selection.from_dict(data, source=source)
+
+
+def combine_selections(selections: Sequence[Selection]) -> Selection:
+    """One selection applying the cuts of ``selections`` in order: a star is kept when
+    every one keeps it (e.g. the XP library's training part, then a label cleaning). Its
+    name joins theirs with ``+``; a single selection comes back unchanged. Raises
+    :class:`ConfigError` where two of them hold a cut of the same name."""
+    selections = list(selections)
+    if not selections:
+        raise ConfigError("no selection to combine")
+    if len(selections) == 1:
+        return selections[0]
+    names = [c.name for s in selections for c in s.cuts]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"selections {[s.name for s in selections]} both hold cuts named {dup}: rename one "
+                          "to apply them together")
+    return Selection(name="+".join(s.name for s in selections),
+                     description="; then ".join(s.description or s.name for s in selections),
+                     cuts=[c for s in selections for c in s.cuts])
 
 
 # ------------------------------------------------------------ Gaia-RVS hybrid CNN
