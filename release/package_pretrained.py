@@ -342,8 +342,8 @@ def trust_lines(bundle, result: dict) -> list[str]:
                   "Out-of-fold training stars (each without itself): "
                   + ", ".join(f"{n} withheld for {100 * r['withheld_fraction']:.1f} %" for n, r in rep["labels"].items())
                   + f"; likely_outlier flags {100 * rep['flagged_fraction']:.1f} % of them, "
-                  f"{100 * (rep['false_flag_rate'] or 0):.0f} % of those within 3 sigma in every label (false-flag rate)"
-                  + ci997_fit_text(rep) + "."]
+                  f"{100 * (rep['false_flag_rate'] or 0):.0f} % of those within 3 sigma in every label "
+                  "(false-flag rate)" + ci997_fit_text(rep) + "."]
         flags = result.get("flags") or {}
         if flags:
             lines.append("Test fifth, fraction of stars per flag (false-flag rate: flagged stars with every "

@@ -339,6 +339,6 @@ def test_cli_select_is_repeatable_and_combines(tmp_path):
         args = build_parser().parse_args(cmd + ["--select", "xp-train", "--select", str(path)])
         sel = _load_selection(args)
         assert sel.name == "xp_train+clean" and [c.name for c in sel.cuts] == ["not_test_fifth", "chi2"]
-    args = build_parser().parse_args(["calibrate", "--bundle", "b", "--data", "x", "--out", "o", "--select", "xp-train"])
-    assert _load_selection(args).name == "xp_train"
-    assert _load_selection(build_parser().parse_args(["calibrate", "--bundle", "b", "--data", "x", "--out", "o"])) is None
+    base = ["calibrate", "--bundle", "b", "--data", "x", "--out", "o"]
+    assert _load_selection(build_parser().parse_args(base + ["--select", "xp-train"])).name == "xp_train"
+    assert _load_selection(build_parser().parse_args(base)) is None

@@ -34,7 +34,7 @@ The ``k_local`` nearest reference stars with a residual give
   150 neighbours cannot give a 0.9973 quantile, so ``c`` is one number per label, the
   split-conformal 99.73 % quantile of |residual| / ci95 over all reference stars whose
   label would be reported (each assessed without itself; :func:`conformal_factor`). On
-  the XP library c is 2.1–3.0, against 1.53 for a Gaussian: the stars a Gaussian σ puts
+  the XP library c is 2.2–3.1, against 1.53 for a Gaussian: the stars a Gaussian σ puts
   beyond 3σ lie inside ci997 (its miss rate, cross-fitted on two halves of the reference
   stars, is in ``report``);
 * the **outlier score**: the largest, over labels, fraction of those neighbours whose
@@ -329,15 +329,16 @@ class NeighbourModel:
 
     def _fit_ci997(self, a: NeighbourAssessment, z: np.ndarray, seed: int = 0) -> None:
         """``ci997_factor`` from the reference stars (each assessed without itself) whose
-        label would be reported: not withheld, not ``likely_outlier`` (at least 1: ci997
-        contains ci95); and, in ``report``,
-        its miss rate cross-fitted on two random halves (each half's factor judged on the
-        other half) beside the rate outside ci95."""
+        label would be reported: not withheld, not ``likely_outlier``; at least 1, so that
+        ci997 contains ci95. In ``report``: the factor, the rate outside ci95, and the miss
+        rate of ci997 cross-fitted on two random halves (each half's factor judged on the
+        other half)."""
         u = z / self.ci95_scale(a)
         keep = np.isfinite(u) & ~self.withheld(a) & ~self.outliers(a)[:, None]
         half = np.random.default_rng(seed).random(len(u)) < 0.5
         # never narrower than ci95 (the intervals nest); NaN stays NaN
-        self.ci997_factor = np.maximum(np.array([conformal_factor(u[keep[:, j], j]) for j in range(u.shape[1])]), 1.0)
+        factors = [conformal_factor(u[keep[:, j], j]) for j in range(u.shape[1])]
+        self.ci997_factor = np.maximum(np.array(factors), 1.0)
         for j, name in enumerate(self.label_names):
             k = keep[:, j]
             missed = judged = 0
