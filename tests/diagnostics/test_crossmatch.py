@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import astropy.units as u
 import numpy as np
+import pytest
 from astropy.table import Table
 
 from kielnet.diagnostics.crossmatch import (comparison_table, crossmatch, match_by_id, match_by_position,
@@ -62,3 +63,21 @@ def test_comparison_table_counts_only_finite_rows():
     hot = t[(t["label"] == "teff") & (t["regime"] == "teff_gt_7000")][0]
     assert hot["n"] == int(np.sum((ref["teff"] > 7000) & np.isfinite(pred["teff"])))
     assert sum(r.startswith("snr_q") for r in set(t["regime"])) == 4
+
+
+def test_comparison_table_gives_the_tails_and_the_interval_misses():
+    """beyond_3sigma counts |residual| > 3 sigma; outside_ci95 / outside_ci997 count residuals
+    beyond the given half-widths, NaN where the catalogue has none (or no sigma)."""
+    n = 1000
+    ref = {"teff": np.full(n, 5000.0), "logg": np.full(n, 4.0)}
+    r = np.zeros(n)
+    r[:40], r[40:45] = 160.0, 400.0  # 4.5 % beyond 150 K (3 sigma), 0.5 % beyond 350 K
+    pred = {"teff": ref["teff"] + r, "logg": ref["logg"]}
+    sigma = {"teff": np.full(n, 50.0)}
+    widths = {"ci95": {"teff": np.full(n, 100.0)}, "ci997": {"teff": np.r_[np.full(n - 1, 350.0), np.nan]}}
+    t = comparison_table(pred, ref, sigma, units={"teff": "K"}, intervals=widths)
+    row = t[t["label"] == "teff"][0]
+    assert row["beyond_3sigma"] == pytest.approx(45 / n)
+    assert row["outside_ci95"] == pytest.approx(45 / n) and row["outside_ci997"] == pytest.approx(5 / (n - 1))
+    g = t[t["label"] == "logg"][0]  # no sigma, no intervals: NaN, not 0
+    assert np.isnan(g["beyond_3sigma"]) and np.isnan(g["outside_ci95"]) and np.isnan(g["outside_ci997"])

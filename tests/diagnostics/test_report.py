@@ -297,9 +297,9 @@ def test_alpha_metal_rz_says_how_many_stars_fall_outside_its_grid(tmp_path, draw
     assert f"{inside} of the 200 stars with both labels and a position" in drawn_figures[0]._suptitle.get_text()
 
 
-def test_correlation_matrix_leaves_out_the_99_73_percent_interval(tmp_path, monkeypatch):
+def test_report_leaves_ci997_out_of_the_correlations_and_counts_interval_misses(tmp_path, monkeypatch):
     """ci997_X is ci95_X times one number per label, so it has ci95_X's ranks: the matrix
-    keeps ci95_X and does not repeat it."""
+    keeps ci95_X and does not repeat it. The comparison table counts the misses of both."""
     cat, ref = _catalogue()
     cat["ci95_teff"] = np.asarray(cat["sigma_teff"]) * np.random.default_rng(2).uniform(1.8, 2.5, len(cat))
     cat["ci997_teff"] = 2.4 * cat["ci95_teff"]
@@ -307,5 +307,15 @@ def test_correlation_matrix_leaves_out_the_99_73_percent_interval(tmp_path, monk
     real = figures.correlation_matrix
     monkeypatch.setattr(figures, "correlation_matrix", lambda cols, path, **kw: shown.append(list(cols))
                         or real(cols, path, **kw))
-    make_report(cat, tmp_path / "rep", references=[ref], progress=False, log=lambda *_: None)
+    rep = make_report(cat, tmp_path / "rep", references=[ref], reference_names=["APOGEE"], progress=False,
+                      log=lambda *_: None)
     assert "ci95_teff" in shown[0] and "ci997_teff" not in shown[0]
+    # the comparison table counts the drawn rows outside each interval (logg has none: NaN)
+    comp = rep.tables["comparison_APOGEE"]
+    row = comp[(comp["label"] == "teff") & (comp["regime"] == "all")][0]
+    draw = drawable(cat)
+    r = (np.asarray(cat["teff"], float) - np.asarray(ref["TEFF"], float)[::-1])[draw]  # ref: reversed order
+    ok = np.isfinite(r)
+    assert row["outside_ci997"] == pytest.approx(np.mean(np.abs(r[ok]) > np.asarray(cat["ci997_teff"])[draw][ok]))
+    assert row["outside_ci95"] == pytest.approx(np.mean(np.abs(r[ok]) > np.asarray(cat["ci95_teff"])[draw][ok]))
+    assert 0 < row["outside_ci95"] and np.isnan(comp[comp["label"] == "logg"]["outside_ci95"]).all()

@@ -16,6 +16,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from kielnet.diagnostics.metrics import coverage_summary, label_metrics
+from kielnet.quality.neighbours import INTERVAL_PREFIXES
 
 __all__ = ["Match", "ID_COLUMNS", "match_by_id", "match_by_position", "crossmatch", "matched_table",
            "comparison_table", "reference_regimes"]
@@ -204,29 +205,47 @@ def reference_regimes(ref: dict[str, np.ndarray], snr: np.ndarray | None = None)
 
 def comparison_table(pred: dict[str, np.ndarray], ref: dict[str, np.ndarray],
                      sigma: dict[str, np.ndarray] | None = None,
-                     regimes: dict[str, np.ndarray] | None = None, units: dict[str, str] | None = None) -> Table:
-    """Bias (median residual), robust σ (1.4826 MAD), RMS and 1σ / 2σ coverage per label and
-    regime, residual = ``pred`` − ``ref`` in the label's unit. Only stars with finite
-    prediction and reference count (a withheld or unlabelled row has NaN and is not counted);
-    regimes without such stars are left out. Columns: ``label``, ``unit``, ``regime``, ``n``,
-    ``bias``, ``robust_sigma``, ``rms``, ``cov1``, ``cov2`` (NaN without ``sigma``)."""
-    units = units or {}
+                     regimes: dict[str, np.ndarray] | None = None, units: dict[str, str] | None = None,
+                     intervals: dict[str, dict[str, np.ndarray]] | None = None) -> Table:
+    """Bias (median residual), robust σ (1.4826 MAD), RMS, 1σ / 2σ coverage and the tails per
+    label and regime, residual = ``pred`` − ``ref`` in the label's unit. Only stars with
+    finite prediction and reference count (a withheld or unlabelled row has NaN and is not
+    counted); regimes without such stars are left out. Columns: ``label``, ``unit``,
+    ``regime``, ``n``, ``bias``, ``robust_sigma``, ``rms``, ``cov1``, ``cov2``,
+    ``beyond_3sigma`` (fraction with |residual| > 3σ; a Gaussian gives 0.0027), all NaN
+    without ``sigma``; and ``outside_ci95`` / ``outside_ci997``: the fraction with
+    |residual| above the half-width ``intervals[prefix][label]`` (the catalogue's
+    ``ci95_X`` / ``ci997_X``; 0.05 / 0.0027 expected), NaN where not given."""
+    units, intervals = units or {}, intervals or {}
     regimes = regimes or {"all": None}
     rows = []
+
+    def outside(r: np.ndarray, width: np.ndarray | None, k: float = 1.0) -> float:
+        if width is None:
+            return np.nan
+        ok = np.isfinite(r) & np.isfinite(width)
+        return float(np.mean(np.abs(r[ok]) > k * width[ok])) if ok.any() else np.nan
+
     for name in pred:
         if name not in ref:
             continue
         p, r = np.asarray(pred[name], float), np.asarray(ref[name], float)
         s = None if sigma is None or name not in sigma else np.asarray(sigma[name], float)
+        widths = {pre: None if name not in intervals.get(pre, {}) else np.asarray(intervals[pre][name], float)
+                  for pre in INTERVAL_PREFIXES}
         for reg, mask in regimes.items():
             m = np.ones(p.size, bool) if mask is None else np.asarray(mask, bool)
             met = label_metrics(p[m], r[m])
             if met["n"] == 0:
                 continue
             cov = coverage_summary(p[m], r[m], s[m]) if s is not None else {"cov1": None, "cov2": None}
+            res = p[m] - r[m]
             rows.append((name, units.get(name, ""), reg, met["n"], met["bias"], met["robust_sigma"], met["rms"],
                          np.nan if cov["cov1"] is None else cov["cov1"],
-                         np.nan if cov["cov2"] is None else cov["cov2"]))
+                         np.nan if cov["cov2"] is None else cov["cov2"],
+                         outside(res, None if s is None else s[m], 3.0),
+                         *(outside(res, None if w is None else w[m]) for w in widths.values())))
     return Table(rows=rows or None, names=("label", "unit", "regime", "n", "bias", "robust_sigma", "rms",
-                                           "cov1", "cov2"),
-                 dtype=(str, str, str, int, float, float, float, float, float))
+                                           "cov1", "cov2", "beyond_3sigma",
+                                           *(f"outside_{pre}" for pre in INTERVAL_PREFIXES)),
+                 dtype=(str, str, str, int, *[float] * (6 + len(INTERVAL_PREFIXES))))

@@ -33,6 +33,7 @@ from astropy.table import Table
 from kielnet.diagnostics import external, figures
 from kielnet.diagnostics.crossmatch import comparison_table, crossmatch, matched_table, reference_regimes
 from kielnet.quality.flags import FLAG_BITS, UNLABELLED_BITS, flag_names
+from kielnet.quality.neighbours import INTERVAL_PREFIXES
 from kielnet.labels import astropy_unit, column_candidates, label_info
 
 __all__ = ["Report", "read_catalogue_columns", "drawable", "reference_table", "make_report", "label_aliases"]
@@ -339,6 +340,9 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
     vals = {n: np.where(draw, _floats(cat[n]), np.nan) for n in labels}
     sig = {n: np.where(draw & np.isfinite(vals[n]), _floats(cat[f"sigma_{n}"]), np.nan)
            for n in labels if f"sigma_{n}" in cat.colnames}
+    # the interval half-widths (ci95_X, ci997_X) of the drawn rows, where the catalogue has them
+    widths = {pre: {n: np.where(draw & np.isfinite(vals[n]), _floats(cat[f"{pre}_{n}"]), np.nan)
+                    for n in labels if f"{pre}_{n}" in cat.colnames} for pre in INTERVAL_PREFIXES}
     counts = _counts(cat, labels, draw)
     notes: list[str] = []
     figs: dict[str, Path] = {}
@@ -411,11 +415,13 @@ def make_report(catalogue, out: str | Path, *, references: Sequence = (), refere
             items.append(("figure", figs[f"calibration_{key}"], "Calibration of sigma_X: fraction of stars with "
                           "|residual| < kσ (dashed: Gaussian), and 1σ / 2σ coverage per S/N quartile."))
         regimes = reference_regimes(ref_lab, snr=snr)
-        tab = comparison_table({n: vals[n] for n in ref_lab}, ref_lab, sig, regimes, units=units)
+        tab = comparison_table({n: vals[n] for n in ref_lab}, ref_lab, sig, regimes, units=units, intervals=widths)
         tables[f"comparison_{key}"] = tab
         tab.write(out / f"comparison_{key}.ecsv", overwrite=True)
-        items.append(("table", tab, f"Bias, robust σ, RMS and 1σ / 2σ coverage against {name} per label and regime "
-                                    "(regimes on the reference labels; residual = kielnet − reference)."))
+        items.append(("table", tab, f"Bias, robust σ, RMS, 1σ / 2σ coverage and the tails against {name} per label "
+                                    "and regime: beyond 3σ (Gaussian: 0.27 %), outside ci95_X / ci997_X (5 % / "
+                                    "0.27 % expected; NaN without them). Regimes on the reference labels; "
+                                    "residual = kielnet − reference."))
         sections.append((f"Comparison with {name} ({len(m)} matched, {m.by})", items))
 
     # 3. uncertainties
