@@ -158,7 +158,7 @@ def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None 
     ``ci997_X``, ``ok_outside_ci95`` / ``ok_outside_ci997`` (a Gaussian: 0.05 / 0.0027).
     ``rows_ok_fraction``: rows with no flag but ``label_not_reported``."""
     from kielnet.quality.flags import FLAG_BITS, usable_mask
-    from kielnet.quality.neighbours import interval_columns
+    from kielnet.quality.neighbours import INTERVAL_PREFIXES
 
     flags = np.asarray(cat["flag"], dtype=np.int64)
     other = flags & ~np.int64(1 << FLAG_BITS["label_not_reported"])
@@ -192,11 +192,11 @@ def tail_metrics(cat, truth: dict, names: list[str], *, label_errs: dict | None 
         if hot is not None:
             d["n_hot_ok"] = int((ok & hot).sum())
             d["hot_ok_beyond_3sigma"] = frac(np.asarray(hot, dtype=bool), 3.0)
-        for col in interval_columns(name):
-            if col in cat.colnames:
-                c = _col(cat, col)
+        for pre in INTERVAL_PREFIXES:
+            if f"{pre}_{name}" in cat.colnames:
+                c = _col(cat, f"{pre}_{name}")
                 m = ok & np.isfinite(c)
-                d[f"ok_outside_{col.split('_')[0]}"] = float(np.mean(np.abs(v - t)[m] > c[m])) if m.any() else None
+                d[f"ok_outside_{pre}"] = float(np.mean(np.abs(v - t)[m] > c[m])) if m.any() else None
         out[name] = d
     return out
 
